@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Installs everything kmon needs to build, run and test, from Debian's packages only.
+set -euo pipefail
+
+PACKAGES=(
+  # build
+  cmake g++ make pkg-config clang llvm bpftool git
+  # libraries
+  libbpf-dev libelf-dev zlib1g-dev prometheus-cpp-dev libcivetweb-dev libyaml-cpp-dev
+  libabsl-dev libseccomp-dev nlohmann-json3-dev libcurl4-openssl-dev libcrypt-dev libssl-dev
+  # tests and benchmarks
+  libgtest-dev libgmock-dev prometheus bpftrace openssl python3-prometheus-client
+)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "deps: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q
+  apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Installs, builds and runs every test: unit, golden (with promtool) and the root
+# tests that load BPF into this kernel; prints the benchmark figures first.
+# As root. With CI=true, root tests that would skip fail instead.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/deps.sh
+scripts/build.sh
+# Classic tracepoints (used by bpftrace in the benchmark) need tracefs.
+if [[ ! -e /sys/kernel/tracing/events ]] && [[ $(id -u) == 0 ]]; then
+  mount -t tracefs tracefs /sys/kernel/tracing || true
+fi
+if [[ $(id -u) == 0 ]]; then
+  echo "== benchmarks (figures, not pass/fail) =="
+  build/tests/syscall_overhead 1000000 || echo "benchmark syscall_overhead failed"
+fi
+# Last, so ctest's summary closes the output.
+(cd build && ctest --output-on-failure --timeout 300)
