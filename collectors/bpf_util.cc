@@ -1,0 +1,150 @@
+#include "collectors/bpf_util.h"
+
+#include <cstdarg>
+#include <cstdio>
+
+#include "exporter/log.h"
+
+namespace kmon {
+namespace {
+
+int LibbpfPrint(enum libbpf_print_level level, const char* fmt, va_list args) {
+  char buf[1024];
+  int n = std::vsnprintf(buf, sizeof buf, fmt, args);
+  std::string msg(buf, n > 0 ? std::min<size_t>(n, sizeof buf - 1) : 0);
+  while (!msg.empty() && msg.back() == '\n') msg.pop_back();
+  if (level == LIBBPF_WARN) {
+    LogWarn("libbpf", {{"detail", msg}});
+  } else {
+    LogDebug("libbpf", {{"detail", msg}});
+  }
+  return n;
+}
+
+bool IsHashType(bpf_map_type t) {
+  switch (t) {
+    case BPF_MAP_TYPE_HASH:
+    case BPF_MAP_TYPE_PERCPU_HASH:
+    case BPF_MAP_TYPE_LRU_HASH:
+    case BPF_MAP_TYPE_LRU_PERCPU_HASH:
+      return true;
+    default:
+      return false;
+  }
+}
+
+}  // namespace
+
+void InstallLibbpfLogger() { libbpf_set_print(LibbpfPrint); }
+
+int PossibleCpus() {
+  static const int n = [] {
+    int c = libbpf_num_possible_cpus();
+    return c > 0 ? c : 1;
+  }();
+  return n;
+}
+
+absl::Status BpfError(std::string_view collector, std::string_view what, int err) {
+  if (err < 0) err = -err;
+  return absl::Status(err == EPERM || err == EACCES ? absl::StatusCode::kPermissionDenied
+                                                    : absl::StatusCode::kInternal,
+                      absl::StrCat("collector=", std::string(collector), " ", std::string(what), ": ",
+                                   std::strerror(err)));
+}
+
+absl::Status CheckMapLayout(std::string_view collector, const bpf_map* map, size_t key_size,
+                            size_t value_size) {
+  if (bpf_map__key_size(map) != key_size || bpf_map__value_size(map) != value_size) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "collector=", std::string(collector), " map=", bpf_map__name(map), ": key/value sizes ",
+        bpf_map__key_size(map), "/", bpf_map__value_size(map), " differ from the header's ",
+        key_size, "/", value_size));
+  }
+  return absl::OkStatus();
+}
+
+namespace internal {
+
+absl::Status ReadPerCpuHashRaw(int map_fd, uint32_t max_entries, size_t key_size,
+                               size_t value_size, std::vector<uint8_t>* keys,
+                               std::vector<uint8_t>* values, uint32_t* count) {
+  const size_t stride = value_size * PossibleCpus();
+  keys->assign(static_cast<size_t>(max_entries) * key_size, 0);
+  values->assign(static_cast<size_t>(max_entries) * stride, 0);
+  *count = 0;
+
+  // Batch lookup: a handful of syscalls for the whole map.
+  std::vector<uint8_t> in_batch(key_size), out_batch(key_size);
+  bool first = true;
+  uint32_t total = 0;
+  while (total < max_entries) {
+    uint32_t n = max_entries - total;
+    LIBBPF_OPTS(bpf_map_batch_opts, opts);
+    int err = bpf_map_lookup_batch(map_fd, first ? nullptr : in_batch.data(), out_batch.data(),
+                                   keys->data() + total * key_size,
+                                   values->data() + total * stride, &n, &opts);
+    int e = err < 0 ? errno : 0;
+    if (err < 0 && e != ENOENT) {
+      if (e == EINVAL || e == ENOTSUP || e == EOPNOTSUPP) break;  // fall back below
+      return absl::InternalError(absl::StrCat("bpf_map_lookup_batch: ", std::strerror(e)));
+    }
+    total += n;
+    if (err < 0) {  // ENOENT: the end of the map
+      *count = total;
+      return absl::OkStatus();
+    }
+    in_batch = out_batch;
+    first = false;
+  }
+  if (!first || total >= max_entries) {
+    *count = total;
+    return absl::OkStatus();
+  }
+
+  // Kernels without batch ops for this map type: walk the keys one by one.
+  std::vector<uint8_t> prev(key_size), next(key_size);
+  bool have_prev = false;
+  total = 0;
+  while (total < max_entries &&
+         bpf_map_get_next_key(map_fd, have_prev ? prev.data() : nullptr, next.data()) == 0) {
+    if (bpf_map_lookup_elem(map_fd, next.data(), values->data() + total * stride) == 0) {
+      std::memcpy(keys->data() + total * key_size, next.data(), key_size);
+      ++total;
+    }
+    prev = next;
+    have_prev = true;
+  }
+  *count = total;
+  return absl::OkStatus();
+}
+
+}  // namespace internal
+
+absl::StatusOr<std::vector<uint64_t>> ReadPerCpuU64Array(int map_fd, uint32_t entries) {
+  std::vector<uint64_t> sums(entries, 0);
+  std::vector<uint64_t> per_cpu(PossibleCpus());
+  for (uint32_t k = 0; k < entries; ++k) {
+    if (bpf_map_lookup_elem(map_fd, &k, per_cpu.data()) != 0) {
+      return absl::InternalError(absl::StrCat("lookup of slot ", k, ": ", std::strerror(errno)));
+    }
+    for (uint64_t v : per_cpu) sums[k] += v;
+  }
+  return sums;
+}
+
+absl::StatusOr<uint64_t> CountMapEntries(const bpf_map* map) {
+  if (!IsHashType(bpf_map__type(map))) return bpf_map__max_entries(map);
+  int fd = bpf_map__fd(map);
+  std::vector<uint8_t> prev(bpf_map__key_size(map)), next(bpf_map__key_size(map));
+  uint64_t n = 0;
+  bool have_prev = false;
+  while (bpf_map_get_next_key(fd, have_prev ? prev.data() : nullptr, next.data()) == 0) {
+    ++n;
+    prev.swap(next);
+    have_prev = true;
+  }
+  return n;
+}
+
+}  // namespace kmon

@@ -1,0 +1,77 @@
+// Small helpers every collector uses to talk to its BPF maps from user space.
+#pragma once
+
+#include <cerrno>
+#include <cstdint>
+#include <cstring>
+#include <map>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <absl/status/status.h>
+#include <absl/status/statusor.h>
+#include <absl/strings/str_cat.h>
+#include <bpf/bpf.h>
+#include <bpf/libbpf.h>
+
+namespace kmon {
+
+/// Routes libbpf's own messages into kmon's log (warnings as warn, the rest as debug).
+void InstallLibbpfLogger();
+
+/// Number of possible CPUs: the stride of per-CPU map values.
+int PossibleCpus();
+
+/// "collector=syscalls map=counts: <what>: <strerror(err)>"
+absl::Status BpfError(std::string_view collector, std::string_view what, int err);
+
+/// Fails unless the map's key and value sizes match the shared header's structs.
+absl::Status CheckMapLayout(std::string_view collector, const bpf_map* map, size_t key_size,
+                            size_t value_size);
+
+/// Reads a whole per-CPU hash map in batches (falling back to key iteration
+/// where the kernel lacks batch ops). Each key comes with one value per CPU.
+/// Nothing is deleted: counters stay cumulative so two scrapers see the same data.
+template <typename K, typename V>
+absl::Status ReadPerCpuHash(int map_fd, uint32_t max_entries,
+                            std::vector<std::pair<K, std::vector<V>>>* out);
+
+/// Sum over CPUs of every slot of a per-CPU u64 array.
+absl::StatusOr<std::vector<uint64_t>> ReadPerCpuU64Array(int map_fd, uint32_t entries);
+
+/// Number of keys in a hash-type map (iterates keys); max_entries for arrays.
+absl::StatusOr<uint64_t> CountMapEntries(const bpf_map* map);
+
+// ---- implementation of the template ----
+
+namespace internal {
+absl::Status ReadPerCpuHashRaw(int map_fd, uint32_t max_entries, size_t key_size,
+                               size_t value_size, std::vector<uint8_t>* keys,
+                               std::vector<uint8_t>* values, uint32_t* count);
+}  // namespace internal
+
+template <typename K, typename V>
+absl::Status ReadPerCpuHash(int map_fd, uint32_t max_entries,
+                            std::vector<std::pair<K, std::vector<V>>>* out) {
+  static_assert(sizeof(V) % 8 == 0, "per-CPU values are 8-byte aligned slots");
+  std::vector<uint8_t> keys, values;
+  uint32_t count = 0;
+  absl::Status st = internal::ReadPerCpuHashRaw(map_fd, max_entries, sizeof(K), sizeof(V),
+                                                &keys, &values, &count);
+  if (!st.ok()) return st;
+  const int cpus = PossibleCpus();
+  out->clear();
+  out->reserve(count);
+  for (uint32_t i = 0; i < count; ++i) {
+    K k;
+    std::memcpy(&k, keys.data() + i * sizeof(K), sizeof(K));
+    std::vector<V> per_cpu(cpus);
+    std::memcpy(per_cpu.data(), values.data() + static_cast<size_t>(i) * cpus * sizeof(V),
+                cpus * sizeof(V));
+    out->emplace_back(k, std::move(per_cpu));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace kmon
