@@ -1,0 +1,350 @@
+#include "exporter/app.h"
+
+#include <signal.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+
+#include <absl/strings/str_cat.h>
+#include <absl/strings/str_join.h>
+#include <absl/strings/str_split.h>
+#include <bpf/bpf.h>
+
+#include "collectors/bpf_util.h"
+#include "exporter/log.h"
+#include "exporter/self_metrics.h"
+#include "exporter/version.h"
+
+namespace kmon {
+namespace {
+
+double UnixNow() {
+  return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+std::string HtmlEscape(const std::string& s) {
+  std::string out;
+  for (char c : s) {
+    switch (c) {
+      case '<': out += "&lt;"; break;
+      case '>': out += "&gt;"; break;
+      case '&': out += "&amp;"; break;
+      case '"': out += "&quot;"; break;
+      default: out += c;
+    }
+  }
+  return out;
+}
+
+// The compat library is built and installed next to the binary.
+std::string OpenSslCompatPath() {
+  char exe[4096];
+  ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+  if (n <= 0) return "libkmon_openssl_compat.so";
+  std::string path(exe, n);
+  return path.substr(0, path.rfind('/') + 1) + "libkmon_openssl_compat.so";
+}
+
+}  // namespace
+
+void ApplyCollectorOverrides(const std::map<std::string, bool>& overrides, Config* config) {
+  for (const auto& [name, on] : overrides) {
+    if (bool* flag = config->EnabledFlag(name)) *flag = on;
+  }
+}
+
+App::App(Flags flags) : flags_(std::move(flags)) {}
+
+App::~App() {
+  http_.reset();
+  for (auto& s : slots_) StopSlot(&s);
+  if (bpf_stats_fd_ >= 0) close(bpf_stats_fd_);
+}
+
+App::FileStamp App::StampOf(const std::string& path) {
+  FileStamp st;
+  struct stat sb {};
+  if (path.empty() || stat(path.c_str(), &sb) != 0) return st;
+  st.ok = true;
+  st.mtime_ns = static_cast<long long>(sb.st_mtim.tv_sec) * 1000000000LL + sb.st_mtim.tv_nsec;
+  st.size = sb.st_size;
+  st.ino = static_cast<long long>(sb.st_ino);
+  return st;
+}
+
+absl::StatusOr<Config> App::LoadConfig() {
+  ConfigResult r;
+  if (flags_.config_file.empty()) {
+    r.config = DefaultConfig();
+  } else {
+    r = LoadConfigFile(flags_.config_file, ProcessEnv());
+  }
+  if (!r.problems.empty()) {
+    std::vector<std::string> lines;
+    for (const auto& p : r.problems) lines.push_back(p.ToString());
+    return absl::InvalidArgumentError(absl::StrJoin(lines, "\n"));
+  }
+  ApplyCollectorOverrides(flags_.collector_overrides, &*r.config);
+  return *r.config;
+}
+
+void App::StartSlot(Slot* slot, const Config& config) {
+  slot->enabled = true;
+  if (!slot->entry->factory) {
+    slot->up = false;
+    slot->reason = "not part of this version of kmon";
+    LogWarn("collector skipped", {{"collector", slot->entry->name}, {"reason", slot->reason}});
+    return;
+  }
+  CollectorDeps deps{workloads_.get(), watched_.get()};
+  slot->collector = slot->entry->factory(deps);
+  absl::Status st = slot->collector->Start(config);
+  if (!st.ok()) {
+    slot->collector->Stop();
+    slot->collector.reset();
+    slot->up = false;
+    slot->reason = st.ToString();
+    LogError("collector failed to start", {{"collector", slot->entry->name}, {"err", slot->reason}});
+    return;
+  }
+  slot->up = true;
+  slot->reason.clear();
+  LogInfo("collector started", {{"collector", slot->entry->name}});
+}
+
+void App::StopSlot(Slot* slot) {
+  if (slot->collector) {
+    slot->collector->Stop();
+    slot->collector.reset();
+    LogInfo("collector stopped", {{"collector", slot->entry->name}});
+  }
+  slot->enabled = false;
+  slot->up = false;
+}
+
+void App::ApplyLocked(const Config& config) {
+  for (auto& slot : slots_) {
+    const bool* want = config.EnabledFlag(slot.entry->name);
+    bool enabled = want != nullptr && *want;
+    if (enabled && !slot.enabled) {
+      StartSlot(&slot, config);
+    } else if (!enabled && slot.enabled) {
+      StopSlot(&slot);
+    } else if (enabled && slot.collector) {
+      absl::Status st = slot.collector->Reconfigure(config);
+      if (!st.ok()) {
+        LogError("collector reconfigure failed",
+                 {{"collector", slot.entry->name}, {"err", st.ToString()}});
+      }
+    }
+  }
+  absl::Status st = watched_->Update(config.targets);
+  if (!st.ok()) LogError("updating watched cgroups failed", {{"err", st.ToString()}});
+}
+
+int App::Start() {
+  auto cfg = LoadConfig();
+  if (!cfg.ok()) {
+    std::vector<std::string> lines = absl::StrSplit(std::string(cfg.status().message()), '\n');
+    for (const std::string& line : lines) {
+      LogError("bad config", {{"file", flags_.config_file}, {"problem", line}});
+    }
+    return 1;
+  }
+  std::optional<WebConfig> web;
+  if (!flags_.web_config_file.empty()) {
+    auto w = LoadWebConfig(flags_.web_config_file);
+    if (!w.ok()) {
+      LogError("bad web config", {{"file", flags_.web_config_file}, {"err", w.status().ToString()}});
+      return 1;
+    }
+    web = *w;
+  }
+
+  InstallLibbpfLogger();
+  // Per-program run counts and run time cost a little on every run, so the kernel
+  // keeps them off until asked; the fd keeps them on for as long as kmon runs.
+  bpf_stats_fd_ = bpf_enable_stats(BPF_STATS_RUN_TIME);
+  if (bpf_stats_fd_ >= 0) {
+    LogInfo("enabled kernel.bpf_stats_enabled for per-program run counts and time");
+  } else {
+    LogWarn("could not enable BPF run-time stats; kmon_bpf_program_* stay 0",
+            {{"err", std::strerror(errno)}});
+  }
+
+  std::optional<std::string> root = DetectCgroup2Root();
+  if (!root) {
+    LogWarn("no cgroup v2 mount found; workloads cannot be named");
+    root = "/sys/fs/cgroup";
+  }
+  LogInfo("cgroup v2 root", {{"path", *root}});
+  workloads_ = std::make_unique<WorkloadResolver>(std::make_unique<CgroupFsPathSource>(*root),
+                                                  nullptr);
+  watched_ = std::make_unique<WatchedCgroups>(workloads_.get());
+
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    config_ = *cfg;
+    for (const auto& e : CollectorTable()) slots_.push_back(Slot{&e, nullptr, false, false, "", 0});
+    ApplyLocked(config_);
+    last_reload_ok_ = true;
+    last_reload_success_unix_ = UnixNow();
+    config_stamp_ = StampOf(flags_.config_file);
+    bool any_up = std::any_of(slots_.begin(), slots_.end(), [](const Slot& s) { return s.up; });
+    if (!any_up) {
+      LogError("no collector could start");
+      return 2;
+    }
+  }
+
+  HttpServerOptions opts;
+  opts.listen_address = flags_.listen_address;
+  opts.telemetry_path = flags_.telemetry_path;
+  opts.web = web;
+  if (web && web->tls()) opts.openssl_compat_library = OpenSslCompatPath();
+  HttpHooks hooks;
+  hooks.gather = [this] { return Gather(); };
+  hooks.ready = [this] { return Ready(); };
+  hooks.reload = [this] { return Reload("http"); };
+  hooks.landing_page = [this] { return LandingPage(); };
+  auto server = HttpServer::Start(opts, std::move(hooks));
+  if (!server.ok()) {
+    LogError("cannot start HTTP server", {{"err", server.status().ToString()}});
+    return 1;
+  }
+  http_ = std::move(*server);
+  LogInfo("listening", {{"address", flags_.listen_address}, {"path", flags_.telemetry_path},
+                        {"tls", web && web->tls() ? "true" : "false"}});
+  return 0;
+}
+
+absl::Status App::Reload(const std::string& trigger) {
+  auto cfg = LoadConfig();
+  std::lock_guard<std::mutex> lock(mu_);
+  config_stamp_ = StampOf(flags_.config_file);
+  if (!cfg.ok()) {
+    last_reload_ok_ = false;
+    std::vector<std::string> lines = absl::StrSplit(std::string(cfg.status().message()), '\n');
+    for (const std::string& line : lines) {
+      LogError("config reload rejected; keeping the previous config",
+               {{"trigger", trigger}, {"problem", line}});
+    }
+    return cfg.status();
+  }
+  config_ = *cfg;
+  ApplyLocked(config_);
+  last_reload_ok_ = true;
+  last_reload_success_unix_ = UnixNow();
+  LogInfo("config reloaded", {{"trigger", trigger}});
+  return absl::OkStatus();
+}
+
+std::vector<prometheus::MetricFamily> App::Gather() {
+  std::vector<prometheus::MetricFamily> out;
+  try {
+    std::lock_guard<std::mutex> lock(mu_);
+    SelfState self;
+    self.version = kVersion;
+    self.revision = kRevision;
+    self.libbpf_version = LibbpfVersion();
+    self.kernel = KernelRelease();
+    for (auto& slot : slots_) {
+      if (!slot.enabled || !slot.entry->factory) continue;
+      CollectorSelfState cs;
+      cs.name = slot.entry->name;
+      cs.up = slot.up;
+      if (slot.collector) {
+        auto t0 = std::chrono::steady_clock::now();
+        slot.collector->Collect(&out);
+        slot.scrape_seconds =
+            std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        cs.scrape_seconds = slot.scrape_seconds;
+        cs.object = slot.collector->BpfObject();
+        cs.lost = slot.collector->EventsLost();
+        cs.series_overflow = slot.collector->SeriesOverflow();
+      }
+      self.collectors.push_back(std::move(cs));
+    }
+    self.last_reload_ok = last_reload_ok_;
+    self.last_reload_success_unix = last_reload_success_unix_;
+    self.watched_cgroups = watched_->WatchedCount();
+    for (auto& f : BuildSelfMetrics(self)) out.push_back(std::move(f));
+  } catch (const std::exception& e) {
+    LogError("gather failed", {{"err", e.what()}});
+  }
+  return out;
+}
+
+bool App::Ready() {
+  std::lock_guard<std::mutex> lock(mu_);
+  for (const auto& s : slots_) {
+    if (s.enabled && s.entry->factory && !s.up) return false;
+  }
+  return true;
+}
+
+std::string App::LandingPage() {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::string rows;
+  for (const auto& s : slots_) {
+    std::string state = !s.enabled ? "disabled" : s.up ? "up" : "down";
+    rows += absl::StrCat("<tr><td>", s.entry->name, "</td><td>", state, "</td><td>",
+                         HtmlEscape(s.reason), "</td></tr>\n");
+  }
+  const std::string path = HtmlEscape(flags_.telemetry_path);
+  return absl::StrCat(
+      "<!DOCTYPE html>\n<html><head><title>kmon exporter</title></head><body>\n"
+      "<h1>kmon exporter</h1>\n<p>version ", kVersion, " (revision ", kRevision, ")</p>\n",
+      "<ul><li><a href=\"", path, "\">Metrics</a></li>",
+      "<li><a href=\"/-/healthy\">Health</a></li><li><a href=\"/-/ready\">Readiness</a></li>"
+      "</ul>\n<h2>Collectors</h2>\n<table border=\"1\"><tr><th>collector</th><th>state</th>"
+      "<th>reason</th></tr>\n",
+      rows, "</table>\n</body></html>\n");
+}
+
+int App::Run() {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGHUP);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGINT);
+  auto next_refresh = std::chrono::steady_clock::now();
+  for (;;) {
+    timespec timeout{1, 0};
+    int sig = sigtimedwait(&set, nullptr, &timeout);
+    if (sig == SIGTERM || sig == SIGINT) {
+      LogInfo("shutting down", {{"signal", sig == SIGTERM ? "SIGTERM" : "SIGINT"}});
+      http_.reset();
+      std::lock_guard<std::mutex> lock(mu_);
+      for (auto& s : slots_) StopSlot(&s);
+      return 0;
+    }
+    if (sig == SIGHUP) {
+      Reload("SIGHUP").IgnoreError();
+      continue;
+    }
+    // A change of the config file (an edit, or a ConfigMap's symlink swap) reloads.
+    if (!flags_.config_file.empty()) {
+      FileStamp now = StampOf(flags_.config_file);
+      bool changed;
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        changed = !(now == config_stamp_);
+      }
+      if (changed) Reload("file change").IgnoreError();
+    }
+    // New cgroups are picked up into the watched set once per interval.
+    if (std::chrono::steady_clock::now() >= next_refresh) {
+      std::lock_guard<std::mutex> lock(mu_);
+      absl::Status st = watched_->Update(config_.targets);
+      if (!st.ok()) LogWarn("updating watched cgroups failed", {{"err", st.ToString()}});
+      next_refresh = std::chrono::steady_clock::now() + config_.interval;
+    }
+  }
+}
+
+}  // namespace kmon

@@ -1,0 +1,81 @@
+// The exporter's lifecycle: load config, start collectors, serve HTTP, reload on
+// SIGHUP / POST /-/reload / a change of the config file, shut down cleanly.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include <absl/status/status.h>
+#include <prometheus/metric_family.h>
+
+#include "collectors/collector.h"
+#include "collectors/watched_cgroups.h"
+#include "exporter/config.h"
+#include "exporter/flags.h"
+#include "exporter/http_server.h"
+#include "provider/workload.h"
+
+namespace kmon {
+
+/// Applies --collector.NAME / --no-collector.NAME over the config file's choices.
+void ApplyCollectorOverrides(const std::map<std::string, bool>& overrides, Config* config);
+
+class App {
+ public:
+  explicit App(Flags flags);
+  ~App();
+
+  /// Loads the config, starts collectors and the HTTP server. Returns the process
+  /// exit code to use when it fails (1: bad config/flags, 2: no collector started).
+  int Start();
+  /// Blocks until SIGTERM/SIGINT, handling SIGHUP, config-file changes and the
+  /// periodic refresh of watched cgroups. Returns the exit code (0).
+  int Run();
+
+  /// Re-reads the config; a bad one is rejected whole and the old one stays.
+  absl::Status Reload(const std::string& trigger);
+  /// Every family for one scrape. Never throws.
+  std::vector<prometheus::MetricFamily> Gather();
+  bool Ready();
+  std::string LandingPage();
+
+ private:
+  struct Slot {
+    const CollectorEntry* entry;
+    std::unique_ptr<Collector> collector;
+    bool enabled = false;
+    bool up = false;
+    std::string reason;  // why it is down
+    double scrape_seconds = 0;
+  };
+
+  absl::StatusOr<Config> LoadConfig();
+  void StartSlot(Slot* slot, const Config& config);
+  void StopSlot(Slot* slot);
+  /// Starts/stops/reconfigures slots for a new config. Caller holds mu_.
+  void ApplyLocked(const Config& config);
+
+  Flags flags_;
+  std::mutex mu_;  // guards everything below
+  Config config_;
+  std::vector<Slot> slots_;
+  bool last_reload_ok_ = true;
+  double last_reload_success_unix_ = 0;
+  std::unique_ptr<WorkloadResolver> workloads_;
+  std::unique_ptr<WatchedCgroups> watched_;
+  std::unique_ptr<HttpServer> http_;
+  int bpf_stats_fd_ = -1;
+  struct FileStamp {
+    bool ok = false;
+    long long mtime_ns = 0, size = 0, ino = 0;
+    bool operator==(const FileStamp&) const = default;
+  };
+  static FileStamp StampOf(const std::string& path);
+  FileStamp config_stamp_;
+};
+
+}  // namespace kmon

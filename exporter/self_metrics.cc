@@ -1,0 +1,117 @@
+#include "exporter/self_metrics.h"
+
+#include <sys/utsname.h>
+
+#include <absl/strings/str_cat.h>
+#include <bpf/bpf.h>
+#include <bpf/libbpf.h>
+
+#include "collectors/bpf_util.h"
+#include "collectors/families.h"
+
+namespace kmon {
+
+std::vector<ProgramStats> ReadProgramStats(const bpf_object* obj) {
+  std::vector<ProgramStats> out;
+  if (obj == nullptr) return out;
+  bpf_program* prog;
+  bpf_object__for_each_program(prog, const_cast<bpf_object*>(obj)) {
+    int fd = bpf_program__fd(prog);
+    if (fd < 0) continue;
+    bpf_prog_info info{};
+    uint32_t len = sizeof info;
+    if (bpf_obj_get_info_by_fd(fd, &info, &len) != 0) continue;
+    out.push_back({bpf_program__name(prog), info.run_cnt, info.run_time_ns});
+  }
+  return out;
+}
+
+std::vector<MapFill> ReadMapFill(const bpf_object* obj) {
+  std::vector<MapFill> out;
+  if (obj == nullptr) return out;
+  bpf_map* map;
+  bpf_object__for_each_map(map, obj) {
+    // .rodata/.bss and friends are libbpf's internal maps, not ours to report.
+    if (bpf_map__is_internal(map) || bpf_map__fd(map) < 0) continue;
+    auto n = CountMapEntries(map);
+    out.push_back({bpf_map__name(map), n.ok() ? *n : 0, bpf_map__max_entries(map)});
+  }
+  return out;
+}
+
+std::vector<prometheus::MetricFamily> BuildSelfMetrics(const SelfState& s) {
+  using prometheus::MetricType;
+  FamilyBuilder build_info("kmon_build_info",
+                           "A metric with a constant '1' value labeled by version, revision, "
+                           "libbpf version and kernel release.",
+                           MetricType::Gauge, {"version", "revision", "libbpf_version", "kernel"});
+  build_info.AddGauge({s.version, s.revision, s.libbpf_version, s.kernel}, 1);
+
+  FamilyBuilder up("kmon_collector_up", "1 when the collector started and attached, else 0.",
+                   MetricType::Gauge, {"collector"});
+  FamilyBuilder dur("kmon_collector_scrape_duration_seconds",
+                    "Time the collector took to produce its metrics in this scrape.",
+                    MetricType::Gauge, {"collector"});
+  FamilyBuilder runs("kmon_bpf_program_runs_total",
+                     "Times the kernel ran the BPF program (needs kernel.bpf_stats_enabled).",
+                     MetricType::Counter, {"collector", "program"});
+  FamilyBuilder run_secs("kmon_bpf_program_run_seconds_total",
+                         "Time the kernel spent in the BPF program.", MetricType::Counter,
+                         {"collector", "program"});
+  FamilyBuilder entries("kmon_bpf_map_entries", "Entries in the BPF map.", MetricType::Gauge,
+                        {"collector", "map"});
+  FamilyBuilder max_entries("kmon_bpf_map_max_entries", "Capacity of the BPF map.",
+                            MetricType::Gauge, {"collector", "map"});
+  FamilyBuilder lost("kmon_events_lost_total",
+                     "Events the collector could not record, by reason.", MetricType::Counter,
+                     {"collector", "reason"});
+  FamilyBuilder overflow("kmon_series_overflow_total",
+                         "Series folded into \"__overflow__\" by the per-collector series limit.",
+                         MetricType::Counter, {"collector"});
+  for (const auto& c : s.collectors) {
+    up.AddGauge({c.name}, c.up ? 1 : 0);
+    if (!c.up) continue;
+    dur.AddGauge({c.name}, c.scrape_seconds);
+    for (const auto& p : ReadProgramStats(c.object)) {
+      runs.AddCounter({c.name, p.name}, static_cast<double>(p.run_count));
+      run_secs.AddCounter({c.name, p.name}, static_cast<double>(p.run_time_ns) / 1e9);
+    }
+    for (const auto& m : ReadMapFill(c.object)) {
+      entries.AddGauge({c.name, m.name}, static_cast<double>(m.entries));
+      max_entries.AddGauge({c.name, m.name}, static_cast<double>(m.max_entries));
+    }
+    for (const auto& [reason, n] : c.lost) lost.AddCounter({c.name, reason}, static_cast<double>(n));
+    overflow.AddCounter({c.name}, static_cast<double>(c.series_overflow));
+  }
+  FamilyBuilder reload_ok("kmon_config_last_reload_successful",
+                          "1 when the last config (re)load succeeded.", MetricType::Gauge, {});
+  reload_ok.AddGauge({}, s.last_reload_ok ? 1 : 0);
+  FamilyBuilder reload_ts("kmon_config_last_reload_success_timestamp_seconds",
+                          "Unix time of the last successful config load.", MetricType::Gauge, {});
+  reload_ts.AddGauge({}, s.last_reload_success_unix);
+  FamilyBuilder watched("kmon_watched_cgroups",
+                        "Entries in the watched-cgroups control map (0: every cgroup is watched).",
+                        MetricType::Gauge, {});
+  watched.AddGauge({}, static_cast<double>(s.watched_cgroups));
+
+  std::vector<prometheus::MetricFamily> out;
+  for (const FamilyBuilder* b : {&build_info, &up, &dur, &runs, &run_secs, &entries,
+                                 &max_entries, &lost, &overflow, &reload_ok, &reload_ts,
+                                 &watched}) {
+    prometheus::MetricFamily f = b->Build();
+    if (!f.metric.empty()) out.push_back(std::move(f));  // no bare HELP/TYPE lines
+  }
+  return out;
+}
+
+std::string KernelRelease() {
+  utsname u{};
+  if (uname(&u) != 0) return "unknown";
+  return u.release;
+}
+
+std::string LibbpfVersion() {
+  return absl::StrCat(libbpf_major_version(), ".", libbpf_minor_version());
+}
+
+}  // namespace kmon

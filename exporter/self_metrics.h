@@ -1,0 +1,56 @@
+// kmon's metrics about itself: build info, collector health and cost, BPF program
+// runs and run time, map fill, lost events, reload status, watched cgroups.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+#include <prometheus/metric_family.h>
+
+struct bpf_object;
+
+namespace kmon {
+
+struct CollectorSelfState {
+  std::string name;
+  bool up = false;
+  double scrape_seconds = 0;
+  const bpf_object* object = nullptr;  // programs and maps are read from it
+  std::map<std::string, uint64_t> lost;
+  uint64_t series_overflow = 0;
+};
+
+struct SelfState {
+  std::string version, revision, libbpf_version, kernel;
+  std::vector<CollectorSelfState> collectors;
+  bool last_reload_ok = true;
+  double last_reload_success_unix = 0;
+  uint64_t watched_cgroups = 0;
+};
+
+/// One BPF program's counters as the kernel reports them with bpf_stats enabled.
+struct ProgramStats {
+  std::string name;
+  uint64_t run_count = 0;
+  uint64_t run_time_ns = 0;
+};
+struct MapFill {
+  std::string name;
+  uint64_t entries = 0;
+  uint64_t max_entries = 0;
+};
+
+/// Reads the kernel's counters of every program and map of a loaded object.
+std::vector<ProgramStats> ReadProgramStats(const bpf_object* obj);
+std::vector<MapFill> ReadMapFill(const bpf_object* obj);
+
+std::vector<prometheus::MetricFamily> BuildSelfMetrics(const SelfState& state);
+
+/// The running kernel's release ("6.18.44-...") from uname.
+std::string KernelRelease();
+/// "1.1" from libbpf_major_version/libbpf_minor_version.
+std::string LibbpfVersion();
+
+}  // namespace kmon

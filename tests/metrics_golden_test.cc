@@ -1,0 +1,117 @@
+// Golden /metrics: fixed kernel data through the real family builders and the
+// text serializer must give exactly tests/golden/metrics.prom, which promtool accepts.
+// KMON_UPDATE_GOLDEN=1 rewrites the file (review the diff before committing it).
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <unistd.h>
+#include <sstream>
+
+#include <gtest/gtest.h>
+
+#include "collectors/syscalls.h"
+#include "exporter/exposition.h"
+#include "exporter/self_metrics.h"
+#include "provider/workload.h"
+
+namespace kmon {
+namespace {
+
+class FixedPaths : public CgroupPathSource {
+ public:
+  std::unordered_map<uint64_t, std::string> Scan() override {
+    return {{1, "/"},
+            {100, "/system.slice/nginx.service"},
+            {200,
+             "/kubepods.slice/kubepods-burstable.slice/"
+             "kubepods-burstable-pod0c4b8f6e_1d2a_4c3b_9e8f_123456789abc.slice/"
+             "cri-containerd-4f2a9c1b7d3e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8.scope"}};
+  }
+};
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+std::vector<prometheus::MetricFamily> FixedFamilies() {
+  WorkloadResolver workloads(std::make_unique<FixedPaths>(), nullptr);
+  SeriesBudget budget;
+  std::vector<SyscallCount> counts = {
+      {100, 0, 1200, 3},  // read
+      {100, 1, 800, 0},   // write
+      {200, 0, 50, 0},
+      {200, 257, 40, 12},  // openat
+      {1, 1, 7, 0},
+      {999, 0, 5, 0},   // a cgroup that no longer exists: not exported
+      {100, 39, 9, 0},  // a syscall not in the configured set: not exported
+  };
+  std::map<int, std::string> names{{0, "read"}, {1, "write"}, {257, "openat"}};
+  auto families = BuildSyscallFamilies(counts, names, &workloads, &budget, 20000);
+
+  SelfState self;
+  self.version = "0.1.0";
+  self.revision = "abcdef012345";
+  self.libbpf_version = "1.1";
+  self.kernel = "6.18.0";
+  self.collectors.push_back({"syscalls", true, 0.0025, nullptr, {{"map_full", 2}}, 0});
+  self.collectors.push_back({"tcp", false, 0, nullptr, {}, 0});
+  self.last_reload_ok = true;
+  self.last_reload_success_unix = 1.7e9;
+  self.watched_cgroups = 0;
+  for (auto& f : BuildSelfMetrics(self)) families.push_back(std::move(f));
+  return families;
+}
+
+TEST(MetricsGoldenTest, TextMatchesGoldenAndPassesPromtool) {
+  const std::string golden_path = std::string(KMON_SOURCE_DIR) + "/tests/golden/metrics.prom";
+  std::string text = Serialize(FixedFamilies(), ExpositionFormat::kText004);
+  if (const char* u = std::getenv("KMON_UPDATE_GOLDEN"); u && std::string(u) == "1") {
+    std::ofstream(golden_path) << text;
+  }
+  EXPECT_EQ(text, ReadFile(golden_path));
+
+  // promtool lints names, types, units and help text.
+  char tmpl[] = "/tmp/kmon-golden-XXXXXX";
+  int fd = mkstemp(tmpl);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(write(fd, text.data(), text.size()), static_cast<ssize_t>(text.size()));
+  close(fd);
+  std::string cmd = std::string("promtool check metrics < ") + tmpl + " 2>&1";
+  FILE* p = popen(cmd.c_str(), "r");
+  ASSERT_NE(p, nullptr);
+  std::string out;
+  char buf[512];
+  while (fgets(buf, sizeof buf, p)) out += buf;
+  int rc = pclose(p);
+  unlink(tmpl);
+  EXPECT_EQ(rc, 0) << out;
+  EXPECT_EQ(out, "") << out;
+}
+
+TEST(MetricsGoldenTest, SyscallSamplesAreExact) {
+  auto families = FixedFamilies();
+  ASSERT_GE(families.size(), 2u);
+  const auto& calls = families[0];
+  EXPECT_EQ(calls.name, "kmon_syscalls_total");
+  // 2 host cgroups x their syscalls + the pod's 2: 5 series; the dead cgroup and
+  // the unconfigured syscall are not there.
+  ASSERT_EQ(calls.metric.size(), 5u);
+  double pod_openat = -1;
+  for (const auto& m : calls.metric) {
+    if (m.label[1].value == "0c4b8f6e-1d2a-4c3b-9e8f-123456789abc" && m.label[3].value == "openat") {
+      pod_openat = m.counter.value;
+      EXPECT_EQ(m.label[2].value, "4f2a9c1b7d3e");
+    }
+  }
+  EXPECT_EQ(pod_openat, 40);
+  const auto& errors = families[1];
+  double errs = 0;
+  for (const auto& m : errors.metric) errs += m.counter.value;
+  EXPECT_EQ(errs, 15);
+}
+
+}  // namespace
+}  // namespace kmon

@@ -1,0 +1,95 @@
+// Helpers for tests that load BPF into the running kernel: a cgroup of the test's
+// own (removed even when the test fails), workloads run inside it, the exporter run
+// as a real process, and scraping it.
+#pragma once
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+namespace kmon::testing {
+
+/// Skips when not root; fails instead when CI=true (CI must run these tests).
+#define KMON_REQUIRE_ROOT()                                                     \
+  do {                                                                          \
+    if (geteuid() != 0) {                                                       \
+      if (::kmon::testing::InCi()) FAIL() << "root tests must run in CI (CI=true) but euid != 0"; \
+      GTEST_SKIP() << "needs root to load BPF programs";                        \
+    }                                                                           \
+  } while (0)
+
+bool InCi();
+
+/// A cgroup v2 directory "kmon-test-<pid>-<n>" under the v2 root; rmdir'd on destruction
+/// after moving any leftover processes back to the root cgroup.
+class TestCgroup {
+ public:
+  TestCgroup();
+  ~TestCgroup();
+  TestCgroup(const TestCgroup&) = delete;
+  TestCgroup& operator=(const TestCgroup&) = delete;
+  const std::string& path() const { return path_; }
+  const std::string& name() const { return name_; }
+  uint64_t id() const { return id_; }
+
+ private:
+  std::string root_, name_, path_;
+  uint64_t id_ = 0;
+};
+
+/// Forks a child, moves it into `cg`, then runs `body` in it; waits for it.
+/// Returns the child's exit status (0 when body returned normally).
+int RunInCgroup(const TestCgroup& cg, const std::function<void()>& body);
+
+/// A free TCP port on 127.0.0.1.
+int FreePort();
+
+struct HttpResult {
+  long status = 0;
+  std::string body;
+};
+HttpResult HttpGet(const std::string& url);
+HttpResult HttpPost(const std::string& url);
+
+/// The value of one sample in Prometheus text: name and every label given must match.
+std::optional<double> SampleValue(const std::string& text, const std::string& name,
+                                  const std::map<std::string, std::string>& labels);
+
+/// kmon_exporter running as a child process; killed (SIGTERM, then SIGKILL) on destruction.
+class ExporterProcess {
+ public:
+  explicit ExporterProcess(std::vector<std::string> args);
+  ~ExporterProcess();
+  /// Waits until /-/ready answers 200; false on timeout or exit.
+  bool WaitReady(int timeout_ms = 20000);
+  std::string Url(const std::string& path) const;
+  std::string Scrape() const { return HttpGet(Url("/metrics")).body; }
+  void Signal(int sig);
+  /// Sends SIGTERM and returns the exit status (-1 if it did not exit in time).
+  int Terminate(int timeout_ms = 10000);
+  pid_t pid() const { return pid_; }
+  int port() const { return port_; }
+
+ private:
+  pid_t pid_ = -1;
+  int port_ = 0;
+};
+
+/// IDs of loaded BPF programs whose name is `name`, above `min_id`. IDs only grow,
+/// so a process's programs are those above the largest ID seen before it started
+/// (programs of earlier tests may still be on their way out).
+std::vector<uint32_t> BpfProgramIds(const std::string& name, uint32_t min_id = 0);
+/// The largest BPF program ID in use now.
+uint32_t MaxBpfProgramId();
+
+/// Writes `text` to a new temporary file and returns its path.
+std::string WriteTempFile(const std::string& text);
+
+}  // namespace kmon::testing

@@ -1,0 +1,276 @@
+// The syscalls collector against the running kernel: a workload in a cgroup of its
+// own makes known numbers of syscalls, and kmon must count exactly those.
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <fstream>
+#include <thread>
+
+#include <gtest/gtest.h>
+
+#include "collectors/syscalls.h"
+#include "collectors/watched_cgroups.h"
+#include "exporter/config.h"
+#include "provider/workload.h"
+#include "tests/root/root_util.h"
+
+namespace kmon {
+namespace {
+
+using testing::ExporterProcess;
+using testing::RunInCgroup;
+using testing::SampleValue;
+using testing::TestCgroup;
+
+constexpr int kGetppid = 1000;
+constexpr int kFailingOpenat = 50;
+
+void MakeCalls(int getppid, int getpid, int failing_openat) {
+  for (int i = 0; i < getppid; ++i) syscall(SYS_getppid);
+  for (int i = 0; i < getpid; ++i) syscall(SYS_getpid);
+  for (int i = 0; i < failing_openat; ++i) {
+    syscall(SYS_openat, AT_FDCWD, "/nonexistent/kmon-test", O_RDONLY);
+  }
+}
+
+// Value of `family` for container `container` and syscall `sc`; -1 when absent.
+double Find(const std::vector<prometheus::MetricFamily>& fams, const std::string& family,
+            const std::string& container, const std::string& sc) {
+  for (const auto& f : fams) {
+    if (f.name != family) continue;
+    for (const auto& m : f.metric) {
+      if (m.label[2].value == container && m.label[3].value == sc) return m.counter.value;
+    }
+  }
+  return -1;
+}
+
+Config SyscallConfig(std::vector<std::string> names) {
+  std::string yaml = "collectors:\n  syscalls:\n    syscalls: [";
+  for (size_t i = 0; i < names.size(); ++i) yaml += (i ? ", " : "") + names[i];
+  yaml += "]\n";
+  ConfigResult r = ParseConfig(yaml, ProcessEnv());
+  EXPECT_TRUE(r.problems.empty());
+  return r.config.value_or(DefaultConfig());
+}
+
+class SyscallsRootTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    KMON_REQUIRE_ROOT();
+    auto root = DetectCgroup2Root();
+    ASSERT_TRUE(root.has_value());
+    workloads_ = std::make_unique<WorkloadResolver>(std::make_unique<CgroupFsPathSource>(*root),
+                                                    nullptr, std::chrono::milliseconds(0));
+    watched_ = std::make_unique<WatchedCgroups>(workloads_.get());
+  }
+  std::unique_ptr<WorkloadResolver> workloads_;
+  std::unique_ptr<WatchedCgroups> watched_;
+};
+
+TEST_F(SyscallsRootTest, CountsExactlyWhatTheWorkloadDid) {
+  SyscallsCollector c({workloads_.get(), watched_.get()});
+  Config cfg = SyscallConfig({"getppid", "openat"});
+  absl::Status st = c.Start(cfg);
+  ASSERT_TRUE(st.ok()) << st;
+  TestCgroup cg;
+  ASSERT_EQ(RunInCgroup(cg, [] { MakeCalls(kGetppid, 0, kFailingOpenat); }), 0);
+
+  std::vector<prometheus::MetricFamily> fams;
+  c.Collect(&fams);
+  EXPECT_EQ(Find(fams, "kmon_syscalls_total", cg.name(), "getppid"), kGetppid);
+  EXPECT_EQ(Find(fams, "kmon_syscall_errors_total", cg.name(), "getppid"), 0);
+  EXPECT_GE(Find(fams, "kmon_syscalls_total", cg.name(), "openat"), kFailingOpenat);
+  EXPECT_GE(Find(fams, "kmon_syscall_errors_total", cg.name(), "openat"), kFailingOpenat);
+  // Counters are cumulative: a second scrape of the same data gives the same numbers.
+  fams.clear();
+  c.Collect(&fams);
+  EXPECT_EQ(Find(fams, "kmon_syscalls_total", cg.name(), "getppid"), kGetppid);
+  EXPECT_EQ(c.EventsLost().at("map_full"), 0u);
+}
+
+TEST_F(SyscallsRootTest, WatchedCgroupsControlMapFiltersWithoutReload) {
+  SyscallsCollector c({workloads_.get(), watched_.get()});
+  Config cfg = SyscallConfig({"getppid"});
+  const uint32_t before = testing::MaxBpfProgramId();
+  ASSERT_TRUE(c.Start(cfg).ok());
+  const auto ids = testing::BpfProgramIds("kmon_sys_exit", before);
+  ASSERT_EQ(ids.size(), 1u);
+  ASSERT_FALSE(ids.empty());
+
+  // host_processes: false watches only pod cgroups: our test cgroup is not one.
+  cfg.targets.host_processes = false;
+  ASSERT_TRUE(watched_->Update(cfg.targets).ok());
+  ASSERT_TRUE(c.Reconfigure(cfg).ok());
+  TestCgroup cg;
+  ASSERT_EQ(RunInCgroup(cg, [] { MakeCalls(300, 0, 0); }), 0);
+  std::vector<prometheus::MetricFamily> fams;
+  c.Collect(&fams);
+  EXPECT_EQ(Find(fams, "kmon_syscalls_total", cg.name(), "getppid"), -1);
+
+  cfg.targets.host_processes = true;
+  ASSERT_TRUE(watched_->Update(cfg.targets).ok());
+  ASSERT_TRUE(c.Reconfigure(cfg).ok());
+  ASSERT_EQ(RunInCgroup(cg, [] { MakeCalls(200, 0, 0); }), 0);
+  fams.clear();
+  c.Collect(&fams);
+  EXPECT_EQ(Find(fams, "kmon_syscalls_total", cg.name(), "getppid"), 200);
+  EXPECT_EQ(testing::BpfProgramIds("kmon_sys_exit", before), ids);
+}
+
+TEST_F(SyscallsRootTest, ReconfigureChangesTheSetInPlace) {
+  SyscallsCollector c({workloads_.get(), watched_.get()});
+  Config cfg = SyscallConfig({"getppid"});
+  const uint32_t before = testing::MaxBpfProgramId();
+  ASSERT_TRUE(c.Start(cfg).ok());
+  const auto ids = testing::BpfProgramIds("kmon_sys_exit", before);
+  ASSERT_EQ(ids.size(), 1u);
+  TestCgroup cg;
+  ASSERT_EQ(RunInCgroup(cg, [] { MakeCalls(10, 20, 0); }), 0);
+  ASSERT_TRUE(c.Reconfigure(SyscallConfig({"getppid", "getpid"})).ok());
+  ASSERT_EQ(RunInCgroup(cg, [] { MakeCalls(10, 20, 0); }), 0);
+  std::vector<prometheus::MetricFamily> fams;
+  c.Collect(&fams);
+  EXPECT_EQ(Find(fams, "kmon_syscalls_total", cg.name(), "getppid"), 20);
+  EXPECT_EQ(Find(fams, "kmon_syscalls_total", cg.name(), "getpid"), 20);  // only after reload
+  EXPECT_EQ(testing::BpfProgramIds("kmon_sys_exit", before), ids);
+}
+
+// --- the real exporter process ---
+
+std::string ConfigYaml(const std::string& syscalls) {
+  return "interval: 1s\ncollectors:\n  syscalls:\n    syscalls: [" + syscalls + "]\n";
+}
+
+// Polls until `pred(scrape)` holds; returns the last scrape.
+std::string WaitFor(const ExporterProcess& p, const std::function<bool(const std::string&)>& pred,
+                    int timeout_ms = 10000) {
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+  std::string text;
+  do {
+    text = p.Scrape();
+    if (pred(text)) return text;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  } while (std::chrono::steady_clock::now() < deadline);
+  return text;
+}
+
+double ReloadStamp(const std::string& text) {
+  return SampleValue(text, "kmon_config_last_reload_success_timestamp_seconds", {}).value_or(0);
+}
+
+TEST(ExporterRootTest, ReloadsBySighupHttpAndFileChangeKeepingPrograms) {
+  KMON_REQUIRE_ROOT();
+  const std::string cfg_path = testing::WriteTempFile(ConfigYaml("getppid"));
+  const uint32_t before = testing::MaxBpfProgramId();
+  ExporterProcess exporter({"--config.file=" + cfg_path});
+  ASSERT_TRUE(exporter.WaitReady());
+  const auto ids = testing::BpfProgramIds("kmon_sys_exit", before);
+  ASSERT_EQ(ids.size(), 1u);
+
+  TestCgroup cg1;
+  ASSERT_EQ(RunInCgroup(cg1, [] { MakeCalls(kGetppid, 7, 0); }), 0);
+  std::string text = WaitFor(exporter, [&](const std::string& t) {
+    return SampleValue(t, "kmon_syscalls_total", {{"container", cg1.name()}}).has_value();
+  });
+  EXPECT_EQ(SampleValue(text, "kmon_syscalls_total",
+                        {{"container", cg1.name()}, {"syscall", "getppid"}}),
+            kGetppid);
+  EXPECT_FALSE(SampleValue(text, "kmon_syscalls_total",
+                           {{"container", cg1.name()}, {"syscall", "getpid"}}));
+  EXPECT_EQ(SampleValue(text, "kmon_collector_up", {{"collector", "syscalls"}}), 1);
+  EXPECT_EQ(SampleValue(text, "kmon_config_last_reload_successful", {}), 1);
+  double stamp = ReloadStamp(text);
+
+  // SIGHUP with getpid added: counted from then on, same program.
+  std::ofstream(cfg_path) << ConfigYaml("getppid, getpid");
+  exporter.Signal(SIGHUP);
+  WaitFor(exporter, [&](const std::string& t) { return ReloadStamp(t) > stamp; });
+  TestCgroup cg2;
+  ASSERT_EQ(RunInCgroup(cg2, [] { MakeCalls(3, 11, 0); }), 0);
+  text = WaitFor(exporter, [&](const std::string& t) {
+    return SampleValue(t, "kmon_syscalls_total", {{"container", cg2.name()}}).has_value();
+  });
+  EXPECT_EQ(SampleValue(text, "kmon_syscalls_total",
+                        {{"container", cg2.name()}, {"syscall", "getpid"}}),
+            11);
+  EXPECT_EQ(testing::BpfProgramIds("kmon_sys_exit", before), ids);
+  stamp = ReloadStamp(text);
+
+  // A broken config is rejected whole: the old one (getpid counted) stays in force.
+  std::ofstream(cfg_path) << ConfigYaml("getppid, getpid") << "bogus_key: 1\n";
+  exporter.Signal(SIGHUP);
+  text = WaitFor(exporter, [&](const std::string& t) {
+    return SampleValue(t, "kmon_config_last_reload_successful", {}) == 0;
+  });
+  EXPECT_EQ(SampleValue(text, "kmon_config_last_reload_successful", {}), 0);
+  EXPECT_EQ(ReloadStamp(text), stamp);
+  TestCgroup cg3;
+  ASSERT_EQ(RunInCgroup(cg3, [] { MakeCalls(0, 13, 0); }), 0);
+  text = WaitFor(exporter, [&](const std::string& t) {
+    return SampleValue(t, "kmon_syscalls_total", {{"container", cg3.name()}}).has_value();
+  });
+  EXPECT_EQ(SampleValue(text, "kmon_syscalls_total",
+                        {{"container", cg3.name()}, {"syscall", "getpid"}}),
+            13);
+
+  // POST /-/reload: 500 while the file is broken, 200 once it is fixed.
+  EXPECT_EQ(testing::HttpPost(exporter.Url("/-/reload")).status, 500);
+  EXPECT_EQ(testing::HttpGet(exporter.Url("/-/reload")).status, 405);
+  std::ofstream(cfg_path) << ConfigYaml("getpid");
+  // (the file change may be picked up by the watcher first; either way it reloads)
+  auto post = testing::HttpPost(exporter.Url("/-/reload"));
+  EXPECT_EQ(post.status, 200) << post.body;
+  text = exporter.Scrape();
+  EXPECT_EQ(SampleValue(text, "kmon_config_last_reload_successful", {}), 1);
+  stamp = ReloadStamp(text);
+
+  // A change of the file alone reloads it.
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  std::ofstream(cfg_path) << ConfigYaml("getppid");
+  WaitFor(exporter, [&](const std::string& t) { return ReloadStamp(t) > stamp; });
+  TestCgroup cg4;
+  ASSERT_EQ(RunInCgroup(cg4, [] { MakeCalls(5, 9, 0); }), 0);
+  text = WaitFor(exporter, [&](const std::string& t) {
+    return SampleValue(t, "kmon_syscalls_total", {{"container", cg4.name()}}).has_value();
+  });
+  EXPECT_EQ(SampleValue(text, "kmon_syscalls_total",
+                        {{"container", cg4.name()}, {"syscall", "getppid"}}),
+            5);
+  EXPECT_FALSE(SampleValue(text, "kmon_syscalls_total",
+                           {{"container", cg4.name()}, {"syscall", "getpid"}}));
+  EXPECT_EQ(testing::BpfProgramIds("kmon_sys_exit", before), ids);
+
+  EXPECT_EQ(exporter.Terminate(), 0);  // clean shutdown on SIGTERM
+  // The kernel frees a detached program shortly after its last reference goes.
+  for (int i = 0; i < 100 && !testing::BpfProgramIds("kmon_sys_exit", before).empty(); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  EXPECT_TRUE(testing::BpfProgramIds("kmon_sys_exit", before).empty());
+  unlink(cfg_path.c_str());
+}
+
+TEST(ExporterRootTest, BadConfigAtStartExitsOneNamingKeyAndLine) {
+  const std::string cfg_path = testing::WriteTempFile(
+      "interval: soon\ncollectors:\n  syscalls:\n    syscalls: [getppid, not_a_syscall]\n");
+  std::string cmd = std::string(KMON_EXPORTER_BIN) + " --check-config --config.file=" + cfg_path +
+                    " 2>&1";
+  FILE* p = popen(cmd.c_str(), "r");
+  ASSERT_NE(p, nullptr);
+  std::string out;
+  char buf[512];
+  while (fgets(buf, sizeof buf, p)) out += buf;
+  int rc = pclose(p);
+  EXPECT_EQ(WEXITSTATUS(rc), 1) << out;
+  EXPECT_NE(out.find("line 1: interval"), std::string::npos) << out;
+  EXPECT_NE(out.find("line 4: collectors.syscalls.syscalls[1]"), std::string::npos) << out;
+  EXPECT_NE(out.find("not_a_syscall"), std::string::npos) << out;
+  unlink(cfg_path.c_str());
+}
+
+}  // namespace
+}  // namespace kmon
