@@ -15,6 +15,7 @@
 #include <prometheus/metric_family.h>
 
 #include "exporter/config.h"
+#include "exporter/http_server.h"
 
 struct bpf_object;
 
@@ -27,6 +28,8 @@ class WatchedCgroups;
 struct CollectorDeps {
   WorkloadResolver* workloads = nullptr;  // cgroup id -> namespace/pod/container
   WatchedCgroups* watched = nullptr;      // keeps each object's watched-cgroups map current
+  /// Serves an extra HTTP path (e.g. /debug/offcpu); may be called from Start().
+  std::function<void(const std::string& path, HttpHandler handler)> handle_http;
 };
 
 class Collector {

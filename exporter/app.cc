@@ -100,7 +100,15 @@ void App::StartSlot(Slot* slot, const Config& config) {
     LogWarn("collector skipped", {{"collector", slot->entry->name}, {"reason", slot->reason}});
     return;
   }
-  CollectorDeps deps{workloads_.get(), watched_.get()};
+  CollectorDeps deps{workloads_.get(), watched_.get(),
+                     [this](const std::string& path, HttpHandler handler) {
+                       // Called under mu_ from StartSlot (startup or reload).
+                       if (http_) {
+                         http_->Handle(path, std::move(handler));
+                       } else {
+                         pending_routes_.emplace_back(path, std::move(handler));
+                       }
+                     }};
   slot->collector = slot->entry->factory(deps);
   absl::Status st = slot->collector->Start(config);
   if (!st.ok()) {
@@ -216,7 +224,12 @@ int App::Start() {
     LogError("cannot start HTTP server", {{"err", server.status().ToString()}});
     return 1;
   }
-  http_ = std::move(*server);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    http_ = std::move(*server);
+    for (auto& [path, handler] : pending_routes_) http_->Handle(path, std::move(handler));
+    pending_routes_.clear();
+  }
   LogInfo("listening", {{"address", flags_.listen_address}, {"path", flags_.telemetry_path},
                         {"tls", web && web->tls() ? "true" : "false"}});
   return 0;

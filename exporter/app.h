@@ -68,6 +68,8 @@ class App {
   std::unique_ptr<WorkloadResolver> workloads_;
   std::unique_ptr<WatchedCgroups> watched_;
   std::unique_ptr<HttpServer> http_;
+  // Routes collectors asked for before the server existed; registered once it does.
+  std::vector<std::pair<std::string, HttpHandler>> pending_routes_;
   int bpf_stats_fd_ = -1;
   struct FileStamp {
     bool ok = false;
