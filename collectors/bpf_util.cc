@@ -66,10 +66,9 @@ absl::Status CheckMapLayout(std::string_view collector, const bpf_map* map, size
 
 namespace internal {
 
-absl::Status ReadPerCpuHashRaw(int map_fd, uint32_t max_entries, size_t key_size,
-                               size_t value_size, std::vector<uint8_t>* keys,
-                               std::vector<uint8_t>* values, uint32_t* count) {
-  const size_t stride = value_size * PossibleCpus();
+absl::Status ReadHashRaw(int map_fd, uint32_t max_entries, size_t key_size, size_t stride,
+                         std::vector<uint8_t>* keys, std::vector<uint8_t>* values,
+                         uint32_t* count) {
   keys->assign(static_cast<size_t>(max_entries) * key_size, 0);
   values->assign(static_cast<size_t>(max_entries) * stride, 0);
   *count = 0;
@@ -120,6 +119,14 @@ absl::Status ReadPerCpuHashRaw(int map_fd, uint32_t max_entries, size_t key_size
 }
 
 }  // namespace internal
+
+void ClearHash(int map_fd, size_t key_size) {
+  std::vector<uint8_t> key(key_size);
+  // Deleting the first key each time: iteration from a deleted key would restart anyway.
+  while (bpf_map_get_next_key(map_fd, nullptr, key.data()) == 0) {
+    if (bpf_map_delete_elem(map_fd, key.data()) != 0) break;
+  }
+}
 
 absl::StatusOr<std::vector<uint64_t>> ReadPerCpuU64Array(int map_fd, uint32_t entries) {
   std::vector<uint64_t> sums(entries, 0);

@@ -37,6 +37,13 @@ template <typename K, typename V>
 absl::Status ReadPerCpuHash(int map_fd, uint32_t max_entries,
                             std::vector<std::pair<K, std::vector<V>>>* out);
 
+/// Reads a whole (not per-CPU) hash map in batches, like ReadPerCpuHash.
+template <typename K, typename V>
+absl::Status ReadHash(int map_fd, uint32_t max_entries, std::vector<std::pair<K, V>>* out);
+
+/// Deletes every key of a hash map (used when a reload changes what its values mean).
+void ClearHash(int map_fd, size_t key_size);
+
 /// Sum over CPUs of every slot of a per-CPU u64 array.
 absl::StatusOr<std::vector<uint64_t>> ReadPerCpuU64Array(int map_fd, uint32_t entries);
 
@@ -46,9 +53,10 @@ absl::StatusOr<uint64_t> CountMapEntries(const bpf_map* map);
 // ---- implementation of the template ----
 
 namespace internal {
-absl::Status ReadPerCpuHashRaw(int map_fd, uint32_t max_entries, size_t key_size,
-                               size_t value_size, std::vector<uint8_t>* keys,
-                               std::vector<uint8_t>* values, uint32_t* count);
+/// `value_stride`: bytes per key in the value buffer (value size x CPUs for per-CPU maps).
+absl::Status ReadHashRaw(int map_fd, uint32_t max_entries, size_t key_size, size_t value_stride,
+                         std::vector<uint8_t>* keys, std::vector<uint8_t>* values,
+                         uint32_t* count);
 }  // namespace internal
 
 template <typename K, typename V>
@@ -57,10 +65,10 @@ absl::Status ReadPerCpuHash(int map_fd, uint32_t max_entries,
   static_assert(sizeof(V) % 8 == 0, "per-CPU values are 8-byte aligned slots");
   std::vector<uint8_t> keys, values;
   uint32_t count = 0;
-  absl::Status st = internal::ReadPerCpuHashRaw(map_fd, max_entries, sizeof(K), sizeof(V),
-                                                &keys, &values, &count);
-  if (!st.ok()) return st;
   const int cpus = PossibleCpus();
+  absl::Status st = internal::ReadHashRaw(map_fd, max_entries, sizeof(K), sizeof(V) * cpus, &keys,
+                                          &values, &count);
+  if (!st.ok()) return st;
   out->clear();
   out->reserve(count);
   for (uint32_t i = 0; i < count; ++i) {
@@ -70,6 +78,25 @@ absl::Status ReadPerCpuHash(int map_fd, uint32_t max_entries,
     std::memcpy(per_cpu.data(), values.data() + static_cast<size_t>(i) * cpus * sizeof(V),
                 cpus * sizeof(V));
     out->emplace_back(k, std::move(per_cpu));
+  }
+  return absl::OkStatus();
+}
+
+template <typename K, typename V>
+absl::Status ReadHash(int map_fd, uint32_t max_entries, std::vector<std::pair<K, V>>* out) {
+  std::vector<uint8_t> keys, values;
+  uint32_t count = 0;
+  absl::Status st =
+      internal::ReadHashRaw(map_fd, max_entries, sizeof(K), sizeof(V), &keys, &values, &count);
+  if (!st.ok()) return st;
+  out->clear();
+  out->reserve(count);
+  for (uint32_t i = 0; i < count; ++i) {
+    K k;
+    V v;
+    std::memcpy(&k, keys.data() + i * sizeof(K), sizeof(K));
+    std::memcpy(&v, values.data() + i * sizeof(V), sizeof(V));
+    out->emplace_back(k, v);
   }
   return absl::OkStatus();
 }

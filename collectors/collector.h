@@ -23,6 +23,7 @@ namespace kmon {
 
 class WorkloadResolver;
 class WatchedCgroups;
+class TopologyFeed;
 
 /// What every collector is handed at construction: shared, long-lived services.
 struct CollectorDeps {
@@ -30,6 +31,7 @@ struct CollectorDeps {
   WatchedCgroups* watched = nullptr;      // keeps each object's watched-cgroups map current
   /// Serves an extra HTTP path (e.g. /debug/offcpu); may be called from Start().
   std::function<void(const std::string& path, HttpHandler handler)> handle_http;
+  TopologyFeed* topology = nullptr;  // tcp publishes request edges, topology reads them
 };
 
 class Collector {

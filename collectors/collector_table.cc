@@ -3,13 +3,16 @@
 // landed yet: it is skipped with a log line and reports no series.
 #include "collectors/collector.h"
 #include "collectors/syscalls.h"
+#include "collectors/tcp.h"
+#include "collectors/topology.h"
 
 namespace kmon {
 
 const std::vector<CollectorEntry>& CollectorTable() {
   static const std::vector<CollectorEntry> table = {
-      {"tcp", true, nullptr},
-      {"topology", true, nullptr},
+      {"tcp", true, [](const CollectorDeps& d) { return std::make_unique<TcpCollector>(d); }},
+      {"topology", true,
+       [](const CollectorDeps& d) { return std::make_unique<TopologyCollector>(d); }},
       {"drops", true, nullptr},
       {"blockio", true, nullptr},
       {"syscalls", true,

@@ -100,15 +100,31 @@ void App::StartSlot(Slot* slot, const Config& config) {
     LogWarn("collector skipped", {{"collector", slot->entry->name}, {"reason", slot->reason}});
     return;
   }
-  CollectorDeps deps{workloads_.get(), watched_.get(),
-                     [this](const std::string& path, HttpHandler handler) {
-                       // Called under mu_ from StartSlot (startup or reload).
-                       if (http_) {
-                         http_->Handle(path, std::move(handler));
-                       } else {
-                         pending_routes_.emplace_back(path, std::move(handler));
-                       }
-                     }};
+  // A collector's route answers only while that collector runs: a reload that stops
+  // it must not leave the server calling into a destroyed object.
+  const std::string name = slot->entry->name;
+  auto handle = [this, name](const std::string& path, HttpHandler handler) {
+    HttpHandler guarded = [this, name, handler](const HttpRequest& req) {
+      std::lock_guard<std::mutex> lock(mu_);
+      for (const auto& s : slots_) {
+        if (s.entry->name == name && s.up && s.collector) return handler(req);
+      }
+      HttpResponse r;
+      r.status = 404;
+      r.body = absl::StrCat("collector ", name, " is not running\n");
+      return r;
+    };
+    // Called under mu_ from StartSlot (startup or reload).
+    if (http_) {
+      http_->Handle(path, std::move(guarded));
+    } else {
+      pending_routes_.emplace_back(path, std::move(guarded));
+    }
+  };
+  CollectorDeps deps{.workloads = workloads_.get(),
+                     .watched = watched_.get(),
+                     .handle_http = handle,
+                     .topology = &topology_};
   slot->collector = slot->entry->factory(deps);
   absl::Status st = slot->collector->Start(config);
   if (!st.ok()) {

@@ -13,6 +13,7 @@
 #include <prometheus/metric_family.h>
 
 #include "collectors/collector.h"
+#include "collectors/topology_feed.h"
 #include "collectors/watched_cgroups.h"
 #include "exporter/config.h"
 #include "exporter/flags.h"
@@ -67,6 +68,7 @@ class App {
   double last_reload_success_unix_ = 0;
   std::unique_ptr<WorkloadResolver> workloads_;
   std::unique_ptr<WatchedCgroups> watched_;
+  TopologyFeed topology_;
   std::unique_ptr<HttpServer> http_;
   // Routes collectors asked for before the server existed; registered once it does.
   std::vector<std::pair<std::string, HttpHandler>> pending_routes_;

@@ -113,7 +113,7 @@ int main(int argc, char** argv) {
   for (int r = 0; r < rounds; ++r) {
     double b1 = NsPerCall(iterations);
     {
-      kmon::SyscallsCollector c({&workloads, &watched});
+      kmon::SyscallsCollector c({.workloads = &workloads, .watched = &watched});
       absl::Status st = c.Start(*parsed.config);
       if (!st.ok()) {
         std::fprintf(stderr, "syscalls collector: %s\n", st.ToString().c_str());

@@ -7,6 +7,7 @@
 #include <signal.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sched.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -87,6 +88,61 @@ int RunInCgroup(const TestCgroup& cg, const std::function<void()>& body) {
   if (!moved) return -1;
   return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 }
+
+pid_t SpawnInCgroup(const TestCgroup& cg, const std::function<void()>& body,
+                    const std::string& netns) {
+  int go[2];
+  if (pipe(go) != 0) return -1;
+  pid_t pid = fork();
+  if (pid == 0) {
+    close(go[1]);
+    char c;
+    if (read(go[0], &c, 1) != 1) _exit(3);
+    if (!netns.empty()) {
+      int fd = open(("/var/run/netns/" + netns).c_str(), O_RDONLY);
+      if (fd < 0 || setns(fd, CLONE_NEWNET) != 0) _exit(4);
+      close(fd);
+    }
+    body();
+    _exit(0);
+  }
+  close(go[0]);
+  if (!WriteString(cg.path() + "/cgroup.procs", std::to_string(pid))) {
+    ADD_FAILURE() << "could not move pid " << pid << " into " << cg.path();
+  }
+  if (write(go[1], "g", 1) != 1) ADD_FAILURE() << "could not start child";
+  close(go[1]);
+  return pid;
+}
+
+int WaitChild(pid_t pid, int timeout_ms) {
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+  int status = 0;
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (waitpid(pid, &status, WNOHANG) == pid) return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  kill(pid, SIGKILL);
+  waitpid(pid, &status, 0);
+  return -1;
+}
+
+int Sh(const std::string& command) {
+  int status = std::system(command.c_str());
+  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+namespace {
+std::atomic<int> g_netns_seq{0};
+}  // namespace
+
+TestNetns::TestNetns() {
+  name_ = "kmon-" + std::to_string(getpid()) + "-" + std::to_string(g_netns_seq++);
+  if (Sh("ip netns add " + name_) != 0) ADD_FAILURE() << "ip netns add " << name_;
+  Sh("ip -n " + name_ + " link set lo up");
+}
+
+TestNetns::~TestNetns() { Sh("ip netns del " + name_ + " 2>/dev/null"); }
 
 int FreePort() {
   int fd = socket(AF_INET, SOCK_STREAM, 0);

@@ -48,6 +48,30 @@ class TestCgroup {
 /// Returns the child's exit status (0 when body returned normally).
 int RunInCgroup(const TestCgroup& cg, const std::function<void()>& body);
 
+/// Like RunInCgroup but returns at once with the child's pid. With `netns`, the
+/// child enters that network namespace (from /var/run/netns) before `body`.
+pid_t SpawnInCgroup(const TestCgroup& cg, const std::function<void()>& body,
+                    const std::string& netns = "");
+/// Waits for a child; its exit status, or -1 after SIGKILL when it outlives the timeout.
+int WaitChild(pid_t pid, int timeout_ms = 20000);
+
+/// A network namespace `kmon-<pid>-<n>` made with `ip netns add`; deleted (with
+/// its interfaces) on destruction.
+class TestNetns {
+ public:
+  TestNetns();
+  ~TestNetns();
+  TestNetns(const TestNetns&) = delete;
+  TestNetns& operator=(const TestNetns&) = delete;
+  const std::string& name() const { return name_; }
+
+ private:
+  std::string name_;
+};
+
+/// Runs a shell command; its exit status.
+int Sh(const std::string& command);
+
 /// A free TCP port on 127.0.0.1.
 int FreePort();
 

@@ -73,7 +73,7 @@ class SyscallsRootTest : public ::testing::Test {
 };
 
 TEST_F(SyscallsRootTest, CountsExactlyWhatTheWorkloadDid) {
-  SyscallsCollector c({workloads_.get(), watched_.get()});
+  SyscallsCollector c({.workloads = workloads_.get(), .watched = watched_.get()});
   Config cfg = SyscallConfig({"getppid", "openat"});
   absl::Status st = c.Start(cfg);
   ASSERT_TRUE(st.ok()) << st;
@@ -94,7 +94,7 @@ TEST_F(SyscallsRootTest, CountsExactlyWhatTheWorkloadDid) {
 }
 
 TEST_F(SyscallsRootTest, WatchedCgroupsControlMapFiltersWithoutReload) {
-  SyscallsCollector c({workloads_.get(), watched_.get()});
+  SyscallsCollector c({.workloads = workloads_.get(), .watched = watched_.get()});
   Config cfg = SyscallConfig({"getppid"});
   const uint32_t before = testing::MaxBpfProgramId();
   ASSERT_TRUE(c.Start(cfg).ok());
@@ -123,7 +123,7 @@ TEST_F(SyscallsRootTest, WatchedCgroupsControlMapFiltersWithoutReload) {
 }
 
 TEST_F(SyscallsRootTest, ReconfigureChangesTheSetInPlace) {
-  SyscallsCollector c({workloads_.get(), watched_.get()});
+  SyscallsCollector c({.workloads = workloads_.get(), .watched = watched_.get()});
   Config cfg = SyscallConfig({"getppid"});
   const uint32_t before = testing::MaxBpfProgramId();
   ASSERT_TRUE(c.Start(cfg).ok());

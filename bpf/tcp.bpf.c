@@ -1,0 +1,408 @@
+// SPDX-License-Identifier: GPL-2.0
+/* TCP: Kmon's server-side request latency, connection events, bytes, and the
+ * client -> server edges of the service topology.
+ *
+ * A request, on the server side of a connection, runs from the first byte the
+ * server reads to the last byte of its reply; it ends when the next request begins
+ * (the server reads again after replying) or when the connection starts to close,
+ * so the last request of every connection counts too. No payload is parsed.
+ *
+ * Which side is the server: a passive open (SYN_RECV -> ESTABLISHED) is; an active
+ * open (SYN_SENT) is not; a connection that existed before kmon started is the
+ * server side when its local port is a listening port in its network namespace
+ * (Kmon's rule): `listen_ports` is filled by user space at start and kept current
+ * here from LISTEN transitions.
+ *
+ * All on stable tracepoints through tp_btf: sock_send_length/sock_recv_length
+ * (6.3+), inet_sock_set_state, tcp_retransmit_skb, tcp_send_reset, tcp_receive_reset,
+ * tcp_destroy_sock. A socket's workload is the cgroup that created it
+ * (sk_cgrp_data), which an accepted socket inherits from its listener, so softirq
+ * events are attributed right too. */
+#include "vmlinux.h"
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_endian.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+
+#include "bpf/kmon_common.bpf.h"
+#include "bpf/tcp.h"
+
+char LICENSE[] SEC("license") = "GPL";
+
+#define AF_INET 2
+#define AF_INET6 10
+#define IPPROTO_TCP 6
+#define IPPROTO_UDP 17
+#define MSG_PEEK 2
+
+struct {
+  __uint(type, BPF_MAP_TYPE_ARRAY);
+  __uint(max_entries, 1);
+  __type(key, __u32);
+  __type(value, struct tcp_config);
+} tcp_config SEC(".maps");
+
+/* Server ports to measure while tcp_config.filter_ports is set. */
+struct {
+  __uint(type, BPF_MAP_TYPE_HASH);
+  __uint(max_entries, KMON_TCP_PORTS_MAX);
+  __type(key, __u16);
+  __type(value, __u8);
+} ports SEC(".maps");
+
+struct {
+  __uint(type, BPF_MAP_TYPE_HASH);
+  __uint(max_entries, KMON_TCP_LISTEN_MAX);
+  __type(key, struct tcp_listen_key);
+  __type(value, __u8);
+} listen_ports SEC(".maps");
+
+struct {
+  __uint(type, BPF_MAP_TYPE_LRU_HASH);
+  __uint(max_entries, KMON_TCP_CONNS_MAX);
+  __type(key, __u64);
+  __type(value, struct tcp_conn);
+} conns SEC(".maps");
+
+/* Client-side sockets on this host: (address, port) -> cgroup. Keyed without the
+ * server address so a client that reached the server through DNAT still matches. */
+struct {
+  __uint(type, BPF_MAP_TYPE_LRU_HASH);
+  __uint(max_entries, KMON_TCP_CONNS_MAX);
+  __type(key, struct tcp_tuple);
+  __type(value, __u64);
+} client_socks SEC(".maps");
+
+struct {
+  __uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+  __uint(max_entries, KMON_TCP_HIST_MAX);
+  __type(key, struct tcp_hist_key);
+  __type(value, struct tcp_hist);
+} req_hist SEC(".maps");
+
+struct {
+  __uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+  __uint(max_entries, KMON_TCP_HIST_MAX);
+  __type(key, struct tcp_hist_key);
+  __type(value, struct tcp_hist);
+} connect_hist SEC(".maps");
+
+struct {
+  __uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+  __uint(max_entries, KMON_TCP_EDGES_MAX);
+  __type(key, struct tcp_edge_key);
+  __type(value, struct tcp_hist);
+} edges SEC(".maps");
+
+struct {
+  __uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+  __uint(max_entries, KMON_TCP_STATS_MAX);
+  __type(key, __u64);
+  __type(value, struct tcp_stats);
+} stats SEC(".maps");
+
+static const struct tcp_hist zero_hist;
+static const struct tcp_stats zero_stats;
+
+static __always_inline struct tcp_config *tcp_cfg(void) {
+  __u32 zero = 0;
+  return bpf_map_lookup_elem(&tcp_config, &zero);
+}
+
+static __always_inline __u64 sk_cgroup(const struct sock *sk) {
+  return BPF_CORE_READ(sk, sk_cgrp_data.cgroup, kn, id);
+}
+
+static __always_inline __u32 sk_netns(const struct sock *sk) {
+  return BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+}
+
+/* Addresses as IPv6; an IPv4 socket's as v4-mapped (::ffff:a.b.c.d), which is also
+ * what an IPv6 socket talking to an IPv4 peer holds, so both meet in one form. */
+static __always_inline void sk_addrs(const struct sock *sk, __u8 local[16], __u8 peer[16]) {
+  __u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
+  if (family == AF_INET6) {
+    BPF_CORE_READ_INTO(local, sk, __sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8);
+    BPF_CORE_READ_INTO(peer, sk, __sk_common.skc_v6_daddr.in6_u.u6_addr8);
+    return;
+  }
+  __builtin_memset(local, 0, 16);
+  __builtin_memset(peer, 0, 16);
+  local[10] = local[11] = peer[10] = peer[11] = 0xff;
+  __be32 l = BPF_CORE_READ(sk, __sk_common.skc_rcv_saddr);
+  __be32 p = BPF_CORE_READ(sk, __sk_common.skc_daddr);
+  __builtin_memcpy(local + 12, &l, 4);
+  __builtin_memcpy(peer + 12, &p, 4);
+}
+
+static __always_inline bool is_inet(const struct sock *sk) {
+  __u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
+  return family == AF_INET || family == AF_INET6;
+}
+
+static __always_inline struct tcp_stats *stats_of(__u64 cgroup_id) {
+  struct tcp_stats *s = bpf_map_lookup_elem(&stats, &cgroup_id);
+  if (s) return s;
+  bpf_map_update_elem(&stats, &cgroup_id, &zero_stats, BPF_NOEXIST);
+  s = bpf_map_lookup_elem(&stats, &cgroup_id);
+  if (!s) kmon_count_lost(KMON_LOST_MAP_FULL);
+  return s;
+}
+
+/* Adds one value to a histogram; the bucket is found here from the configured bounds. */
+static __always_inline void hist_add(void *map, void *key, __u64 value,
+                                     const struct tcp_config *cfg) {
+  struct tcp_hist *h = bpf_map_lookup_elem(map, key);
+  if (!h) {
+    bpf_map_update_elem(map, key, &zero_hist, BPF_NOEXIST);
+    h = bpf_map_lookup_elem(map, key);
+    if (!h) {
+      kmon_count_lost(KMON_LOST_MAP_FULL);
+      return;
+    }
+  }
+  __u32 n = cfg->nbounds;
+  __u32 i;
+  for (i = 0; i < KMON_TCP_MAX_BOUNDS; i++) {
+    if (i >= n || value <= cfg->bounds_ns[i]) break;
+  }
+  h->slots[i] += 1;
+  h->count += 1;
+  h->sum_ns += value;
+}
+
+static __always_inline void record_request(struct tcp_conn *c) {
+  if (c->req_start_ns == 0 || c->last_send_ns < c->req_start_ns) return;
+  struct tcp_config *cfg = tcp_cfg();
+  if (!cfg) return;
+  __u64 latency = c->last_send_ns - c->req_start_ns;
+  c->req_start_ns = 0;
+  c->phase = TCP_PHASE_IDLE;
+  if (!kmon_cgroup_watched(c->cgroup_id)) return;
+  __u16 port = c->lport;
+  if (cfg->filter_ports && !bpf_map_lookup_elem(&ports, &port)) return;
+  struct tcp_hist_key hk = {.cgroup_id = c->cgroup_id, .port = port};
+  hist_add(&req_hist, &hk, latency, cfg);
+  if (!cfg->topology) return;
+  struct tcp_edge_key ek = {};
+  ek.client_cgroup = c->client_cgroup;
+  ek.server_cgroup = c->cgroup_id;
+  ek.server_port = port;
+  if (c->client_cgroup == 0 && cfg->peer_address) {
+    __builtin_memcpy(ek.client_addr, c->peer_addr, 16);
+  }
+  hist_add(&edges, &ek, latency, cfg);
+}
+
+/* The cgroup of the client socket at (addr, port) on this host, or 0. */
+static __always_inline __u64 client_cgroup_of(const __u8 addr[16], __u16 port) {
+  struct tcp_tuple t = {};
+  __builtin_memcpy(t.saddr, addr, 16);
+  t.sport = port;
+  __u64 *cg = bpf_map_lookup_elem(&client_socks, &t);
+  return cg ? *cg : 0;
+}
+
+/* Records a client socket and keeps its key in `c`: by the time the socket reaches
+ * CLOSE the kernel has already released its port (skc_num reads 0). */
+static __always_inline void remember_client(const struct sock *sk, struct tcp_conn *c) {
+  struct tcp_tuple t = {};
+  __u8 peer[16];
+  sk_addrs(sk, t.saddr, peer);
+  t.sport = BPF_CORE_READ(sk, __sk_common.skc_num);
+  __builtin_memcpy(c->local_addr, t.saddr, 16);
+  c->lport = t.sport;
+  bpf_map_update_elem(&client_socks, &t, &c->cgroup_id, BPF_ANY);
+}
+
+static __always_inline void forget_client(const struct tcp_conn *c) {
+  struct tcp_tuple t = {};
+  __builtin_memcpy(t.saddr, c->local_addr, 16);
+  t.sport = c->lport;
+  bpf_map_delete_elem(&client_socks, &t);
+}
+
+/* Server-side state for a connection: peer cgroup resolved once, at creation. */
+static __always_inline void init_server(struct tcp_conn *c, const struct sock *sk) {
+  __u8 local[16];
+  sk_addrs(sk, local, c->peer_addr);
+  __u16 peer_port = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+  c->client_cgroup = client_cgroup_of(c->peer_addr, peer_port);
+}
+
+/* The state of an established connection, created on first sight for one that was
+ * open before kmon started. */
+static __always_inline struct tcp_conn *conn_of(const struct sock *sk) {
+  __u64 key = (__u64)sk;
+  struct tcp_conn *c = bpf_map_lookup_elem(&conns, &key);
+  if (c) return c;
+  if (BPF_CORE_READ(sk, __sk_common.skc_state) != TCP_ESTABLISHED) return NULL;
+  struct tcp_conn init = {};
+  init.cgroup_id = sk_cgroup(sk);
+  init.lport = BPF_CORE_READ(sk, __sk_common.skc_num);
+  struct tcp_listen_key lk = {.netns = sk_netns(sk), .port = init.lport};
+  if (bpf_map_lookup_elem(&listen_ports, &lk)) {
+    init.role = TCP_ROLE_SERVER;
+    init_server(&init, sk);
+  } else {
+    init.role = TCP_ROLE_CLIENT;
+    remember_client(sk, &init);
+  }
+  bpf_map_update_elem(&conns, &key, &init, BPF_NOEXIST);
+  return bpf_map_lookup_elem(&conns, &key);
+}
+
+static __always_inline void count_bytes(const struct sock *sk, int bytes, bool sent) {
+  __u16 proto = BPF_CORE_READ(sk, sk_protocol);
+  if (proto != IPPROTO_TCP && proto != IPPROTO_UDP) return;
+  __u64 cg = sk_cgroup(sk);
+  if (!kmon_cgroup_watched(cg)) return;
+  struct tcp_stats *s = stats_of(cg);
+  if (!s) return;
+  if (proto == IPPROTO_TCP) {
+    if (sent) s->tcp_bytes_sent += bytes;
+    else s->tcp_bytes_received += bytes;
+  } else {
+    if (sent) s->udp_bytes_sent += bytes;
+    else s->udp_bytes_received += bytes;
+  }
+}
+
+SEC("tp_btf/sock_recv_length")
+int BPF_PROG(kmon_tcp_recv, struct sock *sk, int ret, int flags) {
+  if (ret <= 0 || (flags & MSG_PEEK) || !is_inet(sk)) return 0;
+  count_bytes(sk, ret, false);
+  if (BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP) return 0;
+  struct tcp_conn *c = conn_of(sk);
+  if (!c || c->role != TCP_ROLE_SERVER) return 0;
+  /* Reading after replying: the previous request is over, a new one starts. */
+  if (c->phase == TCP_PHASE_SENDING) record_request(c);
+  if (c->phase == TCP_PHASE_IDLE) {
+    c->req_start_ns = bpf_ktime_get_ns();
+    c->phase = TCP_PHASE_RECEIVING;
+  }
+  return 0;
+}
+
+SEC("tp_btf/sock_send_length")
+int BPF_PROG(kmon_tcp_send, struct sock *sk, int ret, int flags) {
+  if (ret <= 0 || !is_inet(sk)) return 0;
+  count_bytes(sk, ret, true);
+  if (BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP) return 0;
+  struct tcp_conn *c = conn_of(sk);
+  if (!c || c->role != TCP_ROLE_SERVER || c->phase == TCP_PHASE_IDLE) return 0;
+  c->last_send_ns = bpf_ktime_get_ns();
+  c->phase = TCP_PHASE_SENDING;
+  return 0;
+}
+
+SEC("tp_btf/inet_sock_set_state")
+int BPF_PROG(kmon_tcp_state, const struct sock *sk, const int oldstate, const int newstate) {
+  if (BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP) return 0;
+  __u64 key = (__u64)sk;
+
+  /* A listener's clone for a new connection also leaves LISTEN (for SYN_RECV): only
+   * LISTEN -> CLOSE is a listener going away. */
+  if (newstate == TCP_LISTEN || (oldstate == TCP_LISTEN && newstate == TCP_CLOSE)) {
+    struct tcp_listen_key lk = {.netns = sk_netns(sk),
+                                .port = BPF_CORE_READ(sk, __sk_common.skc_num)};
+    __u8 one = 1;
+    if (newstate == TCP_LISTEN) bpf_map_update_elem(&listen_ports, &lk, &one, BPF_ANY);
+    else bpf_map_delete_elem(&listen_ports, &lk);
+    return 0;
+  }
+
+  if (oldstate == TCP_CLOSE && newstate == TCP_SYN_SENT) {  // connect() in the caller
+    struct tcp_conn init = {};
+    init.cgroup_id = sk_cgroup(sk);
+    init.role = TCP_ROLE_CLIENT;
+    init.connect_start_ns = bpf_ktime_get_ns();
+    bpf_map_update_elem(&conns, &key, &init, BPF_ANY);
+    return 0;
+  }
+
+  if (oldstate == TCP_SYN_SENT) {
+    struct tcp_conn *c = bpf_map_lookup_elem(&conns, &key);
+    __u64 cg = c ? c->cgroup_id : sk_cgroup(sk);
+    bool watched = kmon_cgroup_watched(cg);
+    if (newstate == TCP_ESTABLISHED) {
+      if (c) remember_client(sk, c);
+      if (!watched) return 0;
+      struct tcp_stats *s = stats_of(cg);
+      if (s) s->opened_outbound += 1;
+      struct tcp_config *cfg = tcp_cfg();
+      if (c && c->connect_start_ns && cfg) {
+        struct tcp_hist_key hk = {.cgroup_id = cg};
+        hist_add(&connect_hist, &hk, bpf_ktime_get_ns() - c->connect_start_ns, cfg);
+      }
+    } else {
+      if (watched) {
+        struct tcp_stats *s = stats_of(cg);
+        if (s) s->connect_failures += 1;
+      }
+      bpf_map_delete_elem(&conns, &key);
+    }
+    return 0;
+  }
+
+  if (oldstate == TCP_SYN_RECV && newstate == TCP_ESTABLISHED) {  // passive open
+    struct tcp_conn init = {};
+    init.cgroup_id = sk_cgroup(sk);
+    init.role = TCP_ROLE_SERVER;
+    init.lport = BPF_CORE_READ(sk, __sk_common.skc_num);
+    init_server(&init, sk);
+    bpf_map_update_elem(&conns, &key, &init, BPF_ANY);
+    if (kmon_cgroup_watched(init.cgroup_id)) {
+      struct tcp_stats *s = stats_of(init.cgroup_id);
+      if (s) s->opened_inbound += 1;
+    }
+    return 0;
+  }
+
+  if (oldstate == TCP_ESTABLISHED || newstate == TCP_CLOSE) {
+    struct tcp_conn *c = bpf_map_lookup_elem(&conns, &key);
+    if (!c) return 0;
+    /* The connection starts closing: its last request is complete. */
+    if (c->role == TCP_ROLE_SERVER && c->phase == TCP_PHASE_SENDING) record_request(c);
+    if (newstate == TCP_CLOSE) {
+      if (c->role == TCP_ROLE_CLIENT) forget_client(c);
+      bpf_map_delete_elem(&conns, &key);
+    }
+  }
+  return 0;
+}
+
+SEC("tp_btf/tcp_destroy_sock")
+int BPF_PROG(kmon_tcp_destroy, struct sock *sk) {
+  __u64 key = (__u64)sk;
+  bpf_map_delete_elem(&conns, &key);
+  return 0;
+}
+
+SEC("tp_btf/tcp_retransmit_skb")
+int BPF_PROG(kmon_tcp_retransmit, const struct sock *sk, const struct sk_buff *skb) {
+  __u64 cg = sk_cgroup(sk);
+  if (!kmon_cgroup_watched(cg)) return 0;
+  struct tcp_stats *s = stats_of(cg);
+  if (s) s->retransmits += 1;
+  return 0;
+}
+
+/* sk is NULL for a reset answering a packet no socket wanted: node level (cgroup 0). */
+SEC("tp_btf/tcp_send_reset")
+int BPF_PROG(kmon_tcp_send_reset, const struct sock *sk) {
+  __u64 cg = sk ? sk_cgroup(sk) : 0;
+  if (cg && !kmon_cgroup_watched(cg)) return 0;
+  struct tcp_stats *s = stats_of(cg);
+  if (s) s->resets_sent += 1;
+  return 0;
+}
+
+SEC("tp_btf/tcp_receive_reset")
+int BPF_PROG(kmon_tcp_recv_reset, struct sock *sk) {
+  __u64 cg = sk_cgroup(sk);
+  if (!kmon_cgroup_watched(cg)) return 0;
+  struct tcp_stats *s = stats_of(cg);
+  if (s) s->resets_received += 1;
+  return 0;
+}

@@ -1,0 +1,250 @@
+#include "collectors/topology.h"
+
+#include <arpa/inet.h>
+
+#include <cmath>
+#include <limits>
+
+#include <absl/strings/str_cat.h>
+
+#include "collectors/families.h"
+#include "exporter/log.h"
+#include "provider/workload.h"
+
+namespace kmon {
+namespace {
+
+constexpr char kName[] = "topology";
+constexpr auto kKeepSnapshots = std::chrono::minutes(10);
+constexpr size_t kMaxCachedNames = 65536;
+
+std::string EdgeId(const TopologyNode& c, const TopologyNode& s, uint16_t port) {
+  return absl::StrCat(c.id, "->", s.id, ":", port);
+}
+
+}  // namespace
+
+double HistogramQuantile(double q, const std::vector<double>& bounds,
+                         const std::vector<uint64_t>& slots) {
+  uint64_t total = 0;
+  for (uint64_t s : slots) total += s;
+  if (total == 0) return std::numeric_limits<double>::quiet_NaN();
+  const double rank = q * static_cast<double>(total);
+  double seen = 0;
+  for (size_t i = 0; i < slots.size(); ++i) {
+    const double before = seen;
+    seen += static_cast<double>(slots[i]);
+    if (seen < rank || slots[i] == 0) continue;
+    if (i >= bounds.size()) return bounds.empty() ? 0 : bounds.back();  // +Inf: last bound
+    const double lo = i == 0 ? 0 : bounds[i - 1];
+    return lo + (bounds[i] - lo) * (rank - before) / static_cast<double>(slots[i]);
+  }
+  return bounds.empty() ? 0 : bounds.back();
+}
+
+std::string FormatAddress(const std::array<uint8_t, 16>& addr) {
+  static const uint8_t kMapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+  char buf[INET6_ADDRSTRLEN] = {};
+  if (std::equal(kMapped, kMapped + 12, addr.begin())) {
+    inet_ntop(AF_INET, addr.data() + 12, buf, sizeof buf);
+  } else {
+    inet_ntop(AF_INET6, addr.data(), buf, sizeof buf);
+  }
+  return buf;
+}
+
+TopologyCollector::TopologyCollector(const CollectorDeps& deps) : deps_(deps) {}
+
+absl::Status TopologyCollector::Start(const Config& config) {
+  if (deps_.topology == nullptr || !deps_.topology->HasReader()) {
+    return absl::FailedPreconditionError(
+        "collector=topology: fed by the tcp collector's requests, which is not running "
+        "(collectors.tcp.enabled)");
+  }
+  absl::Status st = Reconfigure(config);
+  if (!st.ok()) return st;
+  started_ = std::chrono::steady_clock::now();
+  if (deps_.handle_http) {
+    deps_.handle_http("/api/v1/topology", [this](const HttpRequest& req) {
+      HttpResponse r;
+      long seconds = 60;
+      if (auto it = req.query.find("seconds"); it != req.query.end()) {
+        seconds = std::strtol(it->second.c_str(), nullptr, 10);
+        if (seconds <= 0 || seconds > 600) {
+          r.status = 400;
+          r.body = "seconds must be 1..600\n";
+          return r;
+        }
+      }
+      try {
+        r.body = Graph(std::chrono::seconds(seconds)).dump();
+        r.content_type = "application/json";
+      } catch (const std::exception& e) {
+        r.status = 500;
+        r.body = absl::StrCat("topology: ", e.what(), "\n");
+      }
+      return r;
+    });
+  }
+  return absl::OkStatus();
+}
+
+absl::Status TopologyCollector::Reconfigure(const Config& config) {
+  std::lock_guard<std::mutex> lock(mu_);
+  service_graph_metrics_ = config.collectors.topology.service_graph_metrics;
+  if (config.collectors.topology.granularity == "workload") {
+    LogWarn("topology granularity \"workload\" needs Kubernetes owner references; using pods",
+            {{"collector", kName}});
+  }
+  return absl::OkStatus();
+}
+
+TopologyNode TopologyCollector::NodeOf(uint64_t cgroup_id, const std::array<uint8_t, 16>& addr) {
+  if (cgroup_id == 0) {
+    bool any = false;
+    for (uint8_t b : addr) any |= b != 0;
+    return {any ? FormatAddress(addr) : "external", ""};
+  }
+  if (auto l = deps_.workloads->Lookup(cgroup_id)) {
+    TopologyNode n;
+    if (!l->pod.empty()) {
+      n.id = l->namespace_.empty() ? l->pod : absl::StrCat(l->namespace_, "/", l->pod);
+    } else {
+      n.id = l->container;
+    }
+    n.namespace_ = l->namespace_;
+    if (names_.size() < kMaxCachedNames) names_[cgroup_id] = n;
+    return n;
+  }
+  // A client that has exited keeps the name it had while it ran.
+  if (auto it = names_.find(cgroup_id); it != names_.end()) return it->second;
+  return {"external", ""};
+}
+
+absl::Status TopologyCollector::ReadNamed(
+    std::map<std::string, std::tuple<TopologyNode, TopologyNode, EdgeHist>>* out,
+    std::vector<double>* bounds) {
+  std::vector<EdgeHist> edges;
+  absl::Status st = deps_.topology->Read(&edges, bounds);
+  if (!st.ok()) return st;
+  out->clear();
+  Snapshot snap;
+  snap.at = std::chrono::steady_clock::now();
+  for (auto& e : edges) {
+    TopologyNode client = NodeOf(e.client_cgroup, e.client_addr);
+    TopologyNode server = NodeOf(e.server_cgroup, {});
+    std::string id = EdgeId(client, server, e.server_port);
+    // Two cgroups may share a name (two containers of one pod): add them up.
+    auto [it, inserted] = out->try_emplace(id, client, server, e);
+    if (!inserted) {
+      EdgeHist& h = std::get<2>(it->second);
+      h.count += e.count;
+      h.sum_seconds += e.sum_seconds;
+      for (size_t i = 0; i < h.slots.size() && i < e.slots.size(); ++i) h.slots[i] += e.slots[i];
+    }
+    snap.edges[id] = std::get<2>((*out)[id]);
+  }
+  snapshots_.push_back(std::move(snap));
+  while (!snapshots_.empty() && snapshots_.front().at < snapshots_.back().at - kKeepSnapshots) {
+    snapshots_.pop_front();
+  }
+  return absl::OkStatus();
+}
+
+void TopologyCollector::Collect(std::vector<prometheus::MetricFamily>* out) noexcept {
+  try {
+    std::lock_guard<std::mutex> lock(mu_);
+    std::map<std::string, std::tuple<TopologyNode, TopologyNode, EdgeHist>> named;
+    std::vector<double> bounds;
+    absl::Status st = ReadNamed(&named, &bounds);
+    if (!st.ok()) {
+      LogWarn("reading edges failed", {{"collector", kName}, {"err", st.ToString()}});
+      return;
+    }
+    const std::vector<std::string> labels{"client", "server", "client_namespace",
+                                          "server_namespace", "server_port"};
+    FamilyBuilder reqs("kmon_topology_requests_total",
+                       "Requests from client to server, measured at the server.",
+                       prometheus::MetricType::Counter, labels);
+    FamilyBuilder dur("kmon_topology_request_duration_seconds",
+                      "Server-side latency of requests from client to server.",
+                      prometheus::MetricType::Histogram, labels);
+    FamilyBuilder sg_total("traces_service_graph_request_total",
+                           "Requests between two nodes (Grafana service graph).",
+                           prometheus::MetricType::Counter, {"client", "server"});
+    FamilyBuilder sg_secs("traces_service_graph_request_server_seconds",
+                          "Server-side request latency between two nodes (Grafana service graph).",
+                          prometheus::MetricType::Histogram, {"client", "server"});
+    for (const auto& [id, t] : named) {
+      const auto& [c, s, h] = t;
+      std::vector<std::string> v{c.id, s.id, c.namespace_, s.namespace_,
+                                 std::to_string(h.server_port)};
+      reqs.AddCounter(v, static_cast<double>(h.count));
+      dur.AddHistogram(v, bounds, h.slots, h.sum_seconds);
+      if (service_graph_metrics_) {
+        sg_total.AddCounter({c.id, s.id}, static_cast<double>(h.count));
+        sg_secs.AddHistogram({c.id, s.id}, bounds, h.slots, h.sum_seconds);
+      }
+    }
+    out->push_back(reqs.Build());
+    out->push_back(dur.Build());
+    if (service_graph_metrics_) {
+      out->push_back(sg_total.Build());
+      out->push_back(sg_secs.Build());
+    }
+  } catch (const std::exception& e) {
+    LogError("collect failed", {{"collector", kName}, {"err", e.what()}});
+  }
+}
+
+nlohmann::json TopologyCollector::Graph(std::chrono::seconds window) {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::map<std::string, std::tuple<TopologyNode, TopologyNode, EdgeHist>> named;
+  std::vector<double> bounds;
+  absl::Status st = ReadNamed(&named, &bounds);
+  if (!st.ok()) throw std::runtime_error(std::string(st.message()));
+  // The baseline is the newest snapshot at least `window` old; until there is one,
+  // counts are since the collector started and so is the time they are divided by.
+  const Snapshot& now = snapshots_.back();
+  const Snapshot* base = nullptr;
+  for (const auto& s : snapshots_) {
+    if (s.at <= now.at - window) base = &s;
+  }
+  const double dt = std::chrono::duration<double>(now.at - (base ? base->at : started_)).count();
+  nlohmann::json nodes = nlohmann::json::array(), edges = nlohmann::json::array();
+  std::map<std::string, std::string> node_ns;
+  for (const auto& [id, t] : named) {
+    const auto& [c, s, h] = t;
+    EdgeHist d = h;
+    if (base) {
+      if (auto it = base->edges.find(id); it != base->edges.end()) {
+        d.count -= std::min(d.count, it->second.count);
+        for (size_t i = 0; i < d.slots.size() && i < it->second.slots.size(); ++i) {
+          d.slots[i] -= std::min(d.slots[i], it->second.slots[i]);
+        }
+      }
+    }
+    node_ns[c.id] = c.namespace_;
+    node_ns[s.id] = s.namespace_;
+    const double p95 = HistogramQuantile(0.95, bounds, d.slots);
+    nlohmann::json e = {{"id", id},
+                        {"source", c.id},
+                        {"target", s.id},
+                        {"server_port", h.server_port},
+                        {"requests", d.count},
+                        {"requests_per_second", dt > 0 ? static_cast<double>(d.count) / dt : 0.0},
+                        {"window_seconds", dt}};
+    e["p95_seconds"] = std::isnan(p95) ? nlohmann::json(nullptr) : nlohmann::json(p95);
+    e["mainstat"] = e["requests_per_second"];
+    e["secondarystat"] = e["p95_seconds"];
+    edges.push_back(std::move(e));
+  }
+  for (const auto& [id, ns] : node_ns) {
+    nodes.push_back({{"id", id}, {"title", id}, {"namespace", ns}, {"subtitle", ns}});
+  }
+  return {{"nodes", nodes}, {"edges", edges}};
+}
+
+void TopologyCollector::Stop() {}
+
+}  // namespace kmon
