@@ -39,7 +39,10 @@ struct tcp_hist_key {
 };
 
 /* A client -> server edge; client_cgroup 0 means not seen on this host, and then
- * client_addr holds the peer (IPv4 as v4-mapped IPv6) when addresses are kept. */
+ * client_addr holds the peer (IPv4 as v4-mapped IPv6) when addresses are kept. With
+ * topology off both client fields are zero, so there is one key per server and port.
+ * Per-server request histograms are sums of edges, made in user space: one map
+ * update per request. */
 struct tcp_edge_key {
   __u64 client_cgroup;
   __u64 server_cgroup;
@@ -73,6 +76,10 @@ struct tcp_conn {
   __u64 connect_start_ns;
   __u8 peer_addr[16];
   __u8 local_addr[16];  /* client role: the key of its client_socks entry */
+  /* Bytes since the last flush into `stats` (at close): counted here so that a send
+   * or receive costs one map lookup, not two. */
+  __u64 bytes_sent;
+  __u64 bytes_received;
   __u16 lport;
   __u8 role;
   __u8 phase;
@@ -100,7 +107,7 @@ static_assert(sizeof(struct tcp_hist) == 280, "BPF ABI");
 static_assert(sizeof(struct tcp_hist_key) == 16, "BPF ABI");
 static_assert(sizeof(struct tcp_edge_key) == 40, "BPF ABI");
 static_assert(sizeof(struct tcp_stats) == 80, "BPF ABI");
-static_assert(sizeof(struct tcp_conn) == 80, "BPF ABI");
+static_assert(sizeof(struct tcp_conn) == 96, "BPF ABI");
 static_assert(sizeof(struct tcp_tuple) == 40, "BPF ABI");
 static_assert(sizeof(struct tcp_listen_key) == 8, "BPF ABI");
 #endif

@@ -48,8 +48,8 @@ TcpCollector::~TcpCollector() { Stop(); }
 absl::Status TcpCollector::Start(const Config& config) {
   skel_ = tcp_bpf__open();
   if (skel_ == nullptr) return BpfError(kName, "open", errno);
-  for (auto [map, k, v] : {std::tuple{skel_->maps.req_hist, sizeof(tcp_hist_key), sizeof(tcp_hist)},
-                           {skel_->maps.edges, sizeof(tcp_edge_key), sizeof(tcp_hist)},
+  for (auto [map, k, v] : {std::tuple{skel_->maps.edges, sizeof(tcp_edge_key), sizeof(tcp_hist)},
+                           {skel_->maps.connect_hist, sizeof(tcp_hist_key), sizeof(tcp_hist)},
                            {skel_->maps.stats, sizeof(uint64_t), sizeof(tcp_stats)},
                            {skel_->maps.conns, sizeof(uint64_t), sizeof(tcp_conn)},
                            {skel_->maps.tcp_config, sizeof(uint32_t), sizeof(tcp_config)}}) {
@@ -110,7 +110,6 @@ absl::Status TcpCollector::WriteControlMaps(const Config& config) {
     return BpfError(kName, "map=tcp_config: update", errno);
   }
   if (bounds_changed) {
-    ClearHash(bpf_map__fd(skel_->maps.req_hist), sizeof(tcp_hist_key));
     ClearHash(bpf_map__fd(skel_->maps.connect_hist), sizeof(tcp_hist_key));
     ClearHash(bpf_map__fd(skel_->maps.edges), sizeof(tcp_edge_key));
     LogInfo("tcp: latency buckets changed; histograms restart", {{"collector", kName}});
@@ -188,10 +187,11 @@ void TcpCollector::CollectLocked(std::vector<prometheus::MetricFamily>* out) {
                       MetricType::Counter, with({"protocol", "direction"}));
 
   const size_t nslots = bounds_.size() + 1;
-  std::vector<std::pair<tcp_hist_key, std::vector<tcp_hist>>> hists, connects;
+  std::vector<std::pair<tcp_edge_key, std::vector<tcp_hist>>> edges;
+  std::vector<std::pair<tcp_hist_key, std::vector<tcp_hist>>> connects;
   std::vector<std::pair<uint64_t, std::vector<tcp_stats>>> stats;
   std::vector<std::pair<uint64_t, tcp_conn>> conns;
-  absl::Status st = ReadPerCpuHash(bpf_map__fd(skel_->maps.req_hist), KMON_TCP_HIST_MAX, &hists);
+  absl::Status st = ReadPerCpuHash(bpf_map__fd(skel_->maps.edges), KMON_TCP_EDGES_MAX, &edges);
   if (st.ok()) {
     st = ReadPerCpuHash(bpf_map__fd(skel_->maps.connect_hist), KMON_TCP_HIST_MAX, &connects);
   }
@@ -203,12 +203,34 @@ void TcpCollector::CollectLocked(std::vector<prometheus::MetricFamily>* out) {
     return;
   }
 
+  // Request histograms per server and port: the sum of that server's edges.
+  struct Hist {
+    std::vector<uint64_t> slots;
+    uint64_t sum_ns = 0;
+  };
+  std::map<std::pair<uint64_t, uint16_t>, Hist> hists;
+  for (const auto& [k, per_cpu] : edges) {
+    uint64_t count, sum_ns;
+    auto slots = SumSlots(per_cpu, nslots, &count, &sum_ns);
+    Hist& h = hists[{k.server_cgroup, k.server_port}];
+    if (h.slots.empty()) h.slots.assign(nslots, 0);
+    for (size_t i = 0; i < nslots; ++i) h.slots[i] += slots[i];
+    h.sum_ns += sum_ns;
+  }
+  // Bytes of open connections are still in their state, not yet in `stats`.
+  std::map<uint64_t, std::pair<uint64_t, uint64_t>> live_bytes;
+  for (const auto& [sk, c] : conns) {
+    live_bytes[c.cgroup_id].first += c.bytes_sent;
+    live_bytes[c.cgroup_id].second += c.bytes_received;
+  }
+
   // Budget: every series a workload adds, so the same workloads win on every scrape.
   std::map<uint64_t, int64_t> cost;
-  for (const auto& [k, v] : hists) cost[k.cgroup_id] += static_cast<int64_t>(nslots) + 2;
+  for (const auto& [k, v] : hists) cost[k.first] += static_cast<int64_t>(nslots) + 2;
   for (const auto& [k, v] : connects) cost[k.cgroup_id] += static_cast<int64_t>(nslots) + 2;
   for (const auto& [cg, v] : stats) cost[cg] += 10;
   for (const auto& [sk, c] : conns) cost[c.cgroup_id] += 1;
+  for (const auto& [cg, b] : live_bytes) cost[cg] += 0;  // named even with only live bytes
   budget_.Begin(max_series_);
   std::unordered_map<uint64_t, std::optional<WorkloadLabels>> labels;
   for (const auto& [cg, n] : cost) {
@@ -222,12 +244,10 @@ void TcpCollector::CollectLocked(std::vector<prometheus::MetricFamily>* out) {
     return v;
   };
 
-  for (const auto& [k, per_cpu] : hists) {
-    if (!labels[k.cgroup_id]) continue;
-    uint64_t count, sum_ns;
-    auto slots = SumSlots(per_cpu, nslots, &count, &sum_ns);
-    req.AddHistogram(values(k.cgroup_id, {std::to_string(k.port)}), bounds_, slots,
-                     static_cast<double>(sum_ns) / 1e9);
+  for (const auto& [k, h] : hists) {
+    if (!labels[k.first]) continue;
+    req.AddHistogram(values(k.first, {std::to_string(k.second)}), bounds_, h.slots,
+                     static_cast<double>(h.sum_ns) / 1e9);
   }
   for (const auto& [k, per_cpu] : connects) {
     if (!labels[k.cgroup_id]) continue;
@@ -236,9 +256,9 @@ void TcpCollector::CollectLocked(std::vector<prometheus::MetricFamily>* out) {
     connect.AddHistogram(values(k.cgroup_id, {}), bounds_, slots,
                          static_cast<double>(sum_ns) / 1e9);
   }
+  std::map<uint64_t, tcp_stats> totals;
   for (const auto& [cg, per_cpu] : stats) {
-    if (!labels[cg]) continue;
-    tcp_stats s{};
+    tcp_stats& s = totals[cg];
     for (const auto& v : per_cpu) {
       s.opened_inbound += v.opened_inbound;
       s.opened_outbound += v.opened_outbound;
@@ -251,6 +271,14 @@ void TcpCollector::CollectLocked(std::vector<prometheus::MetricFamily>* out) {
       s.udp_bytes_sent += v.udp_bytes_sent;
       s.udp_bytes_received += v.udp_bytes_received;
     }
+  }
+  for (const auto& [cg, b] : live_bytes) {
+    if (b.first == 0 && b.second == 0) continue;
+    totals[cg].tcp_bytes_sent += b.first;
+    totals[cg].tcp_bytes_received += b.second;
+  }
+  for (const auto& [cg, s] : totals) {
+    if (!labels[cg]) continue;
     auto d = [](uint64_t v) { return static_cast<double>(v); };
     opened.AddCounter(values(cg, {"inbound"}), d(s.opened_inbound));
     opened.AddCounter(values(cg, {"outbound"}), d(s.opened_outbound));

@@ -433,6 +433,8 @@ TEST(TcpExporterRootTest, ConfiguredBucketsReloadInPlaceAndTopologyApi) {
   KMON_REQUIRE_ROOT();
   auto yaml = [](const std::string& buckets) {
     return "interval: 1s\ncollectors:\n  syscalls: {enabled: false}\n"
+           "  drops: {enabled: false}\n  blockio: {enabled: false}\n  cpu: {enabled: false}\n"
+           "  dns: {enabled: false}\n  pagecache: {enabled: false}\n"
            "  tcp: {latency_buckets: [" + buckets + "]}\n"
            "  topology: {service_graph_metrics: true}\n";
   };
