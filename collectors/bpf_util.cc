@@ -1,8 +1,10 @@
 #include "collectors/bpf_util.h"
 
+#include <algorithm>
 #include <cstdarg>
 #include <cstdio>
 
+#include "bpf/kmon_common.h"
 #include "exporter/log.h"
 
 namespace kmon {
@@ -69,49 +71,59 @@ namespace internal {
 absl::Status ReadHashRaw(int map_fd, uint32_t max_entries, size_t key_size, size_t stride,
                          std::vector<uint8_t>* keys, std::vector<uint8_t>* values,
                          uint32_t* count) {
-  keys->assign(static_cast<size_t>(max_entries) * key_size, 0);
-  values->assign(static_cast<size_t>(max_entries) * stride, 0);
+  // Batch lookup in chunks, so a scrape costs what the map holds rather than its
+  // max_entries (16384 histograms of a few hundred bytes would be megabytes).
+  keys->clear();
+  values->clear();
   *count = 0;
-
-  // Batch lookup: a handful of syscalls for the whole map.
-  std::vector<uint8_t> in_batch(key_size), out_batch(key_size);
+  uint32_t chunk = std::min<uint32_t>(256, std::max<uint32_t>(max_entries, 1));
+  std::vector<uint8_t> in_batch(std::max<size_t>(key_size, 8)), out_batch(in_batch.size());
   bool first = true;
   uint32_t total = 0;
   while (total < max_entries) {
-    uint32_t n = max_entries - total;
+    uint32_t n = std::min(chunk, max_entries - total);
+    keys->resize((static_cast<size_t>(total) + n) * key_size);
+    values->resize((static_cast<size_t>(total) + n) * stride);
     LIBBPF_OPTS(bpf_map_batch_opts, opts);
     int err = bpf_map_lookup_batch(map_fd, first ? nullptr : in_batch.data(), out_batch.data(),
-                                   keys->data() + total * key_size,
-                                   values->data() + total * stride, &n, &opts);
+                                   keys->data() + static_cast<size_t>(total) * key_size,
+                                   values->data() + static_cast<size_t>(total) * stride, &n,
+                                   &opts);
     int e = err < 0 ? errno : 0;
+    if (err < 0 && e == ENOSPC && chunk < (1u << 16)) {  // one bucket holds more than a chunk
+      chunk *= 2;
+      continue;
+    }
     if (err < 0 && e != ENOENT) {
-      if (e == EINVAL || e == ENOTSUP || e == EOPNOTSUPP) break;  // fall back below
+      if (first && (e == EINVAL || e == ENOTSUP || e == EOPNOTSUPP)) break;  // fall back below
       return absl::InternalError(absl::StrCat("bpf_map_lookup_batch: ", std::strerror(e)));
     }
     total += n;
-    if (err < 0) {  // ENOENT: the end of the map
-      *count = total;
-      return absl::OkStatus();
-    }
+    if (err < 0) break;  // ENOENT: the end of the map
     in_batch = out_batch;
     first = false;
   }
   if (!first || total >= max_entries) {
+    keys->resize(static_cast<size_t>(total) * key_size);
+    values->resize(static_cast<size_t>(total) * stride);
     *count = total;
     return absl::OkStatus();
   }
 
   // Kernels without batch ops for this map type: walk the keys one by one.
-  std::vector<uint8_t> prev(key_size), next(key_size);
+  std::vector<uint8_t> prev(key_size), next(key_size), value(stride);
   bool have_prev = false;
+  keys->clear();
+  values->clear();
   total = 0;
   while (total < max_entries &&
          bpf_map_get_next_key(map_fd, have_prev ? prev.data() : nullptr, next.data()) == 0) {
-    if (bpf_map_lookup_elem(map_fd, next.data(), values->data() + total * stride) == 0) {
-      std::memcpy(keys->data() + total * key_size, next.data(), key_size);
+    if (bpf_map_lookup_elem(map_fd, next.data(), value.data()) == 0) {
+      keys->insert(keys->end(), next.begin(), next.end());
+      values->insert(values->end(), value.begin(), value.end());
       ++total;
     }
-    prev = next;
+    prev.swap(next);
     have_prev = true;
   }
   *count = total;
@@ -126,6 +138,14 @@ void ClearHash(int map_fd, size_t key_size) {
   while (bpf_map_get_next_key(map_fd, nullptr, key.data()) == 0) {
     if (bpf_map_delete_elem(map_fd, key.data()) != 0) break;
   }
+}
+
+std::map<std::string, uint64_t> StandardEventsLost(const bpf_map* lost, uint64_t read_errors) {
+  std::map<std::string, uint64_t> out{{"map_full", 0}, {"map_read_error", read_errors}};
+  if (lost == nullptr) return out;
+  auto sums = ReadPerCpuU64Array(bpf_map__fd(lost), KMON_LOST_MAX);
+  if (sums.ok()) out["map_full"] = (*sums)[KMON_LOST_MAP_FULL];
+  return out;
 }
 
 absl::StatusOr<std::vector<uint64_t>> ReadPerCpuU64Array(int map_fd, uint32_t entries) {

@@ -18,7 +18,6 @@ namespace kmon {
 namespace {
 
 constexpr char kName[] = "syscalls";
-constexpr auto kGoneAfter = std::chrono::seconds(5);
 
 class BpfSyscallCountSource : public SyscallCountSource {
  public:
@@ -147,25 +146,17 @@ absl::Status SyscallsCollector::Reconfigure(const Config& config) {
 void SyscallsCollector::DropStale(const std::vector<SyscallCount>& counts) {
   if (skel_ == nullptr) return;
   int fd = bpf_map__fd(skel_->maps.counts);
-  const auto now = std::chrono::steady_clock::now();
-  std::unordered_map<uint64_t, std::chrono::steady_clock::time_point> still_missing;
+  missing_.Begin();
   for (const auto& c : counts) {
-    bool gone = !names_.count(c.nr);
-    if (!gone && !deps_.workloads->Lookup(c.cgroup_id).has_value()) {
-      // A cgroup made since the resolver's last rescan is unknown for a moment too;
-      // only one missing for a while is really gone.
-      auto it = missing_since_.find(c.cgroup_id);
-      auto since = it == missing_since_.end() ? now : it->second;
-      still_missing[c.cgroup_id] = since;
-      gone = now - since >= kGoneAfter;
-    }
+    bool gone = !names_.count(c.nr) ||
+                (!deps_.workloads->Lookup(c.cgroup_id).has_value() && missing_.Gone(c.cgroup_id));
     if (!gone) continue;
     syscall_key k{};
     k.cgroup_id = c.cgroup_id;
     k.nr = static_cast<uint32_t>(c.nr);
     bpf_map_delete_elem(fd, &k);
   }
-  missing_since_ = std::move(still_missing);
+  missing_.End();
 }
 
 void SyscallsCollector::Collect(std::vector<prometheus::MetricFamily>* out) noexcept {
@@ -199,11 +190,7 @@ void SyscallsCollector::Stop() {
 const bpf_object* SyscallsCollector::BpfObject() const { return skel_ ? skel_->obj : nullptr; }
 
 std::map<std::string, uint64_t> SyscallsCollector::EventsLost() const {
-  std::map<std::string, uint64_t> lost{{"map_full", 0}, {"map_read_error", read_errors_.load()}};
-  if (skel_ == nullptr) return lost;
-  auto sums = ReadPerCpuU64Array(bpf_map__fd(skel_->maps.lost), KMON_LOST_MAX);
-  if (sums.ok()) lost["map_full"] = (*sums)[KMON_LOST_MAP_FULL];
-  return lost;
+  return StandardEventsLost(skel_ ? skel_->maps.lost : nullptr, read_errors_.load());
 }
 
 uint64_t SyscallsCollector::SeriesOverflow() const {

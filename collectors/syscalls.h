@@ -14,6 +14,7 @@
 
 #include "collectors/collector.h"
 #include "collectors/families.h"
+#include "collectors/missing_since.h"
 
 struct syscalls_bpf;
 
@@ -67,7 +68,7 @@ class SyscallsCollector : public Collector {
   int64_t max_series_ = 20000;
   SeriesBudget budget_;
   std::atomic<uint64_t> read_errors_{0};
-  std::unordered_map<uint64_t, std::chrono::steady_clock::time_point> missing_since_;
+  MissingSince<uint64_t> missing_;
 };
 
 }  // namespace kmon

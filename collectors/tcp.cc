@@ -335,11 +335,7 @@ const bpf_object* TcpCollector::BpfObject() const { return skel_ ? skel_->obj : 
 
 std::map<std::string, uint64_t> TcpCollector::EventsLost() const {
   std::lock_guard<std::mutex> lock(mu_);
-  std::map<std::string, uint64_t> lost{{"map_full", 0}, {"map_read_error", read_errors_}};
-  if (skel_ == nullptr) return lost;
-  auto sums = ReadPerCpuU64Array(bpf_map__fd(skel_->maps.lost), KMON_LOST_MAX);
-  if (sums.ok()) lost["map_full"] = (*sums)[KMON_LOST_MAP_FULL];
-  return lost;
+  return StandardEventsLost(skel_ ? skel_->maps.lost : nullptr, read_errors_);
 }
 
 uint64_t TcpCollector::SeriesOverflow() const {

@@ -4,6 +4,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <malloc.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cstring>
@@ -105,9 +107,9 @@ void App::StartSlot(Slot* slot, const Config& config) {
   const std::string name = slot->entry->name;
   auto handle = [this, name](const std::string& path, HttpHandler handler) {
     HttpHandler guarded = [this, name, handler](const HttpRequest& req) {
-      std::lock_guard<std::mutex> lock(mu_);
+      std::shared_lock<std::shared_mutex> lock(routes_mu_);
       for (const auto& s : slots_) {
-        if (s.entry->name == name && s.up && s.collector) return handler(req);
+        if (s.entry->name == name && s.serving) return handler(req);
       }
       HttpResponse r;
       r.status = 404;
@@ -137,10 +139,19 @@ void App::StartSlot(Slot* slot, const Config& config) {
   }
   slot->up = true;
   slot->reason.clear();
+  {
+    std::unique_lock<std::shared_mutex> routes(routes_mu_);
+    slot->serving = true;
+  }
   LogInfo("collector started", {{"collector", slot->entry->name}});
 }
 
 void App::StopSlot(Slot* slot) {
+  {
+    // Waits for routes already inside the collector; later ones answer 404.
+    std::unique_lock<std::shared_mutex> routes(routes_mu_);
+    slot->serving = false;
+  }
   if (slot->collector) {
     slot->collector->Stop();
     slot->collector.reset();
@@ -168,6 +179,9 @@ void App::ApplyLocked(const Config& config) {
   }
   absl::Status st = watched_->Update(config.targets);
   if (!st.ok()) LogError("updating watched cgroups failed", {{"err", st.ToString()}});
+  // Starting collectors parses kernel BTF and /proc/kallsyms into large temporaries;
+  // hand those pages back rather than carry them as resident memory for the run.
+  malloc_trim(0);
 }
 
 int App::Start() {

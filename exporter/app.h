@@ -6,6 +6,7 @@
 #include <chrono>
 #include <memory>
 #include <mutex>
+#include <shared_mutex>
 #include <string>
 #include <vector>
 
@@ -52,6 +53,7 @@ class App {
     bool up = false;
     std::string reason;  // why it is down
     double scrape_seconds = 0;
+    bool serving = false;  // its HTTP routes may call it; guarded by routes_mu_
   };
 
   absl::StatusOr<Config> LoadConfig();
@@ -61,6 +63,10 @@ class App {
   void ApplyLocked(const Config& config);
 
   Flags flags_;
+  // Collector HTTP routes hold this shared while they run, so a slow one (a flame
+  // graph) never blocks scrapes or reloads on mu_; stopping a collector takes it
+  // exclusively, so no route is inside a collector when it stops.
+  std::shared_mutex routes_mu_;
   std::mutex mu_;  // guards everything below
   Config config_;
   std::vector<Slot> slots_;
