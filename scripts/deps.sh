@@ -8,10 +8,13 @@ PACKAGES=(
   # libraries
   libbpf-dev libelf-dev zlib1g-dev prometheus-cpp-dev libcivetweb-dev libyaml-cpp-dev
   libabsl-dev libseccomp-dev nlohmann-json3-dev libcurl4-openssl-dev libcrypt-dev libssl-dev
+  libprotobuf-dev protobuf-compiler
   # tests and benchmarks
   libgtest-dev libgmock-dev prometheus bpftrace openssl python3-prometheus-client iproute2
-  nginx-light wrk
+  nginx-light wrk fio python3-yaml
 )
+# kubectl renders the Kubernetes manifests offline; Debian ships it as kubernetes-client.
+command -v kubectl >/dev/null 2>&1 || PACKAGES+=(kubernetes-client)
 
 missing=()
 for p in "${PACKAGES[@]}"; do
