@@ -1,0 +1,428 @@
+// SPDX-License-Identifier: GPL-2.0
+/* Per-cgroup CPU time, context switches, off-CPU episodes and run-queue latency,
+ * and off-CPU time by stack, from the scheduler's tracepoints.
+ *
+ * A thread's wall time splits into three parts this program measures:
+ *   on CPU      switch-in -> switch-out                  kmon_cpu_oncpu_seconds_total
+ *   off CPU     switch-out (blocked) -> wakeup           kmon_cpu_offcpu_duration_seconds
+ *   run queue   wakeup (or preemption) -> switch-in      kmon_cpu_runqueue_latency_seconds
+ * Off-CPU episodes are classed by the state the thread blocked in (prev_state at
+ * switch-out): sleep (TASK_INTERRUPTIBLE), io (TASK_UNINTERRUPTIBLE), other.
+ *
+ * sched_switch is the hottest hook on a machine, so its path is one array lookup
+ * (config), one hash lookup per thread (the per-task state), one per-CPU counter
+ * update and one histogram update; stacks (two bpf_get_stackid) are taken only when a thread
+ * blocks while stacks are on, and aggregated only for episodes >= offcpu_min.
+ *
+ * On-CPU time is added at switch-out, and also by `kmon_cpu_flush`, which user space
+ * runs on every CPU before it reads the counters (BPF_PROG_TEST_RUN with
+ * BPF_F_TEST_RUN_ON_CPU: an IPI): it adds the running thread's slice so far and moves
+ * the slice's start to now, so a thread that never leaves its CPU is counted as it
+ * runs, not in one jump when it finally switches out.
+ *
+ * Control maps: `cpu_config` (offcpu_min, stacks) and the common
+ * `filter_config`/`watched_cgroups`. Data maps (cumulative): `cg_counters`
+ * (per-CPU), `cg_hists`, `offcpu_stacks`, `stacks` (the stack traces), and `cpu_lost`
+ * (per-CPU, reasons of its own beside the common `lost`). */
+#include "vmlinux.h"
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+
+#include "bpf/kmon_common.bpf.h"
+#include "bpf/cpu.h"
+
+char LICENSE[] SEC("license") = "GPL";
+
+#define EEXIST 17
+#define ENOMEM 12
+
+struct {
+  __uint(type, BPF_MAP_TYPE_ARRAY);
+  __uint(max_entries, 1);
+  __type(key, __u32);
+  __type(value, struct cpu_config);
+} cpu_config SEC(".maps");
+
+/* Preallocated: threads come and go all the time, and a preallocated hash never
+ * allocates on this path. Entries leave at a thread's final switch (TASK_DEAD). */
+struct {
+  __uint(type, BPF_MAP_TYPE_HASH);
+  __uint(max_entries, KMON_CPU_TASKS_MAX);
+  __type(key, __u32);
+  __type(value, struct cpu_task_state);
+} task_state SEC(".maps");
+
+/* Every data map is preallocated: a map without preallocation allocates new keys
+ * from a per-CPU cache that holds a single element for per-CPU values and refills
+ * only once interrupts are back on, so the second new key in one sched_switch run
+ * (a new cgroup's first run-queue wait and first sleep) would fail.
+ *
+ * The counters, touched on every switch, are per-CPU (24 bytes x CPUs per cgroup).
+ * The histograms, 232 bytes each, are shared and updated with atomic adds, so their
+ * memory does not grow with the number of CPUs; a cgroup's threads contend on them
+ * only when they end episodes on several CPUs at the same moment. */
+struct {
+  __uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+  __uint(max_entries, KMON_CPU_CGROUPS_MAX);
+  __type(key, __u64);
+  __type(value, struct cpu_counters);
+} cg_counters SEC(".maps");
+
+struct {
+  __uint(type, BPF_MAP_TYPE_HASH);
+  __uint(max_entries, KMON_CPU_HISTS_MAX);
+  __type(key, struct cpu_hist_key);
+  __type(value, struct cpu_hist);
+} cg_hists SEC(".maps");
+
+struct {
+  __uint(type, BPF_MAP_TYPE_STACK_TRACE);
+  __uint(max_entries, KMON_CPU_STACKS_MAX);
+  __uint(key_size, sizeof(__u32));
+  __uint(value_size, KMON_CPU_STACK_DEPTH * sizeof(__u64));
+} stacks SEC(".maps");
+
+/* Shared, atomic adds: one update per episode of at least offcpu_min is rare. */
+struct {
+  __uint(type, BPF_MAP_TYPE_HASH);
+  __uint(max_entries, KMON_CPU_OFFCPU_STACKS_MAX);
+  __type(key, struct offcpu_stack_key);
+  __type(value, struct offcpu_stack_value);
+} offcpu_stacks SEC(".maps");
+
+/* Reasons beyond the common `lost` array's map_full (enum kmon_cpu_lost_reason). */
+struct {
+  __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+  __uint(max_entries, KMON_CPU_LOST_MAX);
+  __type(key, __u32);
+  __type(value, __u64);
+} cpu_lost SEC(".maps");
+
+/* Zero values to insert from: a global, so no 232-byte struct lands on the stack. */
+const struct cpu_hist zero_hist = {};
+
+struct {
+  __uint(type, BPF_MAP_TYPE_ARRAY);
+  __uint(max_entries, 8);
+  __type(key, __u32);
+  __type(value, __u64);
+} dbg SEC(".maps");
+static __always_inline void dbg_inc(__u32 k) {
+  __u64 *n = bpf_map_lookup_elem(&dbg, &k);
+  if (n) __sync_fetch_and_add(n, 1);
+}
+
+static __always_inline void count_cpu_lost(__u32 reason) {
+  __u64 *n = bpf_map_lookup_elem(&cpu_lost, &reason);
+  if (n) *n += 1;
+}
+
+static __always_inline void hist_add(__u64 cgroup_id, __u32 kind, __u64 ns) {
+  struct cpu_hist_key key = {.cgroup_id = cgroup_id, .kind = kind};
+  struct cpu_hist *h = bpf_map_lookup_elem(&cg_hists, &key);
+  if (!h) {
+    /* On a race with another CPU the insert fails with EEXIST and the lookup
+     * finds the key the other CPU made. */
+    bpf_map_update_elem(&cg_hists, &key, &zero_hist, BPF_NOEXIST);
+    h = bpf_map_lookup_elem(&cg_hists, &key);
+    if (!h) {
+      kmon_count_lost(KMON_LOST_MAP_FULL);
+      return;
+    }
+  }
+  __u32 slot = kmon_cpu_hist_slot(ns);
+  if (slot < KMON_CPU_HIST_SLOTS) __sync_fetch_and_add(&h->slots[slot], 1);
+  __sync_fetch_and_add(&h->sum_ns, ns);
+}
+
+/* This CPU's counters of a cgroup (a per-CPU value: plain adds). */
+static __always_inline struct cpu_counters *counters_of(__u64 cgroup_id) {
+  struct cpu_counters *c = bpf_map_lookup_elem(&cg_counters, &cgroup_id);
+  if (c) return c;
+  struct cpu_counters zero = {};
+  bpf_map_update_elem(&cg_counters, &cgroup_id, &zero, BPF_NOEXIST);
+  c = bpf_map_lookup_elem(&cg_counters, &cgroup_id);
+  if (!c) kmon_count_lost(KMON_LOST_MAP_FULL);
+  return c;
+}
+
+/* The stack id to keep from bpf_get_stackid's result. "No stack there" (EFAULT for
+ * a kernel thread's user stack) is no stack; a stack the map could not store is kept
+ * as a marker of why. Without BPF_F_REUSE_STACKID (see bpf/cpu.h) the map refuses a
+ * stack whose hash bucket holds another with -EEXIST, a collision, and a new stack
+ * with no free element with -ENOMEM. Counted only if the episode is recorded
+ * (count_lost_stacks), as most episodes are shorter than offcpu_min. */
+static __always_inline __s32 stack_id_or_lost(long id) {
+  if (id >= 0) return (__s32)id;
+  if (id == -EEXIST) return KMON_CPU_STACK_COLLIDED;
+  if (id == -ENOMEM) return KMON_CPU_STACK_NO_ROOM;
+  return KMON_CPU_NO_STACK;
+}
+
+static __always_inline void count_lost_stacks(const struct cpu_task_state *st) {
+  if (st->kstack == KMON_CPU_STACK_COLLIDED || st->ustack == KMON_CPU_STACK_COLLIDED)
+    count_cpu_lost(KMON_CPU_LOST_STACK_COLLISION);
+  if (st->kstack == KMON_CPU_STACK_NO_ROOM || st->ustack == KMON_CPU_STACK_NO_ROOM)
+    kmon_count_lost(KMON_LOST_MAP_FULL);
+}
+
+static __always_inline void stack_add(struct task_struct *t, const struct cpu_task_state *st,
+                                      __u64 ns) {
+  /* The process's start time tells a reused PID from the process that had it. */
+  struct offcpu_stack_key key = {.cgroup_id = st->cgroup_id,
+                                 .start_ns = t->group_leader->start_boottime,
+                                 .tgid = st->tgid,
+                                 .kstack = st->kstack,
+                                 .ustack = st->ustack};
+  struct offcpu_stack_value *v = bpf_map_lookup_elem(&offcpu_stacks, &key);
+  if (!v) {
+    struct offcpu_stack_value zero = {};
+    bpf_map_update_elem(&offcpu_stacks, &key, &zero, BPF_NOEXIST);
+    v = bpf_map_lookup_elem(&offcpu_stacks, &key);
+    if (!v) {
+      kmon_count_lost(KMON_LOST_MAP_FULL);
+      return;
+    }
+  }
+  __sync_fetch_and_add(&v->ns, ns);
+  __sync_fetch_and_add(&v->count, 1);
+  count_lost_stacks(st);
+}
+
+/* The task's cgroup v2 id: task->cgroups->dfl_cgrp->kn->id. Plain loads of BTF
+ * pointers (the verifier turns them into fault-safe loads); no helper calls. */
+static __always_inline __u64 task_cgroup_id(struct task_struct *t) {
+  return t->cgroups->dfl_cgrp->kn->id;
+}
+
+static __always_inline __u32 blocked_kind(unsigned int state) {
+  if (state & KMON_TASK_INTERRUPTIBLE) return KMON_CPU_KIND_SLEEP;
+  /* TASK_IDLE (UNINTERRUPTIBLE|NOLOAD) is an idle kernel worker waiting for work:
+   * the kernel keeps it out of the load average, and so is it kept out of io. */
+  if (state & KMON_TASK_UNINTERRUPTIBLE)
+    return (state & KMON_TASK_NOLOAD) ? KMON_CPU_KIND_SLEEP : KMON_CPU_KIND_IO;
+  return KMON_CPU_KIND_OTHER;
+}
+
+static __always_inline void switch_out(void *ctx, struct task_struct *prev, __u32 pid,
+                                       bool preempt, unsigned int prev_state, __u64 now,
+                                       const struct cpu_config *cfg) {
+  /* `prev` is still current here, so this is its cgroup: one helper call. */
+  __u64 cgroup_id = bpf_get_current_cgroup_id();
+  if (!kmon_cgroup_watched(cgroup_id)) {
+    /* Not (or no longer) watched: forget it, so a stale state never yields an episode. */
+    bpf_map_delete_elem(&task_state, &pid);
+    return;
+  }
+  bool voluntary = !preempt && prev_state != KMON_TASK_RUNNING;
+  struct cpu_task_state *st = bpf_map_lookup_elem(&task_state, &pid);
+
+  struct cpu_counters *c = counters_of(cgroup_id);
+  if (c) {
+    if (st && st->oncpu_ts && now > st->oncpu_ts) c->oncpu_ns += now - st->oncpu_ts;
+    if (voluntary)
+      c->voluntary += 1;
+    else
+      c->involuntary += 1;
+  }
+
+  if (prev_state & KMON_TASK_DEAD) {
+    /* The thread's last switch: it never comes back. */
+    if (st) bpf_map_delete_elem(&task_state, &pid);
+    return;
+  }
+  if (!st) {
+    struct cpu_task_state init = {.kstack = KMON_CPU_NO_STACK, .ustack = KMON_CPU_NO_STACK};
+    long err = bpf_map_update_elem(&task_state, &pid, &init, BPF_NOEXIST);
+    if (err && err != -EEXIST) {
+      kmon_count_lost(KMON_LOST_MAP_FULL);
+      return;
+    }
+    st = bpf_map_lookup_elem(&task_state, &pid);
+    if (!st) return;
+  }
+  st->cgroup_id = cgroup_id;
+  st->oncpu_ts = 0;
+  st->offcpu_ts = now;
+  st->wakeup_ts = 0;
+  st->kstack = KMON_CPU_NO_STACK;
+  st->ustack = KMON_CPU_NO_STACK;
+  if (!voluntary) {
+    /* Preempted (or asked to stay runnable): it waits on the run queue from now. */
+    st->kind = KMON_CPU_KIND_RUNQ;
+    return;
+  }
+  st->kind = blocked_kind(prev_state);
+  if (!cfg->stacks) return;
+  st->tgid = prev->tgid;
+  st->kstack = stack_id_or_lost(bpf_get_stackid(ctx, &stacks, 0));
+  st->ustack = stack_id_or_lost(bpf_get_stackid(ctx, &stacks, BPF_F_USER_STACK));
+}
+
+static __always_inline void switch_in(struct task_struct *next, __u32 pid, __u64 now,
+                                      const struct cpu_config *cfg) {
+  struct cpu_task_state *st = bpf_map_lookup_elem(&task_state, &pid);
+  if (!st) {
+    if ((next->comm[0] == 's' && next->comm[1] == 'l' && next->comm[2] == 0)) dbg_inc(0);
+    /* First sight of this thread (or it is not watched): start its on-CPU clock. */
+    __u64 cgroup_id = task_cgroup_id(next);
+    if (!kmon_cgroup_watched(cgroup_id)) return;
+    struct cpu_task_state init = {.oncpu_ts = now,
+                                  .cgroup_id = cgroup_id,
+                                  .kstack = KMON_CPU_NO_STACK,
+                                  .ustack = KMON_CPU_NO_STACK};
+    long err = bpf_map_update_elem(&task_state, &pid, &init, BPF_NOEXIST);
+    if (err && err != -EEXIST) kmon_count_lost(KMON_LOST_MAP_FULL);
+    return;
+  }
+  __u64 off_ts = st->offcpu_ts;
+  if ((next->comm[0] == 's' && next->comm[1] == 'l' && next->comm[2] == 0)) {
+    if (!off_ts) dbg_inc(1);
+    else if (now < off_ts) dbg_inc(2);
+    else if (st->kind == KMON_CPU_KIND_RUNQ) dbg_inc(3);
+    else dbg_inc(4);
+  }
+  if (off_ts && now >= off_ts) {
+    __u64 cgroup_id = st->cgroup_id;
+    if (st->kind == KMON_CPU_KIND_RUNQ) {
+      hist_add(cgroup_id, KMON_CPU_KIND_RUNQ, now - off_ts);
+    } else {
+      __u64 woke = st->wakeup_ts;
+      if (woke < off_ts || woke > now) woke = 0;
+      if (next->comm[0] == 's' && next->comm[1] == 'l' && next->comm[2] == 0) {
+        if (!woke) dbg_inc(6);
+        else if (woke - off_ts < 1000000) dbg_inc(5);
+      }
+      __u64 end = woke ? woke : now;
+      __u64 blocked = end - off_ts;
+      if (woke) hist_add(cgroup_id, KMON_CPU_KIND_RUNQ, now - woke);
+      if (blocked >= cfg->offcpu_min_ns) {
+        __u32 kind = st->kind;
+        if (kind >= KMON_CPU_KIND_MAX) kind = KMON_CPU_KIND_OTHER;
+        hist_add(cgroup_id, kind, blocked);
+        if (cfg->stacks &&
+            (st->kstack != KMON_CPU_NO_STACK || st->ustack != KMON_CPU_NO_STACK)) {
+          stack_add(next, st, blocked);
+        }
+      }
+    }
+  }
+  st->oncpu_ts = now;
+  st->offcpu_ts = 0;
+  st->wakeup_ts = 0;
+}
+
+/* prev_state is an argument of the tracepoint since Linux 5.18 (commit fa2c3254d7cf,
+ * "sched/tracing: Don't re-read p->state when emitting sched_switch event"); reading
+ * prev->__state instead would race with a wakeup. User space checks the argument
+ * count in the kernel's BTF before loading (collectors/cpu.cc) and says so. */
+SEC("tp_btf/sched_switch")
+int BPF_PROG(kmon_cpu_switch, bool preempt, struct task_struct *prev, struct task_struct *next,
+             unsigned int prev_state) {
+  __u32 zero = 0;
+  const struct cpu_config *cfg = bpf_map_lookup_elem(&cpu_config, &zero);
+  if (!cfg) return 0;
+  __u64 now = bpf_ktime_get_ns();
+  /* pid 0 is the idle task of each CPU: neither its "running" nor its leaving counts. */
+  __u32 prev_pid = prev->pid;
+  if (prev_pid != 0) switch_out(ctx, prev, prev_pid, preempt, prev_state, now, cfg);
+  __u32 next_pid = next->pid;
+  if (next_pid != 0) switch_in(next, next_pid, now, cfg);
+  return 0;
+}
+
+/* A blocked thread became runnable: its off-CPU episode ends, its run-queue wait begins. */
+struct dbgrec { __u64 delta; __u32 on_rq; __u32 delayed; __u32 state; __u32 cpu; __u32 waker; char comm[16]; __u32 pad; };
+struct {
+  __uint(type, BPF_MAP_TYPE_ARRAY);
+  __uint(max_entries, 16);
+  __type(key, __u32);
+  __type(value, struct dbgrec);
+} dbgrecs SEC(".maps");
+static __always_inline void woken(struct task_struct *p) {
+  __u32 pid = p->pid;
+  struct cpu_task_state *st = bpf_map_lookup_elem(&task_state, &pid);
+  if (st && p->comm[0] == 's' && p->comm[1] == 'l' && p->comm[2] == 0 && st->offcpu_ts && !st->wakeup_ts) {
+    __u64 d = bpf_ktime_get_ns() - st->offcpu_ts;
+    if (d < 1000000) {
+      __u32 z = 7;
+      __u64 *n = bpf_map_lookup_elem(&dbg, &z);
+      if (n) {
+        __u32 i = (__u32)(*n & 15);
+        __sync_fetch_and_add(n, 1);
+        struct dbgrec *r = bpf_map_lookup_elem(&dbgrecs, &i);
+        if (r) {
+          r->delta = d; r->on_rq = p->on_rq; r->delayed = p->se.sched_delayed; r->state = p->__state;
+          r->cpu = bpf_get_smp_processor_id(); r->waker = (__u32)bpf_get_current_pid_tgid();
+          bpf_get_current_comm(r->comm, 16);
+        }
+      }
+    }
+  }
+  if (!st || !st->offcpu_ts || st->wakeup_ts || st->kind == KMON_CPU_KIND_RUNQ) return;
+  st->wakeup_ts = bpf_ktime_get_ns();
+}
+
+SEC("tp_btf/sched_wakeup")
+int BPF_PROG(kmon_cpu_wakeup, struct task_struct *p) {
+  woken(p);
+  return 0;
+}
+
+/* A new thread is runnable for the first time: its run-queue wait starts now. */
+SEC("tp_btf/sched_wakeup_new")
+int BPF_PROG(kmon_cpu_forked, struct task_struct *p) {
+  __u64 cgroup_id = task_cgroup_id(p);
+  if (!kmon_cgroup_watched(cgroup_id)) return 0;
+  __u32 pid = p->pid;
+  struct cpu_task_state init = {.offcpu_ts = bpf_ktime_get_ns(),
+                                .cgroup_id = cgroup_id,
+                                .kstack = KMON_CPU_NO_STACK,
+                                .ustack = KMON_CPU_NO_STACK,
+                                .tgid = p->tgid,
+                                .kind = KMON_CPU_KIND_RUNQ};
+  /* BPF_ANY: a state left by an earlier thread of the same id is stale. */
+  long err = bpf_map_update_elem(&task_state, &pid, &init, BPF_ANY);
+  if (err) kmon_count_lost(KMON_LOST_MAP_FULL);
+  return 0;
+}
+
+/* Run by user space on each CPU in turn (never attached; see the top of the file):
+ * the thread on this CPU has run since st->oncpu_ts; that much is added now and its
+ * slice restarts, so switch-out adds only the rest. It runs in the IPI with
+ * interrupts off (or, on the calling CPU, with preemption off), so sched_switch
+ * cannot run on this CPU meanwhile, and the per-CPU counters and this thread's
+ * state are this CPU's alone. A thread already running when the collector attached
+ * has no state yet: its time counts from its first flush. */
+SEC("raw_tp")
+int kmon_cpu_flush(void *ctx) {
+  __u32 pid = (__u32)bpf_get_current_pid_tgid();
+  if (pid == 0) return 0; /* idle */
+  __u64 cgroup_id = bpf_get_current_cgroup_id();
+  if (!kmon_cgroup_watched(cgroup_id)) return 0;
+  __u64 now = bpf_ktime_get_ns();
+  struct cpu_task_state *st = bpf_map_lookup_elem(&task_state, &pid);
+  if (!st) {
+    struct cpu_task_state init = {.oncpu_ts = now,
+                                  .cgroup_id = cgroup_id,
+                                  .kstack = KMON_CPU_NO_STACK,
+                                  .ustack = KMON_CPU_NO_STACK};
+    long err = bpf_map_update_elem(&task_state, &pid, &init, BPF_NOEXIST);
+    if (err && err != -EEXIST) kmon_count_lost(KMON_LOST_MAP_FULL);
+    return 0;
+  }
+  if (!st->oncpu_ts) {
+    /* Running, yet its state says off CPU: its switch-in came before the attach. */
+    st->oncpu_ts = now;
+    st->offcpu_ts = 0;
+    st->wakeup_ts = 0;
+    return 0;
+  }
+  if (now <= st->oncpu_ts) return 0;
+  struct cpu_counters *c = counters_of(cgroup_id);
+  if (!c) return 0;
+  c->oncpu_ns += now - st->oncpu_ts;
+  st->oncpu_ts = now;
+  return 0;
+}

@@ -1,0 +1,170 @@
+/* Shared between bpf/cpu.bpf.c and collectors/cpu.cc, collectors/offcpu_profiler.cc. */
+#ifndef KMON_BPF_CPU_H_
+#define KMON_BPF_CPU_H_
+
+#ifndef __VMLINUX_H__
+#include <linux/types.h>
+#endif
+
+/* Threads whose scheduling state is tracked at once (the per-task state map). */
+#define KMON_CPU_TASKS_MAX 32768
+/* Cgroups with counters (a node with 250 pods of 3 containers has ~1000 cgroups);
+ * histograms get one entry per (cgroup, kind). */
+#define KMON_CPU_CGROUPS_MAX 4096
+#define KMON_CPU_HISTS_MAX (4 * KMON_CPU_CGROUPS_MAX)
+/* Distinct stacks the stack-trace map holds, and frames kept per stack (at most
+ * kernel.perf_event_max_stack, 127 by default).
+ *
+ * A stack-trace map is always preallocated: 8192 x (127 x 8 + 16) bytes = 8.1 MiB of
+ * kernel memory. Its hash has one stack per bucket (the stack id is the bucket), so a
+ * new stack whose bucket holds another is refused with -EEXIST: with n stacks held,
+ * a new one collides with probability n/8192. User space therefore keeps n small:
+ * ids nothing refers to any more are deleted once the map is half full and whenever
+ * collisions are seen (offcpu_profiler.cc), and each collision is counted as
+ * kmon_events_lost_total{reason="stack_collision"}. Twice the entries would halve
+ * the collisions at twice the memory; BPF_F_REUSE_STACKID would avoid them by
+ * overwriting, which would name an aggregate's time after a stack it never had. */
+#define KMON_CPU_STACKS_MAX 8192
+#define KMON_CPU_STACK_DEPTH 127
+/* (cgroup, process, kernel stack, user stack) aggregates of off-CPU time. */
+#define KMON_CPU_OFFCPU_STACKS_MAX 16384
+
+/* Histogram buckets: upper bounds 2^i microseconds for i = 0..26 (1 us .. 67.1 s),
+ * then +Inf. Fixed, so a heatmap over the buckets is stable across kmon versions. */
+#define KMON_CPU_HIST_BOUNDS 27
+#define KMON_CPU_HIST_SLOTS (KMON_CPU_HIST_BOUNDS + 1)
+
+/* Task states as the scheduler passes them in sched_switch's prev_state
+ * (include/linux/sched.h; stable since 5.14 renamed state to __state). */
+#define KMON_TASK_RUNNING 0x0000
+#define KMON_TASK_INTERRUPTIBLE 0x0001
+#define KMON_TASK_UNINTERRUPTIBLE 0x0002
+#define KMON_TASK_DEAD 0x0080
+#define KMON_TASK_NOLOAD 0x0400
+
+/* What a histogram measures; also the kind of a task's current off-CPU episode. */
+enum kmon_cpu_kind {
+  KMON_CPU_KIND_RUNQ = 0,  /* runnable, waiting for a CPU (preempted or woken) */
+  KMON_CPU_KIND_SLEEP = 1, /* blocked in TASK_INTERRUPTIBLE (or TASK_IDLE) */
+  KMON_CPU_KIND_IO = 2,    /* blocked in TASK_UNINTERRUPTIBLE */
+  KMON_CPU_KIND_OTHER = 3, /* stopped, traced, parked, frozen, ... */
+  KMON_CPU_KIND_MAX = 4,
+};
+
+/* A stack id slot with no stack (stacks off, kernel thread without user stack). */
+#define KMON_CPU_NO_STACK (-1)
+/* A stack that was there but could not be stored: its bucket held another stack
+ * (a collision), or the map had no free element. Its time is shown under
+ * "[stack lost]" rather than as a stack without user frames, and the loss is counted
+ * when the episode is recorded (episodes shorter than offcpu_min lose nothing). */
+#define KMON_CPU_STACK_COLLIDED (-2)
+#define KMON_CPU_STACK_NO_ROOM (-3)
+
+/* Keys of the cpu object's own per-CPU `cpu_lost` array (reasons beyond the common
+ * `lost` array's map_full). */
+enum kmon_cpu_lost_reason {
+  /* A recorded episode's stack was refused: bpf_get_stackid's -EEXIST, its bucket
+   * held another stack. */
+  KMON_CPU_LOST_STACK_COLLISION = 0,
+  KMON_CPU_LOST_MAX = 1,
+};
+
+/* Value of the one-entry `cpu_config` control map. Rewritten on reload. */
+struct cpu_config {
+  __u64 offcpu_min_ns; /* shorter off-CPU episodes are not recorded */
+  __u32 stacks;        /* 1: capture stacks at switch-out, aggregate at switch-in */
+  __u32 pad;
+};
+
+/* Per-thread scheduling state, keyed by thread id. Kernel-internal; user space
+ * only counts its entries. */
+struct cpu_task_state {
+  __u64 oncpu_ts;  /* when it last went on a CPU; 0 while off */
+  __u64 offcpu_ts; /* when it last left a CPU; 0 while on */
+  __u64 wakeup_ts; /* when it was woken after leaving; 0 until then */
+  __u64 cgroup_id; /* its cgroup when it last left (or was first seen) */
+  __s32 kstack;    /* stack ids captured when it left, or KMON_CPU_NO_STACK */
+  __s32 ustack;
+  __u32 tgid;
+  __u32 kind; /* enum kmon_cpu_kind of the episode since offcpu_ts */
+};
+
+/* Per-CPU, cumulative: counters of one cgroup. */
+struct cpu_counters {
+  __u64 oncpu_ns;
+  __u64 voluntary;   /* switched out blocking (prev_state != TASK_RUNNING, not preempted) */
+  __u64 involuntary; /* switched out while still runnable (preempted) */
+};
+
+struct cpu_hist_key {
+  __u64 cgroup_id;
+  __u32 kind; /* enum kmon_cpu_kind */
+  __u32 pad;
+};
+
+/* Cumulative, shared by all CPUs: per-slot counts (not cumulative over slots) and
+ * the sum. */
+struct cpu_hist {
+  __u64 slots[KMON_CPU_HIST_SLOTS];
+  __u64 sum_ns;
+};
+
+/* `start_ns` is the process's start (its leader's task->start_boottime, ns since
+ * boot), so a process that reuses an exited one's PID is a different key: user
+ * space matches it with /proc/PID/stat field 22 (the same time in clock ticks). */
+struct offcpu_stack_key {
+  __u64 cgroup_id;
+  __u64 start_ns;
+  __u32 tgid;
+  __s32 kstack;
+  __s32 ustack;
+  __u32 pad;
+};
+
+/* Cumulative, shared by all CPUs: off-CPU time (blocked, switch-out to wakeup) and
+ * episodes. */
+struct offcpu_stack_value {
+  __u64 ns;
+  __u64 count;
+};
+
+#ifdef __cplusplus
+#define KMON_CPU_INLINE static inline
+#else
+#define KMON_CPU_INLINE static __always_inline
+#endif
+
+/* floor(log2(v)) for v > 0, without a clz instruction (BPF has none). */
+KMON_CPU_INLINE __u32 kmon_cpu_log2(__u64 v) {
+  __u32 r = 0;
+  if (v >> 32) { v >>= 32; r += 32; }
+  if (v >> 16) { v >>= 16; r += 16; }
+  if (v >> 8) { v >>= 8; r += 8; }
+  if (v >> 4) { v >>= 4; r += 4; }
+  if (v >> 2) { v >>= 2; r += 2; }
+  if (v >> 1) r += 1;
+  return r;
+}
+
+/* The histogram slot of a duration, as the BPF side files it (and the unit tests
+ * check): slot i counts durations <= 2^i us; the last slot is +Inf. A duration d is
+ * <= 2^i us exactly when ceil(d / 1000ns) <= 2^i, so rounding up to whole
+ * microseconds first keeps every value in the bucket its exact value belongs to. */
+KMON_CPU_INLINE __u32 kmon_cpu_hist_slot(__u64 ns) {
+  __u64 us = ns / 1000 + (ns % 1000 != 0); /* rounded up, without overflow */
+  if (us <= 1) return 0;
+  __u32 s = kmon_cpu_log2(us - 1) + 1; /* ceil(log2(us)) */
+  return s > KMON_CPU_HIST_BOUNDS ? KMON_CPU_HIST_BOUNDS : s;
+}
+
+#ifdef __cplusplus
+static_assert(sizeof(struct cpu_config) == 16, "BPF ABI");
+static_assert(sizeof(struct cpu_task_state) == 48, "BPF ABI");
+static_assert(sizeof(struct cpu_counters) == 24, "BPF ABI");
+static_assert(sizeof(struct cpu_hist_key) == 16, "BPF ABI");
+static_assert(sizeof(struct cpu_hist) == 8 * (KMON_CPU_HIST_SLOTS + 1), "BPF ABI");
+static_assert(sizeof(struct offcpu_stack_key) == 32, "BPF ABI");
+static_assert(sizeof(struct offcpu_stack_value) == 16, "BPF ABI");
+#endif
+
+#endif /* KMON_BPF_CPU_H_ */

@@ -1,0 +1,536 @@
+#include "collectors/cpu.h"
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <unordered_map>
+#include <unordered_set>
+
+#include <absl/strings/str_cat.h>
+#include <bpf/btf.h>
+
+#include "bpf/cpu.h"
+#include "bpf/kmon_common.h"
+#include "bpf/cpu.skel.h"
+#include "collectors/bpf_util.h"
+#include "collectors/offcpu_profiler.h"
+#include "collectors/symbolizer.h"
+#include "collectors/watched_cgroups.h"
+#include "exporter/log.h"
+
+namespace kmon {
+namespace {
+
+constexpr char kName[] = "cpu";
+// How often the off-CPU aggregates are read between queries: new processes get their
+// maps captured within this, so a process must live about this long after its first
+// recorded episode for its user frames to be named.
+constexpr auto kRefreshPeriod = std::chrono::seconds(1);
+
+const char* const kStateNames[KMON_CPU_KIND_MAX] = {"", "sleep", "io", "other"};
+
+class BpfCpuDataSource : public CpuDataSource {
+ public:
+  BpfCpuDataSource(int counters_fd, int hists_fd) : counters_fd_(counters_fd), hists_fd_(hists_fd) {}
+  absl::Status Read(std::vector<CpuCounters>* counters, std::vector<CpuHistogram>* hists) override {
+    std::vector<std::pair<uint64_t, std::vector<cpu_counters>>> rc;
+    absl::Status st = ReadPerCpuHash(counters_fd_, KMON_CPU_CGROUPS_MAX, &rc);
+    if (!st.ok()) return st;
+    std::vector<std::pair<cpu_hist_key, cpu_hist>> rh;
+    st = ReadHash(hists_fd_, KMON_CPU_HISTS_MAX, &rh);
+    if (!st.ok()) return st;
+    counters->clear();
+    for (const auto& [cg, per_cpu] : rc) {
+      CpuCounters c;
+      c.cgroup_id = cg;
+      for (const auto& v : per_cpu) {
+        c.oncpu_ns += v.oncpu_ns;
+        c.voluntary += v.voluntary;
+        c.involuntary += v.involuntary;
+      }
+      counters->push_back(c);
+    }
+    hists->clear();
+    for (const auto& [k, v] : rh) {
+      CpuHistogram h;
+      h.cgroup_id = k.cgroup_id;
+      h.kind = k.kind;
+      for (int i = 0; i < KMON_CPU_HIST_SLOTS; ++i) h.slots[i] = v.slots[i];
+      h.sum_ns = v.sum_ns;
+      hists->push_back(h);
+    }
+    return absl::OkStatus();
+  }
+
+ private:
+  int counters_fd_, hists_fd_;
+};
+
+class BpfOffCpuStackSource : public OffCpuStackSource {
+ public:
+  BpfOffCpuStackSource(int aggregates_fd, int stacks_fd, int tasks_fd, int cpu_lost_fd)
+      : aggregates_fd_(aggregates_fd),
+        stacks_fd_(stacks_fd),
+        tasks_fd_(tasks_fd),
+        cpu_lost_fd_(cpu_lost_fd) {}
+
+  absl::Status Read(std::vector<OffCpuRawEntry>* out) override {
+    std::vector<std::pair<offcpu_stack_key, offcpu_stack_value>> raw;
+    absl::Status st = ReadHash(aggregates_fd_, KMON_CPU_OFFCPU_STACKS_MAX, &raw);
+    if (!st.ok()) return st;
+    out->clear();
+    out->reserve(raw.size());
+    for (const auto& [k, v] : raw) {
+      OffCpuRawEntry e;
+      e.key = k;
+      e.totals = {v.ns, v.count};
+      out->push_back(e);
+    }
+    return absl::OkStatus();
+  }
+
+  std::vector<uint64_t> Stack(int32_t id) override {
+    if (id < 0) return {};
+    std::vector<uint64_t> ips(KMON_CPU_STACK_DEPTH, 0);
+    uint32_t key = static_cast<uint32_t>(id);
+    if (bpf_map_lookup_elem(stacks_fd_, &key, ips.data()) != 0) return {};
+    size_t n = 0;
+    while (n < ips.size() && ips[n] != 0) ++n;
+    ips.resize(n);
+    return ips;
+  }
+
+  std::optional<OffCpuTotals> Take(const offcpu_stack_key& key) override {
+    // BPF_MAP_LOOKUP_AND_DELETE_ELEM on a hash: the read and the delete are one step.
+    offcpu_stack_value v{};
+    if (bpf_map_lookup_and_delete_elem(aggregates_fd_, &key, &v) == 0) {
+      return OffCpuTotals{v.ns, v.count};
+    }
+    offcpu_stack_value again{};
+    if (bpf_map_lookup_elem(aggregates_fd_, &key, &again) != 0) return std::nullopt;
+    bpf_map_delete_elem(aggregates_fd_, &key);  // kernels without lookup-and-delete for hashes
+    return OffCpuTotals{again.ns, again.count};
+  }
+
+  std::vector<int32_t> StackIds() override {
+    std::vector<int32_t> ids;
+    uint32_t prev = 0, next = 0;
+    bool have_prev = false;
+    while (bpf_map_get_next_key(stacks_fd_, have_prev ? &prev : nullptr, &next) == 0) {
+      ids.push_back(static_cast<int32_t>(next));
+      prev = next;
+      have_prev = true;
+    }
+    return ids;
+  }
+
+  std::vector<int32_t> StackIdsHeldByThreads() override {
+    std::vector<std::pair<uint32_t, cpu_task_state>> tasks;
+    // Unknown: keep every id rather than delete one in use.
+    if (!ReadHash(tasks_fd_, KMON_CPU_TASKS_MAX, &tasks).ok()) return StackIds();
+    std::vector<int32_t> ids;
+    ids.reserve(2 * tasks.size());
+    for (const auto& [tid, st] : tasks) {
+      ids.push_back(st.kstack);
+      ids.push_back(st.ustack);
+    }
+    return ids;
+  }
+
+  void DeleteStack(int32_t id) override {
+    uint32_t key = static_cast<uint32_t>(id);
+    bpf_map_delete_elem(stacks_fd_, &key);
+  }
+
+  size_t StackCapacity() const override { return KMON_CPU_STACKS_MAX; }
+
+  uint64_t StackCollisions() override {
+    auto sums = ReadPerCpuU64Array(cpu_lost_fd_, KMON_CPU_LOST_MAX);
+    return sums.ok() ? (*sums)[KMON_CPU_LOST_STACK_COLLISION] : 0;
+  }
+
+ private:
+  int aggregates_fd_, stacks_fd_, tasks_fd_, cpu_lost_fd_;
+};
+
+}  // namespace
+
+const std::vector<double>& CpuHistogramBounds() {
+  static const std::vector<double> bounds = [] {
+    std::vector<double> b;
+    for (int i = 0; i < KMON_CPU_HIST_BOUNDS; ++i) b.push_back(static_cast<double>(1ULL << i) * 1e-6);
+    return b;
+  }();
+  return bounds;
+}
+
+absl::Status CheckSchedSwitchHasPrevState(const btf* vmlinux) {
+  // typedef void (*btf_trace_sched_switch)(void *__data, bool preempt,
+  //     struct task_struct *prev, struct task_struct *next, unsigned int prev_state);
+  const int id = btf__find_by_name_kind(vmlinux, "btf_trace_sched_switch", BTF_KIND_TYPEDEF);
+  if (id <= 0) {
+    return absl::FailedPreconditionError(
+        "collector=cpu: the kernel's BTF has no sched_switch tracepoint (btf_trace_sched_switch)");
+  }
+  const btf_type* t = btf__type_by_id(vmlinux, btf__type_by_id(vmlinux, id)->type);
+  if (t != nullptr && btf_is_ptr(t)) t = btf__type_by_id(vmlinux, t->type);
+  if (t == nullptr || !btf_is_func_proto(t)) {
+    return absl::FailedPreconditionError(
+        "collector=cpu: btf_trace_sched_switch in the kernel's BTF is not a function pointer");
+  }
+  const int args = btf_vlen(t) - 1;  // without the tracepoint's __data
+  if (args < 4) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "collector=cpu: needs Linux 5.18 or later: this kernel's sched_switch tracepoint passes ",
+        args, " arguments, without prev_state (added in 5.18 by commit fa2c3254d7cf, "
+              "\"sched/tracing: Don't re-read p->state when emitting sched_switch event\")"));
+  }
+  return absl::OkStatus();
+}
+
+std::vector<prometheus::MetricFamily> BuildCpuFamilies(const std::vector<CpuCounters>& counters,
+                                                       const std::vector<CpuHistogram>& hists,
+                                                       WorkloadResolver* workloads,
+                                                       SeriesBudget* budget, int64_t max_series) {
+  const std::vector<std::string> wl{"namespace", "pod", "container"};
+  FamilyBuilder oncpu("kmon_cpu_oncpu_seconds_total",
+                      "Time threads of the workload ran on a CPU, up to the scrape.",
+                      prometheus::MetricType::Counter, wl);
+  FamilyBuilder switches("kmon_cpu_context_switches_total",
+                         "Context switches away from the workload's threads: voluntary when a "
+                         "thread blocked, involuntary when it was preempted while runnable.",
+                         prometheus::MetricType::Counter,
+                         {"namespace", "pod", "container", "kind"});
+  FamilyBuilder offcpu("kmon_cpu_offcpu_duration_seconds",
+                       "Off-CPU episodes (switch-out to wakeup) of at least "
+                       "collectors.cpu.offcpu_min, by the state the thread blocked in: sleep "
+                       "(interruptible), io (uninterruptible), other.",
+                       prometheus::MetricType::Histogram,
+                       {"namespace", "pod", "container", "state"});
+  FamilyBuilder runq("kmon_cpu_runqueue_latency_seconds",
+                     "Time runnable threads waited for a CPU: wakeup, or preemption, to switch-in.",
+                     prometheus::MetricType::Histogram, wl);
+
+  // A histogram is KMON_CPU_HIST_SLOTS buckets plus _sum and _count in the TSDB.
+  constexpr int64_t kHistSeries = KMON_CPU_HIST_SLOTS + 2;
+  std::unordered_map<uint64_t, int64_t> series;
+  for (const auto& c : counters) series[c.cgroup_id] += 3;
+  for (const auto& h : hists) {
+    if (h.kind < KMON_CPU_KIND_MAX) series[h.cgroup_id] += kHistSeries;
+  }
+  std::vector<uint64_t> cgroups;
+  for (const auto& [cg, n] : series) cgroups.push_back(cg);
+  std::sort(cgroups.begin(), cgroups.end());  // the same workloads win the budget every scrape
+
+  std::unordered_map<uint64_t, WorkloadLabels> admitted;
+  budget->Begin(max_series);
+  for (uint64_t cg : cgroups) {
+    std::optional<WorkloadLabels> l = workloads->Lookup(cg);
+    if (!l) continue;  // the cgroup is gone; its entries are dropped below
+    admitted[cg] = budget->Admit(*l, series[cg]);
+  }
+
+  std::vector<const CpuCounters*> sc;
+  for (const auto& c : counters) sc.push_back(&c);
+  std::sort(sc.begin(), sc.end(),
+            [](const CpuCounters* a, const CpuCounters* b) { return a->cgroup_id < b->cgroup_id; });
+  for (const CpuCounters* c : sc) {
+    auto it = admitted.find(c->cgroup_id);
+    if (it == admitted.end()) continue;
+    const WorkloadLabels& l = it->second;
+    oncpu.AddCounter({l.namespace_, l.pod, l.container}, c->oncpu_ns / 1e9);
+    switches.AddCounter({l.namespace_, l.pod, l.container, "voluntary"},
+                        static_cast<double>(c->voluntary));
+    switches.AddCounter({l.namespace_, l.pod, l.container, "involuntary"},
+                        static_cast<double>(c->involuntary));
+  }
+  const std::vector<double>& bounds = CpuHistogramBounds();
+  for (const auto& h : hists) {
+    auto it = admitted.find(h.cgroup_id);
+    if (it == admitted.end() || h.kind >= KMON_CPU_KIND_MAX) continue;
+    const WorkloadLabels& l = it->second;
+    std::vector<uint64_t> counts(h.slots.begin(), h.slots.end());
+    if (h.kind == KMON_CPU_KIND_RUNQ) {
+      runq.AddHistogram({l.namespace_, l.pod, l.container}, bounds, counts, h.sum_ns / 1e9);
+    } else {
+      offcpu.AddHistogram({l.namespace_, l.pod, l.container, kStateNames[h.kind]}, bounds, counts,
+                          h.sum_ns / 1e9);
+    }
+  }
+  return {oncpu.Build(), switches.Build(), offcpu.Build(), runq.Build()};
+}
+
+CpuCollector::CpuCollector(const CollectorDeps& deps)
+    : deps_(deps), host_(std::make_shared<OffCpuHost>()) {}
+
+CpuCollector::~CpuCollector() { Stop(); }
+
+absl::Status CpuCollector::Start(const Config& config) {
+  {
+    // A clear message on kernels before 5.18 rather than the verifier's.
+    btf* vmlinux = btf__load_vmlinux_btf();
+    if (vmlinux == nullptr) return BpfError(kName, "load vmlinux BTF", errno);
+    absl::Status st = CheckSchedSwitchHasPrevState(vmlinux);
+    btf__free(vmlinux);
+    if (!st.ok()) return st;
+  }
+  skel_ = cpu_bpf__open();
+  if (skel_ == nullptr) return BpfError(kName, "open", errno);
+  // Run from user space on each CPU (FlushOnCpuTime), never attached.
+  bpf_program__set_autoattach(skel_->progs.kmon_cpu_flush, false);
+  struct Layout {
+    const bpf_map* map;
+    size_t key, value;
+  };
+  const Layout layouts[] = {
+      {skel_->maps.cpu_config, sizeof(uint32_t), sizeof(cpu_config)},
+      {skel_->maps.task_state, sizeof(uint32_t), sizeof(cpu_task_state)},
+      {skel_->maps.cg_counters, sizeof(uint64_t), sizeof(cpu_counters)},
+      {skel_->maps.cg_hists, sizeof(cpu_hist_key), sizeof(cpu_hist)},
+      {skel_->maps.offcpu_stacks, sizeof(offcpu_stack_key), sizeof(offcpu_stack_value)},
+      {skel_->maps.stacks, sizeof(uint32_t), KMON_CPU_STACK_DEPTH * sizeof(uint64_t)},
+  };
+  for (const auto& l : layouts) {
+    absl::Status st = CheckMapLayout(kName, l.map, l.key, l.value);
+    if (!st.ok()) return st;
+  }
+  int err = cpu_bpf__load(skel_);
+  if (err) return BpfError(kName, "load", err);
+  absl::Status st = Reconfigure(config);
+  if (!st.ok()) return st;
+  if (deps_.watched != nullptr) {
+    st = deps_.watched->Register(bpf_map__fd(skel_->maps.filter_config),
+                                 bpf_map__fd(skel_->maps.watched_cgroups));
+    if (!st.ok()) return st;
+  }
+  err = cpu_bpf__attach(skel_);
+  if (err) return BpfError(kName, "attach tp_btf/sched_switch, sched_wakeup, sched_wakeup_new", err);
+  // Threads running now have no state yet: their time counts from here.
+  FlushOnCpuTime();
+  source_ = std::make_unique<BpfCpuDataSource>(bpf_map__fd(skel_->maps.cg_counters),
+                                               bpf_map__fd(skel_->maps.cg_hists));
+
+  // Off-CPU stacks: kernel frames need /proc/kallsyms (the table drops shares); without
+  // it they are "[unknown]". The symbolizer holds the shared table and asks for it
+  // again at each kernel frame, so a table re-read after misses (modules loaded
+  // since) replaces this one.
+  absl::Status why;
+  std::shared_ptr<const KernelSymbols> ksyms = KernelSymbols::Shared(&why);
+  if (ksyms == nullptr) {
+    LogWarn("kernel symbols unavailable; kernel frames will be [unknown]",
+            {{"collector", kName}, {"err", why.ToString()}});
+  }
+  auto symbolizer = std::make_unique<Symbolizer>(
+      "/proc", Symbolizer::KernelSource([] { return KernelSymbols::Shared(); }));
+  auto profiler = std::make_unique<OffCpuProfiler>(
+      std::make_unique<BpfOffCpuStackSource>(
+          bpf_map__fd(skel_->maps.offcpu_stacks), bpf_map__fd(skel_->maps.stacks),
+          bpf_map__fd(skel_->maps.task_state), bpf_map__fd(skel_->maps.cpu_lost)),
+      std::make_unique<ProcFrameResolver>(std::move(symbolizer)), deps_.workloads,
+      std::chrono::steady_clock::now());
+  {
+    std::lock_guard<std::mutex> lock(host_->mu);
+    host_->profiler = std::move(profiler);
+  }
+  refresh_thread_ = std::thread(RefreshLoop, host_);
+  if (deps_.handle_http) {
+    std::shared_ptr<OffCpuHost> host = host_;
+    deps_.handle_http(kOffCpuPath,
+                      [host](const HttpRequest& req) { return ServeOffCpu(host, req); });
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CpuCollector::Reconfigure(const Config& config) {
+  const CpuConfig& cc = config.collectors.cpu;
+  cpu_config value{};
+  value.offcpu_min_ns = static_cast<uint64_t>(std::max<int64_t>(0, cc.offcpu_min.count()));
+  value.stacks = cc.stacks ? 1 : 0;
+  uint32_t zero = 0;
+  if (bpf_map_update_elem(bpf_map__fd(skel_->maps.cpu_config), &zero, &value, BPF_ANY) != 0) {
+    return BpfError(kName, "map=cpu_config: update", errno);
+  }
+  {
+    std::lock_guard<std::mutex> lock(host_->mu);
+    host_->stacks = cc.stacks;
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  max_series_ = config.limits.max_series_per_collector;
+  return absl::OkStatus();
+}
+
+void CpuCollector::RefreshLoop(std::shared_ptr<OffCpuHost> host) {
+  std::unique_lock<std::mutex> lock(host->mu);
+  bool warned = false;
+  while (!host->stopping) {
+    if (host->profiler && host->stacks) {
+      try {
+        absl::Status st = host->profiler->Refresh(std::chrono::steady_clock::now());
+        host->store_full = host->profiler->RetiredDropped();
+        if (!st.ok() && !warned) {
+          LogWarn("reading off-CPU stacks failed", {{"collector", kName}, {"err", st.ToString()}});
+        }
+        warned = !st.ok();
+      } catch (const std::exception& e) {
+        LogError("off-CPU refresh failed", {{"collector", kName}, {"err", e.what()}});
+      }
+    }
+    host->wake.wait_for(lock, kRefreshPeriod, [&] { return host->stopping; });
+  }
+}
+
+HttpResponse CpuCollector::ServeOffCpu(const std::shared_ptr<OffCpuHost>& host,
+                                       const HttpRequest& req) {
+  HttpResponse resp;
+  try {
+    if (req.method != "GET" && req.method != "HEAD") {
+      resp.status = 405;
+      resp.headers["Allow"] = "GET, HEAD";
+      resp.body = "Method Not Allowed\n";
+      return resp;
+    }
+    OffCpuQuery query;
+    std::string format;
+    absl::Status st = ParseOffCpuRequest(req, &query, &format);
+    if (!st.ok()) {
+      resp.status = 400;
+      resp.body = absl::StrCat(st.message(), "\n");
+      return resp;
+    }
+    // The query's result is a copy taken under the lock; rendering it (an SVG or a
+    // pprof of thousands of stacks) happens after, without holding up the refresh
+    // thread or another request.
+    absl::StatusOr<OffCpuResult> result;
+    {
+      std::lock_guard<std::mutex> lock(host->mu);
+      if (!host->profiler) {
+        resp.status = 503;
+        resp.body = "the cpu collector is not running\n";
+        return resp;
+      }
+      if (!host->stacks) {
+        resp.status = 503;
+        resp.body = "off-CPU stacks are off (collectors.cpu.stacks: false)\n";
+        return resp;
+      }
+      result = host->profiler->Query(query, std::chrono::steady_clock::now());
+    }
+    if (!result.ok()) {
+      resp.status = 500;
+      resp.body = absl::StrCat(result.status().ToString(), "\n");
+      return resp;
+    }
+    return RenderOffCpuResponse(*result, query, format);
+  } catch (const std::exception& e) {
+    resp = HttpResponse{};
+    resp.status = 500;
+    resp.body = absl::StrCat("off-CPU query failed: ", e.what(), "\n");
+    return resp;
+  }
+}
+
+void CpuCollector::DropStale(const std::vector<CpuCounters>& counters,
+                             const std::vector<CpuHistogram>& hists) {
+  if (skel_ == nullptr) return;
+  std::unordered_set<uint64_t> cgroups;
+  for (const auto& c : counters) cgroups.insert(c.cgroup_id);
+  for (const auto& h : hists) cgroups.insert(h.cgroup_id);
+  std::unordered_set<uint64_t> gone;
+  missing_.Begin();
+  for (uint64_t cg : cgroups) {
+    if (deps_.workloads->Lookup(cg).has_value()) continue;
+    if (missing_.Gone(cg)) gone.insert(cg);
+  }
+  missing_.End();
+  for (uint64_t cg : gone) {
+    missing_.Forget(cg);
+    bpf_map_delete_elem(bpf_map__fd(skel_->maps.cg_counters), &cg);
+  }
+  for (const auto& h : hists) {
+    if (!gone.count(h.cgroup_id)) continue;
+    cpu_hist_key k{};
+    k.cgroup_id = h.cgroup_id;
+    k.kind = h.kind;
+    bpf_map_delete_elem(bpf_map__fd(skel_->maps.cg_hists), &k);
+  }
+}
+
+void CpuCollector::FlushOnCpuTime() {
+  if (getenv("KMON_NOFLUSH")) return;
+  if (skel_ == nullptr) return;
+  const int fd = bpf_program__fd(skel_->progs.kmon_cpu_flush);
+  for (int cpu = 0; cpu < PossibleCpus(); ++cpu) {
+    LIBBPF_OPTS(bpf_test_run_opts, opts, .flags = BPF_F_TEST_RUN_ON_CPU,
+                .cpu = static_cast<__u32>(cpu));
+    if (bpf_prog_test_run_opts(fd, &opts) == 0) continue;
+    const int e = errno;
+    if (e == ENXIO) continue;  // an offline CPU runs nothing
+    // Without the flush, running threads' time still counts, at their switch-out.
+    if (!flush_warned_.exchange(true)) {
+      LogWarn("running kmon_cpu_flush failed; on-CPU time of running threads is counted "
+              "when they leave the CPU",
+              {{"collector", kName}, {"cpu", std::to_string(cpu)}, {"err", std::strerror(e)}});
+    }
+    return;
+  }
+}
+
+void CpuCollector::Collect(std::vector<prometheus::MetricFamily>* out) noexcept {
+  if (!source_) return;
+  try {
+    FlushOnCpuTime();
+    std::vector<CpuCounters> counters;
+    std::vector<CpuHistogram> hists;
+    absl::Status st = source_->Read(&counters, &hists);
+    if (!st.ok()) {
+      ++read_errors_;
+      LogWarn("reading BPF map failed", {{"collector", kName}, {"err", st.ToString()}});
+      return;
+    }
+    std::lock_guard<std::mutex> lock(mu_);
+    auto families = BuildCpuFamilies(counters, hists, deps_.workloads, &budget_, max_series_);
+    DropStale(counters, hists);
+    for (auto& f : families) out->push_back(std::move(f));
+  } catch (const std::exception& e) {
+    LogError("collect failed", {{"collector", kName}, {"err", e.what()}});
+  }
+}
+
+void CpuCollector::Stop() {
+  {
+    std::lock_guard<std::mutex> lock(host_->mu);
+    host_->stopping = true;
+    host_->profiler.reset();  // the handler answers 503 from now on
+  }
+  host_->wake.notify_all();
+  if (refresh_thread_.joinable()) refresh_thread_.join();
+  source_.reset();
+  if (skel_ != nullptr) {
+    if (deps_.watched != nullptr) deps_.watched->Unregister(bpf_map__fd(skel_->maps.filter_config));
+    cpu_bpf__destroy(skel_);
+    skel_ = nullptr;
+  }
+}
+
+const bpf_object* CpuCollector::BpfObject() const { return skel_ ? skel_->obj : nullptr; }
+
+std::map<std::string, uint64_t> CpuCollector::EventsLost() const {
+  std::map<std::string, uint64_t> lost =
+      StandardEventsLost(skel_ != nullptr ? skel_->maps.lost : nullptr, read_errors_.load());
+  // Exited processes' stacks with no room in user space (each counted once).
+  lost["offcpu_store_full"] = host_->store_full.load();
+  // Stacks the stack map refused because their bucket held another (bpf/cpu.h).
+  lost["stack_collision"] = 0;
+  if (skel_ != nullptr) {
+    auto sums = ReadPerCpuU64Array(bpf_map__fd(skel_->maps.cpu_lost), KMON_CPU_LOST_MAX);
+    if (sums.ok()) lost["stack_collision"] = (*sums)[KMON_CPU_LOST_STACK_COLLISION];
+  }
+  return lost;
+}
+
+uint64_t CpuCollector::SeriesOverflow() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return budget_.Overflowed();
+}
+
+}  // namespace kmon

@@ -1,0 +1,136 @@
+// `cpu`: per-workload CPU time, context switches, off-CPU episodes by state, and
+// run-queue latency, from the scheduler's tracepoints (sched_switch, sched_wakeup,
+// sched_wakeup_new); and off-CPU time by stack, served as flame graphs on
+// /debug/offcpu (see offcpu_profiler.h).
+//
+// The histograms have fixed log2 buckets (le = 2^i microseconds, 1us .. 67.1s, +Inf),
+// so a Grafana heatmap of off-CPU episodes over time is
+//   sum by (le) (rate(kmon_cpu_offcpu_duration_seconds_bucket{state="io"}[1m]))
+// with the panel's data format set to "Time series buckets" (and likewise for
+// kmon_cpu_runqueue_latency_seconds_bucket).
+//
+// collectors.cpu.offcpu_min gates both outputs of off-CPU time, as the spec means it
+// ("off-CPU episodes ... above offcpu_min"): an episode shorter than it lands neither
+// in kmon_cpu_offcpu_duration_seconds nor in the /debug/offcpu stacks (it is still a
+// context switch, and its run-queue wait is still measured).
+//
+// kmon_cpu_oncpu_seconds_total is exact at every scrape: Collect first has each CPU
+// add its running thread's time so far (see kmon_cpu_flush in bpf/cpu.bpf.c), so a
+// thread that never leaves its CPU climbs steadily rather than in one jump.
+//
+// Needs Linux 5.18 or later (sched_switch's prev_state argument); Start says so on
+// older kernels.
+#pragma once
+
+#include <array>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "bpf/cpu.h"
+#include "collectors/collector.h"
+#include "collectors/families.h"
+#include "collectors/missing_since.h"
+
+struct cpu_bpf;
+struct btf;
+
+namespace kmon {
+
+/// Counters of one cgroup, summed over CPUs.
+struct CpuCounters {
+  uint64_t cgroup_id = 0;
+  uint64_t oncpu_ns = 0;
+  uint64_t voluntary = 0;
+  uint64_t involuntary = 0;
+};
+
+/// One histogram (enum kmon_cpu_kind) of one cgroup, summed over CPUs.
+struct CpuHistogram {
+  uint64_t cgroup_id = 0;
+  uint32_t kind = KMON_CPU_KIND_RUNQ;
+  std::array<uint64_t, KMON_CPU_HIST_SLOTS> slots{};  // per slot, last is +Inf
+  uint64_t sum_ns = 0;
+};
+
+/// Seam for the data maps: the BPF maps in production, vectors in tests.
+class CpuDataSource {
+ public:
+  virtual ~CpuDataSource() = default;
+  virtual absl::Status Read(std::vector<CpuCounters>* counters,
+                            std::vector<CpuHistogram>* hists) = 0;
+};
+
+/// The histograms' upper bounds in seconds: 2^i us for i = 0..26 (the +Inf slot
+/// is implicit).
+const std::vector<double>& CpuHistogramBounds();
+
+/// Whether the kernel's sched_switch tracepoint passes prev_state (Linux 5.18+),
+/// from the func proto of the `btf_trace_sched_switch` typedef in its BTF; an error
+/// names the minimum kernel.
+absl::Status CheckSchedSwitchHasPrevState(const struct btf* vmlinux);
+
+/// Turns counters and histograms into the four families, resolving cgroups.
+/// Pure apart from the resolver: golden tests feed it fixed input.
+std::vector<prometheus::MetricFamily> BuildCpuFamilies(const std::vector<CpuCounters>& counters,
+                                                       const std::vector<CpuHistogram>& hists,
+                                                       WorkloadResolver* workloads,
+                                                       SeriesBudget* budget, int64_t max_series);
+
+class OffCpuProfiler;
+
+class CpuCollector : public Collector {
+ public:
+  explicit CpuCollector(const CollectorDeps& deps);
+  ~CpuCollector() override;
+
+  /// Also starts the off-CPU stack thread and registers /debug/offcpu.
+  absl::Status Start(const Config& config) override;
+  absl::Status Reconfigure(const Config& config) override;
+  void Collect(std::vector<prometheus::MetricFamily>* out) noexcept override;
+  void Stop() override;
+  const bpf_object* BpfObject() const override;
+  std::map<std::string, uint64_t> EventsLost() const override;
+  uint64_t SeriesOverflow() const override;
+
+  /// Where /debug/offcpu is served.
+  static constexpr char kOffCpuPath[] = "/debug/offcpu";
+
+ private:
+  /// What the HTTP handler and the refresh thread share; outlives the collector
+  /// (the server keeps the handler), so a request after Stop() gets a 503.
+  struct OffCpuHost {
+    std::mutex mu;
+    std::condition_variable wake;
+    bool stopping = false;
+    bool stacks = true;
+    std::unique_ptr<OffCpuProfiler> profiler;  // null once stopped
+    std::atomic<uint64_t> store_full{0};       // the profiler's RetiredDropped()
+  };
+  static HttpResponse ServeOffCpu(const std::shared_ptr<OffCpuHost>& host, const HttpRequest& req);
+  static void RefreshLoop(std::shared_ptr<OffCpuHost> host);
+  void DropStale(const std::vector<CpuCounters>& counters, const std::vector<CpuHistogram>& hists);
+  /// Runs kmon_cpu_flush on every CPU: running threads' time so far into the counters.
+  void FlushOnCpuTime();
+
+  CollectorDeps deps_;
+  cpu_bpf* skel_ = nullptr;
+  std::unique_ptr<CpuDataSource> source_;
+  std::shared_ptr<OffCpuHost> host_;
+  std::thread refresh_thread_;
+  mutable std::mutex mu_;  // guards max_series_, budget_, missing_ against reload
+  int64_t max_series_ = 20000;
+  SeriesBudget budget_;
+  std::atomic<uint64_t> read_errors_{0};
+  std::atomic<bool> flush_warned_{false};
+  MissingSince<uint64_t> missing_;
+};
+
+}  // namespace kmon

@@ -1,0 +1,672 @@
+// The cpu collector against the running kernel: workloads in cgroups of their own
+// sleep, spin and contend for one CPU in known amounts, and kmon must measure those
+// amounts; a function of known name blocks, and the off-CPU stacks must name it.
+#include <sched.h>
+#include <signal.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <functional>
+#include <map>
+#include <sstream>
+#include <thread>
+
+#include <gtest/gtest.h>
+
+#include "collectors/cpu.h"
+#include "collectors/watched_cgroups.h"
+#include "exporter/config.h"
+#include "provider/workload.h"
+#include "tests/root/root_util.h"
+
+// Blocks in nanosleep from a frame the kernel's user-stack walk is sure to see: the
+// syscall instruction is in this function, so the user IP at the switch is in it.
+// (Through glibc's nanosleep the IP would be in libc, which Debian builds without
+// frame pointers, and the frame-pointer walk from there would skip this function.)
+// Frame pointers here let the walk go on to the callers.
+extern "C" __attribute__((noinline, used
+#ifndef __clang__
+                          , optimize("no-omit-frame-pointer")
+#endif
+                          )) long kmon_test_sleepy_function(long ns) {
+  struct timespec ts = {0, ns};
+  long ret;
+#if defined(__x86_64__)
+  asm volatile("syscall"
+               : "=a"(ret)
+               : "a"(SYS_nanosleep), "D"(&ts), "S"(0L)
+               : "rcx", "r11", "memory");
+#elif defined(__aarch64__)
+  register long x8 asm("x8") = SYS_nanosleep;
+  register long x0 asm("x0") = reinterpret_cast<long>(&ts);
+  register long x1 asm("x1") = 0;
+  asm volatile("svc #0" : "+r"(x0) : "r"(x8), "r"(x1) : "memory");
+  ret = x0;
+#else
+#error "kmon test: no raw syscall for this architecture"
+#endif
+  return ret;
+}
+
+namespace kmon {
+namespace {
+
+using testing::ExporterProcess;
+using testing::RunInCgroup;
+using testing::SampleValue;
+using testing::TestCgroup;
+
+constexpr double kMs = 1e-3;
+
+Config CpuConfigYaml(const std::string& offcpu_min, bool stacks = true) {
+  ConfigResult r = ParseConfig("collectors:\n  cpu:\n    offcpu_min: " + offcpu_min +
+                                   "\n    stacks: " + (stacks ? "true" : "false") + "\n",
+                               ProcessEnv());
+  EXPECT_TRUE(r.problems.empty());
+  return r.config.value_or(DefaultConfig());
+}
+
+const prometheus::ClientMetric* Find(const std::vector<prometheus::MetricFamily>& fams,
+                                     const std::string& name, const std::string& container,
+                                     const std::map<std::string, std::string>& more = {}) {
+  for (const auto& f : fams) {
+    if (f.name != name) continue;
+    for (const auto& m : f.metric) {
+      std::map<std::string, std::string> labels;
+      for (const auto& l : m.label) labels[l.name] = l.value;
+      if (labels["container"] != container) continue;
+      bool all = true;
+      for (const auto& [k, v] : more) all &= labels[k] == v;
+      if (all) return &m;
+    }
+  }
+  return nullptr;
+}
+
+double Counter(const std::vector<prometheus::MetricFamily>& fams, const std::string& name,
+               const std::string& container, const std::map<std::string, std::string>& more = {}) {
+  const auto* m = Find(fams, name, container, more);
+  return m ? m->counter.value : -1;
+}
+
+void SleepMs(int n, int ms) {
+  for (int i = 0; i < n; ++i) {
+    struct timespec ts = {0, ms * 1000000L};
+    nanosleep(&ts, nullptr);
+  }
+}
+
+// Spins on CPU `cpu` until `deadline` (CLOCK_MONOTONIC ns): pure user time, no syscalls.
+void SpinOn(int cpu, int64_t deadline_ns) {
+  cpu_set_t one;
+  CPU_ZERO(&one);
+  CPU_SET(cpu, &one);
+  if (sched_setaffinity(0, sizeof one, &one) != 0) _exit(2);
+  for (;;) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    if (ts.tv_sec * 1000000000LL + ts.tv_nsec >= deadline_ns) return;
+  }
+}
+
+// The kernel's own accounting of this thread (CONFIG_SCHED_INFO): time on a CPU and
+// time runnable on a run queue (/proc/self/schedstat), and preemptions
+// (nonvoluntary_ctxt_switches in /proc/self/status).
+//
+// It is exact only up to a few microseconds per preemption: after a wakeup that
+// preempts, the scheduler skips its next clock update (rq_clock_skip_update() in
+// wakeup_preempt()), so schedstat dates the switch-out at the wakeup, inside the
+// interrupt, while kmon dates it at the switch itself, after the interrupt's exit
+// work (softirqs: tens of microseconds on a busy machine). Comparisons allow for it.
+struct SchedStat {
+  double run_s = -1, wait_s = -1;
+  long preemptions = 0;
+  long voluntary = 0;  // voluntary_ctxt_switches: blocked
+};
+
+SchedStat ReadSchedStat() {
+  SchedStat s;
+  std::ifstream in("/proc/self/schedstat");
+  unsigned long long run = 0, wait = 0;
+  if (in >> run >> wait) {
+    s.run_s = run / 1e9;
+    s.wait_s = wait / 1e9;
+  }
+  std::ifstream status("/proc/self/status");
+  std::string line;
+  while (std::getline(status, line)) {
+    if (line.rfind("nonvoluntary_ctxt_switches:", 0) == 0) s.preemptions = std::stol(line.substr(27));
+    if (line.rfind("voluntary_ctxt_switches:", 0) == 0) s.voluntary = std::stol(line.substr(24));
+  }
+  return s;
+}
+
+// Runs `body` in `cg` and returns what the kernel accounted to the child during it.
+// Only the body: the child's waits before it first leaves a CPU inside `cg` (after
+// fork, on the pipe RunInCgroup starts it with) belong, for kmon, to the cgroup it
+// blocked in, the parent's; and the child runs without a break from its wakeup to
+// the body's first read here, so the body's delta is exactly what kmon books to `cg`.
+SchedStat RunAndMeasure(const TestCgroup& cg, const std::function<void()>& body) {
+  int fds[2];
+  if (pipe(fds) != 0) return {};
+  int rc = RunInCgroup(cg, [&] {
+    const SchedStat start = ReadSchedStat();
+    body();
+    SchedStat s = ReadSchedStat();
+    s.run_s -= start.run_s;
+    s.wait_s -= start.wait_s;
+    s.preemptions -= start.preemptions;
+    s.voluntary -= start.voluntary;
+    if (write(fds[1], &s, sizeof s) != sizeof s) _exit(4);
+  });
+  close(fds[1]);
+  SchedStat s;
+  if (read(fds[0], &s, sizeof s) != sizeof s || rc != 0) s = {};
+  close(fds[0]);
+  return s;
+}
+
+int64_t MonotonicNs() {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+// The highest CPU this process may run on.
+int LastCpu() {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  sched_getaffinity(0, sizeof set, &set);
+  int last = 0;
+  for (int i = 0; i < CPU_SETSIZE; ++i) {
+    if (CPU_ISSET(i, &set)) last = i;
+  }
+  return last;
+}
+
+// The run time of another process so far, from its /proc/PID/schedstat.
+double RunSeconds(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/schedstat");
+  unsigned long long run = 0;
+  return in >> run ? run / 1e9 : -1;
+}
+
+// A child reaped however the test ends (killed if it outlives the wait).
+struct ChildGuard {
+  pid_t pid;
+  ~ChildGuard() {
+    if (pid > 0) testing::WaitChild(pid, 5000);
+  }
+  int Wait() {
+    const int rc = testing::WaitChild(pid);
+    pid = -1;
+    return rc;
+  }
+};
+
+// A file removed however the test ends.
+struct TempFile {
+  std::string path;
+  ~TempFile() {
+    if (!path.empty()) unlink(path.c_str());
+  }
+};
+
+class CpuRootTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    KMON_REQUIRE_ROOT();
+    auto root = DetectCgroup2Root();
+    ASSERT_TRUE(root.has_value());
+    workloads_ = std::make_unique<WorkloadResolver>(std::make_unique<CgroupFsPathSource>(*root),
+                                                    nullptr, std::chrono::milliseconds(0));
+    watched_ = std::make_unique<WatchedCgroups>(workloads_.get());
+  }
+
+  CollectorDeps Deps() {
+    return {workloads_.get(), watched_.get(),
+            [this](const std::string& path, HttpHandler h) { handlers_[path] = std::move(h); }};
+  }
+
+  HttpResponse Get(const std::map<std::string, std::string>& query) {
+    HttpRequest req;
+    req.method = "GET";
+    req.path = CpuCollector::kOffCpuPath;
+    req.query = query;
+    auto it = handlers_.find(CpuCollector::kOffCpuPath);
+    if (it == handlers_.end()) {
+      ADD_FAILURE() << "no handler for /debug/offcpu";
+      return {};
+    }
+    return it->second(req);
+  }
+
+  std::unique_ptr<WorkloadResolver> workloads_;
+  std::unique_ptr<WatchedCgroups> watched_;
+  std::map<std::string, HttpHandler> handlers_;
+};
+
+TEST_F(CpuRootTest, SleepsAreOffCpuSleepEpisodesOfTheirLength) {
+  CpuCollector c(Deps());
+  absl::Status st = c.Start(CpuConfigYaml("1ms"));
+  ASSERT_TRUE(st.ok()) << st;
+  TestCgroup cg;
+  constexpr int kSleeps = 20;
+  ASSERT_EQ(RunInCgroup(cg, [] { SleepMs(kSleeps, 10); }), 0);
+
+  std::vector<prometheus::MetricFamily> fams;
+  c.Collect(&fams);
+  const auto* sleep =
+      Find(fams, "kmon_cpu_offcpu_duration_seconds", cg.name(), {{"state", "sleep"}});
+  ASSERT_NE(sleep, nullptr);
+  const auto& h = sleep->histogram;
+  EXPECT_GE(h.sample_count, static_cast<uint64_t>(kSleeps));
+  EXPECT_LE(h.sample_count, static_cast<uint64_t>(kSleeps + 2));
+  EXPECT_NEAR(h.sample_sum, kSleeps * 10 * kMs, kSleeps * 10 * kMs * 0.10);
+  // Each 10 ms sleep lands in le=0.016384 (2^14 us), none below 8.192 ms.
+  ASSERT_EQ(h.bucket.size(), static_cast<size_t>(KMON_CPU_HIST_SLOTS));
+  EXPECT_DOUBLE_EQ(h.bucket[14].upper_bound, 0.016384);
+  EXPECT_EQ(h.bucket[13].cumulative_count, 0u);
+  EXPECT_GE(h.bucket[14].cumulative_count, static_cast<uint64_t>(kSleeps));
+  EXPECT_EQ(Find(fams, "kmon_cpu_offcpu_duration_seconds", cg.name(), {{"state", "io"}}), nullptr);
+  // Sleeping is not running: little CPU, and the wakeups were served promptly.
+  EXPECT_LT(Counter(fams, "kmon_cpu_oncpu_seconds_total", cg.name()), 0.05);
+  const auto* runq = Find(fams, "kmon_cpu_runqueue_latency_seconds", cg.name());
+  ASSERT_NE(runq, nullptr);
+  EXPECT_GE(runq->histogram.sample_count, static_cast<uint64_t>(kSleeps));
+  EXPECT_LT(runq->histogram.sample_sum, 0.05);
+  const auto lost = c.EventsLost();
+  EXPECT_EQ(lost.at("map_full"), 0u);
+  EXPECT_EQ(lost.at("offcpu_store_full"), 0u);
+  EXPECT_EQ(lost.count("stack_collision"), 1u);  // its own reason, apart from map_full
+  EXPECT_EQ(lost.at("map_read_error"), 0u);
+}
+
+TEST_F(CpuRootTest, EverySleepIsAVoluntaryContextSwitch) {
+  CpuCollector c(Deps());
+  ASSERT_TRUE(c.Start(CpuConfigYaml("1ms")).ok());
+  TestCgroup cg;
+  constexpr int kSleeps = 50;
+  const SchedStat truth = RunAndMeasure(cg, [] { SleepMs(kSleeps, 2); });
+  ASSERT_GE(truth.run_s, 0);
+  ASSERT_GE(truth.voluntary, kSleeps);  // the kernel's own count of the sleeper's blocking
+  std::vector<prometheus::MetricFamily> fams;
+  c.Collect(&fams);
+  const double voluntary =
+      Counter(fams, "kmon_cpu_context_switches_total", cg.name(), {{"kind", "voluntary"}});
+  EXPECT_GE(voluntary, kSleeps);
+  EXPECT_GE(voluntary, truth.voluntary);
+  // Beyond the body kmon also sees the child's last moments (the pipe, its exit).
+  EXPECT_LE(voluntary, truth.voluntary + 10);
+  // A sleeper that runs microseconds at a time is seldom preempted: kmon counts what
+  // the kernel counted in the body, plus at most a few around it.
+  const double involuntary =
+      Counter(fams, "kmon_cpu_context_switches_total", cg.name(), {{"kind", "involuntary"}});
+  EXPECT_GE(involuntary, truth.preemptions);
+  EXPECT_LE(involuntary, truth.preemptions + 5);
+  EXPECT_LT(involuntary, kSleeps);
+}
+
+// A thread that never leaves its CPU is counted as it runs: scraped mid-run, its
+// on-CPU time is what it has run so far (the kernel's schedstat), not zero until it
+// switches out.
+TEST_F(CpuRootTest, ASpinnerIsCountedWhileItRuns) {
+  CpuCollector c(Deps());
+  ASSERT_TRUE(c.Start(CpuConfigYaml("1ms")).ok());
+  TestCgroup cg;
+  const int cpu = LastCpu();
+  const int64_t deadline = MonotonicNs() + 3'000'000'000LL;
+  // Real-time, so that on a busy machine it still has its CPU to itself for long
+  // stretches (ordinary tasks there get the fair server's 5%): a spinner preempted
+  // every few ms would be counted right even without the flush.
+  ChildGuard child{testing::SpawnInCgroup(cg, [&] {
+    struct sched_param rt = {};
+    rt.sched_priority = 1;
+    if (sched_setscheduler(0, SCHED_FIFO, &rt) != 0) _exit(5);
+    SpinOn(cpu, deadline);
+  })};
+  ASSERT_GT(child.pid, 0);
+  std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+
+  std::vector<prometheus::MetricFamily> fams;
+  c.Collect(&fams);
+  const double truth1 = RunSeconds(child.pid);
+  const double kmon1 = Counter(fams, "kmon_cpu_oncpu_seconds_total", cg.name());
+  ASSERT_GE(truth1, 0.3) << "the spinner hardly ran: the machine is too busy";
+  EXPECT_NEAR(kmon1, truth1, 0.25 * truth1);
+  const double preempted =
+      Counter(fams, "kmon_cpu_context_switches_total", cg.name(), {{"kind", "involuntary"}});
+  RecordProperty("preemptions_mid_run", std::to_string(preempted));
+
+  std::this_thread::sleep_for(std::chrono::milliseconds(700));
+  fams.clear();
+  c.Collect(&fams);
+  const double truth2 = RunSeconds(child.pid);
+  const double kmon2 = Counter(fams, "kmon_cpu_oncpu_seconds_total", cg.name());
+  ASSERT_GE(truth2, 0);  // still running: nothing was added at a switch-out of its exit
+  EXPECT_NEAR(kmon2 - kmon1, truth2 - truth1, 0.25 * (truth2 - truth1) + 0.01);
+  EXPECT_GE(kmon2, kmon1);
+
+  EXPECT_EQ(child.Wait(), 0);
+  fams.clear();
+  c.Collect(&fams);
+  const double kmon3 = Counter(fams, "kmon_cpu_oncpu_seconds_total", cg.name());
+  EXPECT_GE(kmon3, kmon2);  // monotonic: the switch-out added only the rest of the slice
+  EXPECT_LE(kmon3, kmon2 + 1.0);
+}
+
+// Two processes spin on one CPU for 2 s: each runs about half the time and waits on
+// the run queue the other half. The kernel's schedstat of each is the exact truth
+// (the CPU may also run other work on a shared machine); kmon must agree with it.
+TEST_F(CpuRootTest, TwoSpinnersOnOneCpuEachWaitHalfTheTime) {
+  CpuCollector c(Deps());
+  ASSERT_TRUE(c.Start(CpuConfigYaml("1ms")).ok());
+  TestCgroup a, b, alone;
+  const int cpu = LastCpu();
+  const int64_t deadline = MonotonicNs() + 2'000'000'000LL;
+  SchedStat truth_a, truth_b;
+  std::thread ta([&] { truth_a = RunAndMeasure(a, [&] { SpinOn(cpu, deadline); }); });
+  std::thread tb([&] { truth_b = RunAndMeasure(b, [&] { SpinOn(cpu, deadline); }); });
+  ta.join();
+  tb.join();
+  ASSERT_GE(truth_a.run_s, 0);
+  ASSERT_GE(truth_b.run_s, 0);
+  const int64_t alone_deadline = MonotonicNs() + 1'000'000'000LL;
+  const SchedStat truth_alone = RunAndMeasure(alone, [&] { SpinOn(cpu, alone_deadline); });
+  ASSERT_GE(truth_alone.run_s, 0);
+
+  std::vector<prometheus::MetricFamily> fams;
+  c.Collect(&fams);
+  // Tolerance: 10 ms for the child's exit and its moments in the cgroup before the
+  // body, and 50 us per preemption for schedstat's skew (see SchedStat).
+  auto near = [](const SchedStat& t) { return 0.01 + 50e-6 * t.preemptions; };
+  // Whether the two had the CPU to themselves (other work on a shared machine takes
+  // its share too): then each ran and waited about half of the two seconds.
+  const bool cpu_was_theirs = truth_a.run_s + truth_b.run_s >= 1.8;
+  for (auto [cg, truth] : {std::pair{&a, truth_a}, std::pair{&b, truth_b}}) {
+    SCOPED_TRACE(cg->name());
+    const auto* runq = Find(fams, "kmon_cpu_runqueue_latency_seconds", cg->name());
+    ASSERT_NE(runq, nullptr);
+    const double oncpu = Counter(fams, "kmon_cpu_oncpu_seconds_total", cg->name());
+    EXPECT_NEAR(runq->histogram.sample_sum, truth.wait_s, near(truth));
+    EXPECT_NEAR(oncpu, truth.run_s, near(truth));
+    EXPECT_GE(runq->histogram.sample_sum, 0.6);
+    if (cpu_was_theirs) {
+      EXPECT_GE(oncpu, 0.6);
+      EXPECT_LE(oncpu, 1.4);
+    }
+    // Taking turns on one CPU is preemption: involuntary switches, one per preemption
+    // (kmon also sees those of the child's exit, outside the measured body). With
+    // slices of a few ms, two seconds of taking turns are hundreds; 50 is a floor no
+    // scheduler setting gets under.
+    const double involuntary =
+        Counter(fams, "kmon_cpu_context_switches_total", cg->name(), {{"kind", "involuntary"}});
+    EXPECT_GE(involuntary, 50);
+    EXPECT_GE(involuntary, truth.preemptions);
+    EXPECT_LE(involuntary, truth.preemptions * 1.1 + 10);
+    // They never block: hardly a voluntary switch (the pipe and exit around the body).
+    EXPECT_LE(Counter(fams, "kmon_cpu_context_switches_total", cg->name(), {{"kind", "voluntary"}}),
+              truth.voluntary + 10);
+  }
+  SCOPED_TRACE("alone");
+  const auto* runq = Find(fams, "kmon_cpu_runqueue_latency_seconds", alone.name());
+  const double alone_wait = runq != nullptr ? runq->histogram.sample_sum : 0;
+  EXPECT_NEAR(alone_wait, truth_alone.wait_s, near(truth_alone));
+  EXPECT_NEAR(Counter(fams, "kmon_cpu_oncpu_seconds_total", alone.name()), truth_alone.run_s,
+              near(truth_alone));
+  // Alone it hardly waits: when nothing else claimed the CPU meanwhile, under 50 ms.
+  if (truth_alone.wait_s < 0.04) {
+    EXPECT_LT(alone_wait, 0.05);
+  }
+}
+
+// The first line of folded text naming `fn`, or "".
+std::string LineWith(const std::string& folded, const std::string& fn) {
+  std::istringstream in(folded);
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.find(";" + fn + ";") != std::string::npos) return line;
+  }
+  return "";
+}
+
+std::vector<std::string> Frames(const std::string& line) {
+  std::vector<std::string> frames;
+  std::string stack = line.substr(0, line.rfind(' '));
+  std::istringstream in(stack);
+  std::string f;
+  while (std::getline(in, f, ';')) frames.push_back(f);
+  return frames;
+}
+
+std::string RunShell(const std::string& cmd, int* rc) {
+  FILE* p = popen(cmd.c_str(), "r");
+  if (p == nullptr) return "";
+  std::string out;
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
+  *rc = pclose(p);
+  return out;
+}
+
+TEST_F(CpuRootTest, OffCpuStacksNameTheFunctionThatBlocked) {
+  CpuCollector c(Deps());
+  ASSERT_TRUE(c.Start(CpuConfigYaml("1ms")).ok());
+  TestCgroup cg;
+  // 1.5 s: longer than the collector's 1 s refresh, so the process's maps are read
+  // while it lives.
+  constexpr int kSleeps = 60;
+  constexpr long kSleepNs = 25'000'000;
+  ASSERT_EQ(RunInCgroup(cg,
+                        [] {
+                          for (int i = 0; i < kSleeps; ++i) kmon_test_sleepy_function(kSleepNs);
+                        }),
+            0);
+
+  HttpResponse folded = Get({{"format", "folded"}, {"container", cg.name()}});
+  ASSERT_EQ(folded.status, 200) << folded.body;
+  const std::string line = LineWith(folded.body, "kmon_test_sleepy_function");
+  ASSERT_NE(line, "") << folded.body;
+  std::vector<std::string> frames = Frames(line);
+  ASSERT_FALSE(frames.empty());
+  EXPECT_EQ(frames.front(), cg.name());  // the workload is the root frame
+  size_t fn = 0;
+  while (fn < frames.size() && frames[fn] != "kmon_test_sleepy_function") ++fn;
+  bool kernel_below = false;
+  for (size_t i = fn + 1; i < frames.size(); ++i) {
+    kernel_below |= frames[i] == "hrtimer_nanosleep" || frames[i] == "do_nanosleep" ||
+                    frames[i] == "schedule";
+  }
+  EXPECT_TRUE(kernel_below) << line;
+  EXPECT_EQ(frames.back(), "__schedule") << line;  // tracing frames cut off above it
+  const double ns = std::stod(line.substr(line.rfind(' ') + 1));
+  EXPECT_GE(ns, kSleeps * kSleepNs * 0.9) << line;
+  EXPECT_LE(ns, kSleeps * kSleepNs * 1.2) << line;
+  // Nothing else of this cgroup is in the output, the filter holds.
+  std::istringstream lines(folded.body);
+  std::string l;
+  while (std::getline(lines, l)) EXPECT_EQ(l.rfind(cg.name() + ";", 0), 0u) << l;
+
+  HttpResponse windowed =
+      Get({{"format", "folded"}, {"container", cg.name()}, {"seconds", "60"}});
+  ASSERT_EQ(windowed.status, 200);
+  EXPECT_NE(LineWith(windowed.body, "kmon_test_sleepy_function"), "");
+
+  HttpResponse svg = Get({{"format", "svg"}, {"container", cg.name()}});
+  ASSERT_EQ(svg.status, 200);
+  EXPECT_EQ(svg.content_type, "image/svg+xml");
+  EXPECT_NE(svg.body.find("data-n=\"kmon_test_sleepy_function\""), std::string::npos);
+
+  HttpResponse pprof = Get({{"format", "pprof"}, {"container", cg.name()}});
+  ASSERT_EQ(pprof.status, 200);
+  ASSERT_GE(pprof.body.size(), 2u);
+  EXPECT_EQ(static_cast<unsigned char>(pprof.body[0]), 0x1f);  // gzip
+  EXPECT_EQ(static_cast<unsigned char>(pprof.body[1]), 0x8b);
+  const TempFile pb{testing::WriteTempFile(pprof.body)};
+  int rc = -1;
+  const std::string decoded = RunShell(
+      "gzip -dc " + pb.path + " | protoc --decode perftools.profiles.Profile -I " +
+          KMON_SOURCE_DIR + " " + KMON_SOURCE_DIR + "/collectors/profile.proto 2>&1",
+      &rc);
+  EXPECT_EQ(rc, 0) << decoded;
+  EXPECT_NE(decoded.find("string_table: \"kmon_test_sleepy_function\""), std::string::npos)
+      << decoded.substr(0, 2000);
+  EXPECT_NE(decoded.find("string_table: \"" + cg.name() + "\""), std::string::npos);
+}
+
+TEST_F(CpuRootTest, OffcpuMinAndStacksChangeInPlace) {
+  CpuCollector c(Deps());
+  const uint32_t before = testing::MaxBpfProgramId();
+  ASSERT_TRUE(c.Start(CpuConfigYaml("50ms", /*stacks=*/false)).ok());
+  const auto ids = testing::BpfProgramIds("kmon_cpu_switch", before);
+  ASSERT_EQ(ids.size(), 1u);
+  TestCgroup cg;
+  ASSERT_EQ(RunInCgroup(cg, [] { SleepMs(10, 10); }), 0);
+  std::vector<prometheus::MetricFamily> fams;
+  c.Collect(&fams);
+  // 10 ms sleeps are below offcpu_min: not episodes; they still switch.
+  EXPECT_EQ(Find(fams, "kmon_cpu_offcpu_duration_seconds", cg.name(), {{"state", "sleep"}}),
+            nullptr);
+  EXPECT_GE(Counter(fams, "kmon_cpu_context_switches_total", cg.name(), {{"kind", "voluntary"}}),
+            10);
+  EXPECT_EQ(Get({{"format", "folded"}}).status, 503);  // stacks off
+
+  ASSERT_TRUE(c.Reconfigure(CpuConfigYaml("1ms", /*stacks=*/true)).ok());
+  ASSERT_EQ(RunInCgroup(cg, [] { SleepMs(10, 10); }), 0);
+  fams.clear();
+  c.Collect(&fams);
+  const auto* sleep =
+      Find(fams, "kmon_cpu_offcpu_duration_seconds", cg.name(), {{"state", "sleep"}});
+  ASSERT_NE(sleep, nullptr);
+  EXPECT_GE(sleep->histogram.sample_count, 10u);
+  EXPECT_LE(sleep->histogram.sample_count, 12u);
+  HttpResponse folded = Get({{"format", "folded"}, {"container", cg.name()}});
+  EXPECT_EQ(folded.status, 200);
+  EXPECT_NE(folded.body.find(cg.name() + ";"), std::string::npos) << folded.body;
+  EXPECT_EQ(testing::BpfProgramIds("kmon_cpu_switch", before), ids);
+
+  c.Stop();
+  EXPECT_EQ(Get({{"format", "folded"}}).status, 503);  // the server keeps the handler
+}
+
+TEST_F(CpuRootTest, BadRequestsAreRejected) {
+  CpuCollector c(Deps());
+  ASSERT_TRUE(c.Start(CpuConfigYaml("1ms")).ok());
+  EXPECT_EQ(Get({{"format", "json"}}).status, 400);
+  EXPECT_EQ(Get({{"seconds", "-3"}}).status, 400);
+  EXPECT_EQ(Get({{"color", "red"}}).status, 400);
+  HttpRequest post;
+  post.method = "POST";
+  EXPECT_EQ(handlers_[CpuCollector::kOffCpuPath](post).status, 405);
+}
+
+// /debug/offcpu is served on the HTTP server's threads while scrapes and reloads go
+// on: every answer is whole, and rendering holds up neither.
+TEST_F(CpuRootTest, QueriesRunAlongsideScrapesAndReloads) {
+  CpuCollector c(Deps());
+  const Config config = CpuConfigYaml("1ms");
+  ASSERT_TRUE(c.Start(config).ok());
+  TestCgroup cg;
+  ASSERT_EQ(RunInCgroup(cg, [] { SleepMs(20, 5); }), 0);
+  std::atomic<bool> stop{false};
+  std::atomic<int> answered{0}, failed{0}, scrapes{0}, reloads{0};
+  std::vector<std::thread> threads;
+  for (const char* format : {"svg", "pprof", "folded"}) {
+    threads.emplace_back([&, format] {
+      while (!stop) {
+        const HttpResponse r = Get({{"format", format}});
+        (r.status == 200 && !r.body.empty() ? answered : failed)++;
+      }
+    });
+  }
+  threads.emplace_back([&] {
+    while (!stop) {
+      std::vector<prometheus::MetricFamily> fams;
+      c.Collect(&fams);
+      if (fams.size() == 4) ++scrapes;
+    }
+  });
+  threads.emplace_back([&] {
+    while (!stop) {
+      if (c.Reconfigure(config).ok()) ++reloads;
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+  stop = true;
+  for (auto& t : threads) t.join();
+  EXPECT_GE(answered.load(), 3);
+  EXPECT_EQ(failed.load(), 0);
+  EXPECT_GE(scrapes.load(), 3);
+  EXPECT_GE(reloads.load(), 3);
+}
+
+// --- the real exporter process ---
+
+TEST(CpuExporterRootTest, ServesMetricsAndFlameGraphs) {
+  KMON_REQUIRE_ROOT();
+  const TempFile cfg{testing::WriteTempFile(
+      "interval: 1s\ncollectors:\n  cpu:\n    offcpu_min: 1ms\n    stacks: true\n")};
+  std::vector<std::string> args{"--config.file=" + cfg.path};
+  for (const char* other : {"tcp", "topology", "drops", "blockio", "syscalls", "dns", "pagecache"}) {
+    args.push_back(std::string("--no-collector.") + other);
+  }
+  ExporterProcess exporter(args);
+  ASSERT_TRUE(exporter.WaitReady());
+  TestCgroup cg;
+  // The exporter watches a new cgroup from its next rescan (every interval): until it
+  // does, what runs there is not counted. Wait for that with short warm-ups.
+  auto sample = [&](const std::string& text, const std::string& name,
+                    std::map<std::string, std::string> labels) {
+    labels["container"] = cg.name();
+    return SampleValue(text, name, labels);
+  };
+  std::string text;
+  for (int i = 0; i < 100; ++i) {
+    ASSERT_EQ(RunInCgroup(cg, [] { SleepMs(1, 2); }), 0);
+    text = exporter.Scrape();
+    if (sample(text, "kmon_cpu_context_switches_total", {{"kind", "voluntary"}})) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  const double voluntary0 =
+      sample(text, "kmon_cpu_context_switches_total", {{"kind", "voluntary"}}).value_or(-1);
+  ASSERT_GE(voluntary0, 0) << "the exporter never counted the test's cgroup";
+  const double episodes0 =
+      sample(text, "kmon_cpu_offcpu_duration_seconds_count", {{"state", "sleep"}}).value_or(0);
+
+  ASSERT_EQ(RunInCgroup(cg,
+                        [] {
+                          for (int i = 0; i < 60; ++i) kmon_test_sleepy_function(25'000'000);
+                        }),
+            0);
+  text = exporter.Scrape();
+  EXPECT_GE(sample(text, "kmon_cpu_context_switches_total", {{"kind", "voluntary"}}).value_or(0) -
+                voluntary0,
+            60);
+  EXPECT_GE(sample(text, "kmon_cpu_offcpu_duration_seconds_count", {{"state", "sleep"}})
+                    .value_or(0) -
+                episodes0,
+            60);
+  EXPECT_EQ(SampleValue(text, "kmon_collector_up", {{"collector", "cpu"}}), 1);
+
+  auto svg = testing::HttpGet(exporter.Url("/debug/offcpu?format=svg&container=" + cg.name()));
+  EXPECT_EQ(svg.status, 200);
+  EXPECT_NE(svg.body.find("kmon_test_sleepy_function"), std::string::npos);
+  EXPECT_NE(svg.body.find("<svg"), std::string::npos);
+  auto folded = testing::HttpGet(exporter.Url("/debug/offcpu?container=" + cg.name()));
+  EXPECT_EQ(folded.status, 200);
+  EXPECT_NE(LineWith(folded.body, "kmon_test_sleepy_function"), "") << folded.body;
+  EXPECT_EQ(testing::HttpGet(exporter.Url("/debug/offcpu?format=gif")).status, 400);
+  EXPECT_EQ(exporter.Terminate(), 0);
+}
+
+}  // namespace
+}  // namespace kmon
