@@ -14,6 +14,7 @@ if [[ $(id -u) == 0 ]]; then
   echo "== benchmarks (figures, not pass/fail) =="
   build/tests/syscall_overhead 1000000 || echo "benchmark syscall_overhead failed"
   build/tests/tcp_overhead 4 3 2>/dev/null || echo "benchmark tcp_overhead failed"
+  build/tests/blockio_overhead 2 4 || echo "benchmark blockio_overhead failed"
 fi
 # Last, so ctest's summary closes the output.
 (cd build && ctest --output-on-failure --timeout 300)
