@@ -102,17 +102,6 @@ struct {
 /* Zero values to insert from: a global, so no 232-byte struct lands on the stack. */
 const struct cpu_hist zero_hist = {};
 
-struct {
-  __uint(type, BPF_MAP_TYPE_ARRAY);
-  __uint(max_entries, 8);
-  __type(key, __u32);
-  __type(value, __u64);
-} dbg SEC(".maps");
-static __always_inline void dbg_inc(__u32 k) {
-  __u64 *n = bpf_map_lookup_elem(&dbg, &k);
-  if (n) __sync_fetch_and_add(n, 1);
-}
-
 static __always_inline void count_cpu_lost(__u32 reason) {
   __u64 *n = bpf_map_lookup_elem(&cpu_lost, &reason);
   if (n) *n += 1;
@@ -264,7 +253,6 @@ static __always_inline void switch_in(struct task_struct *next, __u32 pid, __u64
                                       const struct cpu_config *cfg) {
   struct cpu_task_state *st = bpf_map_lookup_elem(&task_state, &pid);
   if (!st) {
-    if ((next->comm[0] == 's' && next->comm[1] == 'l' && next->comm[2] == 0)) dbg_inc(0);
     /* First sight of this thread (or it is not watched): start its on-CPU clock. */
     __u64 cgroup_id = task_cgroup_id(next);
     if (!kmon_cgroup_watched(cgroup_id)) return;
@@ -277,12 +265,6 @@ static __always_inline void switch_in(struct task_struct *next, __u32 pid, __u64
     return;
   }
   __u64 off_ts = st->offcpu_ts;
-  if ((next->comm[0] == 's' && next->comm[1] == 'l' && next->comm[2] == 0)) {
-    if (!off_ts) dbg_inc(1);
-    else if (now < off_ts) dbg_inc(2);
-    else if (st->kind == KMON_CPU_KIND_RUNQ) dbg_inc(3);
-    else dbg_inc(4);
-  }
   if (off_ts && now >= off_ts) {
     __u64 cgroup_id = st->cgroup_id;
     if (st->kind == KMON_CPU_KIND_RUNQ) {
@@ -290,10 +272,6 @@ static __always_inline void switch_in(struct task_struct *next, __u32 pid, __u64
     } else {
       __u64 woke = st->wakeup_ts;
       if (woke < off_ts || woke > now) woke = 0;
-      if (next->comm[0] == 's' && next->comm[1] == 'l' && next->comm[2] == 0) {
-        if (!woke) dbg_inc(6);
-        else if (woke - off_ts < 1000000) dbg_inc(5);
-      }
       __u64 end = woke ? woke : now;
       __u64 blocked = end - off_ts;
       if (woke) hist_add(cgroup_id, KMON_CPU_KIND_RUNQ, now - woke);
@@ -333,33 +311,9 @@ int BPF_PROG(kmon_cpu_switch, bool preempt, struct task_struct *prev, struct tas
 }
 
 /* A blocked thread became runnable: its off-CPU episode ends, its run-queue wait begins. */
-struct dbgrec { __u64 delta; __u32 on_rq; __u32 delayed; __u32 state; __u32 cpu; __u32 waker; char comm[16]; __u32 pad; };
-struct {
-  __uint(type, BPF_MAP_TYPE_ARRAY);
-  __uint(max_entries, 16);
-  __type(key, __u32);
-  __type(value, struct dbgrec);
-} dbgrecs SEC(".maps");
 static __always_inline void woken(struct task_struct *p) {
   __u32 pid = p->pid;
   struct cpu_task_state *st = bpf_map_lookup_elem(&task_state, &pid);
-  if (st && p->comm[0] == 's' && p->comm[1] == 'l' && p->comm[2] == 0 && st->offcpu_ts && !st->wakeup_ts) {
-    __u64 d = bpf_ktime_get_ns() - st->offcpu_ts;
-    if (d < 1000000) {
-      __u32 z = 7;
-      __u64 *n = bpf_map_lookup_elem(&dbg, &z);
-      if (n) {
-        __u32 i = (__u32)(*n & 15);
-        __sync_fetch_and_add(n, 1);
-        struct dbgrec *r = bpf_map_lookup_elem(&dbgrecs, &i);
-        if (r) {
-          r->delta = d; r->on_rq = p->on_rq; r->delayed = p->se.sched_delayed; r->state = p->__state;
-          r->cpu = bpf_get_smp_processor_id(); r->waker = (__u32)bpf_get_current_pid_tgid();
-          bpf_get_current_comm(r->comm, 16);
-        }
-      }
-    }
-  }
   if (!st || !st->offcpu_ts || st->wakeup_ts || st->kind == KMON_CPU_KIND_RUNQ) return;
   st->wakeup_ts = bpf_ktime_get_ns();
 }

@@ -456,8 +456,8 @@ void CpuCollector::DropStale(const std::vector<CpuCounters>& counters,
 }
 
 void CpuCollector::FlushOnCpuTime() {
-  if (getenv("KMON_NOFLUSH")) return;
   if (skel_ == nullptr) return;
+  std::lock_guard<std::mutex> lock(flush_mu_);
   const int fd = bpf_program__fd(skel_->progs.kmon_cpu_flush);
   for (int cpu = 0; cpu < PossibleCpus(); ++cpu) {
     LIBBPF_OPTS(bpf_test_run_opts, opts, .flags = BPF_F_TEST_RUN_ON_CPU,

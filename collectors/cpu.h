@@ -130,6 +130,9 @@ class CpuCollector : public Collector {
   SeriesBudget budget_;
   std::atomic<uint64_t> read_errors_{0};
   std::atomic<bool> flush_warned_{false};
+  // One flush at a time: on the calling CPU it runs with interrupts on, and another
+  // scrape's flush arriving there by IPI would count that thread's slice twice.
+  std::mutex flush_mu_;
   MissingSince<uint64_t> missing_;
 };
 

@@ -65,6 +65,13 @@ using testing::TestCgroup;
 
 constexpr double kMs = 1e-3;
 
+// Sleeps a workload takes that kmon may not see as off-CPU episodes of their length.
+// On 6.18 (EEVDF with delayed dequeue) about one sleep in several hundred shows a
+// sched_wakeup ~0.1 ms after its switch-out, though the thread runs again only when
+// its timer fires: the episode then ends, for kmon, at that wakeup, below
+// offcpu_min. Every sleep is still a voluntary switch (those counts are exact).
+constexpr int kMissedSleeps = 2;
+
 Config CpuConfigYaml(const std::string& offcpu_min, bool stacks = true) {
   ConfigResult r = ParseConfig("collectors:\n  cpu:\n    offcpu_min: " + offcpu_min +
                                    "\n    stacks: " + (stacks ? "true" : "false") + "\n",
@@ -267,20 +274,20 @@ TEST_F(CpuRootTest, SleepsAreOffCpuSleepEpisodesOfTheirLength) {
       Find(fams, "kmon_cpu_offcpu_duration_seconds", cg.name(), {{"state", "sleep"}});
   ASSERT_NE(sleep, nullptr);
   const auto& h = sleep->histogram;
-  EXPECT_GE(h.sample_count, static_cast<uint64_t>(kSleeps));
+  EXPECT_GE(h.sample_count, static_cast<uint64_t>(kSleeps - kMissedSleeps));
   EXPECT_LE(h.sample_count, static_cast<uint64_t>(kSleeps + 2));
   EXPECT_NEAR(h.sample_sum, kSleeps * 10 * kMs, kSleeps * 10 * kMs * 0.10);
   // Each 10 ms sleep lands in le=0.016384 (2^14 us), none below 8.192 ms.
   ASSERT_EQ(h.bucket.size(), static_cast<size_t>(KMON_CPU_HIST_SLOTS));
   EXPECT_DOUBLE_EQ(h.bucket[14].upper_bound, 0.016384);
   EXPECT_EQ(h.bucket[13].cumulative_count, 0u);
-  EXPECT_GE(h.bucket[14].cumulative_count, static_cast<uint64_t>(kSleeps));
+  EXPECT_GE(h.bucket[14].cumulative_count, static_cast<uint64_t>(kSleeps - kMissedSleeps));
   EXPECT_EQ(Find(fams, "kmon_cpu_offcpu_duration_seconds", cg.name(), {{"state", "io"}}), nullptr);
   // Sleeping is not running: little CPU, and the wakeups were served promptly.
   EXPECT_LT(Counter(fams, "kmon_cpu_oncpu_seconds_total", cg.name()), 0.05);
   const auto* runq = Find(fams, "kmon_cpu_runqueue_latency_seconds", cg.name());
   ASSERT_NE(runq, nullptr);
-  EXPECT_GE(runq->histogram.sample_count, static_cast<uint64_t>(kSleeps));
+  EXPECT_GE(runq->histogram.sample_count, static_cast<uint64_t>(kSleeps - kMissedSleeps));
   EXPECT_LT(runq->histogram.sample_sum, 0.05);
   const auto lost = c.EventsLost();
   EXPECT_EQ(lost.at("map_full"), 0u);
@@ -385,8 +392,13 @@ TEST_F(CpuRootTest, TwoSpinnersOnOneCpuEachWaitHalfTheTime) {
   std::vector<prometheus::MetricFamily> fams;
   c.Collect(&fams);
   // Tolerance: 10 ms for the child's exit and its moments in the cgroup before the
-  // body, and 50 us per preemption for schedstat's skew (see SchedStat).
-  auto near = [](const SchedStat& t) { return 0.01 + 50e-6 * t.preemptions; };
+  // body, 50 us per preemption for schedstat's skew (see SchedStat), and 10% of the
+  // time for interrupts: kmon counts the time an interrupt takes to the thread it
+  // interrupted (it dates switches by the clock), schedstat leaves it out (IRQ time
+  // accounting); with another process doing I/O on the same CPU that was 7%.
+  auto near = [](const SchedStat& t) {
+    return 0.01 + 50e-6 * t.preemptions + 0.10 * std::max(t.run_s, t.wait_s);
+  };
   // Whether the two had the CPU to themselves (other work on a shared machine takes
   // its share too): then each ran and waited about half of the two seconds.
   const bool cpu_was_theirs = truth_a.run_s + truth_b.run_s >= 1.8;
@@ -546,7 +558,7 @@ TEST_F(CpuRootTest, OffcpuMinAndStacksChangeInPlace) {
   const auto* sleep =
       Find(fams, "kmon_cpu_offcpu_duration_seconds", cg.name(), {{"state", "sleep"}});
   ASSERT_NE(sleep, nullptr);
-  EXPECT_GE(sleep->histogram.sample_count, 10u);
+  EXPECT_GE(sleep->histogram.sample_count, static_cast<uint64_t>(10 - kMissedSleeps));
   EXPECT_LE(sleep->histogram.sample_count, 12u);
   HttpResponse folded = Get({{"format", "folded"}, {"container", cg.name()}});
   EXPECT_EQ(folded.status, 200);
@@ -654,7 +666,7 @@ TEST(CpuExporterRootTest, ServesMetricsAndFlameGraphs) {
   EXPECT_GE(sample(text, "kmon_cpu_offcpu_duration_seconds_count", {{"state", "sleep"}})
                     .value_or(0) -
                 episodes0,
-            60);
+            60 - kMissedSleeps);
   EXPECT_EQ(SampleValue(text, "kmon_collector_up", {{"collector", "cpu"}}), 1);
 
   auto svg = testing::HttpGet(exporter.Url("/debug/offcpu?format=svg&container=" + cg.name()));
