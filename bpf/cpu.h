@@ -12,20 +12,24 @@
  * histograms get one entry per (cgroup, kind). */
 #define KMON_CPU_CGROUPS_MAX 4096
 #define KMON_CPU_HISTS_MAX (4 * KMON_CPU_CGROUPS_MAX)
-/* Distinct stacks the stack-trace map holds, and frames kept per stack (at most
- * kernel.perf_event_max_stack, 127 by default).
+/* Distinct stacks the stack-trace map holds, and frames kept per stack (the innermost
+ * ones: a deeper stack loses its outermost frames).
  *
- * A stack-trace map is always preallocated: 8192 x (127 x 8 + 16) bytes = 8.1 MiB of
- * kernel memory. Its hash has one stack per bucket (the stack id is the bucket), so a
- * new stack whose bucket holds another is refused with -EEXIST: with n stacks held,
- * a new one collides with probability n/8192. User space therefore keeps n small:
- * ids nothing refers to any more are deleted once the map is half full and whenever
- * collisions are seen (offcpu_profiler.cc), and each collision is counted as
- * kmon_events_lost_total{reason="stack_collision"}. Twice the entries would halve
- * the collisions at twice the memory; BPF_F_REUSE_STACKID would avoid them by
- * overwriting, which would name an aggregate's time after a stack it never had. */
-#define KMON_CPU_STACKS_MAX 8192
-#define KMON_CPU_STACK_DEPTH 127
+ * A stack-trace map is always preallocated: 16384 x (64 x 8 + 16) bytes = 8.3 MiB of
+ * kernel memory. Its hash has one stack per bucket (the stack id is the bucket, and
+ * there are as many buckets as entries), so a new stack whose bucket holds another is
+ * refused with -EEXIST: with n stacks held, a new one collides with probability
+ * n/16384, and n distinct stacks in a row collide about n^2/32768 times. So the
+ * entries are many and small rather than few and deep (8192 x 127 frames took the
+ * same memory and collided twice as often): 64 frames hold a sched_switch kernel stack
+ * whole and the user frames that matter, the innermost. User space keeps n small: ids
+ * nothing refers to any more are deleted once the map is a quarter full and whenever
+ * recorded episodes lost their stack to a collision (offcpu_profiler.cc), and each such
+ * loss is counted as kmon_events_lost_total{reason="stack_collision"}.
+ * BPF_F_REUSE_STACKID would avoid collisions by overwriting, which would name an
+ * aggregate's time after a stack it never had. */
+#define KMON_CPU_STACKS_MAX 16384
+#define KMON_CPU_STACK_DEPTH 64
 /* (cgroup, process, kernel stack, user stack) aggregates of off-CPU time. */
 #define KMON_CPU_OFFCPU_STACKS_MAX 16384
 

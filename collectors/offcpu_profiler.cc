@@ -333,16 +333,19 @@ absl::Status OffCpuProfiler::Refresh(std::chrono::steady_clock::time_point now) 
 
   std::unordered_set<offcpu_stack_key, KeyHash, KeyEq> seen;
   std::unordered_map<ProcessId, std::vector<offcpu_stack_key>, ProcessIdHash> by_process;
+  bool named = false;
   for (const auto& e : entries) {
     seen.insert(e.key);
     by_process[ProcessOf(e.key)].push_back(e.key);
     auto it = live_.find(e.key);
     if (it == live_.end()) {
       live_.emplace(e.key, Live{Name(e.key), e.totals});
+      named = true;
     } else {
       it->second.totals = e.totals;
     }
   }
+  if (named) frames_->Trim();
   for (auto it = live_.begin(); it != live_.end();) {
     it = seen.count(it->first) ? std::next(it) : live_.erase(it);
   }

@@ -68,6 +68,8 @@ class FrameResolver {
   virtual void Forget(const ProcessId& p) = 0;
   virtual std::string Kernel(uint64_t ip) = 0;
   virtual std::string User(const ProcessId& p, uint64_t ip, bool leaf) = 0;
+  /// A round of naming is over: caches may shrink back to their caps.
+  virtual void Trim() {}
 };
 
 /// FrameResolver over a Symbolizer (which reads /proc/PID/stat for liveness).
@@ -82,6 +84,7 @@ class ProcFrameResolver : public FrameResolver {
   std::string User(const ProcessId& p, uint64_t ip, bool leaf) override {
     return symbolizer_->UserFrame(p, ip, leaf);
   }
+  void Trim() override { symbolizer_->Trim(); }
 
  private:
   std::unique_ptr<Symbolizer> symbolizer_;

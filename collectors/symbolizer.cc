@@ -590,8 +590,9 @@ std::shared_ptr<const ElfSymbols> Symbolizer::Elf(const ProcessId& p, const Mapp
   return c.elf;
 }
 
-void Symbolizer::TrimElfs(const std::string& keep) {
-  while (elfs_.size() > 1 && (elfs_.size() > kMaxBinaries || elf_bytes_ > kMaxElfBytes)) {
+size_t Symbolizer::TrimElfs(const std::string& keep) {
+  size_t freed = 0;
+  while (!elfs_.empty() && (elfs_.size() > kMaxBinaries || elf_bytes_ > kMaxElfBytes)) {
     auto oldest = elfs_.end();
     for (auto e = elfs_.begin(); e != elfs_.end(); ++e) {
       if (e->first == keep) continue;
@@ -599,8 +600,18 @@ void Symbolizer::TrimElfs(const std::string& keep) {
     }
     if (oldest == elfs_.end()) break;
     elf_bytes_ -= oldest->second.bytes;
+    freed += oldest->second.bytes;
     elfs_.erase(oldest);
   }
+  return freed;
+}
+
+void Symbolizer::Trim() {
+  // Nothing is kept beyond the caps now, not even the newest table.
+  const size_t freed = TrimElfs(std::string());
+  // Symbol tables are large allocations of many sizes; glibc keeps freed ones in
+  // kmon's RSS unless asked.
+  if (freed >= (1u << 20)) malloc_trim(0);
 }
 
 void Symbolizer::Forget(const ProcessId& p) { procs_.erase(p); }

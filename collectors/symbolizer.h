@@ -173,15 +173,16 @@ std::optional<uint64_t> ReadProcessStartTicks(const std::string& proc, uint32_t 
 /// Memory is bounded: at most kMaxProcesses processes' maps (least recently used go
 /// first; the profiler forgets a process as soon as it has exited and its stacks are
 /// named), and symbol tables of at most kMaxBinaries files and kMaxElfBytes bytes
-/// (least recently used go first; one table larger than that on its own is kept only
-/// while it is the newest). A table evicted while its process lives is read again
-/// when needed; one of a process gone meanwhile leaves frames named by file
-/// ("[libfoo.so]").
+/// (least recently used go first). While stacks are being named the newest table is
+/// kept even beyond that (a libLLVM has megabytes of symbols), until Trim(), which
+/// the profiler calls after each round of naming. A table evicted while its process
+/// lives is read again when needed; one of a process gone meanwhile leaves frames
+/// named by file ("[libfoo.so]").
 class Symbolizer {
  public:
   static constexpr size_t kMaxProcesses = 1024;
   static constexpr size_t kMaxBinaries = 256;
-  static constexpr size_t kMaxElfBytes = 8 << 20;
+  static constexpr size_t kMaxElfBytes = 4 << 20;
 
   using KernelSource = std::function<std::shared_ptr<const KernelSymbols>()>;
 
@@ -207,6 +208,10 @@ class Symbolizer {
   /// `ip` is a return address for every frame but the innermost (`leaf`): the
   /// call instruction before it is what belongs to the calling function.
   std::string UserFrame(const ProcessId& p, uint64_t ip, bool leaf);
+
+  /// Brings the symbol tables back within kMaxElfBytes and hands freed memory back
+  /// to the system.
+  void Trim();
 
   size_t CachedProcesses() const { return procs_.size(); }
   size_t CachedBinaries() const { return elfs_.size(); }
@@ -236,7 +241,8 @@ class Symbolizer {
   bool CaptureNow(const ProcessId& p);
   std::shared_ptr<const File> InternFile(const MapEntry& m);
   std::shared_ptr<const ElfSymbols> Elf(const ProcessId& p, const Mapping& m);
-  void TrimElfs(const std::string& keep);
+  // Evicts least recently used tables (never `keep`) while over the caps; the bytes freed.
+  size_t TrimElfs(const std::string& keep);
   const Mapping* Find(const Process& p, uint64_t ip) const;
 
   std::string proc_;
