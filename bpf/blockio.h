@@ -6,6 +6,8 @@
 #include <linux/types.h>
 #endif
 
+#include "bpf/kmon_common.h"
+
 /* Requests between submission and completion the kernel side can follow at once
  * (an LRU: a request whose completion was never seen cannot fill it for good). */
 #define KMON_BLK_INFLIGHT_MAX 65536
@@ -77,31 +79,9 @@ struct blk_config {
   __u32 pad;
 };
 
-#ifdef __cplusplus
-#define KMON_BLK_INLINE static inline
-#else
-#define KMON_BLK_INLINE static __always_inline
-#endif
-
-/* floor(log2(v)) for v >= 1, without loops (the verifier likes straight code). */
-KMON_BLK_INLINE __u32 kmon_blk_log2(__u64 v) {
-  __u32 r = 0;
-  if (v >> 32) { v >>= 32; r += 32; }
-  if (v >> 16) { v >>= 16; r += 16; }
-  if (v >> 8) { v >>= 8; r += 8; }
-  if (v >> 4) { v >>= 4; r += 4; }
-  if (v >> 2) { v >>= 2; r += 2; }
-  if (v >> 1) { r += 1; }
-  return r;
-}
-
-/* The histogram slot of a latency: the smallest i with ns <= 1000 * 2^i, so the
- * exported `le` bounds hold exactly (Prometheus buckets are "less or equal"). */
-KMON_BLK_INLINE __u32 kmon_blk_latency_slot(__u64 ns) {
-  __u64 us = (ns + 999) / 1000; /* ceil: ns <= 1000 * 2^i  <=>  ceil(ns/1000) <= 2^i */
-  if (us <= 1) return 0;
-  __u32 slot = kmon_blk_log2(us - 1) + 1; /* ceil(log2(us)) */
-  return slot < KMON_BLK_LAT_BOUNDS ? slot : KMON_BLK_LAT_BOUNDS;
+/* The histogram slot of a latency (kmon_common.h). */
+KMON_INLINE __u32 kmon_blk_latency_slot(__u64 ns) {
+  return kmon_log2_us_slot(ns, KMON_BLK_LAT_BOUNDS);
 }
 
 #ifdef __cplusplus

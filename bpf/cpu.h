@@ -6,6 +6,8 @@
 #include <linux/types.h>
 #endif
 
+#include "bpf/kmon_common.h"
+
 /* Threads whose scheduling state is tracked at once (the per-task state map). */
 #define KMON_CPU_TASKS_MAX 32768
 /* Cgroups with counters (a node with 250 pods of 3 containers has ~1000 cgroups);
@@ -132,33 +134,9 @@ struct offcpu_stack_value {
   __u64 count;
 };
 
-#ifdef __cplusplus
-#define KMON_CPU_INLINE static inline
-#else
-#define KMON_CPU_INLINE static __always_inline
-#endif
-
-/* floor(log2(v)) for v > 0, without a clz instruction (BPF has none). */
-KMON_CPU_INLINE __u32 kmon_cpu_log2(__u64 v) {
-  __u32 r = 0;
-  if (v >> 32) { v >>= 32; r += 32; }
-  if (v >> 16) { v >>= 16; r += 16; }
-  if (v >> 8) { v >>= 8; r += 8; }
-  if (v >> 4) { v >>= 4; r += 4; }
-  if (v >> 2) { v >>= 2; r += 2; }
-  if (v >> 1) r += 1;
-  return r;
-}
-
-/* The histogram slot of a duration, as the BPF side files it (and the unit tests
- * check): slot i counts durations <= 2^i us; the last slot is +Inf. A duration d is
- * <= 2^i us exactly when ceil(d / 1000ns) <= 2^i, so rounding up to whole
- * microseconds first keeps every value in the bucket its exact value belongs to. */
-KMON_CPU_INLINE __u32 kmon_cpu_hist_slot(__u64 ns) {
-  __u64 us = ns / 1000 + (ns % 1000 != 0); /* rounded up, without overflow */
-  if (us <= 1) return 0;
-  __u32 s = kmon_cpu_log2(us - 1) + 1; /* ceil(log2(us)) */
-  return s > KMON_CPU_HIST_BOUNDS ? KMON_CPU_HIST_BOUNDS : s;
+/* The histogram slot of a duration, as the BPF side files it (kmon_common.h). */
+KMON_INLINE __u32 kmon_cpu_hist_slot(__u64 ns) {
+  return kmon_log2_us_slot(ns, KMON_CPU_HIST_BOUNDS);
 }
 
 #ifdef __cplusplus

@@ -149,12 +149,7 @@ std::string BlockOpLabel(uint32_t op) {
 }
 
 const std::vector<double>& BlockLatencyBounds() {
-  static const std::vector<double> bounds = [] {
-    std::vector<double> b;
-    for (int i = 0; i < KMON_BLK_LAT_BOUNDS; ++i)
-      b.push_back(1e-6 * static_cast<double>(1ull << i));
-    return b;
-  }();
+  static const std::vector<double> bounds = Log2MicrosecondBounds(KMON_BLK_LAT_BOUNDS);
   return bounds;
 }
 

@@ -156,11 +156,7 @@ class BpfOffCpuStackSource : public OffCpuStackSource {
 }  // namespace
 
 const std::vector<double>& CpuHistogramBounds() {
-  static const std::vector<double> bounds = [] {
-    std::vector<double> b;
-    for (int i = 0; i < KMON_CPU_HIST_BOUNDS; ++i) b.push_back(static_cast<double>(1ULL << i) * 1e-6);
-    return b;
-  }();
+  static const std::vector<double> bounds = Log2MicrosecondBounds(KMON_CPU_HIST_BOUNDS);
   return bounds;
 }
 

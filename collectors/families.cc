@@ -96,4 +96,10 @@ WorkloadLabels SeriesBudget::Admit(const WorkloadLabels& labels, int64_t series)
   return WorkloadLabels{kOverflowLabel, kOverflowLabel, kOverflowLabel};
 }
 
+std::vector<double> Log2MicrosecondBounds(int count) {
+  std::vector<double> b;
+  for (int i = 0; i < count; ++i) b.push_back(1e-6 * static_cast<double>(1ULL << i));
+  return b;
+}
+
 }  // namespace kmon

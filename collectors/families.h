@@ -16,6 +16,10 @@ namespace kmon {
 
 inline constexpr char kOverflowLabel[] = "__overflow__";
 
+/// Bounds in seconds of the log2 histograms BPF fills with kmon_log2_us_slot
+/// (bpf/kmon_common.h): 2^i microseconds for i = 0 .. count-1.
+std::vector<double> Log2MicrosecondBounds(int count);
+
 /// Collects samples of one family; samples with equal label values are summed.
 class FamilyBuilder {
  public:

@@ -14,7 +14,7 @@
 #include "collectors/blockio.h"
 #include "exporter/exposition.h"
 #include "provider/workload.h"
-#include "tests/temp_file.h"
+#include "tests/test_util.h"
 
 namespace kmon {
 namespace {
@@ -192,15 +192,10 @@ TEST(BuildBlockIoFamiliesTest, ExactTextForFixedData) {
                 "# TYPE kmon_block_io_errors_total counter\n"
                 "kmon_block_io_errors_total{device=\"vda\",op=\"write\"} 1\n");
 
-  TempFile file(text);
-  ASSERT_TRUE(file.ok());
-  FILE* p = popen(("promtool check metrics < " + file.path() + " 2>&1").c_str(), "r");
-  ASSERT_NE(p, nullptr);
-  std::string out;
-  char buf[512];
-  while (fgets(buf, sizeof buf, p)) out += buf;
-  EXPECT_EQ(pclose(p), 0) << out;
-  EXPECT_EQ(out, "");
+  // promtool accepts it.
+  const CommandResult promtool = RunWithInput("promtool check metrics", text);
+  EXPECT_EQ(promtool.exit_status, 0) << promtool.output;
+  EXPECT_EQ(promtool.output, "");
 }
 
 // Two cgroups with the same workload labels (one service name in two slices)

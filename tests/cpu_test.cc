@@ -20,6 +20,7 @@
 #include "collectors/cpu.h"
 #include "exporter/exposition.h"
 #include "provider/workload.h"
+#include "tests/test_util.h"
 
 namespace kmon {
 namespace {
@@ -91,18 +92,6 @@ TEST(CpuKernelCheckTest, NeedsPrevStateInSchedSwitch) {
   }
 }
 
-class FixedPaths : public CgroupPathSource {
- public:
-  std::unordered_map<uint64_t, std::string> Scan() override {
-    return {{1, "/"},
-            {100, "/system.slice/nginx.service"},
-            {200,
-             "/kubepods.slice/kubepods-burstable.slice/"
-             "kubepods-burstable-pod0c4b8f6e_1d2a_4c3b_9e8f_123456789abc.slice/"
-             "cri-containerd-4f2a9c1b7d3e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8.scope"}};
-  }
-};
-
 CpuHistogram Hist(uint64_t cg, uint32_t kind, std::map<uint32_t, uint64_t> slots, uint64_t sum_ns) {
   CpuHistogram h;
   h.cgroup_id = cg;
@@ -135,7 +124,7 @@ std::string ReadFile(const std::string& path) {
 }
 
 TEST(CpuFamiliesTest, GoldenTextPassesPromtool) {
-  WorkloadResolver workloads(std::make_unique<FixedPaths>(), nullptr);
+  WorkloadResolver workloads(std::make_unique<FixedCgroupPaths>(), nullptr);
   SeriesBudget budget;
   Fixture f;
   auto families = BuildCpuFamilies(f.counters, f.hists, &workloads, &budget, 20000);
@@ -146,59 +135,27 @@ TEST(CpuFamiliesTest, GoldenTextPassesPromtool) {
   }
   EXPECT_EQ(text, ReadFile(golden_path));
 
-  char tmpl[] = "/tmp/kmon-cpu-golden-XXXXXX";
-  int fd = mkstemp(tmpl);
-  ASSERT_GE(fd, 0);
-  // Removed however the test ends.
-  std::unique_ptr<char, void (*)(char*)> cleanup(tmpl, [](char* p) { unlink(p); });
-  const ssize_t written = write(fd, text.data(), text.size());
-  close(fd);
-  ASSERT_EQ(written, static_cast<ssize_t>(text.size()));
-  std::string cmd = std::string("promtool check metrics < ") + tmpl + " 2>&1";
-  FILE* p = popen(cmd.c_str(), "r");
-  ASSERT_NE(p, nullptr);
-  std::string out;
-  char buf[512];
-  while (fgets(buf, sizeof buf, p)) out += buf;
-  int rc = pclose(p);
-  EXPECT_EQ(rc, 0) << out;
-  EXPECT_EQ(out, "") << out;
-}
-
-const prometheus::ClientMetric* Find(const std::vector<prometheus::MetricFamily>& fams,
-                                     const std::string& name,
-                                     const std::map<std::string, std::string>& labels) {
-  for (const auto& f : fams) {
-    if (f.name != name) continue;
-    for (const auto& m : f.metric) {
-      bool all = true;
-      for (const auto& [k, v] : labels) {
-        bool found = false;
-        for (const auto& l : m.label) found |= l.name == k && l.value == v;
-        all &= found;
-      }
-      if (all) return &m;
-    }
-  }
-  return nullptr;
+  const CommandResult promtool = RunWithInput("promtool check metrics", text);
+  EXPECT_EQ(promtool.exit_status, 0) << promtool.output;
+  EXPECT_EQ(promtool.output, "") << promtool.output;
 }
 
 TEST(CpuFamiliesTest, SamplesAreExact) {
-  WorkloadResolver workloads(std::make_unique<FixedPaths>(), nullptr);
+  WorkloadResolver workloads(std::make_unique<FixedCgroupPaths>(), nullptr);
   SeriesBudget budget;
   Fixture f;
   auto fams = BuildCpuFamilies(f.counters, f.hists, &workloads, &budget, 20000);
   ASSERT_EQ(fams.size(), 4u);
-  const auto* oncpu = Find(fams, "kmon_cpu_oncpu_seconds_total", {{"container", "nginx.service"}});
+  const auto* oncpu = FindSample(fams, "kmon_cpu_oncpu_seconds_total", {{"container", "nginx.service"}});
   ASSERT_NE(oncpu, nullptr);
   EXPECT_DOUBLE_EQ(oncpu->counter.value, 2.5);
-  const auto* vol = Find(fams, "kmon_cpu_context_switches_total",
+  const auto* vol = FindSample(fams, "kmon_cpu_context_switches_total",
                          {{"container", "4f2a9c1b7d3e"}, {"kind", "voluntary"}});
   ASSERT_NE(vol, nullptr);
   EXPECT_EQ(vol->counter.value, 20);
   EXPECT_EQ(fams[0].metric.size(), 2u);  // the gone cgroup 999 is not exported
 
-  const auto* sleep = Find(fams, "kmon_cpu_offcpu_duration_seconds",
+  const auto* sleep = FindSample(fams, "kmon_cpu_offcpu_duration_seconds",
                            {{"container", "nginx.service"}, {"state", "sleep"}});
   ASSERT_NE(sleep, nullptr);
   EXPECT_EQ(sleep->histogram.sample_count, 20u);
@@ -209,22 +166,22 @@ TEST(CpuFamiliesTest, SamplesAreExact) {
   EXPECT_DOUBLE_EQ(sleep->histogram.bucket[14].upper_bound, 0.016384);
   EXPECT_TRUE(std::isinf(sleep->histogram.bucket.back().upper_bound));
 
-  const auto* runq = Find(fams, "kmon_cpu_runqueue_latency_seconds", {{"container", "nginx.service"}});
+  const auto* runq = FindSample(fams, "kmon_cpu_runqueue_latency_seconds", {{"container", "nginx.service"}});
   ASSERT_NE(runq, nullptr);
   EXPECT_EQ(runq->histogram.sample_count, 41u);
   EXPECT_EQ(runq->histogram.bucket[26].cumulative_count, 40u);  // one beyond 67 s: only in +Inf
   EXPECT_EQ(runq->histogram.bucket[27].cumulative_count, 41u);
-  EXPECT_EQ(Find(fams, "kmon_cpu_offcpu_duration_seconds", {{"state", ""}}), nullptr);
+  EXPECT_EQ(FindSample(fams, "kmon_cpu_offcpu_duration_seconds", {{"state", ""}}), nullptr);
 }
 
 TEST(CpuFamiliesTest, SeriesBeyondTheLimitAreFoldedIntoOverflow) {
-  WorkloadResolver workloads(std::make_unique<FixedPaths>(), nullptr);
+  WorkloadResolver workloads(std::make_unique<FixedCgroupPaths>(), nullptr);
   SeriesBudget budget;
   Fixture f;
   // cgroup 100: 3 counters + 3 histograms of 30 series = 93; cgroup 200: 3 + 30 = 33.
   auto fams = BuildCpuFamilies(f.counters, f.hists, &workloads, &budget, 100);
-  EXPECT_NE(Find(fams, "kmon_cpu_oncpu_seconds_total", {{"container", "nginx.service"}}), nullptr);
-  const auto* over = Find(fams, "kmon_cpu_oncpu_seconds_total", {{"container", kOverflowLabel}});
+  EXPECT_NE(FindSample(fams, "kmon_cpu_oncpu_seconds_total", {{"container", "nginx.service"}}), nullptr);
+  const auto* over = FindSample(fams, "kmon_cpu_oncpu_seconds_total", {{"container", kOverflowLabel}});
   ASSERT_NE(over, nullptr);
   EXPECT_DOUBLE_EQ(over->counter.value, 0.5);
   EXPECT_EQ(budget.Overflowed(), 33u);

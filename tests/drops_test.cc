@@ -14,7 +14,7 @@
 #include "collectors/drops.h"
 #include "exporter/exposition.h"
 #include "provider/workload.h"
-#include "tests/temp_file.h"
+#include "tests/test_util.h"
 
 namespace kmon {
 namespace {
@@ -134,25 +134,13 @@ TEST(DropProtocolLabelTest, NamesEveryProtocol) {
   EXPECT_EQ(DropProtocolLabel(99), "other");
 }
 
-class FixedPaths : public CgroupPathSource {
- public:
-  std::unordered_map<uint64_t, std::string> Scan() override {
-    return {{1, "/"},
-            {100, "/system.slice/nginx.service"},
-            {200,
-             "/kubepods.slice/kubepods-burstable.slice/"
-             "kubepods-burstable-pod0c4b8f6e_1d2a_4c3b_9e8f_123456789abc.slice/"
-             "cri-containerd-4f2a9c1b7d3e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8.scope"}};
-  }
-};
-
 std::string Location(uint64_t addr) {
   static const KernelSymbols syms = KernelSymbols::Parse(kKallsyms);
   return DropLocationLabel(&syms, addr);
 }
 
 TEST(BuildDropFamilyTest, ExactTextForFixedData) {
-  WorkloadResolver workloads(std::make_unique<FixedPaths>(), nullptr);
+  WorkloadResolver workloads(std::make_unique<FixedCgroupPaths>(), nullptr);
   SeriesBudget budget;
   const std::map<uint32_t, std::string> reasons{{2, "not_specified"}, {3, "no_socket"},
                                                 {7, "socket_rcvbuff"}};
@@ -179,19 +167,13 @@ TEST(BuildDropFamilyTest, ExactTextForFixedData) {
             "location=\"nft_do_chain\"} 5\n");
 
   // promtool accepts it.
-  TempFile file(text);
-  ASSERT_TRUE(file.ok());
-  FILE* p = popen(("promtool check metrics < " + file.path() + " 2>&1").c_str(), "r");
-  ASSERT_NE(p, nullptr);
-  std::string out;
-  char buf[512];
-  while (fgets(buf, sizeof buf, p)) out += buf;
-  EXPECT_EQ(pclose(p), 0) << out;
-  EXPECT_EQ(out, "");
+  const CommandResult promtool = RunWithInput("promtool check metrics", text);
+  EXPECT_EQ(promtool.exit_status, 0) << promtool.output;
+  EXPECT_EQ(promtool.output, "");
 }
 
 TEST(BuildDropFamilyTest, SeriesLimitFoldsLaterWorkloads) {
-  WorkloadResolver workloads(std::make_unique<FixedPaths>(), nullptr);
+  WorkloadResolver workloads(std::make_unique<FixedCgroupPaths>(), nullptr);
   SeriesBudget budget;
   std::vector<DropCount> counts = {
       {0, 0xffffffff81a2b3c5, 3, KMON_DROP_PROTO_TCP, 1},
@@ -213,7 +195,7 @@ TEST(BuildDropFamilyTest, SeriesLimitFoldsLaterWorkloads) {
 // The budget counts the series a workload ends up with: addresses in one function
 // share a `location`, so they are one series, not one per address.
 TEST(BuildDropFamilyTest, SeriesLimitCountsLabelSetsNotAddresses) {
-  WorkloadResolver workloads(std::make_unique<FixedPaths>(), nullptr);
+  WorkloadResolver workloads(std::make_unique<FixedCgroupPaths>(), nullptr);
   SeriesBudget budget;
   std::vector<DropCount> counts = {
       {0, 0xffffffff81a2b3c5, 3, KMON_DROP_PROTO_TCP, 1},

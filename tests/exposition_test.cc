@@ -1,6 +1,7 @@
 // Text 0.0.4 and OpenMetrics 1.0 serialization: golden files for a fixed set of
 // families (checked by promtool too), content negotiation, and the number formats.
 #include "exporter/exposition.h"
+#include "tests/test_util.h"
 
 #include <gtest/gtest.h>
 #include <prometheus/metric_family.h>
@@ -86,33 +87,6 @@ std::string ReadFile(const std::string& path) {
 
 std::string GoldenPath(const std::string& name) {
   return std::string(KMON_SOURCE_DIR) + "/tests/golden/" + name;
-}
-
-struct CommandResult {
-  int exit_status = -1;
-  std::string output;
-};
-
-// Runs `command` with `input` on stdin; returns exit status and stdout+stderr.
-CommandResult RunWithInput(const std::string& command, const std::string& input) {
-  char path[] = "/tmp/kmon-exposition-XXXXXX";
-  const int fd = mkstemp(path);
-  EXPECT_GE(fd, 0);
-  EXPECT_EQ(write(fd, input.data(), input.size()), static_cast<ssize_t>(input.size()));
-  close(fd);
-  CommandResult r;
-  const std::string full = command + " < " + path + " 2>&1";
-  FILE* p = popen(full.c_str(), "r");
-  EXPECT_NE(p, nullptr);
-  if (p != nullptr) {
-    char buf[4096];
-    size_t n;
-    while ((n = fread(buf, 1, sizeof(buf), p)) > 0) r.output.append(buf, n);
-    const int status = pclose(p);
-    r.exit_status = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  }
-  unlink(path);
-  return r;
 }
 
 std::vector<std::string> Lines(const std::string& text) {

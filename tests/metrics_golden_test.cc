@@ -13,21 +13,10 @@
 #include "exporter/exposition.h"
 #include "exporter/self_metrics.h"
 #include "provider/workload.h"
+#include "tests/test_util.h"
 
 namespace kmon {
 namespace {
-
-class FixedPaths : public CgroupPathSource {
- public:
-  std::unordered_map<uint64_t, std::string> Scan() override {
-    return {{1, "/"},
-            {100, "/system.slice/nginx.service"},
-            {200,
-             "/kubepods.slice/kubepods-burstable.slice/"
-             "kubepods-burstable-pod0c4b8f6e_1d2a_4c3b_9e8f_123456789abc.slice/"
-             "cri-containerd-4f2a9c1b7d3e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8.scope"}};
-  }
-};
 
 std::string ReadFile(const std::string& path) {
   std::ifstream in(path);
@@ -37,7 +26,7 @@ std::string ReadFile(const std::string& path) {
 }
 
 std::vector<prometheus::MetricFamily> FixedFamilies() {
-  WorkloadResolver workloads(std::make_unique<FixedPaths>(), nullptr);
+  WorkloadResolver workloads(std::make_unique<FixedCgroupPaths>(), nullptr);
   SeriesBudget budget;
   std::vector<SyscallCount> counts = {
       {100, 0, 1200, 3},  // read
@@ -74,21 +63,9 @@ TEST(MetricsGoldenTest, TextMatchesGoldenAndPassesPromtool) {
   EXPECT_EQ(text, ReadFile(golden_path));
 
   // promtool lints names, types, units and help text.
-  char tmpl[] = "/tmp/kmon-golden-XXXXXX";
-  int fd = mkstemp(tmpl);
-  ASSERT_GE(fd, 0);
-  ASSERT_EQ(write(fd, text.data(), text.size()), static_cast<ssize_t>(text.size()));
-  close(fd);
-  std::string cmd = std::string("promtool check metrics < ") + tmpl + " 2>&1";
-  FILE* p = popen(cmd.c_str(), "r");
-  ASSERT_NE(p, nullptr);
-  std::string out;
-  char buf[512];
-  while (fgets(buf, sizeof buf, p)) out += buf;
-  int rc = pclose(p);
-  unlink(tmpl);
-  EXPECT_EQ(rc, 0) << out;
-  EXPECT_EQ(out, "") << out;
+  const CommandResult promtool = RunWithInput("promtool check metrics", text);
+  EXPECT_EQ(promtool.exit_status, 0) << promtool.output;
+  EXPECT_EQ(promtool.output, "") << promtool.output;
 }
 
 TEST(MetricsGoldenTest, SyscallSamplesAreExact) {

@@ -173,19 +173,7 @@ Config DevicesConfig(const std::vector<std::string>& devices) {
   return r.config.value_or(DefaultConfig());
 }
 
-class BlockioRootTest : public ::testing::Test {
- protected:
-  void SetUp() override {
-    KMON_REQUIRE_ROOT();
-    auto root = DetectCgroup2Root();
-    ASSERT_TRUE(root.has_value());
-    workloads_ = std::make_unique<WorkloadResolver>(std::make_unique<CgroupFsPathSource>(*root),
-                                                    nullptr, std::chrono::milliseconds(0));
-    watched_ = std::make_unique<WatchedCgroups>(workloads_.get());
-  }
-  std::unique_ptr<WorkloadResolver> workloads_;
-  std::unique_ptr<WatchedCgroups> watched_;
-};
+using BlockioRootTest = testing::CollectorRootTest;
 
 TEST_F(BlockioRootTest, DirectWritesAreChargedToTheWriterOnItsDisk) {
   LoopDevice loop;

@@ -25,6 +25,7 @@
 #include "exporter/config.h"
 #include "provider/workload.h"
 #include "tests/root/root_util.h"
+#include "tests/test_util.h"
 
 // Blocks in nanosleep from a frame the kernel's user-stack walk is sure to see: the
 // syscall instruction is in this function, so the user IP at the switch is in it.
@@ -218,25 +219,8 @@ struct ChildGuard {
   }
 };
 
-// A file removed however the test ends.
-struct TempFile {
-  std::string path;
-  ~TempFile() {
-    if (!path.empty()) unlink(path.c_str());
-  }
-};
-
-class CpuRootTest : public ::testing::Test {
+class CpuRootTest : public testing::CollectorRootTest {
  protected:
-  void SetUp() override {
-    KMON_REQUIRE_ROOT();
-    auto root = DetectCgroup2Root();
-    ASSERT_TRUE(root.has_value());
-    workloads_ = std::make_unique<WorkloadResolver>(std::make_unique<CgroupFsPathSource>(*root),
-                                                    nullptr, std::chrono::milliseconds(0));
-    watched_ = std::make_unique<WatchedCgroups>(workloads_.get());
-  }
-
   CollectorDeps Deps() {
     return {workloads_.get(), watched_.get(),
             [this](const std::string& path, HttpHandler h) { handlers_[path] = std::move(h); }};
@@ -255,8 +239,6 @@ class CpuRootTest : public ::testing::Test {
     return it->second(req);
   }
 
-  std::unique_ptr<WorkloadResolver> workloads_;
-  std::unique_ptr<WatchedCgroups> watched_;
   std::map<std::string, HttpHandler> handlers_;
 };
 
@@ -523,10 +505,10 @@ TEST_F(CpuRootTest, OffCpuStacksNameTheFunctionThatBlocked) {
   ASSERT_GE(pprof.body.size(), 2u);
   EXPECT_EQ(static_cast<unsigned char>(pprof.body[0]), 0x1f);  // gzip
   EXPECT_EQ(static_cast<unsigned char>(pprof.body[1]), 0x8b);
-  const TempFile pb{testing::WriteTempFile(pprof.body)};
+  const TempFile pb(pprof.body);
   int rc = -1;
   const std::string decoded = RunShell(
-      "gzip -dc " + pb.path + " | protoc --decode perftools.profiles.Profile -I " +
+      "gzip -dc " + pb.path() + " | protoc --decode perftools.profiles.Profile -I " +
           KMON_SOURCE_DIR + " " + KMON_SOURCE_DIR + "/collectors/profile.proto 2>&1",
       &rc);
   EXPECT_EQ(rc, 0) << decoded;
@@ -626,9 +608,8 @@ TEST_F(CpuRootTest, QueriesRunAlongsideScrapesAndReloads) {
 
 TEST(CpuExporterRootTest, ServesMetricsAndFlameGraphs) {
   KMON_REQUIRE_ROOT();
-  const TempFile cfg{testing::WriteTempFile(
-      "interval: 1s\ncollectors:\n  cpu:\n    offcpu_min: 1ms\n    stacks: true\n")};
-  std::vector<std::string> args{"--config.file=" + cfg.path};
+  const TempFile cfg("interval: 1s\ncollectors:\n  cpu:\n    offcpu_min: 1ms\n    stacks: true\n");
+  std::vector<std::string> args{"--config.file=" + cfg.path()};
   for (const char* other : {"tcp", "topology", "drops", "blockio", "syscalls", "dns", "pagecache"}) {
     args.push_back(std::string("--no-collector.") + other);
   }

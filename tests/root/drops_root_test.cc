@@ -133,19 +133,7 @@ struct Shared {
   std::atomic<int>* value;
 };
 
-class DropsRootTest : public ::testing::Test {
- protected:
-  void SetUp() override {
-    KMON_REQUIRE_ROOT();
-    auto root = DetectCgroup2Root();
-    ASSERT_TRUE(root.has_value());
-    workloads_ = std::make_unique<WorkloadResolver>(std::make_unique<CgroupFsPathSource>(*root),
-                                                    nullptr, std::chrono::milliseconds(0));
-    watched_ = std::make_unique<WatchedCgroups>(workloads_.get());
-  }
-  std::unique_ptr<WorkloadResolver> workloads_;
-  std::unique_ptr<WatchedCgroups> watched_;
-};
+using DropsRootTest = testing::CollectorRootTest;
 
 // Each SYN to a closed port finds no socket: tcp_v4_rcv (tcp_v6_rcv) answers with a
 // RST and drops it with reason no_socket (one drop per connect: the RST ends the

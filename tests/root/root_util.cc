@@ -285,15 +285,13 @@ std::vector<uint32_t> BpfProgramIds(const std::string& name, uint32_t min_id) {
   return ids;
 }
 
-std::string WriteTempFile(const std::string& text) {
-  char tmpl[] = "/tmp/kmon-test-XXXXXX";
-  int fd = mkstemp(tmpl);
-  if (fd < 0) return "";
-  if (write(fd, text.data(), text.size()) != static_cast<ssize_t>(text.size())) {
-    ADD_FAILURE() << "short write to " << tmpl;
-  }
-  close(fd);
-  return tmpl;
+void CollectorRootTest::SetUp() {
+  KMON_REQUIRE_ROOT();
+  auto root = DetectCgroup2Root();
+  ASSERT_TRUE(root.has_value());
+  workloads_ = std::make_unique<WorkloadResolver>(std::make_unique<CgroupFsPathSource>(*root),
+                                                  nullptr, std::chrono::milliseconds(0));
+  watched_ = std::make_unique<WatchedCgroups>(workloads_.get());
 }
 
 }  // namespace kmon::testing

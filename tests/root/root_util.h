@@ -8,11 +8,15 @@
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
 
 #include <gtest/gtest.h>
+
+#include "collectors/watched_cgroups.h"
+#include "provider/workload.h"
 
 namespace kmon::testing {
 
@@ -113,7 +117,15 @@ std::vector<uint32_t> BpfProgramIds(const std::string& name, uint32_t min_id = 0
 /// The largest BPF program ID in use now.
 uint32_t MaxBpfProgramId();
 
-/// Writes `text` to a new temporary file and returns its path.
-std::string WriteTempFile(const std::string& text);
+
+/// Fixture of the tests that run one collector in-process: needs root, and gives
+/// the collector a resolver that rescans on every miss and the watched-cgroups map.
+/// A subclass's SetUp calls this one first and returns if it skipped or failed.
+class CollectorRootTest : public ::testing::Test {
+ protected:
+  void SetUp() override;
+  std::unique_ptr<WorkloadResolver> workloads_;
+  std::unique_ptr<WatchedCgroups> watched_;
+};
 
 }  // namespace kmon::testing

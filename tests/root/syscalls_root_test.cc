@@ -17,6 +17,7 @@
 #include "exporter/config.h"
 #include "provider/workload.h"
 #include "tests/root/root_util.h"
+#include "tests/test_util.h"
 
 namespace kmon {
 namespace {
@@ -58,19 +59,7 @@ Config SyscallConfig(std::vector<std::string> names) {
   return r.config.value_or(DefaultConfig());
 }
 
-class SyscallsRootTest : public ::testing::Test {
- protected:
-  void SetUp() override {
-    KMON_REQUIRE_ROOT();
-    auto root = DetectCgroup2Root();
-    ASSERT_TRUE(root.has_value());
-    workloads_ = std::make_unique<WorkloadResolver>(std::make_unique<CgroupFsPathSource>(*root),
-                                                    nullptr, std::chrono::milliseconds(0));
-    watched_ = std::make_unique<WatchedCgroups>(workloads_.get());
-  }
-  std::unique_ptr<WorkloadResolver> workloads_;
-  std::unique_ptr<WatchedCgroups> watched_;
-};
+using SyscallsRootTest = testing::CollectorRootTest;
 
 TEST_F(SyscallsRootTest, CountsExactlyWhatTheWorkloadDid) {
   SyscallsCollector c({.workloads = workloads_.get(), .watched = watched_.get()});
@@ -165,7 +154,8 @@ double ReloadStamp(const std::string& text) {
 
 TEST(ExporterRootTest, ReloadsBySighupHttpAndFileChangeKeepingPrograms) {
   KMON_REQUIRE_ROOT();
-  const std::string cfg_path = testing::WriteTempFile(ConfigYaml("getppid"));
+  const TempFile cfg_file(ConfigYaml("getppid"));
+  const std::string& cfg_path = cfg_file.path();
   const uint32_t before = testing::MaxBpfProgramId();
   ExporterProcess exporter({"--config.file=" + cfg_path});
   ASSERT_TRUE(exporter.WaitReady());
@@ -251,12 +241,12 @@ TEST(ExporterRootTest, ReloadsBySighupHttpAndFileChangeKeepingPrograms) {
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
   EXPECT_TRUE(testing::BpfProgramIds("kmon_sys_exit", before).empty());
-  unlink(cfg_path.c_str());
 }
 
 TEST(ExporterRootTest, BadConfigAtStartExitsOneNamingKeyAndLine) {
-  const std::string cfg_path = testing::WriteTempFile(
+  const TempFile cfg_file(
       "interval: soon\ncollectors:\n  syscalls:\n    syscalls: [getppid, not_a_syscall]\n");
+  const std::string& cfg_path = cfg_file.path();
   std::string cmd = std::string(KMON_EXPORTER_BIN) + " --check-config --config.file=" + cfg_path +
                     " 2>&1";
   FILE* p = popen(cmd.c_str(), "r");
@@ -269,7 +259,6 @@ TEST(ExporterRootTest, BadConfigAtStartExitsOneNamingKeyAndLine) {
   EXPECT_NE(out.find("line 1: interval"), std::string::npos) << out;
   EXPECT_NE(out.find("line 4: collectors.syscalls.syscalls[1]"), std::string::npos) << out;
   EXPECT_NE(out.find("not_a_syscall"), std::string::npos) << out;
-  unlink(cfg_path.c_str());
 }
 
 }  // namespace

@@ -25,6 +25,7 @@
 #include "exporter/config.h"
 #include "provider/workload.h"
 #include "tests/root/root_util.h"
+#include "tests/test_util.h"
 
 namespace kmon {
 namespace {
@@ -154,24 +155,6 @@ void Requests(int family, const std::string& addr, uint16_t port, int n, int ms)
 
 // ---- reading the families
 
-const prometheus::ClientMetric* Find(const std::vector<prometheus::MetricFamily>& fams,
-                                     const std::string& name,
-                                     const std::map<std::string, std::string>& labels) {
-  for (const auto& f : fams) {
-    if (f.name != name) continue;
-    for (const auto& m : f.metric) {
-      bool all = true;
-      for (const auto& [k, v] : labels) {
-        bool found = false;
-        for (const auto& l : m.label) found |= l.name == k && l.value == v;
-        all &= found;
-      }
-      if (all) return &m;
-    }
-  }
-  return nullptr;
-}
-
 // Cumulative count of the bucket with upper bound `le`.
 uint64_t BucketAt(const prometheus::ClientMetric& m, double le) {
   for (const auto& b : m.histogram.bucket) {
@@ -181,15 +164,11 @@ uint64_t BucketAt(const prometheus::ClientMetric& m, double le) {
   return 0;
 }
 
-class TcpRootTest : public ::testing::Test {
+class TcpRootTest : public testing::CollectorRootTest {
  protected:
   void SetUp() override {
-    KMON_REQUIRE_ROOT();
-    auto root = DetectCgroup2Root();
-    ASSERT_TRUE(root.has_value());
-    workloads_ = std::make_unique<WorkloadResolver>(std::make_unique<CgroupFsPathSource>(*root),
-                                                    nullptr, std::chrono::milliseconds(0));
-    watched_ = std::make_unique<WatchedCgroups>(workloads_.get());
+    testing::CollectorRootTest::SetUp();
+    if (IsSkipped() || HasFatalFailure()) return;
     config_ = DefaultConfig();
   }
   CollectorDeps Deps() {
@@ -201,8 +180,6 @@ class TcpRootTest : public ::testing::Test {
     return fams;
   }
 
-  std::unique_ptr<WorkloadResolver> workloads_;
-  std::unique_ptr<WatchedCgroups> watched_;
   TopologyFeed feed_;
   Config config_;
 };
@@ -219,7 +196,7 @@ TEST_F(TcpRootTest, RequestCountIsExactAndLatencyFollowsThinkTime) {
             0);
   std::this_thread::sleep_for(std::chrono::milliseconds(100));  // server sees the close
   auto fams = Collect(tcp);
-  const auto* h = Find(fams, "kmon_tcp_request_duration_seconds",
+  const auto* h = FindSample(fams, "kmon_tcp_request_duration_seconds",
                        {{"container", server_cg.name()}, {"port", port}});
   ASSERT_NE(h, nullptr);
   EXPECT_EQ(h->histogram.sample_count, 40u);
@@ -232,7 +209,7 @@ TEST_F(TcpRootTest, RequestCountIsExactAndLatencyFollowsThinkTime) {
             0);
   EXPECT_EQ(WaitChild(srv.pid), 0);
   fams = Collect(tcp);
-  h = Find(fams, "kmon_tcp_request_duration_seconds",
+  h = FindSample(fams, "kmon_tcp_request_duration_seconds",
            {{"container", server_cg.name()}, {"port", port}});
   ASSERT_NE(h, nullptr);
   EXPECT_EQ(h->histogram.sample_count, 50u);
@@ -240,28 +217,28 @@ TEST_F(TcpRootTest, RequestCountIsExactAndLatencyFollowsThinkTime) {
   EXPECT_EQ(BucketAt(*h, 0.1), 50u);
 
   // Connections: 2 accepted by the server, 2 opened by the client, none left open.
-  const auto* in = Find(fams, "kmon_tcp_connections_opened_total",
+  const auto* in = FindSample(fams, "kmon_tcp_connections_opened_total",
                         {{"container", server_cg.name()}, {"direction", "inbound"}});
   ASSERT_NE(in, nullptr);
   EXPECT_EQ(in->counter.value, 2);
-  const auto* out = Find(fams, "kmon_tcp_connections_opened_total",
+  const auto* out = FindSample(fams, "kmon_tcp_connections_opened_total",
                          {{"container", client_cg.name()}, {"direction", "outbound"}});
   ASSERT_NE(out, nullptr);
   EXPECT_EQ(out->counter.value, 2);
-  const auto* connect = Find(fams, "kmon_tcp_connect_duration_seconds",
+  const auto* connect = FindSample(fams, "kmon_tcp_connect_duration_seconds",
                              {{"container", client_cg.name()}});
   ASSERT_NE(connect, nullptr);
   EXPECT_EQ(connect->histogram.sample_count, 2u);
-  EXPECT_EQ(Find(fams, "kmon_tcp_connections_active",
+  EXPECT_EQ(FindSample(fams, "kmon_tcp_connections_active",
                  {{"container", server_cg.name()}, {"direction", "inbound"}}),
             nullptr);
   // Bytes: the client sent "12\n" x40 + "60\n" x10 and read "ok\n" x50.
-  const auto* sent = Find(fams, "kmon_network_bytes_total",
+  const auto* sent = FindSample(fams, "kmon_network_bytes_total",
                           {{"container", client_cg.name()}, {"protocol", "tcp"},
                            {"direction", "sent"}});
   ASSERT_NE(sent, nullptr);
   EXPECT_EQ(sent->counter.value, 150);
-  const auto* recvd = Find(fams, "kmon_network_bytes_total",
+  const auto* recvd = FindSample(fams, "kmon_network_bytes_total",
                            {{"container", server_cg.name()}, {"protocol", "tcp"},
                             {"direction", "received"}});
   ASSERT_NE(recvd, nullptr);
@@ -296,7 +273,7 @@ TEST_F(TcpRootTest, ConnectionOpenedBeforeKmonStartsIsMeasured) {
   for (int fd : {ready[0], ready[1], go[0], go[1]}) close(fd);
 
   auto fams = Collect(tcp);
-  const auto* h = Find(fams, "kmon_tcp_request_duration_seconds",
+  const auto* h = FindSample(fams, "kmon_tcp_request_duration_seconds",
                        {{"container", server_cg.name()}, {"port", std::to_string(srv.port)}});
   ASSERT_NE(h, nullptr) << "the pre-existing connection was not taken as the server side";
   EXPECT_EQ(h->histogram.sample_count, 25u);
@@ -313,7 +290,7 @@ TEST_F(TcpRootTest, Ipv6Loopback) {
             0);
   EXPECT_EQ(WaitChild(srv.pid), 0);
   auto fams = Collect(tcp);
-  const auto* h = Find(fams, "kmon_tcp_request_duration_seconds",
+  const auto* h = FindSample(fams, "kmon_tcp_request_duration_seconds",
                        {{"container", server_cg.name()}, {"port", std::to_string(srv.port)}});
   ASSERT_NE(h, nullptr);
   EXPECT_EQ(h->histogram.sample_count, 30u);
@@ -345,11 +322,11 @@ TEST_F(TcpRootTest, ChurnLeavesNoConnectionState) {
   EXPECT_LE(count("conns"), conns_before + 5);
   EXPECT_LE(count("client_socks"), clients_before + 5);
   auto fams = Collect(tcp);
-  const auto* in = Find(fams, "kmon_tcp_connections_opened_total",
+  const auto* in = FindSample(fams, "kmon_tcp_connections_opened_total",
                         {{"container", server_cg.name()}, {"direction", "inbound"}});
   ASSERT_NE(in, nullptr);
   EXPECT_EQ(in->counter.value, kConnections);
-  const auto* h = Find(fams, "kmon_tcp_request_duration_seconds",
+  const auto* h = FindSample(fams, "kmon_tcp_request_duration_seconds",
                        {{"container", server_cg.name()}, {"port", std::to_string(srv.port)}});
   ASSERT_NE(h, nullptr);
   EXPECT_EQ(h->histogram.sample_count, static_cast<uint64_t>(kConnections));
@@ -438,7 +415,8 @@ TEST(TcpExporterRootTest, ConfiguredBucketsReloadInPlaceAndTopologyApi) {
            "  tcp: {latency_buckets: [" + buckets + "]}\n"
            "  topology: {service_graph_metrics: true}\n";
   };
-  const std::string cfg_path = testing::WriteTempFile(yaml("0.005, 0.05, 0.5"));
+  const TempFile cfg_file(yaml("0.005, 0.05, 0.5"));
+  const std::string& cfg_path = cfg_file.path();
   const uint32_t before = testing::MaxBpfProgramId();
   testing::ExporterProcess exporter({"--config.file=" + cfg_path});
   ASSERT_TRUE(exporter.WaitReady());
@@ -504,7 +482,6 @@ TEST(TcpExporterRootTest, ConfiguredBucketsReloadInPlaceAndTopologyApi) {
   EXPECT_EQ(testing::SampleValue(text, "kmon_tcp_request_duration_seconds_count", series), 5);
   EXPECT_EQ(testing::BpfProgramIds("kmon_tcp_recv", before), ids);
   EXPECT_EQ(exporter.Terminate(), 0);
-  unlink(cfg_path.c_str());
 }
 
 }  // namespace

@@ -1,0 +1,99 @@
+// Helpers shared by the unit and root tests: temporary files, running a command
+// on some input (promtool), finding a sample among collected families.
+#pragma once
+
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <map>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include <prometheus/metric_family.h>
+
+#include "provider/workload.h"
+
+namespace kmon {
+
+/// Cgroup paths of a fixed node: the root, a systemd unit (id 100) and a containerd
+/// container of a burstable pod (id 200).
+class FixedCgroupPaths : public CgroupPathSource {
+ public:
+  std::unordered_map<uint64_t, std::string> Scan() override {
+    return {{1, "/"},
+            {100, "/system.slice/nginx.service"},
+            {200,
+             "/kubepods.slice/kubepods-burstable.slice/"
+             "kubepods-burstable-pod0c4b8f6e_1d2a_4c3b_9e8f_123456789abc.slice/"
+             "cri-containerd-4f2a9c1b7d3e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8.scope"}};
+  }
+};
+
+/// A file for one test, removed when it goes out of scope: also when an ASSERT
+/// returns from the test early.
+class TempFile {
+ public:
+  explicit TempFile(const std::string& text) {
+    char tmpl[] = "/tmp/kmon-test-XXXXXX";
+    const int fd = mkstemp(tmpl);
+    if (fd < 0) return;
+    path_ = tmpl;
+    ok_ = write(fd, text.data(), text.size()) == static_cast<ssize_t>(text.size());
+    close(fd);
+  }
+  ~TempFile() {
+    if (!path_.empty()) unlink(path_.c_str());
+  }
+  TempFile(const TempFile&) = delete;
+  TempFile& operator=(const TempFile&) = delete;
+  bool ok() const { return ok_; }
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+  bool ok_ = false;
+};
+
+struct CommandResult {
+  int exit_status = -1;  // -1: could not run, or killed by a signal
+  std::string output;    // stdout and stderr
+};
+
+/// Runs `command` through the shell with `input` on stdin.
+inline CommandResult RunWithInput(const std::string& command, const std::string& input) {
+  CommandResult r;
+  TempFile in(input);
+  if (!in.ok()) return r;
+  FILE* p = popen((command + " < " + in.path() + " 2>&1").c_str(), "r");
+  if (p == nullptr) return r;
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof(buf), p)) > 0) r.output.append(buf, n);
+  const int status = pclose(p);
+  r.exit_status = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return r;
+}
+
+/// The first sample of family `name` carrying every label in `labels`, or null.
+inline const prometheus::ClientMetric* FindSample(
+    const std::vector<prometheus::MetricFamily>& fams, const std::string& name,
+    const std::map<std::string, std::string>& labels) {
+  for (const auto& f : fams) {
+    if (f.name != name) continue;
+    for (const auto& m : f.metric) {
+      bool all = true;
+      for (const auto& [k, v] : labels) {
+        bool found = false;
+        for (const auto& l : m.label) found |= l.name == k && l.value == v;
+        all &= found;
+      }
+      if (all) return &m;
+    }
+  }
+  return nullptr;
+}
+
+}  // namespace kmon
