@@ -16,7 +16,7 @@
 #include "collectors/bpf_util.h"
 #include "collectors/missing_since.h"
 #include "collectors/watched_cgroups.h"
-#include "exporter/log.h"
+#include "base/log.h"
 
 namespace kmon {
 namespace {

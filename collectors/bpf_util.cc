@@ -5,7 +5,7 @@
 #include <cstdio>
 
 #include "bpf/kmon_common.h"
-#include "exporter/log.h"
+#include "base/log.h"
 
 namespace kmon {
 namespace {

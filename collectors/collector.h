@@ -15,7 +15,7 @@
 #include <prometheus/metric_family.h>
 
 #include "exporter/config.h"
-#include "exporter/http_server.h"
+#include "base/http_types.h"
 
 struct bpf_object;
 

@@ -16,7 +16,7 @@
 #include "collectors/offcpu_profiler.h"
 #include "collectors/symbolizer.h"
 #include "collectors/watched_cgroups.h"
-#include "exporter/log.h"
+#include "base/log.h"
 
 namespace kmon {
 namespace {

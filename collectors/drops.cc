@@ -15,7 +15,7 @@
 #include "bpf/drops.skel.h"
 #include "collectors/bpf_util.h"
 #include "collectors/watched_cgroups.h"
-#include "exporter/log.h"
+#include "base/log.h"
 
 namespace kmon {
 namespace {

@@ -10,7 +10,7 @@
 #include <absl/strings/str_cat.h>
 #include <absl/strings/str_join.h>
 
-#include "exporter/log.h"
+#include "base/log.h"
 
 namespace kmon {
 namespace {

@@ -20,7 +20,7 @@
 #include "collectors/missing_since.h"
 #include "collectors/offcpu_render.h"
 #include "collectors/symbolizer.h"
-#include "exporter/http_server.h"
+#include "base/http_types.h"
 #include "provider/workload.h"
 
 namespace kmon {

@@ -12,7 +12,7 @@
 #include "bpf/syscalls.skel.h"
 #include "collectors/bpf_util.h"
 #include "collectors/watched_cgroups.h"
-#include "exporter/log.h"
+#include "base/log.h"
 
 namespace kmon {
 namespace {

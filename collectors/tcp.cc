@@ -13,7 +13,7 @@
 #include "collectors/bpf_util.h"
 #include "collectors/tcp_listeners.h"
 #include "collectors/watched_cgroups.h"
-#include "exporter/log.h"
+#include "base/log.h"
 
 namespace kmon {
 namespace {

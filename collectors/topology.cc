@@ -8,7 +8,7 @@
 #include <absl/strings/str_cat.h>
 
 #include "collectors/families.h"
-#include "exporter/log.h"
+#include "base/log.h"
 #include "provider/workload.h"
 
 namespace kmon {

@@ -16,7 +16,7 @@
 #include <bpf/bpf.h>
 
 #include "collectors/bpf_util.h"
-#include "exporter/log.h"
+#include "base/log.h"
 #include "exporter/self_metrics.h"
 #include "exporter/version.h"
 

@@ -7,7 +7,7 @@
 #include <string>
 #include <vector>
 
-#include "exporter/log.h"
+#include "base/log.h"
 
 namespace kmon {
 

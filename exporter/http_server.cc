@@ -24,7 +24,7 @@
 #include <utility>
 
 #include "exporter/exposition.h"
-#include "exporter/log.h"
+#include "base/log.h"
 
 namespace kmon {
 namespace {

@@ -15,25 +15,10 @@
 #include <string>
 #include <vector>
 
+#include "base/http_types.h"
 #include "exporter/web_config.h"
 
 namespace kmon {
-
-struct HttpRequest {
-  std::string method;  // "GET", "POST", ...
-  std::string path;
-  std::map<std::string, std::string> query;    // decoded ?k=v
-  std::map<std::string, std::string> headers;  // names lower-cased
-};
-
-struct HttpResponse {
-  int status = 200;
-  std::string content_type = "text/plain; charset=utf-8";
-  std::string body;
-  std::map<std::string, std::string> headers;
-};
-
-using HttpHandler = std::function<HttpResponse(const HttpRequest&)>;
 
 struct HttpServerOptions {
   std::string listen_address = ":9877";  // host:port, ":port", "[::1]:port"

@@ -10,7 +10,7 @@
 #include "exporter/app.h"
 #include "exporter/config.h"
 #include "exporter/flags.h"
-#include "exporter/log.h"
+#include "base/log.h"
 #include "exporter/self_metrics.h"
 #include "exporter/version.h"
 

@@ -25,7 +25,7 @@
 #include "collectors/cpu.h"
 #include "collectors/watched_cgroups.h"
 #include "exporter/config.h"
-#include "exporter/log.h"
+#include "base/log.h"
 #include "provider/workload.h"
 
 namespace {
