@@ -14,8 +14,7 @@
 
 #include "bpf/blockio.skel.h"
 #include "collectors/bpf_util.h"
-#include "collectors/missing_since.h"
-#include "collectors/watched_cgroups.h"
+#include "collectors/kernel_features.h"
 #include "base/log.h"
 
 namespace kmon {
@@ -94,14 +93,6 @@ std::string MajMin(uint32_t kdev) {
   return absl::StrCat(KMON_KDEV_MAJOR(kdev), ":", KMON_KDEV_MINOR(kdev));
 }
 
-// Whether the running kernel has tp_btf/block_io_start (v6.5+). The vmlinux BTF
-// (several MB parsed) lives only for this one question.
-bool KernelHasBlockIoStart() {
-  std::unique_ptr<btf, decltype(&btf__free)> vmlinux(btf__load_vmlinux_btf(), &btf__free);
-  if (vmlinux == nullptr) return true;  // let the load report what is missing
-  return btf__find_by_name_kind(vmlinux.get(), "btf_trace_block_io_start", BTF_KIND_TYPEDEF) > 0;
-}
-
 }  // namespace
 
 std::optional<std::string> SysfsBlockDeviceNames::Name(uint32_t kdev) {
@@ -155,8 +146,7 @@ const std::vector<double>& BlockLatencyBounds() {
 
 std::vector<prometheus::MetricFamily> BuildBlockIoFamilies(
     const std::vector<BlockIoCount>& counts, const std::vector<BlockIoLatency>& latencies,
-    const std::function<std::string(uint32_t)>& device_name, WorkloadResolver* workloads,
-    SeriesBudget* budget, int64_t max_series) {
+    const std::function<std::string(uint32_t)>& device_name, WorkloadLabeler* labeler) {
   const std::vector<std::string> workload_labels{"namespace", "pod", "container", "device", "op"};
   const std::vector<std::string> device_labels{"device", "op"};
   FamilyBuilder duration("kmon_block_io_duration_seconds",
@@ -201,22 +191,18 @@ std::vector<prometheus::MetricFamily> BuildBlockIoFamilies(
   rows.reserve(sorted.size());
   std::map<std::vector<std::string>, std::set<std::pair<std::string, std::string>>> series_of;
   for (const BlockIoCount* c : sorted) {
-    WorkloadLabels wl;  // submitter unknown: namespace="", pod="", container=""
-    if (c->cgroup_id != 0) {
-      std::optional<WorkloadLabels> found = workloads->Lookup(c->cgroup_id);
-      if (!found) continue;  // the cgroup is gone; its entries are dropped by the collector
-      wl = std::move(*found);
-    }
-    Row r{std::move(wl), device_name(c->dev), BlockOpLabel(c->op), c};
+    // Submitter unknown (cgroup 0): namespace="", pod="", container="".
+    std::optional<WorkloadLabels> wl = labeler->Lookup(c->cgroup_id);
+    if (!wl) continue;  // the cgroup is gone; its entries are dropped by the collector
+    Row r{std::move(*wl), device_name(c->dev), BlockOpLabel(c->op), c};
     series_of[{r.workload.namespace_, r.workload.pod, r.workload.container}].emplace(r.device,
                                                                                      r.op);
     rows.push_back(std::move(r));
   }
-  budget->Begin(max_series);
   for (const Row& r : rows) {
     const auto& series =
         series_of.at({r.workload.namespace_, r.workload.pod, r.workload.container});
-    WorkloadLabels l = budget->Admit(r.workload, 2 * static_cast<int64_t>(series.size()));
+    WorkloadLabels l = labeler->Admit(r.workload, 2 * static_cast<int64_t>(series.size()));
     std::vector<std::string> values{l.namespace_, l.pod, l.container, r.device, r.op};
     bytes.AddCounter(values, static_cast<double>(r.count->bytes));
     requests.AddCounter(values, static_cast<double>(r.count->requests));
@@ -224,48 +210,37 @@ std::vector<prometheus::MetricFamily> BuildBlockIoFamilies(
   return {duration.Build(), bytes.Build(), requests.Build(), errors.Build()};
 }
 
+void ParseBlockioSection(YamlParser& p, const YamlValue& v, BlockioConfig* c) {
+  p.Map(v, {
+               {"enabled", [&](const YamlValue& f) { p.Bool(f, &c->enabled); }},
+               {"devices", [&](const YamlValue& f) { p.StringSet(f, "device", &c->devices); }},
+           });
+}
+
 BlockioCollector::BlockioCollector(const CollectorDeps& deps,
                                    std::unique_ptr<BlockDeviceNames> names, BlockSubmitHook hook)
-    : deps_(deps),
+    : BpfCollector(kName, deps, &skel_, blockio_bpf__create_skeleton,
+                   {{"io_counts", sizeof(blk_count_key), sizeof(blk_count_value)},
+                    {"io_latency", sizeof(blk_latency_key), sizeof(blk_latency_value)},
+                    {"inflight", sizeof(uint64_t), sizeof(blk_inflight)}}),
       names_(names ? std::move(names) : std::make_unique<SysfsBlockDeviceNames>()),
       hook_(hook) {}
 
-BlockioCollector::~BlockioCollector() { Stop(); }
-
-absl::Status BlockioCollector::Start(const Config& config) {
-  skel_ = blockio_bpf__open();
-  if (skel_ == nullptr) return BpfError(kName, "open", errno);
-  absl::Status st =
-      CheckMapLayout(kName, skel_->maps.io_counts, sizeof(blk_count_key), sizeof(blk_count_value));
-  if (st.ok()) {
-    st = CheckMapLayout(kName, skel_->maps.io_latency, sizeof(blk_latency_key),
-                        sizeof(blk_latency_value));
+absl::Status BlockioCollector::BeforeLoad(const CollectorConfig&) {
+  // One submission hook: block_io_start (v6.5+) where the kernel has it, else its
+  // older twin. Without BTF the load itself reports what is missing.
+  bool io_start = hook_ == BlockSubmitHook::kIoStart;
+  if (hook_ == BlockSubmitHook::kAuto) {
+    absl::StatusOr<const btf*> vmlinux = Features().VmlinuxBtf();
+    io_start = !vmlinux.ok() ||
+               BtfHasType(*vmlinux, "btf_trace_block_io_start", BTF_KIND_TYPEDEF);
   }
-  if (st.ok()) {
-    st = CheckMapLayout(kName, skel_->maps.inflight, sizeof(uint64_t), sizeof(blk_inflight));
-  }
-  if (!st.ok()) return st;
-  // One submission hook: block_io_start where the kernel has it, else its older twin.
-  const bool io_start = hook_ == BlockSubmitHook::kAuto ? KernelHasBlockIoStart()
-                                                        : hook_ == BlockSubmitHook::kIoStart;
   bpf_program__set_autoload(skel_->progs.kmon_blk_start, io_start);
   bpf_program__set_autoload(skel_->progs.kmon_blk_insert, !io_start);
-  int err = blockio_bpf__load(skel_);
-  if (err) return BpfError(kName, "load", err);
-  st = Reconfigure(config);
-  if (!st.ok()) return st;
-  if (deps_.watched != nullptr) {
-    st = deps_.watched->Register(bpf_map__fd(skel_->maps.filter_config),
-                                 bpf_map__fd(skel_->maps.watched_cgroups));
-    if (!st.ok()) return st;
-  }
-  err = blockio_bpf__attach(skel_);
-  if (err) {
-    return BpfError(kName,
-                    io_start ? "attach tp_btf/block_{io_start,rq_issue,rq_merge,rq_complete}"
-                             : "attach tp_btf/block_{rq_insert,rq_issue,rq_merge,rq_complete}",
-                    err);
-  }
+  return absl::OkStatus();
+}
+
+absl::Status BlockioCollector::AfterAttach(const CollectorConfig&) {
   source_ = std::make_unique<BpfBlockIoSource>(bpf_map__fd(skel_->maps.io_counts),
                                                bpf_map__fd(skel_->maps.io_latency));
   return absl::OkStatus();
@@ -307,10 +282,8 @@ absl::Status BlockioCollector::WriteDeviceFilter() {
   return absl::OkStatus();
 }
 
-absl::Status BlockioCollector::Reconfigure(const Config& config) {
-  std::lock_guard<std::mutex> lock(mu_);
-  max_series_ = config.limits.max_series_per_collector;
-  device_filter_ = config.collectors.blockio.devices;
+absl::Status BlockioCollector::Configure(const CollectorConfig& config) {
+  device_filter_ = config.collectors.Get<BlockioConfig>().devices;
   for (const auto& name : device_filter_) {
     std::optional<uint32_t> dev = names_->DiskOf(name);
     if (!dev) {
@@ -340,11 +313,8 @@ std::string BlockioCollector::DeviceName(uint32_t kdev) {
 
 void BlockioCollector::DropStale(const std::vector<BlockIoCount>& counts,
                                  const std::vector<BlockIoLatency>& latencies) {
-  if (skel_ == nullptr) return;
   const bool filtering = !device_filter_.empty();
-  const auto now = std::chrono::steady_clock::now();
-  dev_missing_.Begin(now);
-  cgroup_missing_.Begin(now);
+  dev_missing_.Begin();
 
   // Devices: gone from sysfs for a while, or no longer selected.
   auto dev_gone = [&](uint32_t dev) {
@@ -365,9 +335,7 @@ void BlockioCollector::DropStale(const std::vector<BlockIoCount>& counts,
   int counts_fd = bpf_map__fd(skel_->maps.io_counts);
   for (const auto& c : counts) {
     bool gone = dev_gone(c.dev);
-    if (!gone && c.cgroup_id != 0 && !deps_.workloads->Lookup(c.cgroup_id).has_value()) {
-      gone = cgroup_missing_.Gone(c.cgroup_id);
-    }
+    gone = gone || labeler().Gone(c.cgroup_id);
     if (!gone) continue;
     blk_count_key k{};
     k.cgroup_id = c.cgroup_id;
@@ -375,55 +343,25 @@ void BlockioCollector::DropStale(const std::vector<BlockIoCount>& counts,
     k.op = c.op;
     bpf_map_delete_elem(counts_fd, &k);
   }
-  cgroup_missing_.End();
   dev_missing_.End();
 }
 
-void BlockioCollector::Collect(std::vector<prometheus::MetricFamily>* out) noexcept {
-  if (!source_) return;
-  try {
-    std::vector<BlockIoCount> counts;
-    std::vector<BlockIoLatency> latencies;
-    absl::Status st = source_->Read(&counts, &latencies);
+absl::Status BlockioCollector::Read(std::vector<prometheus::MetricFamily>* out) {
+  std::vector<BlockIoCount> counts;
+  std::vector<BlockIoLatency> latencies;
+  absl::Status st = source_->Read(&counts, &latencies);
+  if (!st.ok()) return st;
+  if (unresolved_devices_ && std::chrono::steady_clock::now() - last_resolve_ >= kResolveEvery) {
+    st = WriteDeviceFilter();  // a configured disk may have appeared (hotplug)
     if (!st.ok()) {
-      ++read_errors_;
-      LogWarn("reading BPF map failed", {{"collector", kName}, {"err", st.ToString()}});
-      return;
+      LogWarn("updating device filter failed", {{"collector", kName}, {"err", st.ToString()}});
     }
-    std::lock_guard<std::mutex> lock(mu_);
-    if (unresolved_devices_ && std::chrono::steady_clock::now() - last_resolve_ >= kResolveEvery) {
-      st = WriteDeviceFilter();  // a configured disk may have appeared (hotplug)
-      if (!st.ok())
-        LogWarn("updating device filter failed", {{"collector", kName}, {"err", st.ToString()}});
-    }
-    auto families = BuildBlockIoFamilies(
-        counts, latencies, [this](uint32_t dev) { return DeviceName(dev); }, deps_.workloads,
-        &budget_, max_series_);
-    DropStale(counts, latencies);
-    for (auto& f : families) out->push_back(std::move(f));
-  } catch (const std::exception& e) {
-    LogError("collect failed", {{"collector", kName}, {"err", e.what()}});
   }
-}
-
-void BlockioCollector::Stop() {
-  source_.reset();
-  if (skel_ != nullptr) {
-    if (deps_.watched != nullptr) deps_.watched->Unregister(bpf_map__fd(skel_->maps.filter_config));
-    blockio_bpf__destroy(skel_);
-    skel_ = nullptr;
-  }
-}
-
-const bpf_object* BlockioCollector::BpfObject() const { return skel_ ? skel_->obj : nullptr; }
-
-std::map<std::string, uint64_t> BlockioCollector::EventsLost() const {
-  return StandardEventsLost(skel_ ? skel_->maps.lost : nullptr, read_errors_.load());
-}
-
-uint64_t BlockioCollector::SeriesOverflow() const {
-  std::lock_guard<std::mutex> lock(mu_);
-  return budget_.Overflowed();
+  auto families = BuildBlockIoFamilies(
+      counts, latencies, [this](uint32_t dev) { return DeviceName(dev); }, &labeler());
+  DropStale(counts, latencies);
+  for (auto& f : families) out->push_back(std::move(f));
+  return absl::OkStatus();
 }
 
 }  // namespace kmon

@@ -39,13 +39,19 @@
 #include <vector>
 
 #include "bpf/blockio.h"
-#include "collectors/collector.h"
-#include "collectors/families.h"
+#include "collectors/bpf_collector.h"
 #include "collectors/missing_since.h"
 
 struct blockio_bpf;
 
 namespace kmon {
+
+/// collectors.blockio
+struct BlockioConfig : CollectorSectionOf<BlockioConfig> {
+  static constexpr char kName[] = "blockio";
+  std::vector<std::string> devices;  // empty: all
+};
+void ParseBlockioSection(YamlParser& p, const YamlValue& v, BlockioConfig* c);
 
 /// Bytes and requests of one (cgroup, disk, op), summed over CPUs.
 struct BlockIoCount {
@@ -102,11 +108,10 @@ std::string BlockOpLabel(uint32_t op);
 const std::vector<double>& BlockLatencyBounds();
 
 /// Turns the data into the four kmon_block_io_* families. Pure apart from the
-/// resolver: golden tests feed it fixed input. `device_name` names a kernel dev_t.
+/// labeler: golden tests feed it fixed input. `device_name` names a kernel dev_t.
 std::vector<prometheus::MetricFamily> BuildBlockIoFamilies(
     const std::vector<BlockIoCount>& counts, const std::vector<BlockIoLatency>& latencies,
-    const std::function<std::string(uint32_t)>& device_name, WorkloadResolver* workloads,
-    SeriesBudget* budget, int64_t max_series);
+    const std::function<std::string(uint32_t)>& device_name, WorkloadLabeler* labeler);
 
 /// The tracepoint that records a request's submitter.
 enum class BlockSubmitHook {
@@ -115,23 +120,19 @@ enum class BlockSubmitHook {
   kRqInsert,  // block_rq_insert, what older kernels use (tests run it on new ones too)
 };
 
-class BlockioCollector : public Collector {
+class BlockioCollector : public BpfCollector {
  public:
   /// `names` null: sysfs.
   explicit BlockioCollector(const CollectorDeps& deps,
                             std::unique_ptr<BlockDeviceNames> names = nullptr,
                             BlockSubmitHook hook = BlockSubmitHook::kAuto);
-  ~BlockioCollector() override;
-
-  absl::Status Start(const Config& config) override;
-  absl::Status Reconfigure(const Config& config) override;
-  void Collect(std::vector<prometheus::MetricFamily>* out) noexcept override;
-  void Stop() override;
-  const bpf_object* BpfObject() const override;
-  std::map<std::string, uint64_t> EventsLost() const override;
-  uint64_t SeriesOverflow() const override;
 
  private:
+  absl::Status BeforeLoad(const CollectorConfig& config) override;
+  absl::Status Configure(const CollectorConfig& config) override;
+  absl::Status AfterAttach(const CollectorConfig& config) override;
+  void BeforeDestroy() override { source_.reset(); }
+  absl::Status Read(std::vector<prometheus::MetricFamily>* out) override;
   /// Resolves `device_filter_` to dev_ts and writes the `devices`/`blk_config`
   /// control maps. Names not (yet) present are retried on later scrapes.
   absl::Status WriteDeviceFilter();
@@ -142,12 +143,10 @@ class BlockioCollector : public Collector {
   void DropStale(const std::vector<BlockIoCount>& counts,
                  const std::vector<BlockIoLatency>& latencies);
 
-  CollectorDeps deps_;
   std::unique_ptr<BlockDeviceNames> names_;
   BlockSubmitHook hook_;
   blockio_bpf* skel_ = nullptr;
   std::unique_ptr<BlockIoSource> source_;
-  mutable std::mutex mu_;  // guards everything below against reload and parallel scrapes
   std::vector<std::string> device_filter_;  // names from the config; empty: all
   std::set<uint32_t> wanted_devs_;          // what device_filter_ resolved to
   bool unresolved_devices_ = false;
@@ -158,11 +157,7 @@ class BlockioCollector : public Collector {
     std::chrono::steady_clock::time_point read_at;
   };
   std::unordered_map<uint32_t, CachedName> name_cache_;
-  int64_t max_series_ = 20000;
-  SeriesBudget budget_;
-  std::atomic<uint64_t> read_errors_{0};
-  MissingSince<uint64_t> cgroup_missing_;  // cgroups the resolver does not know
-  MissingSince<uint32_t> dev_missing_;     // devices gone from sysfs
+  MissingSince<uint32_t> dev_missing_;  // devices gone from sysfs
 };
 
 }  // namespace kmon

@@ -140,14 +140,6 @@ void ClearHash(int map_fd, size_t key_size) {
   }
 }
 
-std::map<std::string, uint64_t> StandardEventsLost(const bpf_map* lost, uint64_t read_errors) {
-  std::map<std::string, uint64_t> out{{"map_full", 0}, {"map_read_error", read_errors}};
-  if (lost == nullptr) return out;
-  auto sums = ReadPerCpuU64Array(bpf_map__fd(lost), KMON_LOST_MAX);
-  if (sums.ok()) out["map_full"] = (*sums)[KMON_LOST_MAP_FULL];
-  return out;
-}
-
 absl::StatusOr<std::vector<uint64_t>> ReadPerCpuU64Array(int map_fd, uint32_t entries) {
   std::vector<uint64_t> sums(entries, 0);
   std::vector<uint64_t> per_cpu(PossibleCpus());

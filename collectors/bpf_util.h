@@ -47,11 +47,6 @@ void ClearHash(int map_fd, size_t key_size);
 /// Sum over CPUs of every slot of a per-CPU u64 array.
 absl::StatusOr<std::vector<uint64_t>> ReadPerCpuU64Array(int map_fd, uint32_t entries);
 
-/// What every collector reports as kmon_events_lost_total: "map_full" summed from
-/// its per-CPU `lost` array (kmon_common.h), "map_read_error" counted in user space.
-/// `lost` may be null (collector not started): then map_full is 0.
-std::map<std::string, uint64_t> StandardEventsLost(const bpf_map* lost, uint64_t read_errors);
-
 /// Number of keys in a hash-type map (iterates keys); max_entries for arrays.
 absl::StatusOr<uint64_t> CountMapEntries(const bpf_map* map);
 

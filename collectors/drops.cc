@@ -14,7 +14,7 @@
 #include "bpf/drops.h"
 #include "bpf/drops.skel.h"
 #include "collectors/bpf_util.h"
-#include "collectors/watched_cgroups.h"
+#include "collectors/kernel_features.h"
 #include "base/log.h"
 
 namespace kmon {
@@ -134,8 +134,7 @@ std::string DropLocationLabel(const KernelSymbols* symbols, uint64_t addr) {
 prometheus::MetricFamily BuildDropFamily(const std::vector<DropCount>& counts,
                                          const std::map<uint32_t, std::string>& reasons,
                                          const std::function<std::string(uint64_t)>& location_name,
-                                         WorkloadResolver* workloads, SeriesBudget* budget,
-                                         int64_t max_series) {
+                                         WorkloadLabeler* labeler) {
   FamilyBuilder drops(
       "kmon_skb_drops_total",
       "Packets the kernel dropped, by the workload owning the packet's socket (empty for "
@@ -164,13 +163,10 @@ prometheus::MetricFamily BuildDropFamily(const std::vector<DropCount>& counts,
   rows.reserve(sorted.size());
   std::map<std::vector<std::string>, std::set<std::vector<std::string>>> series_of;
   for (const DropCount* c : sorted) {
-    WorkloadLabels wl;  // node level: namespace="", pod="", container=""
-    if (c->cgroup_id != 0) {
-      std::optional<WorkloadLabels> found = workloads->Lookup(c->cgroup_id);
-      if (!found) continue;  // the cgroup is gone; its entries are dropped by the collector
-      wl = std::move(*found);
-    }
-    Row r{std::move(wl),
+    // No socket (cgroup 0): node level, namespace="", pod="", container="".
+    std::optional<WorkloadLabels> wl = labeler->Lookup(c->cgroup_id);
+    if (!wl) continue;  // the cgroup is gone; its entries are dropped by the collector
+    Row r{std::move(*wl),
           {DropProtocolLabel(c->protocol), DropReasonLabel(reasons, c->reason),
            location_name(c->location)},
           static_cast<double>(c->count)};
@@ -178,71 +174,60 @@ prometheus::MetricFamily BuildDropFamily(const std::vector<DropCount>& counts,
     rows.push_back(std::move(r));
   }
 
-  budget->Begin(max_series);
   for (const Row& r : rows) {
     const auto& series =
         series_of.at({r.workload.namespace_, r.workload.pod, r.workload.container});
-    WorkloadLabels l = budget->Admit(r.workload, static_cast<int64_t>(series.size()));
+    WorkloadLabels l = labeler->Admit(r.workload, static_cast<int64_t>(series.size()));
     drops.AddCounter({l.namespace_, l.pod, l.container, r.rest[0], r.rest[1], r.rest[2]}, r.count);
   }
   return drops.Build();
 }
 
-DropsCollector::DropsCollector(const CollectorDeps& deps) : deps_(deps) {}
+void ParseDropsSection(YamlParser& p, const YamlValue& v, DropsConfig* c) {
+  ParseEnabledOnlySection(p, v, c);
+}
 
-DropsCollector::~DropsCollector() { Stop(); }
+DropsCollector::DropsCollector(const CollectorDeps& deps)
+    : BpfCollector(kName, deps, &skel_, drops_bpf__create_skeleton,
+                   {{"counts", sizeof(drop_key), sizeof(drop_value)}}) {}
 
-absl::Status DropsCollector::Start(const Config& config) {
-  // Names first: both are read once here, not per sample. The vmlinux BTF (several
-  // MB parsed) lives only for this: the reason names are all that is kept.
-  absl::StatusOr<std::map<uint32_t, std::string>> reasons;
-  {
-    std::unique_ptr<btf, decltype(&btf__free)> vmlinux(btf__load_vmlinux_btf(), &btf__free);
-    if (vmlinux == nullptr) return BpfError(kName, "load vmlinux BTF", errno);
-    reasons = DropReasonNames(vmlinux.get());
+absl::Status DropsCollector::BeforeLoad(const CollectorConfig&) {
+  // Names first: both are read once here, not per sample. Of the vmlinux BTF only
+  // the reason names are kept.
+  absl::StatusOr<const btf*> vmlinux = Features().VmlinuxBtf();
+  if (!vmlinux.ok()) {
+    return absl::Status(vmlinux.status().code(),
+                        absl::StrCat("collector=drops: ", vmlinux.status().message()));
   }
+  absl::StatusOr<std::map<uint32_t, std::string>> reasons = DropReasonNames(*vmlinux);
   if (!reasons.ok()) {
     return absl::Status(reasons.status().code(),
                         absl::StrCat("collector=drops: ", reasons.status().message()));
   }
   // Kernel addresses are KASLR-randomized: only the running kernel's table names
-  // them. The table is the process-wide one; Collect asks for it again each scrape.
+  // them. The table is the process-wide one; Read asks for it again each scrape.
   absl::Status why;
   std::shared_ptr<const KernelSymbols> symbols = KernelSymbols::Shared(&why);
   if (symbols == nullptr) {
     LogWarn("no kernel symbols; drop locations are shown as addresses",
             {{"collector", kName}, {"err", why.ToString()}});
   }
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    reasons_ = std::move(*reasons);
-    symbols_ = std::move(symbols);
-    location_cache_.clear();
-  }
+  reasons_ = std::move(*reasons);
+  symbols_ = std::move(symbols);
+  location_cache_.clear();
+  return absl::OkStatus();
+}
 
-  skel_ = drops_bpf__open();
-  if (skel_ == nullptr) return BpfError(kName, "open", errno);
-  absl::Status st = CheckMapLayout(kName, skel_->maps.counts, sizeof(drop_key), sizeof(drop_value));
-  if (!st.ok()) return st;
-  int err = drops_bpf__load(skel_);
-  if (err) return BpfError(kName, "load", err);
-  st = Reconfigure(config);
-  if (!st.ok()) return st;
-  if (deps_.watched != nullptr) {
-    st = deps_.watched->Register(bpf_map__fd(skel_->maps.filter_config),
-                                 bpf_map__fd(skel_->maps.watched_cgroups));
-    if (!st.ok()) return st;
-  }
-  err = drops_bpf__attach(skel_);
-  if (err) return BpfError(kName, "attach tp_btf/kfree_skb", err);
+absl::Status DropsCollector::AfterAttach(const CollectorConfig&) {
   source_ = std::make_unique<BpfDropCountSource>(bpf_map__fd(skel_->maps.counts));
   return absl::OkStatus();
 }
 
-absl::Status DropsCollector::Reconfigure(const Config& config) {
+void DropsCollector::BeforeDestroy() {
   std::lock_guard<std::mutex> lock(mu_);
-  max_series_ = config.limits.max_series_per_collector;
-  return absl::OkStatus();
+  source_.reset();
+  symbols_.reset();  // the last holder frees the shared table
+  location_cache_.clear();
 }
 
 std::string DropsCollector::LocationName(uint64_t addr) {
@@ -257,13 +242,9 @@ std::string DropsCollector::LocationName(uint64_t addr) {
 }
 
 void DropsCollector::DropStale(const std::vector<DropCount>& counts) {
-  if (skel_ == nullptr) return;
   int fd = bpf_map__fd(skel_->maps.counts);
-  missing_.Begin();
   for (const auto& c : counts) {
-    if (c.cgroup_id == 0) continue;  // node level: never goes away
-    if (deps_.workloads->Lookup(c.cgroup_id).has_value()) continue;
-    if (!missing_.Gone(c.cgroup_id)) continue;
+    if (!labeler().Gone(c.cgroup_id)) continue;  // node level (0) never goes
     drop_key k{};
     k.cgroup_id = c.cgroup_id;
     k.location = c.location;
@@ -271,60 +252,23 @@ void DropsCollector::DropStale(const std::vector<DropCount>& counts) {
     k.protocol = c.protocol;
     bpf_map_delete_elem(fd, &k);
   }
-  missing_.End();
 }
 
-void DropsCollector::Collect(std::vector<prometheus::MetricFamily>* out) noexcept {
-  if (!source_) return;
-  try {
-    std::vector<DropCount> counts;
-    absl::Status st = source_->Read(&counts);
-    if (!st.ok()) {
-      ++read_errors_;
-      LogWarn("reading BPF map failed", {{"collector", kName}, {"err", st.ToString()}});
-      return;
-    }
-    std::lock_guard<std::mutex> lock(mu_);
-    // The shared table is replaced after lookups missed (a module loaded since):
-    // names come from the newest one, and are remembered per table.
-    std::shared_ptr<const KernelSymbols> symbols = KernelSymbols::Shared();
-    if (symbols != symbols_) {
-      symbols_ = std::move(symbols);
-      location_cache_.clear();
-    }
-    auto family = BuildDropFamily(
-        counts, reasons_, [this](uint64_t addr) { return LocationName(addr); }, deps_.workloads,
-        &budget_, max_series_);
-    DropStale(counts);
-    out->push_back(std::move(family));
-  } catch (const std::exception& e) {
-    LogError("collect failed", {{"collector", kName}, {"err", e.what()}});
-  }
-}
-
-void DropsCollector::Stop() {
-  source_.reset();
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    symbols_.reset();  // the last holder frees the shared table
+absl::Status DropsCollector::Read(std::vector<prometheus::MetricFamily>* out) {
+  std::vector<DropCount> counts;
+  absl::Status st = source_->Read(&counts);
+  if (!st.ok()) return st;
+  // The shared table is replaced after lookups missed (a module loaded since):
+  // names come from the newest one, and are remembered per table.
+  std::shared_ptr<const KernelSymbols> symbols = KernelSymbols::Shared();
+  if (symbols != symbols_) {
+    symbols_ = std::move(symbols);
     location_cache_.clear();
   }
-  if (skel_ != nullptr) {
-    if (deps_.watched != nullptr) deps_.watched->Unregister(bpf_map__fd(skel_->maps.filter_config));
-    drops_bpf__destroy(skel_);
-    skel_ = nullptr;
-  }
-}
-
-const bpf_object* DropsCollector::BpfObject() const { return skel_ ? skel_->obj : nullptr; }
-
-std::map<std::string, uint64_t> DropsCollector::EventsLost() const {
-  return StandardEventsLost(skel_ ? skel_->maps.lost : nullptr, read_errors_.load());
-}
-
-uint64_t DropsCollector::SeriesOverflow() const {
-  std::lock_guard<std::mutex> lock(mu_);
-  return budget_.Overflowed();
+  out->push_back(BuildDropFamily(
+      counts, reasons_, [this](uint64_t addr) { return LocationName(addr); }, &labeler()));
+  DropStale(counts);
+  return absl::OkStatus();
 }
 
 }  // namespace kmon

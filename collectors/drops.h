@@ -17,15 +17,19 @@
 #include <unordered_map>
 #include <vector>
 
-#include "collectors/collector.h"
-#include "collectors/families.h"
-#include "collectors/missing_since.h"
+#include "collectors/bpf_collector.h"
 #include "collectors/symbolizer.h"
 
 struct btf;
 struct drops_bpf;
 
 namespace kmon {
+
+/// collectors.drops: no knobs beyond `enabled`.
+struct DropsConfig : CollectorSectionOf<DropsConfig> {
+  static constexpr char kName[] = "drops";
+};
+void ParseDropsSection(YamlParser& p, const YamlValue& v, DropsConfig* c);
 
 /// Aggregated count of one (cgroup, location, reason, protocol) tuple, summed over CPUs.
 struct DropCount {
@@ -65,44 +69,33 @@ std::optional<std::string> DropFunctionName(const KernelSymbols* symbols, uint64
 /// "0x<hex>" when that is nullopt (addresses hidden, or a module the table lacks).
 std::string DropLocationLabel(const KernelSymbols* symbols, uint64_t addr);
 
-/// Turns counts into kmon_skb_drops_total. Pure apart from the resolver: golden
+/// Turns counts into kmon_skb_drops_total. Pure apart from the labeler: golden
 /// tests feed it fixed input. `location_name` symbolizes a kernel address.
 prometheus::MetricFamily BuildDropFamily(const std::vector<DropCount>& counts,
                                          const std::map<uint32_t, std::string>& reasons,
                                          const std::function<std::string(uint64_t)>& location_name,
-                                         WorkloadResolver* workloads, SeriesBudget* budget,
-                                         int64_t max_series);
+                                         WorkloadLabeler* labeler);
 
-class DropsCollector : public Collector {
+class DropsCollector : public BpfCollector {
  public:
   explicit DropsCollector(const CollectorDeps& deps);
-  ~DropsCollector() override;
-
-  absl::Status Start(const Config& config) override;
-  absl::Status Reconfigure(const Config& config) override;
-  void Collect(std::vector<prometheus::MetricFamily>* out) noexcept override;
-  void Stop() override;
-  const bpf_object* BpfObject() const override;
-  std::map<std::string, uint64_t> EventsLost() const override;
-  uint64_t SeriesOverflow() const override;
 
  private:
+  absl::Status BeforeLoad(const CollectorConfig& config) override;
+  absl::Status Configure(const CollectorConfig& config) override { return absl::OkStatus(); }
+  absl::Status AfterAttach(const CollectorConfig& config) override;
+  void BeforeDestroy() override;
+  absl::Status Read(std::vector<prometheus::MetricFamily>* out) override;
   /// DropLocationLabel, cached per address the symbols could name.
   std::string LocationName(uint64_t addr);
   /// Deletes data-map entries of cgroups that are gone.
   void DropStale(const std::vector<DropCount>& counts);
 
-  CollectorDeps deps_;
   drops_bpf* skel_ = nullptr;
   std::unique_ptr<DropCountSource> source_;
-  mutable std::mutex mu_;  // guards everything below against reload and parallel scrapes
   std::map<uint32_t, std::string> reasons_;
   std::shared_ptr<const KernelSymbols> symbols_;  // KernelSymbols::Shared(); null: hidden
   std::unordered_map<uint64_t, std::string> location_cache_;
-  int64_t max_series_ = 20000;
-  SeriesBudget budget_;
-  std::atomic<uint64_t> read_errors_{0};
-  MissingSince<uint64_t> missing_;  // cgroups of data-map keys the resolver does not know
 };
 
 }  // namespace kmon

@@ -77,22 +77,23 @@ void SeriesBudget::Begin(int64_t max_series) {
   seen_this_scrape_.clear();
 }
 
-WorkloadLabels SeriesBudget::Admit(const WorkloadLabels& labels, int64_t series) {
-  std::string key = labels.namespace_ + '\x1f' + labels.pod + '\x1f' + labels.container;
+bool SeriesBudget::Fits(const std::string& key, int64_t series) {
   auto it = seen_this_scrape_.find(key);
-  bool admitted;
-  if (it != seen_this_scrape_.end()) {
-    admitted = it->second;
-  } else {
-    admitted = used_ + series <= max_;
-    if (admitted) used_ += series;
-    seen_this_scrape_.emplace(key, admitted);
-    // Remember folded workloads (bounded) so each is counted once, not per scrape.
-    if (!admitted && folded_ever_.size() < 100000 && folded_ever_.insert(key).second) {
-      overflowed_ += static_cast<uint64_t>(series);
-    }
+  if (it != seen_this_scrape_.end()) return it->second;
+  const bool admitted = used_ + series <= max_;
+  if (admitted) used_ += series;
+  seen_this_scrape_.emplace(key, admitted);
+  // Remember folded keys (bounded) so each is counted once, not per scrape.
+  if (!admitted && folded_ever_.size() < 100000 && folded_ever_.insert(key).second) {
+    overflowed_ += static_cast<uint64_t>(series);
   }
-  if (admitted) return labels;
+  return admitted;
+}
+
+WorkloadLabels SeriesBudget::Admit(const WorkloadLabels& labels, int64_t series) {
+  if (Fits(labels.namespace_ + '\x1f' + labels.pod + '\x1f' + labels.container, series)) {
+    return labels;
+  }
   return WorkloadLabels{kOverflowLabel, kOverflowLabel, kOverflowLabel};
 }
 

@@ -58,6 +58,9 @@ class SeriesBudget {
   void Begin(int64_t max_series);
   /// `labels` unchanged when `series` more fit in the budget, else overflow labels.
   WorkloadLabels Admit(const WorkloadLabels& labels, int64_t series);
+  /// True when `series` more fit under `key`; a key asked again in the same
+  /// scrape gets the first answer and costs nothing more.
+  bool Fits(const std::string& key, int64_t series);
   uint64_t Overflowed() const { return overflowed_; }
 
  private:

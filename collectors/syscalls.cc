@@ -1,5 +1,7 @@
 #include "collectors/syscalls.h"
 
+#include <seccomp.h>
+
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
@@ -7,17 +9,68 @@
 
 #include <absl/strings/str_cat.h>
 
+#include "base/log.h"
 #include "bpf/kmon_common.h"
 #include "bpf/syscalls.h"
 #include "bpf/syscalls.skel.h"
 #include "collectors/bpf_util.h"
-#include "collectors/watched_cgroups.h"
-#include "base/log.h"
 
 namespace kmon {
 namespace {
 
 constexpr char kName[] = "syscalls";
+
+enum class SyscallKind { kNative, kOtherArch, kUnknown };
+
+// libseccomp's tables know every architecture's syscalls; for one this CPU lacks
+// it returns a negative pseudo number (__PNR_*), distinct from the plain error.
+SyscallKind ResolveSyscall(const std::string& name, int* nr) {
+  *nr = seccomp_syscall_resolve_name(name.c_str());
+  if (*nr == __NR_SCMP_ERROR) return SyscallKind::kUnknown;
+  if (*nr < 0) return SyscallKind::kOtherArch;
+  return SyscallKind::kNative;
+}
+
+// Syscall names, resolved to this architecture's numbers now so the syscalls
+// collector only writes numbers into its control map.
+void ParseSyscallList(YamlParser& p, const YamlValue& v, SyscallsConfig* out) {
+  std::vector<std::string> names;
+  if (!p.StringSet(v, "syscall", &names)) return;
+  if (names.empty()) {
+    // Unlike ports or devices, empty cannot sensibly mean "all" here: the
+    // collector counts a chosen set. Rather than silently counting nothing,
+    // say how to turn it off.
+    p.Report(v.key, v.line, "must not be empty (set enabled: false to turn the collector off)");
+    return;
+  }
+  std::vector<std::string> native;
+  std::vector<int> numbers;
+  std::vector<std::string> unavailable;
+  const size_t before = p.ProblemCount();
+  for (size_t i = 0; i < names.size(); ++i) {
+    int nr = 0;
+    switch (ResolveSyscall(names[i], &nr)) {
+      case SyscallKind::kNative:
+        native.push_back(names[i]);
+        numbers.push_back(nr);
+        break;
+      case SyscallKind::kOtherArch:
+        unavailable.push_back(names[i]);
+        break;
+      case SyscallKind::kUnknown: {
+        const YAML::Node element = v.node[i];
+        const int line = YamlLineOf(element);
+        p.Report(absl::StrCat(v.key, "[", i, "]"), line > 0 ? line : v.line,
+               absl::StrCat("unknown syscall ", Quote(names[i])));
+        break;
+      }
+    }
+  }
+  if (p.ProblemCount() != before) return;
+  out->syscalls = std::move(native);
+  out->numbers = std::move(numbers);
+  out->unavailable = std::move(unavailable);
+}
 
 class BpfSyscallCountSource : public SyscallCountSource {
  public:
@@ -47,9 +100,34 @@ class BpfSyscallCountSource : public SyscallCountSource {
 
 }  // namespace
 
+std::unique_ptr<SyscallsConfig> DefaultSyscallsSection() {
+  auto s = std::make_unique<SyscallsConfig>();
+  std::vector<std::string> names = std::move(s->syscalls);
+  s->syscalls.clear();
+  // The built-in names are all real syscalls somewhere, so each is either
+  // native here or (epoll_wait on arm64) set aside exactly as the parser does.
+  for (std::string& name : names) {
+    int nr = 0;
+    if (ResolveSyscall(name, &nr) == SyscallKind::kNative) {
+      s->syscalls.push_back(std::move(name));
+      s->numbers.push_back(nr);
+    } else {
+      s->unavailable.push_back(std::move(name));
+    }
+  }
+  return s;
+}
+
+void ParseSyscallsSection(YamlParser& p, const YamlValue& v, SyscallsConfig* c) {
+  p.Map(v, {
+               {"enabled", [&](const YamlValue& f) { p.Bool(f, &c->enabled); }},
+               {"syscalls", [&](const YamlValue& f) { ParseSyscallList(p, f, c); }},
+           });
+}
+
 std::vector<prometheus::MetricFamily> BuildSyscallFamilies(
     const std::vector<SyscallCount>& counts, const std::map<int, std::string>& names,
-    WorkloadResolver* workloads, SeriesBudget* budget, int64_t max_series) {
+    WorkloadLabeler* labeler) {
   const std::vector<std::string> label_names{"namespace", "pod", "container", "syscall"};
   FamilyBuilder calls("kmon_syscalls_total", "Syscalls made, by workload and syscall.",
                       prometheus::MetricType::Counter, label_names);
@@ -69,39 +147,21 @@ std::vector<prometheus::MetricFamily> BuildSyscallFamilies(
   std::sort(sorted.begin(), sorted.end(), [](const SyscallCount* a, const SyscallCount* b) {
     return std::tie(a->cgroup_id, a->nr) < std::tie(b->cgroup_id, b->nr);
   });
-  budget->Begin(max_series);
   for (const SyscallCount* c : sorted) {
-    std::optional<WorkloadLabels> wl = workloads->Lookup(c->cgroup_id);
-    if (!wl) continue;  // the cgroup is gone; its entries are dropped below
-    WorkloadLabels l = budget->Admit(*wl, series_per_cgroup[c->cgroup_id]);
-    std::vector<std::string> values{l.namespace_, l.pod, l.container, names.at(c->nr)};
+    std::optional<WorkloadLabels> l = labeler->LabelsFor(c->cgroup_id, series_per_cgroup[c->cgroup_id]);
+    if (!l) continue;  // the cgroup is gone; its entries are dropped by the collector
+    std::vector<std::string> values{l->namespace_, l->pod, l->container, names.at(c->nr)};
     calls.AddCounter(values, static_cast<double>(c->count));
     errors.AddCounter(values, static_cast<double>(c->errors));
   }
   return {calls.Build(), errors.Build()};
 }
 
-SyscallsCollector::SyscallsCollector(const CollectorDeps& deps) : deps_(deps) {}
+SyscallsCollector::SyscallsCollector(const CollectorDeps& deps)
+    : BpfCollector(kName, deps, &skel_, syscalls_bpf__create_skeleton,
+                   {{"counts", sizeof(syscall_key), sizeof(syscall_value)}}) {}
 
-SyscallsCollector::~SyscallsCollector() { Stop(); }
-
-absl::Status SyscallsCollector::Start(const Config& config) {
-  skel_ = syscalls_bpf__open();
-  if (skel_ == nullptr) return BpfError(kName, "open", errno);
-  absl::Status st = CheckMapLayout(kName, skel_->maps.counts, sizeof(syscall_key),
-                                   sizeof(syscall_value));
-  if (!st.ok()) return st;
-  int err = syscalls_bpf__load(skel_);
-  if (err) return BpfError(kName, "load", err);
-  st = Reconfigure(config);
-  if (!st.ok()) return st;
-  if (deps_.watched != nullptr) {
-    st = deps_.watched->Register(bpf_map__fd(skel_->maps.filter_config),
-                                 bpf_map__fd(skel_->maps.watched_cgroups));
-    if (!st.ok()) return st;
-  }
-  err = syscalls_bpf__attach(skel_);
-  if (err) return BpfError(kName, "attach tp_btf/sys_exit", err);
+absl::Status SyscallsCollector::AfterAttach(const CollectorConfig&) {
   source_ = std::make_unique<BpfSyscallCountSource>(bpf_map__fd(skel_->maps.counts));
   return absl::OkStatus();
 }
@@ -126,76 +186,40 @@ absl::Status SyscallsCollector::WriteSyscallSet(const std::vector<int>& numbers)
   return absl::OkStatus();
 }
 
-absl::Status SyscallsCollector::Reconfigure(const Config& config) {
-  const SyscallsConfig& sc = config.collectors.syscalls;
+absl::Status SyscallsCollector::Configure(const CollectorConfig& config) {
+  const SyscallsConfig& sc = config.collectors.Get<SyscallsConfig>();
   for (const auto& name : sc.unavailable) {
     LogWarn("syscall does not exist on this architecture; not counted",
             {{"collector", kName}, {"syscall", name}});
   }
   absl::Status st = WriteSyscallSet(sc.numbers);
   if (!st.ok()) return st;
-  std::lock_guard<std::mutex> lock(mu_);
   names_.clear();
   for (size_t i = 0; i < sc.numbers.size() && i < sc.syscalls.size(); ++i) {
     names_[sc.numbers[i]] = sc.syscalls[i];
   }
-  max_series_ = config.limits.max_series_per_collector;
   return absl::OkStatus();
 }
 
 void SyscallsCollector::DropStale(const std::vector<SyscallCount>& counts) {
-  if (skel_ == nullptr) return;
   int fd = bpf_map__fd(skel_->maps.counts);
-  missing_.Begin();
   for (const auto& c : counts) {
-    bool gone = !names_.count(c.nr) ||
-                (!deps_.workloads->Lookup(c.cgroup_id).has_value() && missing_.Gone(c.cgroup_id));
-    if (!gone) continue;
+    if (names_.count(c.nr) && !labeler().Gone(c.cgroup_id)) continue;
     syscall_key k{};
     k.cgroup_id = c.cgroup_id;
     k.nr = static_cast<uint32_t>(c.nr);
     bpf_map_delete_elem(fd, &k);
   }
-  missing_.End();
 }
 
-void SyscallsCollector::Collect(std::vector<prometheus::MetricFamily>* out) noexcept {
-  if (!source_) return;
-  try {
-    std::vector<SyscallCount> counts;
-    absl::Status st = source_->Read(&counts);
-    if (!st.ok()) {
-      ++read_errors_;
-      LogWarn("reading BPF map failed", {{"collector", kName}, {"err", st.ToString()}});
-      return;
-    }
-    std::lock_guard<std::mutex> lock(mu_);
-    auto families = BuildSyscallFamilies(counts, names_, deps_.workloads, &budget_, max_series_);
-    DropStale(counts);
-    for (auto& f : families) out->push_back(std::move(f));
-  } catch (const std::exception& e) {
-    LogError("collect failed", {{"collector", kName}, {"err", e.what()}});
-  }
-}
-
-void SyscallsCollector::Stop() {
-  source_.reset();
-  if (skel_ != nullptr) {
-    if (deps_.watched != nullptr) deps_.watched->Unregister(bpf_map__fd(skel_->maps.filter_config));
-    syscalls_bpf__destroy(skel_);
-    skel_ = nullptr;
-  }
-}
-
-const bpf_object* SyscallsCollector::BpfObject() const { return skel_ ? skel_->obj : nullptr; }
-
-std::map<std::string, uint64_t> SyscallsCollector::EventsLost() const {
-  return StandardEventsLost(skel_ ? skel_->maps.lost : nullptr, read_errors_.load());
-}
-
-uint64_t SyscallsCollector::SeriesOverflow() const {
-  std::lock_guard<std::mutex> lock(mu_);
-  return budget_.Overflowed();
+absl::Status SyscallsCollector::Read(std::vector<prometheus::MetricFamily>* out) {
+  std::vector<SyscallCount> counts;
+  absl::Status st = source_->Read(&counts);
+  if (!st.ok()) return st;
+  auto families = BuildSyscallFamilies(counts, names_, &labeler());
+  DropStale(counts);
+  for (auto& f : families) out->push_back(std::move(f));
+  return absl::OkStatus();
 }
 
 }  // namespace kmon

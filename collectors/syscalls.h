@@ -2,23 +2,35 @@
 // fine-grained syscall indicator), from one tp_btf hook on sys_exit.
 #pragma once
 
-#include <atomic>
-#include <chrono>
 #include <cstdint>
 #include <map>
 #include <memory>
-#include <mutex>
 #include <string>
-#include <unordered_map>
 #include <vector>
 
-#include "collectors/collector.h"
-#include "collectors/families.h"
-#include "collectors/missing_since.h"
+#include "collectors/bpf_collector.h"
 
 struct syscalls_bpf;
 
 namespace kmon {
+
+/// collectors.syscalls
+struct SyscallsConfig : CollectorSectionOf<SyscallsConfig> {
+  static constexpr char kName[] = "syscalls";
+  std::vector<std::string> syscalls{"read",  "write", "sendto",     "recvfrom",
+                                    "sendmsg", "recvmsg", "openat", "close",
+                                    "futex", "epoll_wait", "connect", "accept4"};
+  /// Native syscall numbers of `syscalls`, same order; filled by the parser.
+  std::vector<int> numbers;
+  /// Names libseccomp knows but this CPU architecture lacks (e.g. `epoll_wait`
+  /// on arm64). They are dropped from `syscalls` so one config can serve a
+  /// mixed-architecture cluster; the collector logs them. Filled by the parser.
+  std::vector<std::string> unavailable;
+};
+
+/// The built-in section, with the names resolved to this architecture's numbers.
+std::unique_ptr<SyscallsConfig> DefaultSyscallsSection();
+void ParseSyscallsSection(YamlParser& p, const YamlValue& v, SyscallsConfig* c);
 
 /// Aggregated counts of one (cgroup, syscall) pair, summed over CPUs.
 struct SyscallCount {
@@ -36,39 +48,28 @@ class SyscallCountSource {
 };
 
 /// Turns counts into the two families, resolving cgroups and syscall names.
-/// Pure apart from the resolver: golden tests feed it fixed input.
+/// Pure apart from the labeler: golden tests feed it fixed input.
 /// `names` maps native syscall numbers to names; numbers not in it are skipped.
 std::vector<prometheus::MetricFamily> BuildSyscallFamilies(
     const std::vector<SyscallCount>& counts, const std::map<int, std::string>& names,
-    WorkloadResolver* workloads, SeriesBudget* budget, int64_t max_series);
+    WorkloadLabeler* labeler);
 
-class SyscallsCollector : public Collector {
+class SyscallsCollector : public BpfCollector {
  public:
   explicit SyscallsCollector(const CollectorDeps& deps);
-  ~SyscallsCollector() override;
-
-  absl::Status Start(const Config& config) override;
-  absl::Status Reconfigure(const Config& config) override;
-  void Collect(std::vector<prometheus::MetricFamily>* out) noexcept override;
-  void Stop() override;
-  const bpf_object* BpfObject() const override;
-  std::map<std::string, uint64_t> EventsLost() const override;
-  uint64_t SeriesOverflow() const override;
 
  private:
+  absl::Status Configure(const CollectorConfig& config) override;
+  absl::Status AfterAttach(const CollectorConfig& config) override;
+  void BeforeDestroy() override { source_.reset(); }
+  absl::Status Read(std::vector<prometheus::MetricFamily>* out) override;
   absl::Status WriteSyscallSet(const std::vector<int>& numbers);
   /// Deletes data-map entries of cgroups that are gone and of syscalls no longer counted.
   void DropStale(const std::vector<SyscallCount>& counts);
 
-  CollectorDeps deps_;
   syscalls_bpf* skel_ = nullptr;
   std::unique_ptr<SyscallCountSource> source_;
-  mutable std::mutex mu_;  // guards names_, max_series_, budget_ against reload
   std::map<int, std::string> names_;
-  int64_t max_series_ = 20000;
-  SeriesBudget budget_;
-  std::atomic<uint64_t> read_errors_{0};
-  MissingSince<uint64_t> missing_;
 };
 
 }  // namespace kmon

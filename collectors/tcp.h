@@ -3,49 +3,88 @@
 #pragma once
 
 #include <cstdint>
-#include <map>
-#include <mutex>
+#include <memory>
 #include <string>
-#include <unordered_map>
 #include <vector>
 
-#include "collectors/collector.h"
-#include "collectors/families.h"
+#include "bpf/tcp.h"
+#include "collectors/bpf_collector.h"
 #include "collectors/topology_feed.h"
 
 struct tcp_bpf;
 
 namespace kmon {
 
+/// collectors.tcp
+struct TcpConfig : CollectorSectionOf<TcpConfig> {
+  static constexpr char kName[] = "tcp";
+  std::vector<uint16_t> ports;  // empty: all
+  std::vector<double> latency_buckets{0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005,
+                                      0.01,   0.025,   0.05,   0.1,   0.25,   0.5,
+                                      1,      2.5,     5,      10};
+};
+void ParseTcpSection(YamlParser& p, const YamlValue& v, TcpConfig* c);
+
 /// Converts configured bounds in seconds to the kernel's nanoseconds (rounded).
 std::vector<uint64_t> BoundsToNanos(const std::vector<double>& seconds);
 
-class TcpCollector : public Collector {
+/// A connect-time histogram of one cgroup, summed over CPUs.
+struct TcpConnectHist {
+  uint64_t cgroup_id = 0;
+  std::vector<uint64_t> slots;  // per bucket, not cumulative; last is +Inf
+  uint64_t sum_ns = 0;
+};
+
+/// An open connection, as its socket-keyed state holds it.
+struct TcpConnection {
+  uint64_t cgroup_id = 0;
+  uint8_t role = TCP_ROLE_UNKNOWN;
+  uint16_t lport = 0;
+  uint64_t bytes_sent = 0;      // since the connection last flushed into `stats`
+  uint64_t bytes_received = 0;
+};
+
+/// Everything the tcp data maps hold, summed over CPUs.
+struct TcpData {
+  std::vector<EdgeHist> edges;  // requests, client -> server (server histograms are their sums)
+  std::vector<TcpConnectHist> connects;
+  std::vector<std::pair<uint64_t, tcp_stats>> stats;  // cgroup -> counters
+  std::vector<TcpConnection> conns;
+};
+
+/// Seam for the data maps: the BPF maps in production, fixed data in tests.
+class TcpDataSource {
+ public:
+  virtual ~TcpDataSource() = default;
+  /// Request edges only (what the topology collector reads); `nslots` histogram
+  /// slots each (the bounds plus +Inf).
+  virtual absl::Status ReadEdges(size_t nslots, std::vector<EdgeHist>* out) = 0;
+  virtual absl::Status Read(size_t nslots, TcpData* out) = 0;
+};
+
+/// Turns the data into the eight tcp families. Pure apart from the labeler:
+/// golden tests feed it fixed input. `bounds` are the histograms' upper bounds.
+std::vector<prometheus::MetricFamily> BuildTcpFamilies(const TcpData& data,
+                                                       const std::vector<double>& bounds,
+                                                       WorkloadLabeler* labeler);
+
+class TcpCollector : public BpfCollector {
  public:
   explicit TcpCollector(const CollectorDeps& deps);
-  ~TcpCollector() override;
-
-  absl::Status Start(const Config& config) override;
-  absl::Status Reconfigure(const Config& config) override;
-  void Collect(std::vector<prometheus::MetricFamily>* out) noexcept override;
-  void Stop() override;
-  const bpf_object* BpfObject() const override;
-  std::map<std::string, uint64_t> EventsLost() const override;
-  uint64_t SeriesOverflow() const override;
+  ~TcpCollector() override { Stop(); }
 
  private:
-  absl::Status WriteControlMaps(const Config& config);
+  absl::Status Configure(const CollectorConfig& config) override;
+  absl::Status AfterAttach(const CollectorConfig& config) override;
+  void BeforeDestroy() override;
+  absl::Status Read(std::vector<prometheus::MetricFamily>* out) override;
   absl::Status ReadEdges(std::vector<EdgeHist>* edges, std::vector<double>* bounds);
-  void CollectLocked(std::vector<prometheus::MetricFamily>* out);
-  std::optional<WorkloadLabels> LabelsOf(uint64_t cgroup_id);
+  /// Deletes the counters of cgroups that are gone.
+  void DropStale(const TcpData& data);
 
-  CollectorDeps deps_;
   tcp_bpf* skel_ = nullptr;
-  mutable std::mutex mu_;
+  std::unique_ptr<TcpDataSource> source_;
   std::vector<double> bounds_;  // the bounds the kernel's histograms use now
-  int64_t max_series_ = 20000;
-  SeriesBudget budget_;
-  uint64_t read_errors_ = 0;
 };
 
 }  // namespace kmon

@@ -9,6 +9,7 @@
 
 #include "collectors/families.h"
 #include "base/log.h"
+#include "collectors/workload_labeler.h"
 #include "provider/workload.h"
 
 namespace kmon {
@@ -53,19 +54,78 @@ std::string FormatAddress(const std::array<uint8_t, 16>& addr) {
   return buf;
 }
 
-TopologyCollector::TopologyCollector(const CollectorDeps& deps) : deps_(deps) {}
+void ParseTopologySection(YamlParser& p, const YamlValue& v, TopologyConfig* c) {
+  p.Map(v, {
+               {"enabled", [&](const YamlValue& f) { p.Bool(f, &c->enabled); }},
+               {"granularity",
+                [&](const YamlValue& f) { p.OneOf(f, {"pod", "workload"}, &c->granularity); }},
+               {"external_peers",
+                [&](const YamlValue& f) {
+                  p.OneOf(f, {"aggregate", "address"}, &c->external_peers);
+                }},
+               {"service_graph_metrics",
+                [&](const YamlValue& f) { p.Bool(f, &c->service_graph_metrics); }},
+           });
+}
 
-absl::Status TopologyCollector::Start(const Config& config) {
-  if (deps_.topology == nullptr || !deps_.topology->HasReader()) {
+std::vector<prometheus::MetricFamily> BuildTopologyFamilies(
+    const std::map<std::string, NamedEdge>& edges, const std::vector<double>& bounds,
+    bool service_graph_metrics, WorkloadLabeler* labeler) {
+  const std::vector<std::string> labels{"client", "server", "client_namespace",
+                                        "server_namespace", "server_port"};
+  FamilyBuilder reqs("kmon_topology_requests_total",
+                     "Requests from client to server, measured at the server.",
+                     prometheus::MetricType::Counter, labels);
+  FamilyBuilder dur("kmon_topology_request_duration_seconds",
+                    "Server-side latency of requests from client to server.",
+                    prometheus::MetricType::Histogram, labels);
+  FamilyBuilder sg_total("traces_service_graph_request_total",
+                         "Requests between two nodes (Grafana service graph).",
+                         prometheus::MetricType::Counter, {"client", "server"});
+  FamilyBuilder sg_secs("traces_service_graph_request_server_seconds",
+                        "Server-side request latency between two nodes (Grafana service graph).",
+                        prometheus::MetricType::Histogram, {"client", "server"});
+  // An edge is a counter and a histogram (its buckets, _sum and _count); with the
+  // service-graph names, twice that. Edges are visited in id order, so the same
+  // edges win the budget on every scrape.
+  const int64_t per_edge =
+      (1 + static_cast<int64_t>(bounds.size()) + 3) * (service_graph_metrics ? 2 : 1);
+  for (const auto& [id, e] : edges) {
+    std::vector<std::string> v{e.client.id, e.server.id, e.client.namespace_, e.server.namespace_,
+                               std::to_string(e.hist.server_port)};
+    std::vector<std::string> sg{e.client.id, e.server.id};
+    if (!labeler->Fits(id, per_edge)) {
+      v.assign(v.size(), kOverflowLabel);
+      sg.assign(sg.size(), kOverflowLabel);
+    }
+    reqs.AddCounter(v, static_cast<double>(e.hist.count));
+    dur.AddHistogram(v, bounds, e.hist.slots, e.hist.sum_seconds);
+    if (service_graph_metrics) {
+      sg_total.AddCounter(sg, static_cast<double>(e.hist.count));
+      sg_secs.AddHistogram(sg, bounds, e.hist.slots, e.hist.sum_seconds);
+    }
+  }
+  std::vector<prometheus::MetricFamily> out{reqs.Build(), dur.Build()};
+  if (service_graph_metrics) {
+    out.push_back(sg_total.Build());
+    out.push_back(sg_secs.Build());
+  }
+  return out;
+}
+
+TopologyCollector::TopologyCollector(const CollectorDeps& deps) : Collector(kName, deps) {}
+
+absl::Status TopologyCollector::DoStart(const CollectorConfig& config) {
+  if (deps().topology == nullptr || !deps().topology->HasReader()) {
     return absl::FailedPreconditionError(
         "collector=topology: fed by the tcp collector's requests, which is not running "
         "(collectors.tcp.enabled)");
   }
-  absl::Status st = Reconfigure(config);
+  absl::Status st = Configure(config);
   if (!st.ok()) return st;
   started_ = std::chrono::steady_clock::now();
-  if (deps_.handle_http) {
-    deps_.handle_http("/api/v1/topology", [this](const HttpRequest& req) {
+  if (deps().handle_http) {
+    deps().handle_http("/api/v1/topology", [this](const HttpRequest& req) {
       HttpResponse r;
       long seconds = 60;
       if (auto it = req.query.find("seconds"); it != req.query.end()) {
@@ -86,13 +146,14 @@ absl::Status TopologyCollector::Start(const Config& config) {
       return r;
     });
   }
+  running_ = true;
   return absl::OkStatus();
 }
 
-absl::Status TopologyCollector::Reconfigure(const Config& config) {
-  std::lock_guard<std::mutex> lock(mu_);
-  service_graph_metrics_ = config.collectors.topology.service_graph_metrics;
-  if (config.collectors.topology.granularity == "workload") {
+absl::Status TopologyCollector::Configure(const CollectorConfig& config) {
+  const TopologyConfig& tc = config.collectors.Get<TopologyConfig>();
+  service_graph_metrics_ = tc.service_graph_metrics;
+  if (tc.granularity == "workload") {
     LogWarn("topology granularity \"workload\" needs Kubernetes owner references; using pods",
             {{"collector", kName}});
   }
@@ -105,7 +166,7 @@ TopologyNode TopologyCollector::NodeOf(uint64_t cgroup_id, const std::array<uint
     for (uint8_t b : addr) any |= b != 0;
     return {any ? FormatAddress(addr) : "external", ""};
   }
-  if (auto l = deps_.workloads->Lookup(cgroup_id)) {
+  if (auto l = labeler().Lookup(cgroup_id)) {
     TopologyNode n;
     if (!l->pod.empty()) {
       n.id = l->namespace_.empty() ? l->pod : absl::StrCat(l->namespace_, "/", l->pod);
@@ -121,11 +182,10 @@ TopologyNode TopologyCollector::NodeOf(uint64_t cgroup_id, const std::array<uint
   return {"external", ""};
 }
 
-absl::Status TopologyCollector::ReadNamed(
-    std::map<std::string, std::tuple<TopologyNode, TopologyNode, EdgeHist>>* out,
-    std::vector<double>* bounds) {
+absl::Status TopologyCollector::ReadNamed(std::map<std::string, NamedEdge>* out,
+                                          std::vector<double>* bounds) {
   std::vector<EdgeHist> edges;
-  absl::Status st = deps_.topology->Read(&edges, bounds);
+  absl::Status st = deps().topology->Read(&edges, bounds);
   if (!st.ok()) return st;
   out->clear();
   Snapshot snap;
@@ -135,14 +195,14 @@ absl::Status TopologyCollector::ReadNamed(
     TopologyNode server = NodeOf(e.server_cgroup, {});
     std::string id = EdgeId(client, server, e.server_port);
     // Two cgroups may share a name (two containers of one pod): add them up.
-    auto [it, inserted] = out->try_emplace(id, client, server, e);
+    auto [it, inserted] = out->try_emplace(id, NamedEdge{client, server, e});
     if (!inserted) {
-      EdgeHist& h = std::get<2>(it->second);
+      EdgeHist& h = it->second.hist;
       h.count += e.count;
       h.sum_seconds += e.sum_seconds;
       for (size_t i = 0; i < h.slots.size() && i < e.slots.size(); ++i) h.slots[i] += e.slots[i];
     }
-    snap.edges[id] = std::get<2>((*out)[id]);
+    snap.edges[id] = it->second.hist;
   }
   snapshots_.push_back(std::move(snap));
   while (!snapshots_.empty() && snapshots_.front().at < snapshots_.back().at - kKeepSnapshots) {
@@ -151,55 +211,21 @@ absl::Status TopologyCollector::ReadNamed(
   return absl::OkStatus();
 }
 
-void TopologyCollector::Collect(std::vector<prometheus::MetricFamily>* out) noexcept {
-  try {
-    std::lock_guard<std::mutex> lock(mu_);
-    std::map<std::string, std::tuple<TopologyNode, TopologyNode, EdgeHist>> named;
-    std::vector<double> bounds;
-    absl::Status st = ReadNamed(&named, &bounds);
-    if (!st.ok()) {
-      LogWarn("reading edges failed", {{"collector", kName}, {"err", st.ToString()}});
-      return;
-    }
-    const std::vector<std::string> labels{"client", "server", "client_namespace",
-                                          "server_namespace", "server_port"};
-    FamilyBuilder reqs("kmon_topology_requests_total",
-                       "Requests from client to server, measured at the server.",
-                       prometheus::MetricType::Counter, labels);
-    FamilyBuilder dur("kmon_topology_request_duration_seconds",
-                      "Server-side latency of requests from client to server.",
-                      prometheus::MetricType::Histogram, labels);
-    FamilyBuilder sg_total("traces_service_graph_request_total",
-                           "Requests between two nodes (Grafana service graph).",
-                           prometheus::MetricType::Counter, {"client", "server"});
-    FamilyBuilder sg_secs("traces_service_graph_request_server_seconds",
-                          "Server-side request latency between two nodes (Grafana service graph).",
-                          prometheus::MetricType::Histogram, {"client", "server"});
-    for (const auto& [id, t] : named) {
-      const auto& [c, s, h] = t;
-      std::vector<std::string> v{c.id, s.id, c.namespace_, s.namespace_,
-                                 std::to_string(h.server_port)};
-      reqs.AddCounter(v, static_cast<double>(h.count));
-      dur.AddHistogram(v, bounds, h.slots, h.sum_seconds);
-      if (service_graph_metrics_) {
-        sg_total.AddCounter({c.id, s.id}, static_cast<double>(h.count));
-        sg_secs.AddHistogram({c.id, s.id}, bounds, h.slots, h.sum_seconds);
-      }
-    }
-    out->push_back(reqs.Build());
-    out->push_back(dur.Build());
-    if (service_graph_metrics_) {
-      out->push_back(sg_total.Build());
-      out->push_back(sg_secs.Build());
-    }
-  } catch (const std::exception& e) {
-    LogError("collect failed", {{"collector", kName}, {"err", e.what()}});
+absl::Status TopologyCollector::Read(std::vector<prometheus::MetricFamily>* out) {
+  std::map<std::string, NamedEdge> named;
+  std::vector<double> bounds;
+  absl::Status st = ReadNamed(&named, &bounds);
+  if (!st.ok()) return st;
+  for (auto& f : BuildTopologyFamilies(named, bounds, service_graph_metrics_, &labeler())) {
+    out->push_back(std::move(f));
   }
+  return absl::OkStatus();
 }
 
 nlohmann::json TopologyCollector::Graph(std::chrono::seconds window) {
   std::lock_guard<std::mutex> lock(mu_);
-  std::map<std::string, std::tuple<TopologyNode, TopologyNode, EdgeHist>> named;
+  if (!running_) throw std::runtime_error("the topology collector is not running");
+  std::map<std::string, NamedEdge> named;
   std::vector<double> bounds;
   absl::Status st = ReadNamed(&named, &bounds);
   if (!st.ok()) throw std::runtime_error(std::string(st.message()));
@@ -214,7 +240,9 @@ nlohmann::json TopologyCollector::Graph(std::chrono::seconds window) {
   nlohmann::json nodes = nlohmann::json::array(), edges = nlohmann::json::array();
   std::map<std::string, std::string> node_ns;
   for (const auto& [id, t] : named) {
-    const auto& [c, s, h] = t;
+    const TopologyNode& c = t.client;
+    const TopologyNode& s = t.server;
+    const EdgeHist& h = t.hist;
     EdgeHist d = h;
     if (base) {
       if (auto it = base->edges.find(id); it != base->edges.end()) {
@@ -245,6 +273,9 @@ nlohmann::json TopologyCollector::Graph(std::chrono::seconds window) {
   return {{"nodes", nodes}, {"edges", edges}};
 }
 
-void TopologyCollector::Stop() {}
+void TopologyCollector::DoStop() {
+  std::lock_guard<std::mutex> lock(mu_);
+  running_ = false;
+}
 
 }  // namespace kmon

@@ -21,6 +21,15 @@
 
 namespace kmon {
 
+/// collectors.topology
+struct TopologyConfig : CollectorSectionOf<TopologyConfig> {
+  static constexpr char kName[] = "topology";
+  std::string granularity = "pod";           // pod | workload
+  std::string external_peers = "aggregate";  // aggregate | address
+  bool service_graph_metrics = false;
+};
+void ParseTopologySection(YamlParser& p, const YamlValue& v, TopologyConfig* c);
+
 /// One end of an edge, as the topology labels name it.
 struct TopologyNode {
   std::string id;         // "namespace/pod", a host process's container value, "external"
@@ -35,14 +44,20 @@ double HistogramQuantile(double q, const std::vector<double>& bounds,
 /// Formats a 16-byte address: dotted quad for v4-mapped, RFC 5952 text otherwise.
 std::string FormatAddress(const std::array<uint8_t, 16>& addr);
 
+/// Turns named edges into the topology families. Each edge costs its series of
+/// the budget (the labeler's); edges beyond it are folded into one whose labels
+/// are all "__overflow__".
+struct NamedEdge {
+  TopologyNode client, server;
+  EdgeHist hist;
+};
+std::vector<prometheus::MetricFamily> BuildTopologyFamilies(
+    const std::map<std::string, NamedEdge>& edges, const std::vector<double>& bounds,
+    bool service_graph_metrics, WorkloadLabeler* labeler);
+
 class TopologyCollector : public Collector {
  public:
   explicit TopologyCollector(const CollectorDeps& deps);
-
-  absl::Status Start(const Config& config) override;
-  absl::Status Reconfigure(const Config& config) override;
-  void Collect(std::vector<prometheus::MetricFamily>* out) noexcept override;
-  void Stop() override;
 
   /// The graph over the last `window` (nodes and edges, Grafana node-graph fields).
   nlohmann::json Graph(std::chrono::seconds window);
@@ -52,13 +67,17 @@ class TopologyCollector : public Collector {
     std::chrono::steady_clock::time_point at;
     std::map<std::string, EdgeHist> edges;  // by edge id
   };
+  absl::Status DoStart(const CollectorConfig& config) override;
+  absl::Status Configure(const CollectorConfig& config) override;
+  absl::Status Read(std::vector<prometheus::MetricFamily>* out) override;
+  void DoStop() override;
+  bool Running() const override { return running_; }
+
   TopologyNode NodeOf(uint64_t cgroup_id, const std::array<uint8_t, 16>& addr);
   /// Reads edges and names them; records a snapshot for the API. Caller holds mu_.
-  absl::Status ReadNamed(std::map<std::string, std::tuple<TopologyNode, TopologyNode, EdgeHist>>* out,
-                         std::vector<double>* bounds);
+  absl::Status ReadNamed(std::map<std::string, NamedEdge>* out, std::vector<double>* bounds);
 
-  CollectorDeps deps_;
-  std::mutex mu_;
+  bool running_ = false;
   bool service_graph_metrics_ = false;
   std::unordered_map<uint64_t, TopologyNode> names_;  // last known name of a cgroup
   std::deque<Snapshot> snapshots_;

@@ -10,7 +10,7 @@
 
 #include <absl/status/status.h>
 
-#include "exporter/config.h"
+#include "collectors/collector_config.h"
 #include "provider/workload.h"
 
 namespace kmon {

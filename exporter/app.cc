@@ -59,7 +59,11 @@ void ApplyCollectorOverrides(const std::map<std::string, bool>& overrides, Confi
   }
 }
 
-App::App(Flags flags) : flags_(std::move(flags)) {}
+App::App(Flags flags, AppParts parts)
+    : flags_(std::move(flags)),
+      table_(parts.table != nullptr ? parts.table : &CollectorTable()),
+      features_(parts.features ? std::move(parts.features)
+                               : std::make_unique<RunningKernelFeatures>()) {}
 
 App::~App() {
   http_.reset();
@@ -126,11 +130,11 @@ void App::StartSlot(Slot* slot, const Config& config) {
   CollectorDeps deps{.workloads = workloads_.get(),
                      .watched = watched_.get(),
                      .handle_http = handle,
-                     .topology = &topology_};
+                     .topology = &topology_,
+                     .features = features_.get()};
   slot->collector = slot->entry->factory(deps);
   absl::Status st = slot->collector->Start(config);
   if (!st.ok()) {
-    slot->collector->Stop();
     slot->collector.reset();
     slot->up = false;
     slot->reason = st.ToString();
@@ -165,7 +169,9 @@ void App::ApplyLocked(const Config& config) {
   for (auto& slot : slots_) {
     const bool* want = config.EnabledFlag(slot.entry->name);
     bool enabled = want != nullptr && *want;
-    if (enabled && !slot.enabled) {
+    if (enabled && (!slot.enabled || (!slot.collector && slot.entry->factory))) {
+      // New, or enabled but down: a reload tries again (the kernel, a permission
+      // or a device may have come since the last attempt).
       StartSlot(&slot, config);
     } else if (!enabled && slot.enabled) {
       StopSlot(&slot);
@@ -181,6 +187,7 @@ void App::ApplyLocked(const Config& config) {
   if (!st.ok()) LogError("updating watched cgroups failed", {{"err", st.ToString()}});
   // Starting collectors parses kernel BTF and /proc/kallsyms into large temporaries;
   // hand those pages back rather than carry them as resident memory for the run.
+  features_->Release();
   malloc_trim(0);
 }
 
@@ -227,7 +234,7 @@ int App::Start() {
   {
     std::lock_guard<std::mutex> lock(mu_);
     config_ = *cfg;
-    for (const auto& e : CollectorTable()) slots_.push_back(Slot{&e, nullptr, false, false, "", 0});
+    for (const auto& e : *table_) slots_.push_back(Slot{&e, nullptr, false, false, ""});
     ApplyLocked(config_);
     last_reload_ok_ = true;
     last_reload_success_unix_ = UnixNow();
@@ -301,11 +308,8 @@ std::vector<prometheus::MetricFamily> App::Gather() {
       cs.name = slot.entry->name;
       cs.up = slot.up;
       if (slot.collector) {
-        auto t0 = std::chrono::steady_clock::now();
         slot.collector->Collect(&out);
-        slot.scrape_seconds =
-            std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-        cs.scrape_seconds = slot.scrape_seconds;
+        cs.scrape_seconds = slot.collector->LastScrapeSeconds();
         cs.object = slot.collector->BpfObject();
         cs.lost = slot.collector->EventsLost();
         cs.series_overflow = slot.collector->SeriesOverflow();

@@ -14,6 +14,7 @@
 #include <prometheus/metric_family.h>
 
 #include "collectors/collector.h"
+#include "collectors/kernel_features.h"
 #include "collectors/topology_feed.h"
 #include "collectors/watched_cgroups.h"
 #include "exporter/config.h"
@@ -26,9 +27,18 @@ namespace kmon {
 /// Applies --collector.NAME / --no-collector.NAME over the config file's choices.
 void ApplyCollectorOverrides(const std::map<std::string, bool>& overrides, Config* config);
 
+/// What an App is built from besides its flags; defaults are the real ones.
+struct AppParts {
+  /// The collectors to run (CollectorTable() when null). Rows must be names the
+  /// config has sections for.
+  const std::vector<CollectorEntry>* table = nullptr;
+  /// Feature probes (the running kernel when null).
+  std::unique_ptr<KernelFeatures> features;
+};
+
 class App {
  public:
-  explicit App(Flags flags);
+  explicit App(Flags flags, AppParts parts = {});
   ~App();
 
   /// Loads the config, starts collectors and the HTTP server. Returns the process
@@ -52,7 +62,6 @@ class App {
     bool enabled = false;
     bool up = false;
     std::string reason;  // why it is down
-    double scrape_seconds = 0;
     bool serving = false;  // its HTTP routes may call it; guarded by routes_mu_
   };
 
@@ -63,6 +72,8 @@ class App {
   void ApplyLocked(const Config& config);
 
   Flags flags_;
+  const std::vector<CollectorEntry>* table_;
+  std::unique_ptr<KernelFeatures> features_;
   // Collector HTTP routes hold this shared while they run, so a slow one (a flame
   // graph) never blocks scrapes or reloads on mu_; stopping a collector takes it
   // exclusively, so no route is inside a collector when it stops.

@@ -1,5 +1,7 @@
 #include "exporter/web_config.h"
 
+#include "base/strict_yaml.h"
+
 #include <absl/status/status.h>
 #include <absl/strings/ascii.h>
 #include <absl/strings/escaping.h>
@@ -8,87 +10,20 @@
 #include <absl/strings/str_join.h>
 #include <absl/strings/str_split.h>
 #include <crypt.h>
-#include <yaml-cpp/yaml.h>
 
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <memory>
-#include <set>
 #include <sstream>
 #include <string_view>
+#include <vector>
+#include <algorithm>
+#include <optional>
 
 namespace kmon {
 namespace {
-
-// Keys of the exporter-toolkit format that kmon knows but does not implement. They are
-// refused rather than ignored: a user who asks for cipher suites or SAN checks must not
-// get a server that silently skips them.
-const std::set<std::string, std::less<>> kUnsupportedTlsKeys = {"cert",
-                                                                "key",
-                                                                "client_ca",
-                                                                "cipher_suites",
-                                                                "curve_preferences",
-                                                                "max_version",
-                                                                "prefer_server_cipher_suites",
-                                                                "client_allowed_sans"};
-
-class Problems {
- public:
-  void Add(const YAML::Node& where, absl::string_view key, absl::string_view what) {
-    Add(where.Mark(), key, what);
-  }
-  void Add(const YAML::Mark& mark, absl::string_view key, absl::string_view what) {
-    if (mark.is_null()) {
-      lines_.push_back(absl::StrCat(key, ": ", what));
-    } else {
-      lines_.push_back(absl::StrCat("line ", mark.line + 1, ": ", key, ": ", what));
-    }
-  }
-  bool empty() const { return lines_.empty(); }
-  absl::Status ToStatus() const { return absl::InvalidArgumentError(absl::StrJoin(lines_, "\n")); }
-
- private:
-  std::vector<std::string> lines_;
-};
-
-// Reads a scalar string; a map or list where a string belongs is a problem.
-bool ReadString(const YAML::Node& value, const std::string& key, Problems& problems,
-                std::string* out) {
-  if (value.IsNull()) {
-    out->clear();
-    return true;
-  }
-  if (!value.IsScalar()) {
-    problems.Add(value, key, "want a string");
-    return false;
-  }
-  *out = value.Scalar();
-  return true;
-}
-
-// Iterates a mapping, reporting non-mapping nodes and duplicate keys; `fn` gets each
-// key's name, key node and value.
-template <typename Fn>
-void ForEachKey(const YAML::Node& map, const std::string& path, Problems& problems, Fn fn) {
-  if (map.IsNull()) return;
-  if (!map.IsMap()) {
-    problems.Add(map, path.empty() ? "(top level)" : path, "want a mapping");
-    return;
-  }
-  std::set<std::string> seen;
-  for (auto it = map.begin(); it != map.end(); ++it) {
-    const YAML::Node& key = it->first;
-    const std::string name = key.IsScalar() ? key.Scalar() : std::string("?");
-    const std::string full = path.empty() ? name : absl::StrCat(path, ".", name);
-    if (!seen.insert(name).second) {
-      problems.Add(key, full, "duplicate key");
-      continue;
-    }
-    fn(name, full, key, it->second);
-  }
-}
 
 // A bcrypt hash as htpasswd -B, Go's x/crypto/bcrypt and libxcrypt write it:
 // "$2b$" + two-digit cost + "$" + 22 salt and 31 hash characters of bcrypt's base64.
@@ -107,56 +42,57 @@ bool IsBcryptHash(absl::string_view h) {
   return true;
 }
 
-// `section` is where "tls_server_config:" stands, for problems no single key carries.
-void ParseTls(const std::string& path, const YAML::Mark& section, const YAML::Node& node,
-              WebConfig& cfg, Problems& problems) {
-  YAML::Mark cert_mark, key_mark, ca_mark, auth_mark;
+// The exporter-toolkit's tls_server_config. `section` is where it stands, for
+// problems no single key carries.
+void ParseTls(YamlParser& p, const YamlValue& section, WebConfig& cfg) {
+  int cert_line = 0, key_line = 0, ca_line = 0, auth_line = 0;
   bool cert_bad = false, key_bad = false;  // already reported as not a string
-  ForEachKey(
-      node, path, problems,
-      [&](const std::string& name, const std::string& full, const YAML::Node& key,
-          const YAML::Node& value) {
-        if (name == "cert_file") {
-          cert_mark = key.Mark();
-          cert_bad = !ReadString(value, full, problems, &cfg.cert_file);
-        } else if (name == "key_file") {
-          key_mark = key.Mark();
-          key_bad = !ReadString(value, full, problems, &cfg.key_file);
-        } else if (name == "client_ca_file") {
-          ca_mark = key.Mark();
-          ReadString(value, full, problems, &cfg.client_ca_file);
-        } else if (name == "client_auth_type") {
-          auth_mark = key.Mark();
-          if (!ReadString(value, full, problems, &cfg.client_auth_type)) return;
-          const std::string& t = cfg.client_auth_type;
-          if (t == "RequestClientCert" || t == "RequireAnyClientCert" || t == "RequireClientCert") {
-            problems.Add(value, full,
-                         absl::StrCat(t,
-                                      " is not supported by kmon: civetweb verifies "
-                                      "every client certificate it asks for (use "
-                                      "VerifyClientCertIfGiven or "
-                                      "RequireAndVerifyClientCert)"));
-          } else if (!t.empty() && t != "NoClientCert" && t != "VerifyClientCertIfGiven" &&
-                     t != "RequireAndVerifyClientCert") {
-            problems.Add(value, full,
-                         absl::StrCat("invalid value \"", t,
-                                      "\" (want NoClientCert, VerifyClientCertIfGiven or "
-                                      "RequireAndVerifyClientCert)"));
-          }
-        } else if (name == "min_version") {
-          if (!ReadString(value, full, problems, &cfg.min_version)) return;
-          const std::string& v = cfg.min_version;
-          if (!v.empty() && v != "TLS10" && v != "TLS11" && v != "TLS12" && v != "TLS13") {
-            problems.Add(
-                value, full,
-                absl::StrCat("invalid value \"", v, "\" (want TLS10, TLS11, TLS12 or TLS13)"));
-          }
-        } else if (kUnsupportedTlsKeys.count(name) > 0) {
-          problems.Add(key, full, "not supported by kmon");
-        } else {
-          problems.Add(key, full, "unknown key");
-        }
-      });
+  const std::string path = section.key;
+  auto file = [&](std::string* out, int* line, bool* bad) {
+    return [&p, out, line, bad](const YamlValue& f) {
+      *line = f.line;
+      const bool ok = p.String(f, out);
+      if (bad != nullptr) *bad = !ok;
+    };
+  };
+  std::vector<YamlParser::Field> fields = {
+      {"cert_file", file(&cfg.cert_file, &cert_line, &cert_bad)},
+      {"key_file", file(&cfg.key_file, &key_line, &key_bad)},
+      {"client_ca_file", file(&cfg.client_ca_file, &ca_line, nullptr)},
+      {"client_auth_type",
+       [&](const YamlValue& f) {
+         auth_line = f.line;
+         std::string t;
+         if (!p.String(f, &t) || t.empty()) return;
+         if (t == "RequestClientCert" || t == "RequireAnyClientCert" || t == "RequireClientCert") {
+           p.Report(f.key, f.line,
+                    absl::StrCat(t,
+                                 " is not supported by kmon: civetweb verifies every client "
+                                 "certificate it asks for (use VerifyClientCertIfGiven or "
+                                 "RequireAndVerifyClientCert)"));
+           return;
+         }
+         p.OneOf(f, {"NoClientCert", "VerifyClientCertIfGiven", "RequireAndVerifyClientCert"},
+                 &cfg.client_auth_type);
+       }},
+      {"min_version",
+       [&](const YamlValue& f) {
+         std::string v;
+         if (!p.String(f, &v) || v.empty()) return;
+         p.OneOf(f, {"TLS10", "TLS11", "TLS12", "TLS13"}, &cfg.min_version);
+       }},
+  };
+  // Keys of the exporter-toolkit format that kmon knows but does not implement. They
+  // are refused rather than ignored: a user who asks for cipher suites or SAN checks
+  // must not get a server that silently skips them.
+  for (const char* unsupported : {"cert", "key", "client_ca", "cipher_suites", "curve_preferences",
+                                  "max_version", "prefer_server_cipher_suites",
+                                  "client_allowed_sans"}) {
+    fields.push_back({unsupported, [&p](const YamlValue& f) {
+                        p.Report(f.key, f.line, "not supported by kmon");
+                      }});
+  }
+  p.Map(section, fields);
 
   // The exporter-toolkit rules: any of these turns TLS on, and then both halves of the
   // key pair are needed; client CAs only make sense with a policy that asks for certs.
@@ -164,64 +100,53 @@ void ParseTls(const std::string& path, const YAML::Mark& section, const YAML::No
                           !cfg.client_ca_file.empty() || !cfg.client_auth_type.empty();
   if (!tls_wanted) return;
   if (cfg.cert_file.empty() && !cert_bad) {
-    problems.Add(cert_mark.is_null() ? section : cert_mark, path + ".cert_file",
-                 "missing (TLS needs cert_file and key_file)");
+    p.Report(path + ".cert_file", cert_line > 0 ? cert_line : section.line,
+             "missing (TLS needs cert_file and key_file)");
   }
   if (cfg.key_file.empty() && !key_bad) {
-    problems.Add(key_mark.is_null() ? section : key_mark, path + ".key_file",
-                 "missing (TLS needs cert_file and key_file)");
+    p.Report(path + ".key_file", key_line > 0 ? key_line : section.line,
+             "missing (TLS needs cert_file and key_file)");
   }
   const std::string& auth = cfg.client_auth_type;
   const bool asks_for_certs =
       auth == "VerifyClientCertIfGiven" || auth == "RequireAndVerifyClientCert";
   if (!cfg.client_ca_file.empty() && (auth.empty() || auth == "NoClientCert")) {
-    problems.Add(ca_mark, path + ".client_ca_file",
-                 "set, but client_auth_type does not ask for client certificates");
+    p.Report(path + ".client_ca_file", ca_line,
+             "set, but client_auth_type does not ask for client certificates");
   }
   if (asks_for_certs && cfg.client_ca_file.empty()) {
-    problems.Add(auth_mark, path + ".client_auth_type",
-                 absl::StrCat(auth, " needs client_ca_file to verify client certificates"));
+    p.Report(path + ".client_auth_type", auth_line,
+             absl::StrCat(auth, " needs client_ca_file to verify client certificates"));
   }
 }
 
-void ParseUsers(const std::string& path, const YAML::Node& node, WebConfig& cfg,
-                Problems& problems) {
-  ForEachKey(node, path, problems,
-             [&](const std::string& name, const std::string& full, const YAML::Node& key,
-                 const YAML::Node& value) {
-               if (name.empty() || name.find(':') != std::string::npos) {
-                 problems.Add(key, full, "a user name must be non-empty and without ':'");
-                 return;
-               }
-               std::string hash;
-               if (!ReadString(value, full, problems, &hash)) return;
-               // The hash itself stays out of the message: it is a secret of sorts.
-               if (!IsBcryptHash(hash)) {
-                 problems.Add(value, full,
-                              "not a bcrypt hash (want $2a$, $2b$ or $2y$ and 60 characters, "
-                              "as htpasswd -nbB makes)");
-                 return;
-               }
-               cfg.basic_auth_users[name] = hash;
-             });
+void ParseUsers(YamlParser& p, const YamlValue& v, WebConfig& cfg) {
+  p.Entries(v, "a map of user: bcrypt hash", "user names",
+            [&](const std::string& name, const YamlValue& value) {
+              if (name.find(':') != std::string::npos) {
+                p.Report(value.key, value.line, "a user name must be without ':'");
+                return;
+              }
+              std::string hash;
+              if (!p.String(value, &hash)) return;
+              // The hash itself stays out of the message: it is a secret of sorts.
+              if (!IsBcryptHash(hash)) {
+                p.Report(value.key, value.line,
+                         "not a bcrypt hash (want $2a$, $2b$ or $2y$ and 60 characters, as "
+                         "htpasswd -nbB makes)");
+                return;
+              }
+              cfg.basic_auth_users[name] = hash;
+            });
 }
 
-void ParseHttp(const std::string& path, const YAML::Node& node, Problems& problems) {
-  ForEachKey(node, path, problems,
-             [&](const std::string& name, const std::string& full, const YAML::Node& key,
-                 const YAML::Node& value) {
-               if (name == "http2") {
-                 // Accepted for compatibility and ignored: civetweb speaks HTTP/1.1 only.
-                 bool ignored = false;
-                 if (!value.IsScalar() || !YAML::convert<bool>::decode(value, ignored)) {
-                   problems.Add(value, full, "want true or false");
-                 }
-               } else if (name == "headers") {
-                 problems.Add(key, full, "not supported by kmon");
-               } else {
-                 problems.Add(key, full, "unknown key");
-               }
-             });
+void ParseHttp(YamlParser& p, const YamlValue& v) {
+  bool http2 = false;  // accepted for compatibility and ignored: civetweb speaks HTTP/1.1 only
+  p.Map(v, {
+               {"http2", [&](const YamlValue& f) { p.Bool(f, &http2); }},
+               {"headers",
+                [&](const YamlValue& f) { p.Report(f.key, f.line, "not supported by kmon"); }},
+           });
 }
 
 void MakeAbsolute(const std::filesystem::path& dir, std::string& file) {
@@ -245,34 +170,29 @@ bool ConstantTimeEquals(absl::string_view a, absl::string_view b) {
 }  // namespace
 
 absl::StatusOr<WebConfig> ParseWebConfig(const std::string& yaml_text) {
-  YAML::Node root;
-  try {
-    root = YAML::Load(yaml_text);
-  } catch (const YAML::Exception& e) {
-    Problems problems;
-    problems.Add(e.mark, "(yaml)", e.msg);
-    return problems.ToStatus();
-  }
+  std::vector<ConfigProblem> problems;
+  std::optional<YAML::Node> root = LoadSingleDocument(yaml_text, &problems);
   WebConfig cfg;
-  Problems problems;
-  try {
-    ForEachKey(root, "", problems,
-               [&](const std::string& name, const std::string& full, const YAML::Node& key,
-                   const YAML::Node& value) {
-                 if (name == "tls_server_config") {
-                   ParseTls(full, key.Mark(), value, cfg, problems);
-                 } else if (name == "basic_auth_users") {
-                   ParseUsers(full, value, cfg, problems);
-                 } else if (name == "http_server_config") {
-                   ParseHttp(full, value, problems);
-                 } else {
-                   problems.Add(key, full, "unknown key");
-                 }
-               });
-  } catch (const YAML::Exception& e) {
-    problems.Add(e.mark, "(yaml)", e.msg);
+  if (root) {
+    // The web config has no ${VAR} expansion (the exporter-toolkit has none either).
+    YamlParser p(NoEnv());
+    try {
+      p.Map(YamlValue{*root, "", std::max(YamlLineOf(*root), 1)},
+            {
+                {"tls_server_config", [&](const YamlValue& v) { ParseTls(p, v, cfg); }},
+                {"basic_auth_users", [&](const YamlValue& v) { ParseUsers(p, v, cfg); }},
+                {"http_server_config", [&](const YamlValue& v) { ParseHttp(p, v); }},
+            });
+    } catch (const YAML::Exception& e) {
+      p.Report("", e.mark.is_null() ? 0 : e.mark.line + 1, e.msg);
+    }
+    problems = p.TakeProblems();
   }
-  if (!problems.empty()) return problems.ToStatus();
+  if (!problems.empty()) {
+    std::vector<std::string> lines;
+    for (const ConfigProblem& problem : problems) lines.push_back(problem.ToString());
+    return absl::InvalidArgumentError(absl::StrJoin(lines, "\n"));
+  }
   return cfg;
 }
 

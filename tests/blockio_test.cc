@@ -13,6 +13,7 @@
 #include "bpf/blockio.h"
 #include "collectors/blockio.h"
 #include "exporter/exposition.h"
+#include "collectors/workload_labeler.h"
 #include "provider/workload.h"
 #include "tests/test_util.h"
 
@@ -131,7 +132,7 @@ std::string DeviceName(uint32_t dev) {
 
 TEST(BuildBlockIoFamiliesTest, ExactTextForFixedData) {
   WorkloadResolver workloads(std::make_unique<FixedPaths>(), nullptr);
-  SeriesBudget budget;
+  WorkloadLabeler budget(&workloads, 20000);
   const uint32_t vda = KMON_KDEV(254, 0), nvme = KMON_KDEV(259, 0);
   std::vector<BlockIoCount> counts = {
       {100, vda, KMON_BLK_OP_WRITE, 4194304, 64},
@@ -147,7 +148,7 @@ TEST(BuildBlockIoFamiliesTest, ExactTextForFixedData) {
   lat.slots[26] = 1;   // > 33.5 s
   lat.sum_ns = 40000000000ull;
   lat.errors = 1;
-  auto families = BuildBlockIoFamilies(counts, {lat}, DeviceName, &workloads, &budget, 20000);
+  auto families = BuildBlockIoFamilies(counts, {lat}, DeviceName, &budget);
   ASSERT_EQ(families.size(), 4u);
 
   std::string buckets;
@@ -227,8 +228,8 @@ TEST(BuildBlockIoFamiliesTest, SeriesLimitCountsLabelSetsOfWorkloads) {
   };
   // Node level 2 series, postgresql.service 4 (write and read on vda, bytes and
   // requests), nginx.service 2: 8 in all.
-  SeriesBudget fits;
-  auto fams = BuildBlockIoFamilies(counts, {}, DeviceName, &workloads, &fits, 8);
+  WorkloadLabeler fits(&workloads, 8);
+  auto fams = BuildBlockIoFamilies(counts, {}, DeviceName, &fits);
   ASSERT_EQ(fams[1].name, "kmon_block_io_bytes_total");
   EXPECT_EQ(container_bytes(fams), (std::map<std::string, double>{
                                        {"", 4096}, {"postgresql.service", 16384},
@@ -236,8 +237,8 @@ TEST(BuildBlockIoFamiliesTest, SeriesLimitCountsLabelSetsOfWorkloads) {
   EXPECT_EQ(fits.Overflowed(), 0u);
 
   // One series less: the last workload in cgroup order is folded, with its 2 series.
-  SeriesBudget tight;
-  fams = BuildBlockIoFamilies(counts, {}, DeviceName, &workloads, &tight, 7);
+  WorkloadLabeler tight(&workloads, 7);
+  fams = BuildBlockIoFamilies(counts, {}, DeviceName, &tight);
   EXPECT_EQ(container_bytes(fams), (std::map<std::string, double>{
                                        {"", 4096}, {"postgresql.service", 16384},
                                        {kOverflowLabel, 512}}));

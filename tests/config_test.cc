@@ -3,6 +3,14 @@
 // syscall resolution, and the shipped config/kmon.yaml being the defaults.
 #include "exporter/config.h"
 
+#include "collectors/blockio.h"
+#include "collectors/cpu.h"
+#include "collectors/drops.h"
+#include "collectors/pending_sections.h"
+#include "collectors/syscalls.h"
+#include "collectors/tcp.h"
+#include "collectors/topology.h"
+
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <sys/syscall.h>
@@ -68,28 +76,28 @@ void ExpectSameConfig(const Config& a, const Config& b) {
   EXPECT_EQ(a.kubernetes.node_name, b.kubernetes.node_name);
   EXPECT_EQ(a.kubernetes.kubeconfig, b.kubernetes.kubeconfig);
   EXPECT_EQ(a.limits.max_series_per_collector, b.limits.max_series_per_collector);
-  const CollectorsConfig& x = a.collectors;
-  const CollectorsConfig& y = b.collectors;
-  EXPECT_EQ(x.tcp.enabled, y.tcp.enabled);
-  EXPECT_EQ(x.tcp.ports, y.tcp.ports);
-  EXPECT_EQ(x.tcp.latency_buckets, y.tcp.latency_buckets);
-  EXPECT_EQ(x.topology.enabled, y.topology.enabled);
-  EXPECT_EQ(x.topology.granularity, y.topology.granularity);
-  EXPECT_EQ(x.topology.external_peers, y.topology.external_peers);
-  EXPECT_EQ(x.topology.service_graph_metrics, y.topology.service_graph_metrics);
-  EXPECT_EQ(x.drops.enabled, y.drops.enabled);
-  EXPECT_EQ(x.blockio.enabled, y.blockio.enabled);
-  EXPECT_EQ(x.blockio.devices, y.blockio.devices);
-  EXPECT_EQ(x.syscalls.enabled, y.syscalls.enabled);
-  EXPECT_EQ(x.syscalls.syscalls, y.syscalls.syscalls);
-  EXPECT_EQ(x.syscalls.numbers, y.syscalls.numbers);
-  EXPECT_EQ(x.syscalls.unavailable, y.syscalls.unavailable);
-  EXPECT_EQ(x.cpu.enabled, y.cpu.enabled);
-  EXPECT_EQ(x.cpu.offcpu_min, y.cpu.offcpu_min);
-  EXPECT_EQ(x.cpu.stacks, y.cpu.stacks);
-  EXPECT_EQ(x.dns.enabled, y.dns.enabled);
-  EXPECT_EQ(x.dns.ports, y.dns.ports);
-  EXPECT_EQ(x.pagecache.enabled, y.pagecache.enabled);
+  const CollectorSections& x = a.collectors;
+  const CollectorSections& y = b.collectors;
+  EXPECT_EQ(x.Get<TcpConfig>().enabled, y.Get<TcpConfig>().enabled);
+  EXPECT_EQ(x.Get<TcpConfig>().ports, y.Get<TcpConfig>().ports);
+  EXPECT_EQ(x.Get<TcpConfig>().latency_buckets, y.Get<TcpConfig>().latency_buckets);
+  EXPECT_EQ(x.Get<TopologyConfig>().enabled, y.Get<TopologyConfig>().enabled);
+  EXPECT_EQ(x.Get<TopologyConfig>().granularity, y.Get<TopologyConfig>().granularity);
+  EXPECT_EQ(x.Get<TopologyConfig>().external_peers, y.Get<TopologyConfig>().external_peers);
+  EXPECT_EQ(x.Get<TopologyConfig>().service_graph_metrics, y.Get<TopologyConfig>().service_graph_metrics);
+  EXPECT_EQ(x.Get<DropsConfig>().enabled, y.Get<DropsConfig>().enabled);
+  EXPECT_EQ(x.Get<BlockioConfig>().enabled, y.Get<BlockioConfig>().enabled);
+  EXPECT_EQ(x.Get<BlockioConfig>().devices, y.Get<BlockioConfig>().devices);
+  EXPECT_EQ(x.Get<SyscallsConfig>().enabled, y.Get<SyscallsConfig>().enabled);
+  EXPECT_EQ(x.Get<SyscallsConfig>().syscalls, y.Get<SyscallsConfig>().syscalls);
+  EXPECT_EQ(x.Get<SyscallsConfig>().numbers, y.Get<SyscallsConfig>().numbers);
+  EXPECT_EQ(x.Get<SyscallsConfig>().unavailable, y.Get<SyscallsConfig>().unavailable);
+  EXPECT_EQ(x.Get<CpuConfig>().enabled, y.Get<CpuConfig>().enabled);
+  EXPECT_EQ(x.Get<CpuConfig>().offcpu_min, y.Get<CpuConfig>().offcpu_min);
+  EXPECT_EQ(x.Get<CpuConfig>().stacks, y.Get<CpuConfig>().stacks);
+  EXPECT_EQ(x.Get<DnsConfig>().enabled, y.Get<DnsConfig>().enabled);
+  EXPECT_EQ(x.Get<DnsConfig>().ports, y.Get<DnsConfig>().ports);
+  EXPECT_EQ(x.Get<PagecacheConfig>().enabled, y.Get<PagecacheConfig>().enabled);
 }
 
 TEST(DefaultConfigTest, MatchesSpec) {
@@ -103,23 +111,23 @@ TEST(DefaultConfigTest, MatchesSpec) {
   EXPECT_EQ(c.kubernetes.node_name, "");
   EXPECT_EQ(c.kubernetes.kubeconfig, "");
   EXPECT_EQ(c.limits.max_series_per_collector, 20000);
-  EXPECT_TRUE(c.collectors.tcp.enabled);
-  EXPECT_THAT(c.collectors.tcp.ports, IsEmpty());
-  EXPECT_EQ(c.collectors.tcp.latency_buckets, kSpecBuckets);
-  EXPECT_TRUE(c.collectors.topology.enabled);
-  EXPECT_EQ(c.collectors.topology.granularity, "pod");
-  EXPECT_EQ(c.collectors.topology.external_peers, "aggregate");
-  EXPECT_FALSE(c.collectors.topology.service_graph_metrics);
-  EXPECT_TRUE(c.collectors.drops.enabled);
-  EXPECT_TRUE(c.collectors.blockio.enabled);
-  EXPECT_THAT(c.collectors.blockio.devices, IsEmpty());
-  EXPECT_TRUE(c.collectors.syscalls.enabled);
-  EXPECT_TRUE(c.collectors.cpu.enabled);
-  EXPECT_EQ(c.collectors.cpu.offcpu_min, milliseconds(1));
-  EXPECT_TRUE(c.collectors.cpu.stacks);
-  EXPECT_TRUE(c.collectors.dns.enabled);
-  EXPECT_THAT(c.collectors.dns.ports, ElementsAre(53));
-  EXPECT_TRUE(c.collectors.pagecache.enabled);
+  EXPECT_TRUE(c.collectors.Get<TcpConfig>().enabled);
+  EXPECT_THAT(c.collectors.Get<TcpConfig>().ports, IsEmpty());
+  EXPECT_EQ(c.collectors.Get<TcpConfig>().latency_buckets, kSpecBuckets);
+  EXPECT_TRUE(c.collectors.Get<TopologyConfig>().enabled);
+  EXPECT_EQ(c.collectors.Get<TopologyConfig>().granularity, "pod");
+  EXPECT_EQ(c.collectors.Get<TopologyConfig>().external_peers, "aggregate");
+  EXPECT_FALSE(c.collectors.Get<TopologyConfig>().service_graph_metrics);
+  EXPECT_TRUE(c.collectors.Get<DropsConfig>().enabled);
+  EXPECT_TRUE(c.collectors.Get<BlockioConfig>().enabled);
+  EXPECT_THAT(c.collectors.Get<BlockioConfig>().devices, IsEmpty());
+  EXPECT_TRUE(c.collectors.Get<SyscallsConfig>().enabled);
+  EXPECT_TRUE(c.collectors.Get<CpuConfig>().enabled);
+  EXPECT_EQ(c.collectors.Get<CpuConfig>().offcpu_min, milliseconds(1));
+  EXPECT_TRUE(c.collectors.Get<CpuConfig>().stacks);
+  EXPECT_TRUE(c.collectors.Get<DnsConfig>().enabled);
+  EXPECT_THAT(c.collectors.Get<DnsConfig>().ports, ElementsAre(53));
+  EXPECT_TRUE(c.collectors.Get<PagecacheConfig>().enabled);
 }
 
 TEST(DefaultConfigTest, ResolvesDefaultSyscallNumbers) {
@@ -153,14 +161,14 @@ TEST(ParseConfigTest, AbsentKeysKeepDefaults) {
       "    ports: [8080, 443]\n"
       "  pagecache:\n"  // empty section: all of its defaults
       "limits: {max_series_per_collector: 500}\n");
-  EXPECT_THAT(c.collectors.tcp.ports, ElementsAre(8080, 443));
-  EXPECT_TRUE(c.collectors.tcp.enabled);
-  EXPECT_EQ(c.collectors.tcp.latency_buckets, kSpecBuckets);
-  EXPECT_TRUE(c.collectors.pagecache.enabled);
+  EXPECT_THAT(c.collectors.Get<TcpConfig>().ports, ElementsAre(8080, 443));
+  EXPECT_TRUE(c.collectors.Get<TcpConfig>().enabled);
+  EXPECT_EQ(c.collectors.Get<TcpConfig>().latency_buckets, kSpecBuckets);
+  EXPECT_TRUE(c.collectors.Get<PagecacheConfig>().enabled);
   EXPECT_EQ(c.limits.max_series_per_collector, 500);
   EXPECT_EQ(c.interval, seconds(15));
   EXPECT_THAT(c.targets.exclude_namespaces, ElementsAre("kube-system"));
-  EXPECT_EQ(c.collectors.syscalls.numbers, DefaultConfig().collectors.syscalls.numbers);
+  EXPECT_EQ(c.collectors.Get<SyscallsConfig>().numbers, DefaultConfig().collectors.Get<SyscallsConfig>().numbers);
 }
 
 TEST(ParseConfigTest, EmptyExtraDocumentsAreIgnored) {
@@ -202,25 +210,25 @@ collectors:
   EXPECT_EQ(c.kubernetes.node_name, "node-a");
   EXPECT_EQ(c.kubernetes.kubeconfig, "/etc/kube/config");
   EXPECT_EQ(c.limits.max_series_per_collector, 1);
-  EXPECT_FALSE(c.collectors.tcp.enabled);
-  EXPECT_THAT(c.collectors.tcp.ports, ElementsAre(0, 65535));
-  EXPECT_THAT(c.collectors.tcp.latency_buckets, ElementsAre(0.5, 1.0, 10.0));
-  EXPECT_FALSE(c.collectors.topology.enabled);
-  EXPECT_EQ(c.collectors.topology.granularity, "workload");
-  EXPECT_EQ(c.collectors.topology.external_peers, "address");
-  EXPECT_TRUE(c.collectors.topology.service_graph_metrics);
-  EXPECT_FALSE(c.collectors.drops.enabled);
-  EXPECT_FALSE(c.collectors.blockio.enabled);
-  EXPECT_THAT(c.collectors.blockio.devices, ElementsAre("nvme0n1", "vda"));
-  EXPECT_FALSE(c.collectors.syscalls.enabled);
-  EXPECT_THAT(c.collectors.syscalls.syscalls, ElementsAre("getppid", "read"));
-  EXPECT_THAT(c.collectors.syscalls.numbers, ElementsAre(SYS_getppid, SYS_read));
-  EXPECT_FALSE(c.collectors.cpu.enabled);
-  EXPECT_EQ(c.collectors.cpu.offcpu_min, nanoseconds(0));
-  EXPECT_FALSE(c.collectors.cpu.stacks);
-  EXPECT_FALSE(c.collectors.dns.enabled);
-  EXPECT_THAT(c.collectors.dns.ports, ElementsAre(53, 5353));
-  EXPECT_FALSE(c.collectors.pagecache.enabled);
+  EXPECT_FALSE(c.collectors.Get<TcpConfig>().enabled);
+  EXPECT_THAT(c.collectors.Get<TcpConfig>().ports, ElementsAre(0, 65535));
+  EXPECT_THAT(c.collectors.Get<TcpConfig>().latency_buckets, ElementsAre(0.5, 1.0, 10.0));
+  EXPECT_FALSE(c.collectors.Get<TopologyConfig>().enabled);
+  EXPECT_EQ(c.collectors.Get<TopologyConfig>().granularity, "workload");
+  EXPECT_EQ(c.collectors.Get<TopologyConfig>().external_peers, "address");
+  EXPECT_TRUE(c.collectors.Get<TopologyConfig>().service_graph_metrics);
+  EXPECT_FALSE(c.collectors.Get<DropsConfig>().enabled);
+  EXPECT_FALSE(c.collectors.Get<BlockioConfig>().enabled);
+  EXPECT_THAT(c.collectors.Get<BlockioConfig>().devices, ElementsAre("nvme0n1", "vda"));
+  EXPECT_FALSE(c.collectors.Get<SyscallsConfig>().enabled);
+  EXPECT_THAT(c.collectors.Get<SyscallsConfig>().syscalls, ElementsAre("getppid", "read"));
+  EXPECT_THAT(c.collectors.Get<SyscallsConfig>().numbers, ElementsAre(SYS_getppid, SYS_read));
+  EXPECT_FALSE(c.collectors.Get<CpuConfig>().enabled);
+  EXPECT_EQ(c.collectors.Get<CpuConfig>().offcpu_min, nanoseconds(0));
+  EXPECT_FALSE(c.collectors.Get<CpuConfig>().stacks);
+  EXPECT_FALSE(c.collectors.Get<DnsConfig>().enabled);
+  EXPECT_THAT(c.collectors.Get<DnsConfig>().ports, ElementsAre(53, 5353));
+  EXPECT_FALSE(c.collectors.Get<PagecacheConfig>().enabled);
 }
 
 TEST(ParseConfigTest, KubernetesEnabledAcceptsWordsAndBooleans) {
@@ -415,10 +423,10 @@ TEST(ParseConfigTest, ReportsEveryProblemInDocumentOrder) {
             "line 3: targets.host_processes: must be true or false, got \"maybe\"\n"
             "line 4: targets.bogus: unknown key (expected one of: namespaces, "
             "exclude_namespaces, pod_selector, host_processes)\n"
-            "line 7: collectors.tcp.latency_buckets[3]: must be greater than the previous "
+            "line 7: collectors.Get<TcpConfig>().latency_buckets[3]: must be greater than the previous "
             "bucket (0.3)\n"
-            "line 8: collectors.syscalls.syscalls[1]: unknown syscall \"nope\"\n"
-            "line 9: collectors.dns.ports[0]: must be a port number from 0 to 65535, got "
+            "line 8: collectors.Get<SyscallsConfig>().syscalls[1]: unknown syscall \"nope\"\n"
+            "line 9: collectors.Get<DnsConfig>().ports[0]: must be a port number from 0 to 65535, got "
             "99999\n");
 }
 
@@ -429,7 +437,7 @@ TEST(ParseConfigTest, ProblemToString) {
       FakeEnv());
   ASSERT_EQ(result.problems.size(), 1u);
   EXPECT_EQ(result.problems[0].ToString(),
-            "line 12: collectors.tcp.latency_buckets[3]: must be greater than the previous "
+            "line 12: collectors.Get<TcpConfig>().latency_buckets[3]: must be greater than the previous "
             "bucket (0.5)");
   EXPECT_EQ((ConfigProblem{"", 0, "cannot read x: No such file or directory"}.ToString()),
             "cannot read x: No such file or directory");
@@ -466,8 +474,8 @@ TEST(ParseConfigTest, ExpandsEnvironmentVariables) {
   EXPECT_THAT(c.targets.namespaces, ElementsAre("shop", "shop-canary"));
   EXPECT_EQ(c.targets.pod_selector.at("team"), "shop");
   EXPECT_EQ(c.limits.max_series_per_collector, 500);
-  EXPECT_FALSE(c.collectors.tcp.enabled);
-  EXPECT_THAT(c.collectors.tcp.ports, ElementsAre(8080));
+  EXPECT_FALSE(c.collectors.Get<TcpConfig>().enabled);
+  EXPECT_THAT(c.collectors.Get<TcpConfig>().ports, ElementsAre(8080));
 }
 
 TEST(ParseConfigTest, ExpandedValueIsStillChecked) {
@@ -482,7 +490,7 @@ TEST(ParseConfigTest, ExpandedValueIsStillChecked) {
       ParseConfig("collectors: {drops: {enabled: \"${UNSET}\"}}\n", FakeEnv());
   ASSERT_EQ(empty_bool.problems.size(), 1u) << Problems(empty_bool);
   EXPECT_EQ(empty_bool.problems[0].ToString(),
-            "line 1: collectors.drops.enabled: must be true or false, got \"\"");
+            "line 1: collectors.Get<DropsConfig>().enabled: must be true or false, got \"\"");
   const Config c =
       MustParse("kubernetes: {node_name: \"${V}\"}\n", FakeEnv({{"V", "a: [b]\n- c"}}));
   EXPECT_EQ(c.kubernetes.node_name, "a: [b]\n- c");
@@ -557,20 +565,20 @@ TEST(TargetsConfigTest, Filters) {
 
 TEST(ConfigTest, EnabledFlagPointsAtEachCollector) {
   Config c;
-  EXPECT_EQ(c.EnabledFlag("tcp"), &c.collectors.tcp.enabled);
-  EXPECT_EQ(c.EnabledFlag("topology"), &c.collectors.topology.enabled);
-  EXPECT_EQ(c.EnabledFlag("drops"), &c.collectors.drops.enabled);
-  EXPECT_EQ(c.EnabledFlag("blockio"), &c.collectors.blockio.enabled);
-  EXPECT_EQ(c.EnabledFlag("syscalls"), &c.collectors.syscalls.enabled);
-  EXPECT_EQ(c.EnabledFlag("cpu"), &c.collectors.cpu.enabled);
-  EXPECT_EQ(c.EnabledFlag("dns"), &c.collectors.dns.enabled);
-  EXPECT_EQ(c.EnabledFlag("pagecache"), &c.collectors.pagecache.enabled);
+  EXPECT_EQ(c.EnabledFlag("tcp"), &c.collectors.Mutable<TcpConfig>().enabled);
+  EXPECT_EQ(c.EnabledFlag("topology"), &c.collectors.Mutable<TopologyConfig>().enabled);
+  EXPECT_EQ(c.EnabledFlag("drops"), &c.collectors.Mutable<DropsConfig>().enabled);
+  EXPECT_EQ(c.EnabledFlag("blockio"), &c.collectors.Mutable<BlockioConfig>().enabled);
+  EXPECT_EQ(c.EnabledFlag("syscalls"), &c.collectors.Mutable<SyscallsConfig>().enabled);
+  EXPECT_EQ(c.EnabledFlag("cpu"), &c.collectors.Mutable<CpuConfig>().enabled);
+  EXPECT_EQ(c.EnabledFlag("dns"), &c.collectors.Mutable<DnsConfig>().enabled);
+  EXPECT_EQ(c.EnabledFlag("pagecache"), &c.collectors.Mutable<PagecacheConfig>().enabled);
   EXPECT_EQ(c.EnabledFlag("gpu"), nullptr);
   EXPECT_EQ(c.EnabledFlag(""), nullptr);
   *c.EnabledFlag("dns") = false;
-  EXPECT_FALSE(c.collectors.dns.enabled);
+  EXPECT_FALSE(c.collectors.Get<DnsConfig>().enabled);
   const Config& cc = c;
-  EXPECT_EQ(cc.EnabledFlag("cpu"), &c.collectors.cpu.enabled);
+  EXPECT_EQ(cc.EnabledFlag("cpu"), &c.collectors.Mutable<CpuConfig>().enabled);
   EXPECT_EQ(cc.EnabledFlag("TCP"), nullptr);
 }
 

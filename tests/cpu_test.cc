@@ -19,6 +19,7 @@
 #include "bpf/cpu.h"
 #include "collectors/cpu.h"
 #include "exporter/exposition.h"
+#include "collectors/workload_labeler.h"
 #include "provider/workload.h"
 #include "tests/test_util.h"
 
@@ -125,9 +126,9 @@ std::string ReadFile(const std::string& path) {
 
 TEST(CpuFamiliesTest, GoldenTextPassesPromtool) {
   WorkloadResolver workloads(std::make_unique<FixedCgroupPaths>(), nullptr);
-  SeriesBudget budget;
+  WorkloadLabeler budget(&workloads, 20000);
   Fixture f;
-  auto families = BuildCpuFamilies(f.counters, f.hists, &workloads, &budget, 20000);
+  auto families = BuildCpuFamilies(f.counters, f.hists, &budget);
   const std::string text = Serialize(families, ExpositionFormat::kText004);
   const std::string golden_path = std::string(KMON_SOURCE_DIR) + "/tests/golden/cpu_metrics.prom";
   if (const char* u = std::getenv("KMON_UPDATE_GOLDEN"); u && std::string(u) == "1") {
@@ -142,9 +143,9 @@ TEST(CpuFamiliesTest, GoldenTextPassesPromtool) {
 
 TEST(CpuFamiliesTest, SamplesAreExact) {
   WorkloadResolver workloads(std::make_unique<FixedCgroupPaths>(), nullptr);
-  SeriesBudget budget;
+  WorkloadLabeler budget(&workloads, 20000);
   Fixture f;
-  auto fams = BuildCpuFamilies(f.counters, f.hists, &workloads, &budget, 20000);
+  auto fams = BuildCpuFamilies(f.counters, f.hists, &budget);
   ASSERT_EQ(fams.size(), 4u);
   const auto* oncpu = FindSample(fams, "kmon_cpu_oncpu_seconds_total", {{"container", "nginx.service"}});
   ASSERT_NE(oncpu, nullptr);
@@ -176,10 +177,10 @@ TEST(CpuFamiliesTest, SamplesAreExact) {
 
 TEST(CpuFamiliesTest, SeriesBeyondTheLimitAreFoldedIntoOverflow) {
   WorkloadResolver workloads(std::make_unique<FixedCgroupPaths>(), nullptr);
-  SeriesBudget budget;
+  WorkloadLabeler budget(&workloads, 100);
   Fixture f;
   // cgroup 100: 3 counters + 3 histograms of 30 series = 93; cgroup 200: 3 + 30 = 33.
-  auto fams = BuildCpuFamilies(f.counters, f.hists, &workloads, &budget, 100);
+  auto fams = BuildCpuFamilies(f.counters, f.hists, &budget);
   EXPECT_NE(FindSample(fams, "kmon_cpu_oncpu_seconds_total", {{"container", "nginx.service"}}), nullptr);
   const auto* over = FindSample(fams, "kmon_cpu_oncpu_seconds_total", {{"container", kOverflowLabel}});
   ASSERT_NE(over, nullptr);

@@ -13,6 +13,7 @@
 #include "bpf/drops.h"
 #include "collectors/drops.h"
 #include "exporter/exposition.h"
+#include "collectors/workload_labeler.h"
 #include "provider/workload.h"
 #include "tests/test_util.h"
 
@@ -141,7 +142,7 @@ std::string Location(uint64_t addr) {
 
 TEST(BuildDropFamilyTest, ExactTextForFixedData) {
   WorkloadResolver workloads(std::make_unique<FixedCgroupPaths>(), nullptr);
-  SeriesBudget budget;
+  WorkloadLabeler budget(&workloads, 20000);
   const std::map<uint32_t, std::string> reasons{{2, "not_specified"}, {3, "no_socket"},
                                                 {7, "socket_rcvbuff"}};
   std::vector<DropCount> counts = {
@@ -151,7 +152,7 @@ TEST(BuildDropFamilyTest, ExactTextForFixedData) {
       {100, 0xffffffff81a2d010, 7, KMON_DROP_PROTO_OTHER, 1},
       {999, 0xffffffff81a2d010, 7, KMON_DROP_PROTO_UDP, 4},  // a cgroup that is gone
   };
-  auto family = BuildDropFamily(counts, reasons, Location, &workloads, &budget, 20000);
+  auto family = BuildDropFamily(counts, reasons, Location, &budget);
   const std::string text = Serialize({family}, ExpositionFormat::kText004);
   EXPECT_EQ(text,
             "# HELP kmon_skb_drops_total Packets the kernel dropped, by the workload owning the "
@@ -174,7 +175,7 @@ TEST(BuildDropFamilyTest, ExactTextForFixedData) {
 
 TEST(BuildDropFamilyTest, SeriesLimitFoldsLaterWorkloads) {
   WorkloadResolver workloads(std::make_unique<FixedCgroupPaths>(), nullptr);
-  SeriesBudget budget;
+  WorkloadLabeler budget(&workloads, 3);
   std::vector<DropCount> counts = {
       {0, 0xffffffff81a2b3c5, 3, KMON_DROP_PROTO_TCP, 1},
       {100, 0xffffffff81a2b3c5, 3, KMON_DROP_PROTO_TCP, 2},
@@ -182,7 +183,7 @@ TEST(BuildDropFamilyTest, SeriesLimitFoldsLaterWorkloads) {
       {200, 0xffffffff81a2b3c5, 3, KMON_DROP_PROTO_TCP, 4},
   };
   // Room for 3 series: node level (1) and cgroup 100 (2) fit, cgroup 200 is folded.
-  auto family = BuildDropFamily(counts, {{3, "no_socket"}}, Location, &workloads, &budget, 3);
+  auto family = BuildDropFamily(counts, {{3, "no_socket"}}, Location, &budget);
   ASSERT_EQ(family.metric.size(), 4u);
   double overflow = 0;
   for (const auto& m : family.metric) {
@@ -196,7 +197,7 @@ TEST(BuildDropFamilyTest, SeriesLimitFoldsLaterWorkloads) {
 // share a `location`, so they are one series, not one per address.
 TEST(BuildDropFamilyTest, SeriesLimitCountsLabelSetsNotAddresses) {
   WorkloadResolver workloads(std::make_unique<FixedCgroupPaths>(), nullptr);
-  SeriesBudget budget;
+  WorkloadLabeler budget(&workloads, 3);
   std::vector<DropCount> counts = {
       {0, 0xffffffff81a2b3c5, 3, KMON_DROP_PROTO_TCP, 1},
       // Three call sites in tcp_v4_rcv: one series for cgroup 100.
@@ -206,7 +207,7 @@ TEST(BuildDropFamilyTest, SeriesLimitCountsLabelSetsNotAddresses) {
       {200, 0xffffffff81a2b3c5, 3, KMON_DROP_PROTO_TCP, 5},
   };
   // Room for 3 series: node level, cgroup 100 and cgroup 200 have one each.
-  auto family = BuildDropFamily(counts, {{3, "no_socket"}}, Location, &workloads, &budget, 3);
+  auto family = BuildDropFamily(counts, {{3, "no_socket"}}, Location, &budget);
   ASSERT_EQ(family.metric.size(), 3u);
   std::map<std::string, double> by_container;
   for (const auto& m : family.metric) {
@@ -220,8 +221,8 @@ TEST(BuildDropFamilyTest, SeriesLimitCountsLabelSetsNotAddresses) {
   EXPECT_EQ(budget.Overflowed(), 0u);
 
   // One series less: the last workload (in cgroup order) is folded, with its one series.
-  SeriesBudget tight;
-  family = BuildDropFamily(counts, {{3, "no_socket"}}, Location, &workloads, &tight, 2);
+  WorkloadLabeler tight(&workloads, 2);
+  family = BuildDropFamily(counts, {{3, "no_socket"}}, Location, &tight);
   ASSERT_EQ(family.metric.size(), 3u);
   double overflow = 0;
   for (const auto& m : family.metric) {

@@ -12,6 +12,7 @@
 #include "collectors/syscalls.h"
 #include "exporter/exposition.h"
 #include "exporter/self_metrics.h"
+#include "collectors/workload_labeler.h"
 #include "provider/workload.h"
 #include "tests/test_util.h"
 
@@ -27,7 +28,7 @@ std::string ReadFile(const std::string& path) {
 
 std::vector<prometheus::MetricFamily> FixedFamilies() {
   WorkloadResolver workloads(std::make_unique<FixedCgroupPaths>(), nullptr);
-  SeriesBudget budget;
+  WorkloadLabeler budget(&workloads, 20000);
   std::vector<SyscallCount> counts = {
       {100, 0, 1200, 3},  // read
       {100, 1, 800, 0},   // write
@@ -38,7 +39,7 @@ std::vector<prometheus::MetricFamily> FixedFamilies() {
       {100, 39, 9, 0},  // a syscall not in the configured set: not exported
   };
   std::map<int, std::string> names{{0, "read"}, {1, "write"}, {257, "openat"}};
-  auto families = BuildSyscallFamilies(counts, names, &workloads, &budget, 20000);
+  auto families = BuildSyscallFamilies(counts, names, &budget);
 
   SelfState self;
   self.version = "0.1.0";

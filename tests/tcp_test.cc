@@ -1,10 +1,16 @@
 #include <cmath>
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
 
 #include <gtest/gtest.h>
 
 #include "collectors/tcp.h"
 #include "collectors/tcp_listeners.h"
 #include "collectors/topology.h"
+#include "collectors/workload_labeler.h"
+#include "exporter/exposition.h"
+#include "tests/test_util.h"
 
 namespace kmon {
 namespace {
@@ -51,6 +57,166 @@ TEST(TopologyTest, FormatsAddresses) {
   std::array<uint8_t, 16> v6{};
   v6[15] = 1;
   EXPECT_EQ(FormatAddress(v6), "::1");
+}
+
+// Fixed contents of the tcp data maps: cgroup 100 is nginx.service (a server on
+// 8080), 200 a pod's container (a client of it), 999 a cgroup that is gone.
+TcpData FixedTcpData() {
+  TcpData d;
+  // Bounds 0.001, 0.01, 0.1: slots are (0,1ms], (1ms,10ms], (10ms,100ms], +Inf.
+  EdgeHist from_pod;
+  from_pod.client_cgroup = 200;
+  from_pod.server_cgroup = 100;
+  from_pod.server_port = 8080;
+  from_pod.slots = {5, 3, 1, 1};
+  from_pod.count = 10;
+  from_pod.sum_seconds = 0.5;
+  EdgeHist from_outside = from_pod;  // another client of the same server and port
+  from_outside.client_cgroup = 0;
+  from_outside.slots = {0, 2, 0, 0};
+  from_outside.count = 2;
+  from_outside.sum_seconds = 0.01;
+  EdgeHist to_gone = from_pod;
+  to_gone.server_cgroup = 999;
+  d.edges = {from_pod, from_outside, to_gone};
+  d.connects = {{200, {4, 0, 0, 0}, 2'000'000}};
+  tcp_stats nginx{};
+  nginx.opened_inbound = 12;
+  nginx.resets_sent = 1;
+  nginx.tcp_bytes_sent = 1000;
+  nginx.tcp_bytes_received = 400;
+  nginx.udp_bytes_received = 64;
+  tcp_stats pod{};
+  pod.opened_outbound = 4;
+  pod.connect_failures = 1;
+  pod.retransmits = 3;
+  pod.resets_received = 1;
+  tcp_stats gone{};
+  gone.opened_inbound = 7;
+  d.stats = {{100, nginx}, {200, pod}, {999, gone}};
+  d.conns = {
+      {100, TCP_ROLE_SERVER, 8080, 50, 20},    // open: its bytes are not in stats yet
+      {200, TCP_ROLE_CLIENT, 40000, 20, 50},
+      {200, TCP_ROLE_CLIENT, 0, 0, 0},         // still connecting: not active yet
+      {100, TCP_ROLE_UNKNOWN, 0, 0, 0},
+  };
+  return d;
+}
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+TEST(TcpFamiliesTest, GoldenTextPassesPromtool) {
+  WorkloadResolver workloads(std::make_unique<FixedCgroupPaths>(), nullptr);
+  WorkloadLabeler labeler(&workloads);
+  auto families = BuildTcpFamilies(FixedTcpData(), {0.001, 0.01, 0.1}, &labeler);
+  const std::string text = Serialize(families, ExpositionFormat::kText004);
+  const std::string golden_path = std::string(KMON_SOURCE_DIR) + "/tests/golden/tcp_metrics.prom";
+  if (const char* u = std::getenv("KMON_UPDATE_GOLDEN"); u && std::string(u) == "1") {
+    std::ofstream(golden_path) << text;
+  }
+  EXPECT_EQ(text, ReadFile(golden_path));
+  const CommandResult promtool = RunWithInput("promtool check metrics", text);
+  EXPECT_EQ(promtool.exit_status, 0) << promtool.output;
+  EXPECT_EQ(promtool.output, "") << promtool.output;
+}
+
+TEST(TcpFamiliesTest, SamplesAreExact) {
+  WorkloadResolver workloads(std::make_unique<FixedCgroupPaths>(), nullptr);
+  WorkloadLabeler labeler(&workloads);
+  auto fams = BuildTcpFamilies(FixedTcpData(), {0.001, 0.01, 0.1}, &labeler);
+  ASSERT_EQ(fams.size(), 8u);
+  // The server's histogram is the sum of its edges: 12 requests, 0.51 s.
+  const auto* req = FindSample(fams, "kmon_tcp_request_duration_seconds",
+                               {{"container", "nginx.service"}, {"port", "8080"}});
+  ASSERT_NE(req, nullptr);
+  EXPECT_EQ(req->histogram.sample_count, 12u);
+  EXPECT_DOUBLE_EQ(req->histogram.sample_sum, 0.51);
+  ASSERT_EQ(req->histogram.bucket.size(), 4u);
+  EXPECT_EQ(req->histogram.bucket[0].cumulative_count, 5u);
+  EXPECT_EQ(req->histogram.bucket[1].cumulative_count, 10u);
+  EXPECT_EQ(req->histogram.bucket[2].cumulative_count, 11u);
+  // Bytes: what closed connections flushed plus what open ones hold.
+  const auto* sent = FindSample(fams, "kmon_network_bytes_total",
+                                {{"container", "nginx.service"}, {"protocol", "tcp"},
+                                 {"direction", "sent"}});
+  ASSERT_NE(sent, nullptr);
+  EXPECT_EQ(sent->counter.value, 1050);
+  const auto* active_in = FindSample(fams, "kmon_tcp_connections_active",
+                                     {{"container", "nginx.service"}, {"direction", "inbound"}});
+  ASSERT_NE(active_in, nullptr);
+  EXPECT_EQ(active_in->gauge.value, 1);
+  const auto* active_out = FindSample(fams, "kmon_tcp_connections_active",
+                                      {{"container", "4f2a9c1b7d3e"}, {"direction", "outbound"}});
+  ASSERT_NE(active_out, nullptr);
+  EXPECT_EQ(active_out->gauge.value, 1);  // the connecting one is not counted
+  const auto* connect = FindSample(fams, "kmon_tcp_connect_duration_seconds",
+                                   {{"container", "4f2a9c1b7d3e"}});
+  ASSERT_NE(connect, nullptr);
+  EXPECT_EQ(connect->histogram.sample_count, 4u);
+  EXPECT_DOUBLE_EQ(connect->histogram.sample_sum, 0.002);
+  // The gone cgroup exports nothing.
+  for (const auto& f : fams) {
+    for (const auto& m : f.metric) {
+      for (const auto& l : m.label) EXPECT_NE(l.value, "999");
+    }
+  }
+  EXPECT_EQ(labeler.Overflowed(), 0u);
+}
+
+TEST(TcpFamiliesTest, SeriesBudgetFoldsTheLaterWorkload) {
+  WorkloadResolver workloads(std::make_unique<FixedCgroupPaths>(), nullptr);
+  // nginx (cgroup 100): request histogram 4+2, stats 10, 2 connections = 18 series.
+  WorkloadLabeler labeler(&workloads, 18);
+  auto fams = BuildTcpFamilies(FixedTcpData(), {0.001, 0.01, 0.1}, &labeler);
+  EXPECT_NE(FindSample(fams, "kmon_tcp_retransmits_total", {{"container", "nginx.service"}}),
+            nullptr);
+  const auto* folded = FindSample(fams, "kmon_tcp_retransmits_total", {{"pod", "__overflow__"}});
+  ASSERT_NE(folded, nullptr);
+  EXPECT_EQ(folded->counter.value, 3);  // the pod's retransmits, under __overflow__
+  // The pod's series: connect histogram 4+2, stats 10, 2 connections.
+  EXPECT_EQ(labeler.Overflowed(), 18u);
+}
+
+TEST(TopologyFamiliesTest, EdgesBeyondTheBudgetAreFoldedIntoOne) {
+  WorkloadResolver workloads(std::make_unique<FixedCgroupPaths>(), nullptr);
+  auto edge = [](const char* client, const char* server, uint64_t count) {
+    NamedEdge e;
+    e.client = {client, ""};
+    e.server = {server, ""};
+    e.hist.server_port = 80;
+    e.hist.slots = {count, 0};  // one bound: (0, 0.1], +Inf
+    e.hist.count = count;
+    e.hist.sum_seconds = 0.01 * static_cast<double>(count);
+    return e;
+  };
+  std::map<std::string, NamedEdge> edges{{"a->s:80", edge("a", "s", 5)},
+                                         {"b->s:80", edge("b", "s", 7)},
+                                         {"c->s:80", edge("c", "s", 1)}};
+  // An edge is its counter and its histogram: 1 + (1 bound + Inf + _sum + _count) = 5.
+  WorkloadLabeler labeler(&workloads, 5);
+  auto fams = BuildTopologyFamilies(edges, {0.1}, false, &labeler);
+  ASSERT_EQ(fams.size(), 2u);
+  EXPECT_EQ(FindSample(fams, "kmon_topology_requests_total", {{"client", "a"}})->counter.value, 5);
+  const auto* folded =
+      FindSample(fams, "kmon_topology_requests_total", {{"client", "__overflow__"},
+                                                        {"server", "__overflow__"},
+                                                        {"server_port", "__overflow__"}});
+  ASSERT_NE(folded, nullptr);
+  EXPECT_EQ(folded->counter.value, 8);  // b's 7 and c's 1
+  EXPECT_EQ(fams[0].metric.size(), 2u);
+  EXPECT_EQ(labeler.Overflowed(), 10u);  // two edges of five series, each counted once
+  // With Grafana's service-graph names too, an edge costs twice as much.
+  WorkloadLabeler both(&workloads, 10);
+  fams = BuildTopologyFamilies(edges, {0.1}, true, &both);
+  ASSERT_EQ(fams.size(), 4u);
+  EXPECT_EQ(FindSample(fams, "traces_service_graph_request_total", {{"client", "a"}})
+                ->counter.value, 5);
+  EXPECT_EQ(both.Overflowed(), 20u);
 }
 
 }  // namespace

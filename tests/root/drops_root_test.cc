@@ -15,6 +15,7 @@
 #include <gtest/gtest.h>
 
 #include "collectors/drops.h"
+#include "collectors/kernel_features.h"
 #include "collectors/watched_cgroups.h"
 #include "exporter/config.h"
 #include "provider/workload.h"
@@ -173,6 +174,45 @@ TEST_F(DropsRootTest, SynsToAClosedPortAreTcpNoSocketDropsInTcpV4Rcv) {
   DropsCollector c({.workloads = workloads_.get(), .watched = watched_.get()});
   absl::Status st = c.Start(DefaultConfig());
   ASSERT_TRUE(st.ok()) << st;
+  TestCgroup cg;
+  ExpectExactlyOneNoSocketDropPerConnect(&c, cg, false);
+}
+
+// The running kernel, but without BTF until the test says otherwise.
+class BtfLaterFeatures : public KernelFeatures {
+ public:
+  absl::StatusOr<const btf*> VmlinuxBtf() override {
+    if (!available) return absl::FailedPreconditionError("load vmlinux BTF: not yet");
+    return real_.VmlinuxBtf();
+  }
+  void Release() override { real_.Release(); }
+  bool available = false;
+
+ private:
+  RunningKernelFeatures real_;
+};
+
+// A start that fails in a feature probe leaves nothing loaded, and the same
+// collector starts for real later (what a reload does for a collector that is down).
+TEST_F(DropsRootTest, AStartThatFailedAProbeCanBeRetried) {
+  BtfLaterFeatures features;
+  DropsCollector c({.workloads = workloads_.get(), .watched = watched_.get(),
+                    .features = &features});
+  const uint32_t before = testing::MaxBpfProgramId();
+  absl::Status st = c.Start(DefaultConfig());
+  EXPECT_EQ(st.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(st.message(), "collector=drops: load vmlinux BTF: not yet");
+  EXPECT_EQ(c.BpfObject(), nullptr);
+  EXPECT_TRUE(testing::BpfProgramIds("kmon_kfree_skb", before).empty());
+  std::vector<prometheus::MetricFamily> none;
+  c.Collect(&none);
+  EXPECT_TRUE(none.empty());
+
+  features.available = true;
+  st = c.Start(DefaultConfig());
+  ASSERT_TRUE(st.ok()) << st;
+  EXPECT_NE(c.BpfObject(), nullptr);
+  EXPECT_EQ(testing::BpfProgramIds("kmon_kfree_skb", before).size(), 1u);
   TestCgroup cg;
   ExpectExactlyOneNoSocketDropPerConnect(&c, cg, false);
 }

@@ -336,7 +336,7 @@ TEST_F(TcpRootTest, ChurnLeavesNoConnectionState) {
 // middle one (198.18.0.0/15 is the range set aside for benchmark tests), plus a
 // loopback pair on the host: the exact set of edges with exact request counts.
 TEST_F(TcpRootTest, TopologyAcrossNamespacesAndLoopback) {
-  config_.collectors.topology.enabled = true;
+  config_.collectors.Mutable<TopologyConfig>().enabled = true;
   TcpCollector tcp(Deps());
   ASSERT_TRUE(tcp.Start(config_).ok());
   TopologyCollector topo(Deps());

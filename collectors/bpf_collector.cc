@@ -1,0 +1,105 @@
+#include "collectors/bpf_collector.h"
+
+#include <cerrno>
+
+#include <absl/strings/str_cat.h>
+#include <absl/strings/str_join.h>
+#include <bpf/libbpf.h>
+
+#include "bpf/kmon_common.h"
+#include "collectors/bpf_util.h"
+#include "collectors/watched_cgroups.h"
+
+namespace kmon {
+
+BpfCollector::~BpfCollector() {
+  // The leaf's hooks are gone by now; what is left is the object itself.
+  if (skeleton_ != nullptr) {
+    if (filter_fd_ >= 0 && deps().watched != nullptr) deps().watched->Unregister(filter_fd_);
+    bpf_object__destroy_skeleton(skeleton_);
+    free_();
+  }
+}
+
+const bpf_object* BpfCollector::BpfObject() const {
+  return skeleton_ != nullptr && running_ ? *skeleton_->obj : nullptr;
+}
+
+int BpfCollector::MapFd(const char* name) const {
+  if (skeleton_ == nullptr || *skeleton_->obj == nullptr) return -1;
+  const bpf_map* m = bpf_object__find_map_by_name(*skeleton_->obj, name);
+  return m == nullptr ? -1 : bpf_map__fd(m);
+}
+
+std::string BpfCollector::AttachPoints() const {
+  std::vector<std::string> points;
+  if (skeleton_ == nullptr || *skeleton_->obj == nullptr) return "";
+  bpf_program* prog;
+  bpf_object__for_each_program(prog, *skeleton_->obj) {
+    if (bpf_program__autoload(prog) && bpf_program__autoattach(prog)) {
+      points.push_back(bpf_program__section_name(prog));
+    }
+  }
+  return absl::StrJoin(points, ", ");
+}
+
+absl::Status BpfCollector::DoStart(const CollectorConfig& config) {
+  if (skeleton_ != nullptr) {
+    return absl::FailedPreconditionError(absl::StrCat("collector=", name(), ": already started"));
+  }
+  skeleton_ = create_();
+  if (skeleton_ == nullptr) return BpfError(name(), "open", ENOMEM);
+  int err = bpf_object__open_skeleton(skeleton_, nullptr);
+  if (err) return BpfError(name(), "open", err);
+  for (const MapLayout& l : layouts_) {
+    const bpf_map* m = bpf_object__find_map_by_name(*skeleton_->obj, l.map);
+    if (m == nullptr) {
+      return absl::InternalError(absl::StrCat("collector=", name(), " map=", l.map,
+                                              ": not in the BPF object"));
+    }
+    absl::Status st = CheckMapLayout(name(), m, l.key_size, l.value_size);
+    if (!st.ok()) return st;
+  }
+  absl::Status st = BeforeLoad(config);
+  if (!st.ok()) return st;
+  err = bpf_object__load_skeleton(skeleton_);
+  if (err) return BpfError(name(), "load", err);
+  st = Configure(config);
+  if (!st.ok()) return st;
+  const int filter_fd = MapFd("filter_config");
+  if (deps().watched != nullptr && filter_fd >= 0) {
+    st = deps().watched->Register(filter_fd, MapFd("watched_cgroups"));
+    if (!st.ok()) return st;
+    filter_fd_ = filter_fd;
+  }
+  err = bpf_object__attach_skeleton(skeleton_);
+  if (err) return BpfError(name(), absl::StrCat("attach ", AttachPoints()), err);
+  st = AfterAttach(config);
+  if (!st.ok()) return st;
+  running_ = true;
+  return absl::OkStatus();
+}
+
+void BpfCollector::DoStop() {
+  BeforeDestroy();
+  std::lock_guard<std::mutex> lock(mu_);
+  running_ = false;
+  if (skeleton_ == nullptr) return;
+  if (filter_fd_ >= 0 && deps().watched != nullptr) deps().watched->Unregister(filter_fd_);
+  filter_fd_ = -1;
+  bpf_object__destroy_skeleton(skeleton_);
+  skeleton_ = nullptr;
+  free_();
+}
+
+void BpfCollector::AddEventsLost(std::map<std::string, uint64_t>* lost) const {
+  (*lost)["map_full"] = 0;
+  const int fd = MapFd("lost");
+  if (running_ && fd >= 0) {
+    auto sums = ReadPerCpuU64Array(fd, KMON_LOST_MAX);
+    if (sums.ok()) (*lost)["map_full"] = (*sums)[KMON_LOST_MAP_FULL];
+  }
+  AddOwnEventsLost(lost);
+}
+
+}  // namespace kmon

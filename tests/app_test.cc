@@ -1,0 +1,135 @@
+// The exporter's lifecycle around collectors, with collectors that stand in for
+// real ones: a reload retries a collector whose start failed, through the
+// feature-probe seam (KernelFeatures) the real collectors use, and reports it up
+// once it has attached.
+#include "exporter/app.h"
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "collectors/families.h"
+#include "tests/test_util.h"
+
+namespace kmon {
+namespace {
+
+// A kernel whose BTF a test switches on and off.
+class SwitchableFeatures : public KernelFeatures {
+ public:
+  explicit SwitchableFeatures(bool* has_btf, int* probes) : has_btf_(has_btf), probes_(probes) {}
+  absl::StatusOr<const btf*> VmlinuxBtf() override {
+    ++*probes_;
+    if (!*has_btf_) return absl::FailedPreconditionError("load vmlinux BTF: No such file or directory");
+    return static_cast<const btf*>(nullptr);  // the probing collector only asks whether it is there
+  }
+  void Release() override {}
+
+ private:
+  bool* has_btf_;
+  int* probes_;
+};
+
+// A collector that needs the kernel's BTF to start, as drops, cpu and blockio do,
+// and then exports one sample: how many times it was started.
+class BtfProbingCollector : public Collector {
+ public:
+  explicit BtfProbingCollector(const CollectorDeps& deps) : Collector("drops", deps) {}
+  ~BtfProbingCollector() override { Stop(); }
+
+ private:
+  absl::Status DoStart(const CollectorConfig&) override {
+    absl::StatusOr<const btf*> vmlinux = Features().VmlinuxBtf();
+    if (!vmlinux.ok()) return absl::Status(vmlinux.status().code(),
+                                           "collector=drops: " + std::string(vmlinux.status().message()));
+    running_ = true;
+    return absl::OkStatus();
+  }
+  absl::Status Configure(const CollectorConfig&) override { return absl::OkStatus(); }
+  absl::Status Read(std::vector<prometheus::MetricFamily>* out) override {
+    FamilyBuilder b("kmon_test_probed", "Exported once started.", prometheus::MetricType::Gauge, {});
+    b.AddGauge({}, 1);
+    out->push_back(b.Build());
+    return absl::OkStatus();
+  }
+  void DoStop() override { running_ = false; }
+  bool Running() const override { return running_; }
+  bool running_ = false;
+};
+
+// One that always starts, so that the app has something up.
+class AlwaysUpCollector : public Collector {
+ public:
+  explicit AlwaysUpCollector(const CollectorDeps& deps) : Collector("tcp", deps) {}
+
+ private:
+  absl::Status DoStart(const CollectorConfig&) override { return absl::OkStatus(); }
+  absl::Status Configure(const CollectorConfig&) override { return absl::OkStatus(); }
+  absl::Status Read(std::vector<prometheus::MetricFamily>*) override { return absl::OkStatus(); }
+  void DoStop() override {}
+  bool Running() const override { return true; }
+};
+
+const CollectorEntry* Row(const char* name) {
+  for (const auto& e : CollectorTable()) {
+    if (std::string(e.name) == name) return &e;
+  }
+  return nullptr;
+}
+
+double Up(App& app, const std::string& collector) {
+  const auto fams = app.Gather();
+  const auto* m = FindSample(fams, "kmon_collector_up", {{"collector", collector}});
+  return m == nullptr ? -1 : m->gauge.value;
+}
+
+TEST(AppTest, ReloadRetriesACollectorWhoseStartFailedAndReportsItUp) {
+  // Real rows' names and config sections, stand-in collectors.
+  const std::vector<CollectorEntry> table = {
+      {"tcp", true, [](const CollectorDeps& d) { return std::make_unique<AlwaysUpCollector>(d); },
+       Row("tcp")->section},
+      {"drops", true,
+       [](const CollectorDeps& d) { return std::make_unique<BtfProbingCollector>(d); },
+       Row("drops")->section},
+  };
+  bool has_btf = false;
+  int probes = 0;
+  Flags flags;
+  flags.listen_address = "127.0.0.1:0";
+  App app(flags, AppParts{&table, std::make_unique<SwitchableFeatures>(&has_btf, &probes)});
+  ASSERT_EQ(app.Start(), 0);
+  EXPECT_EQ(probes, 1);
+  EXPECT_EQ(Up(app, "tcp"), 1);
+  EXPECT_EQ(Up(app, "drops"), 0);
+  EXPECT_FALSE(app.Ready());
+  EXPECT_NE(app.LandingPage().find("load vmlinux BTF: No such file or directory"),
+            std::string::npos);
+  EXPECT_EQ(FindSample(app.Gather(), "kmon_test_probed", {}), nullptr);
+
+  // Still missing: the reload tries again and it stays down.
+  ASSERT_TRUE(app.Reload("test").ok());
+  EXPECT_EQ(probes, 2);
+  EXPECT_EQ(Up(app, "drops"), 0);
+
+  // The kernel has it now (a module loaded, a node upgraded): the next reload
+  // starts the collector, which is reported up and collects.
+  has_btf = true;
+  ASSERT_TRUE(app.Reload("test").ok());
+  EXPECT_EQ(probes, 3);
+  EXPECT_EQ(Up(app, "drops"), 1);
+  EXPECT_TRUE(app.Ready());
+  const auto fams = app.Gather();
+  const auto* probed = FindSample(fams, "kmon_test_probed", {});
+  ASSERT_NE(probed, nullptr);
+  EXPECT_EQ(probed->gauge.value, 1);
+
+  // A collector that is up is reconfigured, not started again.
+  ASSERT_TRUE(app.Reload("test").ok());
+  EXPECT_EQ(probes, 3);
+  EXPECT_EQ(Up(app, "drops"), 1);
+}
+
+}  // namespace
+}  // namespace kmon
