@@ -20,7 +20,7 @@
 #include "collectors/collector.h"
 #include "collectors/families.h"
 #include "collectors/missing_since.h"
-#include "collectors/symbolizer.h"
+#include "collectors/kernel_symbols.h"
 
 struct btf;
 struct drops_bpf;
