@@ -13,8 +13,8 @@
 #include "bpf/kmon_common.h"
 #include "bpf/cpu.skel.h"
 #include "collectors/bpf_util.h"
-#include "collectors/offcpu_profiler.h"
-#include "collectors/symbolizer.h"
+#include "collectors/offcpu/offcpu_profiler.h"
+#include "collectors/offcpu/symbolizer.h"
 #include "collectors/watched_cgroups.h"
 #include "base/log.h"
 

@@ -1,7 +1,7 @@
 // `cpu`: per-workload CPU time, context switches, off-CPU episodes by state, and
 // run-queue latency, from the scheduler's tracepoints (sched_switch, sched_wakeup,
 // sched_wakeup_new); and off-CPU time by stack, served as flame graphs on
-// /debug/offcpu (see offcpu_profiler.h).
+// /debug/offcpu (see offcpu/offcpu_profiler.h).
 //
 // The histograms have fixed log2 buckets (le = 2^i microseconds, 1us .. 67.1s, +Inf),
 // so a Grafana heatmap of off-CPU episodes over time is

@@ -18,8 +18,8 @@
 
 #include "bpf/cpu.h"
 #include "collectors/missing_since.h"
-#include "collectors/offcpu_render.h"
-#include "collectors/symbolizer.h"
+#include "collectors/offcpu/offcpu_render.h"
+#include "collectors/offcpu/symbolizer.h"
 #include "base/http_types.h"
 #include "provider/workload.h"
 

@@ -1,4 +1,4 @@
-#include "collectors/symbolizer.h"
+#include "collectors/offcpu/symbolizer.h"
 
 #include <cxxabi.h>
 #include <fcntl.h>

@@ -1,4 +1,4 @@
-#include "collectors/offcpu_profiler.h"
+#include "collectors/offcpu/offcpu_profiler.h"
 
 #include <algorithm>
 #include <cerrno>
