@@ -2,90 +2,24 @@
 // user addresses through /proc/PID/maps and the ELF symbol tables of the mapped files.
 #pragma once
 
-#include <sys/types.h>
-
-#include <atomic>
-#include <cstddef>
 #include <chrono>
+#include <cstddef>
 #include <cstdint>
 #include <functional>
 #include <memory>
-#include <mutex>
-#include <optional>
 #include <string>
-#include <string_view>
 #include <unordered_map>
 #include <utility>
 #include <vector>
 
-#include <absl/status/status.h>
-#include <absl/status/statusor.h>
-
 #include "collectors/kernel_symbols.h"
+#include "collectors/offcpu/elf_symbols.h"
+#include "collectors/offcpu/process.h"
 
 namespace kmon {
 
 /// Shown for a frame nothing is known about.
 inline constexpr char kUnknownFrame[] = "[unknown]";
-
-/// The function symbols of one ELF file (.symtab and .dynsym), by file offset.
-class ElfSymbols {
- public:
-  /// Reads an ELF file with libelf. Error when it cannot be opened or is not ELF.
-  static absl::StatusOr<std::shared_ptr<const ElfSymbols>> Load(const std::string& path);
-
-  /// The function at `file_offset` (an offset into the file, as /proc/PID/maps
-  /// gives for a mapping) demangled, or nullopt when no symbol covers it.
-  std::optional<std::string> LookupFileOffset(uint64_t file_offset) const;
-  size_t size() const { return syms_.size(); }
-  /// Heap bytes held.
-  size_t bytes() const;
-
- private:
-  struct Segment {
-    uint64_t offset, filesz, vaddr;
-  };
-  struct Sym {
-    uint64_t addr;
-    uint32_t size;  // 0: unknown (then it extends to the next symbol)
-    uint32_t name;  // offset into names_
-  };
-  std::vector<Segment> segments_;  // PT_LOAD
-  std::vector<Sym> syms_;          // sorted by addr
-  std::string names_;
-};
-
-/// One executable mapping of a process, as /proc/PID/maps lists it.
-struct MapEntry {
-  uint64_t start = 0, end = 0, offset = 0, inode = 0;
-  std::string dev;   // "fe:00"
-  std::string path;  // file path, "[vdso]", or "" for anonymous memory
-};
-
-/// The executable mappings ('x' in perms) of /proc/PID/maps text, in file order.
-std::vector<MapEntry> ParseProcMaps(std::string_view text);
-
-/// `name` demangled when it is an Itanium C++ name ("_Z..."), else unchanged.
-std::string Demangle(const std::string& name);
-
-/// A process as the kernel's off-CPU aggregates name it: its PID and its start time,
-/// so a process that reuses the PID of an exited one is a different process.
-struct ProcessId {
-  uint32_t tgid = 0;
-  uint64_t start_ns = 0;  // the leader's task->start_boottime: ns since boot
-  bool operator==(const ProcessId&) const = default;
-};
-struct ProcessIdHash {
-  size_t operator()(const ProcessId& p) const {
-    return std::hash<uint64_t>()(p.start_ns * 0x9e3779b97f4a7c15ULL ^ p.tgid);
-  }
-};
-
-/// start_boottime in /proc's clock ticks (USER_HZ), as /proc/PID/stat field 22 shows
-/// it (the kernel's nsec_to_clock_t, rounding down).
-uint64_t BootNsToTicks(uint64_t ns);
-/// Field 22 (starttime) of `proc`/`tgid`/stat, or nullopt when there is no such process.
-std::optional<uint64_t> ReadProcessStartTicks(const std::string& proc, uint32_t tgid);
 
 /// Resolves addresses of processes and of the kernel. Caches a process's maps from
 /// the first time it is captured, so frames of a process that has exited since can
