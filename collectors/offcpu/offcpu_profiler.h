@@ -18,8 +18,8 @@
 
 #include "bpf/cpu.h"
 #include "collectors/missing_since.h"
+#include "collectors/offcpu/frame_resolver.h"
 #include "collectors/offcpu/offcpu_render.h"
-#include "collectors/offcpu/symbolizer.h"
 #include "base/http_types.h"
 #include "provider/workload.h"
 
@@ -54,40 +54,6 @@ class OffCpuStackSource {
   virtual size_t StackCapacity() const = 0;
   /// Stacks refused so far because their hash bucket held another (cumulative).
   virtual uint64_t StackCollisions() = 0;
-};
-
-/// Seam for naming frames and for process liveness: /proc and ELF files in production.
-/// A process is its PID and start time, so a reused PID is another process.
-class FrameResolver {
- public:
-  virtual ~FrameResolver() = default;
-  /// Called when a process's first stacks are seen: remember its memory maps.
-  virtual void Capture(const ProcessId& p) = 0;
-  virtual bool Alive(const ProcessId& p) = 0;
-  /// The process's stacks are all named and it has exited: its maps can go.
-  virtual void Forget(const ProcessId& p) = 0;
-  virtual std::string Kernel(uint64_t ip) = 0;
-  virtual std::string User(const ProcessId& p, uint64_t ip, bool leaf) = 0;
-  /// A round of naming is over: caches may shrink back to their caps.
-  virtual void Trim() {}
-};
-
-/// FrameResolver over a Symbolizer (which reads /proc/PID/stat for liveness).
-class ProcFrameResolver : public FrameResolver {
- public:
-  explicit ProcFrameResolver(std::unique_ptr<Symbolizer> symbolizer)
-      : symbolizer_(std::move(symbolizer)) {}
-  void Capture(const ProcessId& p) override { symbolizer_->Capture(p); }
-  bool Alive(const ProcessId& p) override { return symbolizer_->Alive(p); }
-  void Forget(const ProcessId& p) override { symbolizer_->Forget(p); }
-  std::string Kernel(uint64_t ip) override { return symbolizer_->KernelFrame(ip); }
-  std::string User(const ProcessId& p, uint64_t ip, bool leaf) override {
-    return symbolizer_->UserFrame(p, ip, leaf);
-  }
-  void Trim() override { symbolizer_->Trim(); }
-
- private:
-  std::unique_ptr<Symbolizer> symbolizer_;
 };
 
 /// What a /debug/offcpu query selects. An unset filter matches everything.

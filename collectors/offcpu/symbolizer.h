@@ -14,12 +14,10 @@
 
 #include "collectors/kernel_symbols.h"
 #include "collectors/offcpu/elf_symbols.h"
+#include "collectors/offcpu/frame_resolver.h"
 #include "collectors/offcpu/process.h"
 
 namespace kmon {
-
-/// Shown for a frame nothing is known about.
-inline constexpr char kUnknownFrame[] = "[unknown]";
 
 /// Resolves addresses of processes and of the kernel. Caches a process's maps from
 /// the first time it is captured, so frames of a process that has exited since can
@@ -110,6 +108,24 @@ class Symbolizer {
   std::unordered_map<std::string, std::weak_ptr<const File>> files_;
   std::unordered_map<std::string, CachedElf> elfs_;  // by File::key
   size_t elf_bytes_ = 0;
+};
+
+/// FrameResolver over a Symbolizer (which reads /proc/PID/stat for liveness).
+class ProcFrameResolver : public FrameResolver {
+ public:
+  explicit ProcFrameResolver(std::unique_ptr<Symbolizer> symbolizer)
+      : symbolizer_(std::move(symbolizer)) {}
+  void Capture(const ProcessId& p) override { symbolizer_->Capture(p); }
+  bool Alive(const ProcessId& p) override { return symbolizer_->Alive(p); }
+  void Forget(const ProcessId& p) override { symbolizer_->Forget(p); }
+  std::string Kernel(uint64_t ip) override { return symbolizer_->KernelFrame(ip); }
+  std::string User(const ProcessId& p, uint64_t ip, bool leaf) override {
+    return symbolizer_->UserFrame(p, ip, leaf);
+  }
+  void Trim() override { symbolizer_->Trim(); }
+
+ private:
+  std::unique_ptr<Symbolizer> symbolizer_;
 };
 
 }  // namespace kmon
