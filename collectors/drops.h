@@ -19,8 +19,8 @@
 
 #include "collectors/collector.h"
 #include "collectors/families.h"
-#include "collectors/missing_since.h"
 #include "collectors/kernel_symbols.h"
+#include "collectors/missing_since.h"
 
 struct btf;
 struct drops_bpf;

@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include "collectors/offcpu/offcpu_profiler.h"
+#include "collectors/offcpu/offcpu_service.h"
 
 namespace kmon {
 namespace {

@@ -20,7 +20,6 @@
 #include "collectors/missing_since.h"
 #include "collectors/offcpu/frame_resolver.h"
 #include "collectors/offcpu/offcpu_render.h"
-#include "base/http_types.h"
 #include "provider/workload.h"
 
 namespace kmon {
@@ -70,7 +69,7 @@ struct OffCpuResult {
   std::chrono::nanoseconds covered{0};
 };
 
-/// Not thread-safe: the cpu collector serializes calls.
+/// Not thread-safe: OffCpuService serializes calls.
 ///
 /// Memory: the kernel map holds at most KMON_CPU_OFFCPU_STACKS_MAX aggregates; user
 /// space keeps their totals, at most kMaxRetired (cgroup, stack) totals of exited
@@ -98,7 +97,7 @@ class OffCpuProfiler {
   /// Reads the kernel's aggregates, names stacks seen for the first time (capturing
   /// their process's maps while it lives), moves exited processes' aggregates into
   /// user space, drops cgroups gone for a while, and keeps a snapshot every
-  /// kSnapshotPeriod. The collector calls it every second and before each query.
+  /// kSnapshotPeriod. OffCpuService calls it every second and before each query.
   absl::Status Refresh(std::chrono::steady_clock::time_point now);
 
   /// Refreshes, then answers: stacks by workload, filtered, over the window. The
@@ -196,13 +195,5 @@ class OffCpuProfiler {
   std::deque<Delta> deltas_;
   MissingSince<uint64_t> missing_cgroups_;
 };
-
-/// Parses a /debug/offcpu request into a query and a format ("folded", "svg",
-/// "pprof"); an error names the bad parameter.
-absl::Status ParseOffCpuRequest(const HttpRequest& req, OffCpuQuery* query, std::string* format);
-
-/// Renders a result in `format`. Never throws.
-HttpResponse RenderOffCpuResponse(const OffCpuResult& result, const OffCpuQuery& query,
-                                  const std::string& format);
 
 }  // namespace kmon
