@@ -1,4 +1,4 @@
-/* Shared between bpf/cpu.bpf.c and collectors/cpu.cc, collectors/offcpu_profiler.cc. */
+/* Shared between bpf/cpu.bpf.c and collectors/cpu.cc, collectors/offcpu/offcpu_profiler.cc. */
 #ifndef KMON_BPF_CPU_H_
 #define KMON_BPF_CPU_H_
 

@@ -13,8 +13,7 @@
 #include "bpf/kmon_common.h"
 #include "bpf/cpu.skel.h"
 #include "collectors/bpf_util.h"
-#include "collectors/offcpu_profiler.h"
-#include "collectors/symbolizer.h"
+#include "collectors/offcpu/offcpu_service.h"
 #include "collectors/watched_cgroups.h"
 #include "base/log.h"
 
@@ -22,10 +21,6 @@ namespace kmon {
 namespace {
 
 constexpr char kName[] = "cpu";
-// How often the off-CPU aggregates are read between queries: new processes get their
-// maps captured within this, so a process must live about this long after its first
-// recorded episode for its user frames to be named.
-constexpr auto kRefreshPeriod = std::chrono::seconds(1);
 
 const char* const kStateNames[KMON_CPU_KIND_MAX] = {"", "sleep", "io", "other"};
 
@@ -256,8 +251,7 @@ std::vector<prometheus::MetricFamily> BuildCpuFamilies(const std::vector<CpuCoun
   return {oncpu.Build(), switches.Build(), offcpu.Build(), runq.Build()};
 }
 
-CpuCollector::CpuCollector(const CollectorDeps& deps)
-    : deps_(deps), host_(std::make_shared<OffCpuHost>()) {}
+CpuCollector::CpuCollector(const CollectorDeps& deps) : deps_(deps) {}
 
 CpuCollector::~CpuCollector() { Stop(); }
 
@@ -306,34 +300,14 @@ absl::Status CpuCollector::Start(const Config& config) {
   source_ = std::make_unique<BpfCpuDataSource>(bpf_map__fd(skel_->maps.cg_counters),
                                                bpf_map__fd(skel_->maps.cg_hists));
 
-  // Off-CPU stacks: kernel frames need /proc/kallsyms (the table drops shares); without
-  // it they are "[unknown]". The symbolizer holds the shared table and asks for it
-  // again at each kernel frame, so a table re-read after misses (modules loaded
-  // since) replaces this one.
-  absl::Status why;
-  std::shared_ptr<const KernelSymbols> ksyms = KernelSymbols::Shared(&why);
-  if (ksyms == nullptr) {
-    LogWarn("kernel symbols unavailable; kernel frames will be [unknown]",
-            {{"collector", kName}, {"err", why.ToString()}});
-  }
-  auto symbolizer = std::make_unique<Symbolizer>(
-      "/proc", Symbolizer::KernelSource([] { return KernelSymbols::Shared(); }));
-  auto profiler = std::make_unique<OffCpuProfiler>(
+  offcpu_ = std::make_unique<OffCpuService>(
       std::make_unique<BpfOffCpuStackSource>(
           bpf_map__fd(skel_->maps.offcpu_stacks), bpf_map__fd(skel_->maps.stacks),
           bpf_map__fd(skel_->maps.task_state), bpf_map__fd(skel_->maps.cpu_lost)),
-      std::make_unique<ProcFrameResolver>(std::move(symbolizer)), deps_.workloads,
-      std::chrono::steady_clock::now());
-  {
-    std::lock_guard<std::mutex> lock(host_->mu);
-    host_->profiler = std::move(profiler);
-  }
-  refresh_thread_ = std::thread(RefreshLoop, host_);
-  if (deps_.handle_http) {
-    std::shared_ptr<OffCpuHost> host = host_;
-    deps_.handle_http(kOffCpuPath,
-                      [host](const HttpRequest& req) { return ServeOffCpu(host, req); });
-  }
+      NewProcFrameResolver(), deps_.workloads);
+  offcpu_->SetStacks(config.collectors.cpu.stacks);
+  offcpu_->Start();
+  if (deps_.handle_http) deps_.handle_http(kOffCpuPath, offcpu_->Handler());
   return absl::OkStatus();
 }
 
@@ -346,83 +320,10 @@ absl::Status CpuCollector::Reconfigure(const Config& config) {
   if (bpf_map_update_elem(bpf_map__fd(skel_->maps.cpu_config), &zero, &value, BPF_ANY) != 0) {
     return BpfError(kName, "map=cpu_config: update", errno);
   }
-  {
-    std::lock_guard<std::mutex> lock(host_->mu);
-    host_->stacks = cc.stacks;
-  }
+  if (offcpu_) offcpu_->SetStacks(cc.stacks);
   std::lock_guard<std::mutex> lock(mu_);
   max_series_ = config.limits.max_series_per_collector;
   return absl::OkStatus();
-}
-
-void CpuCollector::RefreshLoop(std::shared_ptr<OffCpuHost> host) {
-  std::unique_lock<std::mutex> lock(host->mu);
-  bool warned = false;
-  while (!host->stopping) {
-    if (host->profiler && host->stacks) {
-      try {
-        absl::Status st = host->profiler->Refresh(std::chrono::steady_clock::now());
-        host->store_full = host->profiler->RetiredDropped();
-        if (!st.ok() && !warned) {
-          LogWarn("reading off-CPU stacks failed", {{"collector", kName}, {"err", st.ToString()}});
-        }
-        warned = !st.ok();
-      } catch (const std::exception& e) {
-        LogError("off-CPU refresh failed", {{"collector", kName}, {"err", e.what()}});
-      }
-    }
-    host->wake.wait_for(lock, kRefreshPeriod, [&] { return host->stopping; });
-  }
-}
-
-HttpResponse CpuCollector::ServeOffCpu(const std::shared_ptr<OffCpuHost>& host,
-                                       const HttpRequest& req) {
-  HttpResponse resp;
-  try {
-    if (req.method != "GET" && req.method != "HEAD") {
-      resp.status = 405;
-      resp.headers["Allow"] = "GET, HEAD";
-      resp.body = "Method Not Allowed\n";
-      return resp;
-    }
-    OffCpuQuery query;
-    std::string format;
-    absl::Status st = ParseOffCpuRequest(req, &query, &format);
-    if (!st.ok()) {
-      resp.status = 400;
-      resp.body = absl::StrCat(st.message(), "\n");
-      return resp;
-    }
-    // The query's result is a copy taken under the lock; rendering it (an SVG or a
-    // pprof of thousands of stacks) happens after, without holding up the refresh
-    // thread or another request.
-    absl::StatusOr<OffCpuResult> result;
-    {
-      std::lock_guard<std::mutex> lock(host->mu);
-      if (!host->profiler) {
-        resp.status = 503;
-        resp.body = "the cpu collector is not running\n";
-        return resp;
-      }
-      if (!host->stacks) {
-        resp.status = 503;
-        resp.body = "off-CPU stacks are off (collectors.cpu.stacks: false)\n";
-        return resp;
-      }
-      result = host->profiler->Query(query, std::chrono::steady_clock::now());
-    }
-    if (!result.ok()) {
-      resp.status = 500;
-      resp.body = absl::StrCat(result.status().ToString(), "\n");
-      return resp;
-    }
-    return RenderOffCpuResponse(*result, query, format);
-  } catch (const std::exception& e) {
-    resp = HttpResponse{};
-    resp.status = 500;
-    resp.body = absl::StrCat("off-CPU query failed: ", e.what(), "\n");
-    return resp;
-  }
 }
 
 void CpuCollector::DropStale(const std::vector<CpuCounters>& counters,
@@ -493,13 +394,7 @@ void CpuCollector::Collect(std::vector<prometheus::MetricFamily>* out) noexcept 
 }
 
 void CpuCollector::Stop() {
-  {
-    std::lock_guard<std::mutex> lock(host_->mu);
-    host_->stopping = true;
-    host_->profiler.reset();  // the handler answers 503 from now on
-  }
-  host_->wake.notify_all();
-  if (refresh_thread_.joinable()) refresh_thread_.join();
+  if (offcpu_) offcpu_->Stop();  // the handler answers 503 from now on
   source_.reset();
   if (skel_ != nullptr) {
     if (deps_.watched != nullptr) deps_.watched->Unregister(bpf_map__fd(skel_->maps.filter_config));
@@ -514,7 +409,7 @@ std::map<std::string, uint64_t> CpuCollector::EventsLost() const {
   std::map<std::string, uint64_t> lost =
       StandardEventsLost(skel_ != nullptr ? skel_->maps.lost : nullptr, read_errors_.load());
   // Exited processes' stacks with no room in user space (each counted once).
-  lost["offcpu_store_full"] = host_->store_full.load();
+  lost["offcpu_store_full"] = offcpu_ ? offcpu_->StoreFull() : 0;
   // Stacks the stack map refused because their bucket held another (bpf/cpu.h).
   lost["stack_collision"] = 0;
   if (skel_ != nullptr) {

@@ -1,7 +1,7 @@
 // `cpu`: per-workload CPU time, context switches, off-CPU episodes by state, and
 // run-queue latency, from the scheduler's tracepoints (sched_switch, sched_wakeup,
 // sched_wakeup_new); and off-CPU time by stack, served as flame graphs on
-// /debug/offcpu (see offcpu_profiler.h).
+// /debug/offcpu (see offcpu/offcpu_service.h).
 //
 // The histograms have fixed log2 buckets (le = 2^i microseconds, 1us .. 67.1s, +Inf),
 // so a Grafana heatmap of off-CPU episodes over time is
@@ -25,13 +25,11 @@
 #include <array>
 #include <atomic>
 #include <chrono>
-#include <condition_variable>
 #include <cstdint>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "bpf/cpu.h"
@@ -84,7 +82,7 @@ std::vector<prometheus::MetricFamily> BuildCpuFamilies(const std::vector<CpuCoun
                                                        WorkloadResolver* workloads,
                                                        SeriesBudget* budget, int64_t max_series);
 
-class OffCpuProfiler;
+class OffCpuService;
 
 class CpuCollector : public Collector {
  public:
@@ -104,18 +102,6 @@ class CpuCollector : public Collector {
   static constexpr char kOffCpuPath[] = "/debug/offcpu";
 
  private:
-  /// What the HTTP handler and the refresh thread share; outlives the collector
-  /// (the server keeps the handler), so a request after Stop() gets a 503.
-  struct OffCpuHost {
-    std::mutex mu;
-    std::condition_variable wake;
-    bool stopping = false;
-    bool stacks = true;
-    std::unique_ptr<OffCpuProfiler> profiler;  // null once stopped
-    std::atomic<uint64_t> store_full{0};       // the profiler's RetiredDropped()
-  };
-  static HttpResponse ServeOffCpu(const std::shared_ptr<OffCpuHost>& host, const HttpRequest& req);
-  static void RefreshLoop(std::shared_ptr<OffCpuHost> host);
   void DropStale(const std::vector<CpuCounters>& counters, const std::vector<CpuHistogram>& hists);
   /// Runs kmon_cpu_flush on every CPU: running threads' time so far into the counters.
   void FlushOnCpuTime();
@@ -123,8 +109,8 @@ class CpuCollector : public Collector {
   CollectorDeps deps_;
   cpu_bpf* skel_ = nullptr;
   std::unique_ptr<CpuDataSource> source_;
-  std::shared_ptr<OffCpuHost> host_;
-  std::thread refresh_thread_;
+  // Kept after Stop(): its handler answers 503, EventsLost() still reads it.
+  std::unique_ptr<OffCpuService> offcpu_;
   mutable std::mutex mu_;  // guards max_series_, budget_, missing_ against reload
   int64_t max_series_ = 20000;
   SeriesBudget budget_;

@@ -18,7 +18,7 @@
 #include <vector>
 
 #include "collectors/bpf_collector.h"
-#include "collectors/symbolizer.h"
+#include "collectors/kernel_symbols.h"
 
 struct btf;
 struct drops_bpf;

@@ -5,7 +5,8 @@
 // parsing /debug/offcpu requests.
 #include <gtest/gtest.h>
 
-#include "collectors/offcpu_profiler.h"
+#include "collectors/offcpu/offcpu_profiler.h"
+#include "collectors/offcpu/offcpu_service.h"
 
 namespace kmon {
 namespace {

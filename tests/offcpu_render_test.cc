@@ -10,8 +10,8 @@
 
 #include <gtest/gtest.h>
 
-#include "collectors/offcpu_render.h"
-#include "collectors/profile.pb.h"
+#include "collectors/offcpu/offcpu_render.h"
+#include "collectors/offcpu/profile.pb.h"
 
 namespace kmon {
 namespace {

@@ -14,7 +14,7 @@
 
 #include <gtest/gtest.h>
 
-#include "collectors/symbolizer.h"
+#include "collectors/offcpu/symbolizer.h"
 
 // Fixture functions: their names must come back from their addresses.
 extern "C" __attribute__((noinline, used)) int kmon_symbolizer_fixture_c(int x) {

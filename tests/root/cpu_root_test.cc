@@ -509,7 +509,7 @@ TEST_F(CpuRootTest, OffCpuStacksNameTheFunctionThatBlocked) {
   int rc = -1;
   const std::string decoded = RunShell(
       "gzip -dc " + pb.path() + " | protoc --decode perftools.profiles.Profile -I " +
-          KMON_SOURCE_DIR + " " + KMON_SOURCE_DIR + "/collectors/profile.proto 2>&1",
+          KMON_SOURCE_DIR + " " + KMON_SOURCE_DIR + "/collectors/offcpu/profile.proto 2>&1",
       &rc);
   EXPECT_EQ(rc, 0) << decoded;
   EXPECT_NE(decoded.find("string_table: \"kmon_test_sleepy_function\""), std::string::npos)

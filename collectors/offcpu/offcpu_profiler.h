@@ -18,9 +18,8 @@
 
 #include "bpf/cpu.h"
 #include "collectors/missing_since.h"
-#include "collectors/offcpu_render.h"
-#include "collectors/symbolizer.h"
-#include "base/http_types.h"
+#include "collectors/offcpu/frame_resolver.h"
+#include "collectors/offcpu/offcpu_render.h"
 #include "provider/workload.h"
 
 namespace kmon {
@@ -56,40 +55,6 @@ class OffCpuStackSource {
   virtual uint64_t StackCollisions() = 0;
 };
 
-/// Seam for naming frames and for process liveness: /proc and ELF files in production.
-/// A process is its PID and start time, so a reused PID is another process.
-class FrameResolver {
- public:
-  virtual ~FrameResolver() = default;
-  /// Called when a process's first stacks are seen: remember its memory maps.
-  virtual void Capture(const ProcessId& p) = 0;
-  virtual bool Alive(const ProcessId& p) = 0;
-  /// The process's stacks are all named and it has exited: its maps can go.
-  virtual void Forget(const ProcessId& p) = 0;
-  virtual std::string Kernel(uint64_t ip) = 0;
-  virtual std::string User(const ProcessId& p, uint64_t ip, bool leaf) = 0;
-  /// A round of naming is over: caches may shrink back to their caps.
-  virtual void Trim() {}
-};
-
-/// FrameResolver over a Symbolizer (which reads /proc/PID/stat for liveness).
-class ProcFrameResolver : public FrameResolver {
- public:
-  explicit ProcFrameResolver(std::unique_ptr<Symbolizer> symbolizer)
-      : symbolizer_(std::move(symbolizer)) {}
-  void Capture(const ProcessId& p) override { symbolizer_->Capture(p); }
-  bool Alive(const ProcessId& p) override { return symbolizer_->Alive(p); }
-  void Forget(const ProcessId& p) override { symbolizer_->Forget(p); }
-  std::string Kernel(uint64_t ip) override { return symbolizer_->KernelFrame(ip); }
-  std::string User(const ProcessId& p, uint64_t ip, bool leaf) override {
-    return symbolizer_->UserFrame(p, ip, leaf);
-  }
-  void Trim() override { symbolizer_->Trim(); }
-
- private:
-  std::unique_ptr<Symbolizer> symbolizer_;
-};
-
 /// What a /debug/offcpu query selects. An unset filter matches everything.
 struct OffCpuQuery {
   std::optional<std::string> namespace_, pod, container;
@@ -104,7 +69,7 @@ struct OffCpuResult {
   std::chrono::nanoseconds covered{0};
 };
 
-/// Not thread-safe: the cpu collector serializes calls.
+/// Not thread-safe: OffCpuService serializes calls.
 ///
 /// Memory: the kernel map holds at most KMON_CPU_OFFCPU_STACKS_MAX aggregates; user
 /// space keeps their totals, at most kMaxRetired (cgroup, stack) totals of exited
@@ -132,7 +97,7 @@ class OffCpuProfiler {
   /// Reads the kernel's aggregates, names stacks seen for the first time (capturing
   /// their process's maps while it lives), moves exited processes' aggregates into
   /// user space, drops cgroups gone for a while, and keeps a snapshot every
-  /// kSnapshotPeriod. The collector calls it every second and before each query.
+  /// kSnapshotPeriod. OffCpuService calls it every second and before each query.
   absl::Status Refresh(std::chrono::steady_clock::time_point now);
 
   /// Refreshes, then answers: stacks by workload, filtered, over the window. The
@@ -230,13 +195,5 @@ class OffCpuProfiler {
   std::deque<Delta> deltas_;
   MissingSince<uint64_t> missing_cgroups_;
 };
-
-/// Parses a /debug/offcpu request into a query and a format ("folded", "svg",
-/// "pprof"); an error names the bad parameter.
-absl::Status ParseOffCpuRequest(const HttpRequest& req, OffCpuQuery* query, std::string* format);
-
-/// Renders a result in `format`. Never throws.
-HttpResponse RenderOffCpuResponse(const OffCpuResult& result, const OffCpuQuery& query,
-                                  const std::string& format);
 
 }  // namespace kmon

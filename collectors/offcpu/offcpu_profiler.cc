@@ -1,14 +1,11 @@
-#include "collectors/offcpu_profiler.h"
+#include "collectors/offcpu/offcpu_profiler.h"
 
 #include <algorithm>
 #include <cerrno>
-#include <cmath>
 #include <cstring>
 #include <map>
 
-#include <absl/strings/numbers.h>
 #include <absl/strings/str_cat.h>
-#include <absl/strings/str_join.h>
 
 #include "base/log.h"
 
@@ -456,78 +453,6 @@ absl::StatusOr<OffCpuResult> OffCpuProfiler::Query(const OffCpuQuery& q,
   std::sort(result.stacks.begin(), result.stacks.end(),
             [](const OffCpuStack& a, const OffCpuStack& b) { return a.ns > b.ns; });
   return result;
-}
-
-absl::Status ParseOffCpuRequest(const HttpRequest& req, OffCpuQuery* query, std::string* format) {
-  *format = "folded";
-  for (const auto& [k, v] : req.query) {
-    if (k == "format") {
-      if (v != "folded" && v != "svg" && v != "pprof") {
-        return absl::InvalidArgumentError(
-            absl::StrCat("format: want folded, svg or pprof, got \"", v, "\""));
-      }
-      *format = v;
-    } else if (k == "namespace") {
-      query->namespace_ = v;
-    } else if (k == "pod") {
-      query->pod = v;
-    } else if (k == "container") {
-      query->container = v;
-    } else if (k == "seconds") {
-      double s = 0;
-      if (!absl::SimpleAtod(v, &s) || !std::isfinite(s) || s <= 0) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("seconds: want a positive number of seconds, got \"", v, "\""));
-      }
-      s = std::min(s, static_cast<double>(OffCpuProfiler::kRetention.count()));
-      query->window = std::chrono::nanoseconds(static_cast<int64_t>(s * 1e9));
-    } else {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "unknown parameter \"", k, "\" (known: format, namespace, pod, container, seconds)"));
-    }
-  }
-  return absl::OkStatus();
-}
-
-HttpResponse RenderOffCpuResponse(const OffCpuResult& result, const OffCpuQuery& query,
-                                  const std::string& format) {
-  HttpResponse resp;
-  try {
-    const double covered = std::chrono::duration<double>(result.covered).count();
-    resp.headers["X-Kmon-Window-Seconds"] = absl::StrCat(std::llround(covered));
-    if (format == "svg") {
-      std::vector<std::string> what;
-      if (query.namespace_) what.push_back(absl::StrCat("namespace=", *query.namespace_));
-      if (query.pod) what.push_back(absl::StrCat("pod=", *query.pod));
-      if (query.container) what.push_back(absl::StrCat("container=", *query.container));
-      what.push_back(absl::StrCat(query.window ? "last " : "since start, ", std::llround(covered),
-                                  " s; width: time blocked (switch-out to wakeup)"));
-      resp.content_type = "image/svg+xml";
-      resp.body = RenderFlameGraphSvg(result.stacks, "Off-CPU Time Flame Graph",
-                                      absl::StrJoin(what, ", "));
-    } else if (format == "pprof") {
-      const auto now_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(
-                              std::chrono::system_clock::now().time_since_epoch())
-                              .count();
-      absl::StatusOr<std::string> body =
-          RenderPprof(result.stacks, now_ns - result.covered.count(), result.covered.count());
-      if (!body.ok()) {
-        resp.status = 500;
-        resp.body = absl::StrCat(body.status().ToString(), "\n");
-        return resp;
-      }
-      resp.content_type = "application/octet-stream";
-      resp.headers["Content-Disposition"] = "attachment; filename=\"offcpu.pb.gz\"";
-      resp.body = std::move(*body);
-    } else {
-      resp.body = RenderFolded(result.stacks);
-    }
-  } catch (const std::exception& e) {
-    resp = HttpResponse{};
-    resp.status = 500;
-    resp.body = absl::StrCat("rendering failed: ", e.what(), "\n");
-  }
-  return resp;
 }
 
 }  // namespace kmon

@@ -1,4 +1,4 @@
-#include "collectors/offcpu_render.h"
+#include "collectors/offcpu/offcpu_render.h"
 
 #include <zlib.h>
 
@@ -13,7 +13,7 @@
 #include <absl/strings/str_cat.h>
 #include <absl/strings/str_join.h>
 
-#include "collectors/profile.pb.h"
+#include "collectors/offcpu/profile.pb.h"
 
 namespace kmon {
 namespace {

@@ -1,0 +1,233 @@
+#include "collectors/offcpu/offcpu_service.h"
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <condition_variable>
+#include <exception>
+#include <mutex>
+#include <utility>
+#include <vector>
+
+#include <absl/status/statusor.h>
+#include <absl/strings/numbers.h>
+#include <absl/strings/str_cat.h>
+#include <absl/strings/str_join.h>
+
+#include "base/log.h"
+#include "collectors/kernel_symbols.h"
+#include "collectors/offcpu/offcpu_render.h"
+#include "collectors/offcpu/symbolizer.h"
+
+namespace kmon {
+namespace {
+
+// The collector that serves /debug/offcpu, as logs name it.
+constexpr char kCollector[] = "cpu";
+
+}  // namespace
+
+absl::Status ParseOffCpuRequest(const HttpRequest& req, OffCpuQuery* query, std::string* format) {
+  *format = "folded";
+  for (const auto& [k, v] : req.query) {
+    if (k == "format") {
+      if (v != "folded" && v != "svg" && v != "pprof") {
+        return absl::InvalidArgumentError(
+            absl::StrCat("format: want folded, svg or pprof, got \"", v, "\""));
+      }
+      *format = v;
+    } else if (k == "namespace") {
+      query->namespace_ = v;
+    } else if (k == "pod") {
+      query->pod = v;
+    } else if (k == "container") {
+      query->container = v;
+    } else if (k == "seconds") {
+      double s = 0;
+      if (!absl::SimpleAtod(v, &s) || !std::isfinite(s) || s <= 0) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("seconds: want a positive number of seconds, got \"", v, "\""));
+      }
+      s = std::min(s, static_cast<double>(OffCpuProfiler::kRetention.count()));
+      query->window = std::chrono::nanoseconds(static_cast<int64_t>(s * 1e9));
+    } else {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "unknown parameter \"", k, "\" (known: format, namespace, pod, container, seconds)"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+HttpResponse RenderOffCpuResponse(const OffCpuResult& result, const OffCpuQuery& query,
+                                  const std::string& format) {
+  HttpResponse resp;
+  try {
+    const double covered = std::chrono::duration<double>(result.covered).count();
+    resp.headers["X-Kmon-Window-Seconds"] = absl::StrCat(std::llround(covered));
+    if (format == "svg") {
+      std::vector<std::string> what;
+      if (query.namespace_) what.push_back(absl::StrCat("namespace=", *query.namespace_));
+      if (query.pod) what.push_back(absl::StrCat("pod=", *query.pod));
+      if (query.container) what.push_back(absl::StrCat("container=", *query.container));
+      what.push_back(absl::StrCat(query.window ? "last " : "since start, ", std::llround(covered),
+                                  " s; width: time blocked (switch-out to wakeup)"));
+      resp.content_type = "image/svg+xml";
+      resp.body = RenderFlameGraphSvg(result.stacks, "Off-CPU Time Flame Graph",
+                                      absl::StrJoin(what, ", "));
+    } else if (format == "pprof") {
+      const auto now_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(
+                              std::chrono::system_clock::now().time_since_epoch())
+                              .count();
+      absl::StatusOr<std::string> body =
+          RenderPprof(result.stacks, now_ns - result.covered.count(), result.covered.count());
+      if (!body.ok()) {
+        resp.status = 500;
+        resp.body = absl::StrCat(body.status().ToString(), "\n");
+        return resp;
+      }
+      resp.content_type = "application/octet-stream";
+      resp.headers["Content-Disposition"] = "attachment; filename=\"offcpu.pb.gz\"";
+      resp.body = std::move(*body);
+    } else {
+      resp.body = RenderFolded(result.stacks);
+    }
+  } catch (const std::exception& e) {
+    resp = HttpResponse{};
+    resp.status = 500;
+    resp.body = absl::StrCat("rendering failed: ", e.what(), "\n");
+  }
+  return resp;
+}
+
+std::unique_ptr<FrameResolver> NewProcFrameResolver() {
+  // Off-CPU stacks: kernel frames need /proc/kallsyms (the table drops shares); without
+  // it they are "[unknown]". The symbolizer holds the shared table and asks for it
+  // again at each kernel frame, so a table re-read after misses (modules loaded
+  // since) replaces this one.
+  absl::Status why;
+  std::shared_ptr<const KernelSymbols> ksyms = KernelSymbols::Shared(&why);
+  if (ksyms == nullptr) {
+    LogWarn("kernel symbols unavailable; kernel frames will be [unknown]",
+            {{"collector", kCollector}, {"err", why.ToString()}});
+  }
+  auto symbolizer = std::make_unique<Symbolizer>(
+      "/proc", Symbolizer::KernelSource([] { return KernelSymbols::Shared(); }));
+  return std::make_unique<ProcFrameResolver>(std::move(symbolizer));
+}
+
+// What the HTTP handler and the refresh thread share.
+struct OffCpuService::Host {
+  std::mutex mu;
+  std::condition_variable wake;
+  bool stopping = false;
+  bool stacks = true;
+  std::unique_ptr<OffCpuProfiler> profiler;  // null once stopped
+  std::atomic<uint64_t> store_full{0};       // the profiler's RetiredDropped()
+};
+
+OffCpuService::OffCpuService(std::unique_ptr<OffCpuStackSource> stacks,
+                             std::unique_ptr<FrameResolver> frames, WorkloadResolver* workloads)
+    : host_(std::make_shared<Host>()) {
+  host_->profiler = std::make_unique<OffCpuProfiler>(std::move(stacks), std::move(frames),
+                                                     workloads, std::chrono::steady_clock::now());
+}
+
+OffCpuService::~OffCpuService() { Stop(); }
+
+void OffCpuService::Start() {
+  if (!refresh_thread_.joinable()) refresh_thread_ = std::thread(RefreshLoop, host_);
+}
+
+HttpHandler OffCpuService::Handler() const {
+  std::shared_ptr<Host> host = host_;
+  return [host](const HttpRequest& req) { return Serve(host, req); };
+}
+
+void OffCpuService::SetStacks(bool on) {
+  std::lock_guard<std::mutex> lock(host_->mu);
+  host_->stacks = on;
+}
+
+uint64_t OffCpuService::StoreFull() const { return host_->store_full.load(); }
+
+void OffCpuService::Stop() {
+  {
+    std::lock_guard<std::mutex> lock(host_->mu);
+    host_->stopping = true;
+    host_->profiler.reset();  // the handler answers 503 from now on
+  }
+  host_->wake.notify_all();
+  if (refresh_thread_.joinable()) refresh_thread_.join();
+}
+
+void OffCpuService::RefreshLoop(std::shared_ptr<Host> host) {
+  std::unique_lock<std::mutex> lock(host->mu);
+  bool warned = false;
+  while (!host->stopping) {
+    if (host->profiler && host->stacks) {
+      try {
+        absl::Status st = host->profiler->Refresh(std::chrono::steady_clock::now());
+        host->store_full = host->profiler->RetiredDropped();
+        if (!st.ok() && !warned) {
+          LogWarn("reading off-CPU stacks failed",
+                  {{"collector", kCollector}, {"err", st.ToString()}});
+        }
+        warned = !st.ok();
+      } catch (const std::exception& e) {
+        LogError("off-CPU refresh failed", {{"collector", kCollector}, {"err", e.what()}});
+      }
+    }
+    host->wake.wait_for(lock, kRefreshPeriod, [&] { return host->stopping; });
+  }
+}
+
+HttpResponse OffCpuService::Serve(const std::shared_ptr<Host>& host, const HttpRequest& req) {
+  HttpResponse resp;
+  try {
+    if (req.method != "GET" && req.method != "HEAD") {
+      resp.status = 405;
+      resp.headers["Allow"] = "GET, HEAD";
+      resp.body = "Method Not Allowed\n";
+      return resp;
+    }
+    OffCpuQuery query;
+    std::string format;
+    absl::Status st = ParseOffCpuRequest(req, &query, &format);
+    if (!st.ok()) {
+      resp.status = 400;
+      resp.body = absl::StrCat(st.message(), "\n");
+      return resp;
+    }
+    // The query's result is a copy taken under the lock; rendering it (an SVG or a
+    // pprof of thousands of stacks) happens after, without holding up the refresh
+    // thread or another request.
+    absl::StatusOr<OffCpuResult> result;
+    {
+      std::lock_guard<std::mutex> lock(host->mu);
+      if (!host->profiler) {
+        resp.status = 503;
+        resp.body = "the cpu collector is not running\n";
+        return resp;
+      }
+      if (!host->stacks) {
+        resp.status = 503;
+        resp.body = "off-CPU stacks are off (collectors.cpu.stacks: false)\n";
+        return resp;
+      }
+      result = host->profiler->Query(query, std::chrono::steady_clock::now());
+    }
+    if (!result.ok()) {
+      resp.status = 500;
+      resp.body = absl::StrCat(result.status().ToString(), "\n");
+      return resp;
+    }
+    return RenderOffCpuResponse(*result, query, format);
+  } catch (const std::exception& e) {
+    resp = HttpResponse{};
+    resp.status = 500;
+    resp.body = absl::StrCat("off-CPU query failed: ", e.what(), "\n");
+    return resp;
+  }
+}
+
+}  // namespace kmon
