@@ -188,7 +188,9 @@ void YamlParser::Map(const YamlValue& v, const std::vector<Field>& fields) {
     }
     if (field == nullptr) {
       std::vector<const char*> names;
-      for (const Field& f : fields) names.push_back(f.name);
+      for (const Field& f : fields) {
+        if (f.listed) names.push_back(f.name);
+      }
       Report(key, line,
              absl::StrCat("unknown key (expected one of: ", absl::StrJoin(names, ", "), ")"));
       continue;

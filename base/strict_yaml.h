@@ -70,6 +70,9 @@ class YamlParser {
   struct Field {
     const char* name;
     Handler handle;
+    /// False for keys that are known only to be refused (a format's keys kmon
+    /// does not implement): not offered in "expected one of".
+    bool listed = true;
   };
 
   explicit YamlParser(EnvLookup env) : env_(std::move(env)) {}

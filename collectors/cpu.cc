@@ -14,7 +14,7 @@
 #include "bpf/cpu.skel.h"
 #include "collectors/bpf_util.h"
 #include "collectors/offcpu/offcpu_service.h"
-#include "collectors/watched_cgroups.h"
+#include "collectors/kernel_features.h"
 #include "base/log.h"
 
 namespace kmon {
@@ -181,8 +181,7 @@ absl::Status CheckSchedSwitchHasPrevState(const btf* vmlinux) {
 
 std::vector<prometheus::MetricFamily> BuildCpuFamilies(const std::vector<CpuCounters>& counters,
                                                        const std::vector<CpuHistogram>& hists,
-                                                       WorkloadResolver* workloads,
-                                                       SeriesBudget* budget, int64_t max_series) {
+                                                       WorkloadLabeler* labeler) {
   const std::vector<std::string> wl{"namespace", "pod", "container"};
   FamilyBuilder oncpu("kmon_cpu_oncpu_seconds_total",
                       "Time threads of the workload ran on a CPU, up to the scrape.",
@@ -214,11 +213,10 @@ std::vector<prometheus::MetricFamily> BuildCpuFamilies(const std::vector<CpuCoun
   std::sort(cgroups.begin(), cgroups.end());  // the same workloads win the budget every scrape
 
   std::unordered_map<uint64_t, WorkloadLabels> admitted;
-  budget->Begin(max_series);
   for (uint64_t cg : cgroups) {
-    std::optional<WorkloadLabels> l = workloads->Lookup(cg);
-    if (!l) continue;  // the cgroup is gone; its entries are dropped below
-    admitted[cg] = budget->Admit(*l, series[cg]);
+    std::optional<WorkloadLabels> l = labeler->LabelsFor(cg, series[cg]);
+    if (!l) continue;  // the cgroup is gone; its entries are dropped by the collector
+    admitted[cg] = std::move(*l);
   }
 
   std::vector<const CpuCounters*> sc;
@@ -251,68 +249,59 @@ std::vector<prometheus::MetricFamily> BuildCpuFamilies(const std::vector<CpuCoun
   return {oncpu.Build(), switches.Build(), offcpu.Build(), runq.Build()};
 }
 
-CpuCollector::CpuCollector(const CollectorDeps& deps) : deps_(deps) {}
+void ParseCpuSection(YamlParser& p, const YamlValue& v, CpuConfig* c) {
+  p.Map(v, {
+               {"enabled", [&](const YamlValue& f) { p.Bool(f, &c->enabled); }},
+               // 0 is allowed: it records every off-CPU episode, however short.
+               {"offcpu_min", [&](const YamlValue& f) { p.Duration(f, &c->offcpu_min); }},
+               {"stacks", [&](const YamlValue& f) { p.Bool(f, &c->stacks); }},
+           });
+}
+
+CpuCollector::CpuCollector(const CollectorDeps& deps)
+    : BpfCollector(
+          kName, deps, &skel_, cpu_bpf__create_skeleton,
+          {{"cpu_config", sizeof(uint32_t), sizeof(cpu_config)},
+           {"task_state", sizeof(uint32_t), sizeof(cpu_task_state)},
+           {"cg_counters", sizeof(uint64_t), sizeof(cpu_counters)},
+           {"cg_hists", sizeof(cpu_hist_key), sizeof(cpu_hist)},
+           {"offcpu_stacks", sizeof(offcpu_stack_key), sizeof(offcpu_stack_value)},
+           {"stacks", sizeof(uint32_t), KMON_CPU_STACK_DEPTH * sizeof(uint64_t)}}) {}
 
 CpuCollector::~CpuCollector() { Stop(); }
 
-absl::Status CpuCollector::Start(const Config& config) {
-  {
-    // A clear message on kernels before 5.18 rather than the verifier's.
-    btf* vmlinux = btf__load_vmlinux_btf();
-    if (vmlinux == nullptr) return BpfError(kName, "load vmlinux BTF", errno);
-    absl::Status st = CheckSchedSwitchHasPrevState(vmlinux);
-    btf__free(vmlinux);
-    if (!st.ok()) return st;
+absl::Status CpuCollector::BeforeLoad(const CollectorConfig&) {
+  // A clear message on kernels before 5.18 rather than the verifier's.
+  absl::StatusOr<const btf*> vmlinux = Features().VmlinuxBtf();
+  if (!vmlinux.ok()) {
+    return absl::Status(vmlinux.status().code(),
+                        absl::StrCat("collector=cpu: ", vmlinux.status().message()));
   }
-  skel_ = cpu_bpf__open();
-  if (skel_ == nullptr) return BpfError(kName, "open", errno);
+  absl::Status st = CheckSchedSwitchHasPrevState(*vmlinux);
+  if (!st.ok()) return st;
   // Run from user space on each CPU (FlushOnCpuTime), never attached.
   bpf_program__set_autoattach(skel_->progs.kmon_cpu_flush, false);
-  struct Layout {
-    const bpf_map* map;
-    size_t key, value;
-  };
-  const Layout layouts[] = {
-      {skel_->maps.cpu_config, sizeof(uint32_t), sizeof(cpu_config)},
-      {skel_->maps.task_state, sizeof(uint32_t), sizeof(cpu_task_state)},
-      {skel_->maps.cg_counters, sizeof(uint64_t), sizeof(cpu_counters)},
-      {skel_->maps.cg_hists, sizeof(cpu_hist_key), sizeof(cpu_hist)},
-      {skel_->maps.offcpu_stacks, sizeof(offcpu_stack_key), sizeof(offcpu_stack_value)},
-      {skel_->maps.stacks, sizeof(uint32_t), KMON_CPU_STACK_DEPTH * sizeof(uint64_t)},
-  };
-  for (const auto& l : layouts) {
-    absl::Status st = CheckMapLayout(kName, l.map, l.key, l.value);
-    if (!st.ok()) return st;
-  }
-  int err = cpu_bpf__load(skel_);
-  if (err) return BpfError(kName, "load", err);
-  absl::Status st = Reconfigure(config);
-  if (!st.ok()) return st;
-  if (deps_.watched != nullptr) {
-    st = deps_.watched->Register(bpf_map__fd(skel_->maps.filter_config),
-                                 bpf_map__fd(skel_->maps.watched_cgroups));
-    if (!st.ok()) return st;
-  }
-  err = cpu_bpf__attach(skel_);
-  if (err) return BpfError(kName, "attach tp_btf/sched_switch, sched_wakeup, sched_wakeup_new", err);
+  return absl::OkStatus();
+}
+
+absl::Status CpuCollector::AfterAttach(const CollectorConfig& config) {
   // Threads running now have no state yet: their time counts from here.
   FlushOnCpuTime();
   source_ = std::make_unique<BpfCpuDataSource>(bpf_map__fd(skel_->maps.cg_counters),
                                                bpf_map__fd(skel_->maps.cg_hists));
-
   offcpu_ = std::make_unique<OffCpuService>(
       std::make_unique<BpfOffCpuStackSource>(
           bpf_map__fd(skel_->maps.offcpu_stacks), bpf_map__fd(skel_->maps.stacks),
           bpf_map__fd(skel_->maps.task_state), bpf_map__fd(skel_->maps.cpu_lost)),
-      NewProcFrameResolver(), deps_.workloads);
-  offcpu_->SetStacks(config.collectors.cpu.stacks);
+      NewProcFrameResolver(), deps().workloads);
+  offcpu_->SetStacks(config.collectors.Get<CpuConfig>().stacks);
   offcpu_->Start();
-  if (deps_.handle_http) deps_.handle_http(kOffCpuPath, offcpu_->Handler());
+  if (deps().handle_http) deps().handle_http(kOffCpuPath, offcpu_->Handler());
   return absl::OkStatus();
 }
 
-absl::Status CpuCollector::Reconfigure(const Config& config) {
-  const CpuConfig& cc = config.collectors.cpu;
+absl::Status CpuCollector::Configure(const CollectorConfig& config) {
+  const CpuConfig& cc = config.collectors.Get<CpuConfig>();
   cpu_config value{};
   value.offcpu_min_ns = static_cast<uint64_t>(std::max<int64_t>(0, cc.offcpu_min.count()));
   value.stacks = cc.stacks ? 1 : 0;
@@ -321,30 +310,18 @@ absl::Status CpuCollector::Reconfigure(const Config& config) {
     return BpfError(kName, "map=cpu_config: update", errno);
   }
   if (offcpu_) offcpu_->SetStacks(cc.stacks);
-  std::lock_guard<std::mutex> lock(mu_);
-  max_series_ = config.limits.max_series_per_collector;
   return absl::OkStatus();
 }
 
 void CpuCollector::DropStale(const std::vector<CpuCounters>& counters,
                              const std::vector<CpuHistogram>& hists) {
-  if (skel_ == nullptr) return;
-  std::unordered_set<uint64_t> cgroups;
-  for (const auto& c : counters) cgroups.insert(c.cgroup_id);
-  for (const auto& h : hists) cgroups.insert(h.cgroup_id);
-  std::unordered_set<uint64_t> gone;
-  missing_.Begin();
-  for (uint64_t cg : cgroups) {
-    if (deps_.workloads->Lookup(cg).has_value()) continue;
-    if (missing_.Gone(cg)) gone.insert(cg);
-  }
-  missing_.End();
-  for (uint64_t cg : gone) {
-    missing_.Forget(cg);
-    bpf_map_delete_elem(bpf_map__fd(skel_->maps.cg_counters), &cg);
+  for (const auto& c : counters) {
+    if (labeler().Gone(c.cgroup_id)) {
+      bpf_map_delete_elem(bpf_map__fd(skel_->maps.cg_counters), &c.cgroup_id);
+    }
   }
   for (const auto& h : hists) {
-    if (!gone.count(h.cgroup_id)) continue;
+    if (!labeler().Gone(h.cgroup_id)) continue;
     cpu_hist_key k{};
     k.cgroup_id = h.cgroup_id;
     k.kind = h.kind;
@@ -372,56 +349,34 @@ void CpuCollector::FlushOnCpuTime() {
   }
 }
 
-void CpuCollector::Collect(std::vector<prometheus::MetricFamily>* out) noexcept {
-  if (!source_) return;
-  try {
-    FlushOnCpuTime();
-    std::vector<CpuCounters> counters;
-    std::vector<CpuHistogram> hists;
-    absl::Status st = source_->Read(&counters, &hists);
-    if (!st.ok()) {
-      ++read_errors_;
-      LogWarn("reading BPF map failed", {{"collector", kName}, {"err", st.ToString()}});
-      return;
-    }
-    std::lock_guard<std::mutex> lock(mu_);
-    auto families = BuildCpuFamilies(counters, hists, deps_.workloads, &budget_, max_series_);
-    DropStale(counters, hists);
-    for (auto& f : families) out->push_back(std::move(f));
-  } catch (const std::exception& e) {
-    LogError("collect failed", {{"collector", kName}, {"err", e.what()}});
-  }
+absl::Status CpuCollector::Read(std::vector<prometheus::MetricFamily>* out) {
+  FlushOnCpuTime();
+  std::vector<CpuCounters> counters;
+  std::vector<CpuHistogram> hists;
+  absl::Status st = source_->Read(&counters, &hists);
+  if (!st.ok()) return st;
+  auto families = BuildCpuFamilies(counters, hists, &labeler());
+  DropStale(counters, hists);
+  for (auto& f : families) out->push_back(std::move(f));
+  return absl::OkStatus();
 }
 
-void CpuCollector::Stop() {
+void CpuCollector::BeforeDestroy() {
   if (offcpu_) offcpu_->Stop();  // the handler answers 503 from now on
-  source_.reset();
-  if (skel_ != nullptr) {
-    if (deps_.watched != nullptr) deps_.watched->Unregister(bpf_map__fd(skel_->maps.filter_config));
-    cpu_bpf__destroy(skel_);
-    skel_ = nullptr;
-  }
-}
-
-const bpf_object* CpuCollector::BpfObject() const { return skel_ ? skel_->obj : nullptr; }
-
-std::map<std::string, uint64_t> CpuCollector::EventsLost() const {
-  std::map<std::string, uint64_t> lost =
-      StandardEventsLost(skel_ != nullptr ? skel_->maps.lost : nullptr, read_errors_.load());
-  // Exited processes' stacks with no room in user space (each counted once).
-  lost["offcpu_store_full"] = offcpu_ ? offcpu_->StoreFull() : 0;
-  // Stacks the stack map refused because their bucket held another (bpf/cpu.h).
-  lost["stack_collision"] = 0;
-  if (skel_ != nullptr) {
-    auto sums = ReadPerCpuU64Array(bpf_map__fd(skel_->maps.cpu_lost), KMON_CPU_LOST_MAX);
-    if (sums.ok()) lost["stack_collision"] = (*sums)[KMON_CPU_LOST_STACK_COLLISION];
-  }
-  return lost;
-}
-
-uint64_t CpuCollector::SeriesOverflow() const {
   std::lock_guard<std::mutex> lock(mu_);
-  return budget_.Overflowed();
+  source_.reset();
+}
+
+void CpuCollector::AddOwnEventsLost(std::map<std::string, uint64_t>* lost) const {
+  // Exited processes' stacks with no room in user space (each counted once).
+  (*lost)["offcpu_store_full"] = offcpu_ ? offcpu_->StoreFull() : 0;
+  // Stacks the stack map refused because their bucket held another (bpf/cpu.h).
+  (*lost)["stack_collision"] = 0;
+  const int fd = MapFd("cpu_lost");
+  if (fd >= 0) {
+    auto sums = ReadPerCpuU64Array(fd, KMON_CPU_LOST_MAX);
+    if (sums.ok()) (*lost)["stack_collision"] = (*sums)[KMON_CPU_LOST_STACK_COLLISION];
+  }
 }
 
 }  // namespace kmon

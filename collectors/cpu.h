@@ -33,14 +33,20 @@
 #include <vector>
 
 #include "bpf/cpu.h"
-#include "collectors/collector.h"
-#include "collectors/families.h"
-#include "collectors/missing_since.h"
+#include "collectors/bpf_collector.h"
 
 struct cpu_bpf;
 struct btf;
 
 namespace kmon {
+
+/// collectors.cpu
+struct CpuConfig : CollectorSectionOf<CpuConfig> {
+  static constexpr char kName[] = "cpu";
+  std::chrono::nanoseconds offcpu_min = std::chrono::milliseconds(1);
+  bool stacks = true;
+};
+void ParseCpuSection(YamlParser& p, const YamlValue& v, CpuConfig* c);
 
 /// Counters of one cgroup, summed over CPUs.
 struct CpuCounters {
@@ -76,50 +82,43 @@ const std::vector<double>& CpuHistogramBounds();
 absl::Status CheckSchedSwitchHasPrevState(const struct btf* vmlinux);
 
 /// Turns counters and histograms into the four families, resolving cgroups.
-/// Pure apart from the resolver: golden tests feed it fixed input.
+/// Pure apart from the labeler: golden tests feed it fixed input.
 std::vector<prometheus::MetricFamily> BuildCpuFamilies(const std::vector<CpuCounters>& counters,
                                                        const std::vector<CpuHistogram>& hists,
-                                                       WorkloadResolver* workloads,
-                                                       SeriesBudget* budget, int64_t max_series);
+                                                       WorkloadLabeler* labeler);
 
 class OffCpuService;
 
-class CpuCollector : public Collector {
+class CpuCollector : public BpfCollector {
  public:
   explicit CpuCollector(const CollectorDeps& deps);
   ~CpuCollector() override;
-
-  /// Also starts the off-CPU stack thread and registers /debug/offcpu.
-  absl::Status Start(const Config& config) override;
-  absl::Status Reconfigure(const Config& config) override;
-  void Collect(std::vector<prometheus::MetricFamily>* out) noexcept override;
-  void Stop() override;
-  const bpf_object* BpfObject() const override;
-  std::map<std::string, uint64_t> EventsLost() const override;
-  uint64_t SeriesOverflow() const override;
 
   /// Where /debug/offcpu is served.
   static constexpr char kOffCpuPath[] = "/debug/offcpu";
 
  private:
+  /// The kernel must pass sched_switch's prev_state; kmon_cpu_flush is run, not attached.
+  absl::Status BeforeLoad(const CollectorConfig& config) override;
+  absl::Status Configure(const CollectorConfig& config) override;
+  /// Also starts the off-CPU stack thread and registers /debug/offcpu.
+  absl::Status AfterAttach(const CollectorConfig& config) override;
+  void BeforeDestroy() override;
+  absl::Status Read(std::vector<prometheus::MetricFamily>* out) override;
+  void AddOwnEventsLost(std::map<std::string, uint64_t>* lost) const override;
   void DropStale(const std::vector<CpuCounters>& counters, const std::vector<CpuHistogram>& hists);
   /// Runs kmon_cpu_flush on every CPU: running threads' time so far into the counters.
   void FlushOnCpuTime();
 
-  CollectorDeps deps_;
   cpu_bpf* skel_ = nullptr;
   std::unique_ptr<CpuDataSource> source_;
-  // Kept after Stop(): its handler answers 503, EventsLost() still reads it.
+  // Kept after Stop() (until a new start): its handler answers 503, EventsLost()
+  // still reads it.
   std::unique_ptr<OffCpuService> offcpu_;
-  mutable std::mutex mu_;  // guards max_series_, budget_, missing_ against reload
-  int64_t max_series_ = 20000;
-  SeriesBudget budget_;
-  std::atomic<uint64_t> read_errors_{0};
   std::atomic<bool> flush_warned_{false};
   // One flush at a time: on the calling CPU it runs with interrupts on, and another
   // scrape's flush arriving there by IPI would count that thread's slice twice.
   std::mutex flush_mu_;
-  MissingSince<uint64_t> missing_;
 };
 
 }  // namespace kmon

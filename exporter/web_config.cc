@@ -88,9 +88,9 @@ void ParseTls(YamlParser& p, const YamlValue& section, WebConfig& cfg) {
   for (const char* unsupported : {"cert", "key", "client_ca", "cipher_suites", "curve_preferences",
                                   "max_version", "prefer_server_cipher_suites",
                                   "client_allowed_sans"}) {
-    fields.push_back({unsupported, [&p](const YamlValue& f) {
-                        p.Report(f.key, f.line, "not supported by kmon");
-                      }});
+    fields.push_back(
+        {unsupported, [&p](const YamlValue& f) { p.Report(f.key, f.line, "not supported by kmon"); },
+         /*listed=*/false});
   }
   p.Map(section, fields);
 
@@ -145,7 +145,8 @@ void ParseHttp(YamlParser& p, const YamlValue& v) {
   p.Map(v, {
                {"http2", [&](const YamlValue& f) { p.Bool(f, &http2); }},
                {"headers",
-                [&](const YamlValue& f) { p.Report(f.key, f.line, "not supported by kmon"); }},
+                [&](const YamlValue& f) { p.Report(f.key, f.line, "not supported by kmon"); },
+                /*listed=*/false},
            });
 }
 

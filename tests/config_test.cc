@@ -131,7 +131,8 @@ TEST(DefaultConfigTest, MatchesSpec) {
 }
 
 TEST(DefaultConfigTest, ResolvesDefaultSyscallNumbers) {
-  const SyscallsConfig& s = DefaultConfig().collectors.syscalls;
+  const Config c = DefaultConfig();
+  const SyscallsConfig& s = c.collectors.Get<SyscallsConfig>();
 #if defined(__x86_64__)
   // Every default name is native on x86-64, in SPEC's order.
   EXPECT_EQ(s.syscalls, kSpecSyscalls);
@@ -423,10 +424,10 @@ TEST(ParseConfigTest, ReportsEveryProblemInDocumentOrder) {
             "line 3: targets.host_processes: must be true or false, got \"maybe\"\n"
             "line 4: targets.bogus: unknown key (expected one of: namespaces, "
             "exclude_namespaces, pod_selector, host_processes)\n"
-            "line 7: collectors.Get<TcpConfig>().latency_buckets[3]: must be greater than the previous "
+            "line 7: collectors.tcp.latency_buckets[3]: must be greater than the previous "
             "bucket (0.3)\n"
-            "line 8: collectors.Get<SyscallsConfig>().syscalls[1]: unknown syscall \"nope\"\n"
-            "line 9: collectors.Get<DnsConfig>().ports[0]: must be a port number from 0 to 65535, got "
+            "line 8: collectors.syscalls.syscalls[1]: unknown syscall \"nope\"\n"
+            "line 9: collectors.dns.ports[0]: must be a port number from 0 to 65535, got "
             "99999\n");
 }
 
@@ -437,7 +438,7 @@ TEST(ParseConfigTest, ProblemToString) {
       FakeEnv());
   ASSERT_EQ(result.problems.size(), 1u);
   EXPECT_EQ(result.problems[0].ToString(),
-            "line 12: collectors.Get<TcpConfig>().latency_buckets[3]: must be greater than the previous "
+            "line 12: collectors.tcp.latency_buckets[3]: must be greater than the previous "
             "bucket (0.5)");
   EXPECT_EQ((ConfigProblem{"", 0, "cannot read x: No such file or directory"}.ToString()),
             "cannot read x: No such file or directory");
@@ -490,7 +491,7 @@ TEST(ParseConfigTest, ExpandedValueIsStillChecked) {
       ParseConfig("collectors: {drops: {enabled: \"${UNSET}\"}}\n", FakeEnv());
   ASSERT_EQ(empty_bool.problems.size(), 1u) << Problems(empty_bool);
   EXPECT_EQ(empty_bool.problems[0].ToString(),
-            "line 1: collectors.Get<DropsConfig>().enabled: must be true or false, got \"\"");
+            "line 1: collectors.drops.enabled: must be true or false, got \"\"");
   const Config c =
       MustParse("kubernetes: {node_name: \"${V}\"}\n", FakeEnv({{"V", "a: [b]\n- c"}}));
   EXPECT_EQ(c.kubernetes.node_name, "a: [b]\n- c");
@@ -498,7 +499,7 @@ TEST(ParseConfigTest, ExpandedValueIsStillChecked) {
 
 TEST(ParseConfigTest, SyscallNamesResolveToNativeNumbers) {
   const Config c = MustParse("collectors:\n  syscalls:\n    syscalls: [getppid, openat, read]\n");
-  const SyscallsConfig& s = c.collectors.syscalls;
+  const SyscallsConfig& s = c.collectors.Get<SyscallsConfig>();
   EXPECT_THAT(s.syscalls, ElementsAre("getppid", "openat", "read"));
   EXPECT_THAT(s.numbers, ElementsAre(SYS_getppid, SYS_openat, SYS_read));
   EXPECT_THAT(s.unavailable, IsEmpty());
@@ -515,7 +516,7 @@ TEST(ParseConfigTest, SyscallMissingOnThisArchitectureIsSetAside) {
 #endif
   const Config c = MustParse(std::string("collectors: {syscalls: {syscalls: [getppid, ") +
                              other_arch_only + ", read]}}\n");
-  const SyscallsConfig& s = c.collectors.syscalls;
+  const SyscallsConfig& s = c.collectors.Get<SyscallsConfig>();
   EXPECT_THAT(s.syscalls, ElementsAre("getppid", "read"));
   EXPECT_THAT(s.numbers, ElementsAre(SYS_getppid, SYS_read));
   EXPECT_THAT(s.unavailable, ElementsAre(other_arch_only));

@@ -83,7 +83,8 @@ TEST_F(WorkloadLabelerTest, GoneOnlyAfterMissingForTheWholeGrace) {
   ASSERT_TRUE(labeler.Lookup(20).has_value());
   labeler.EndPass();
 
-  live_.erase(20);  // the cgroup is removed
+  live_.erase(20);  // the cgroup is removed, and a rescan notices
+  resolver_.Refresh();
   for (int s : {0, 2, 4}) {
     labeler.BeginPass(t0 + seconds(1 + s));
     EXPECT_FALSE(labeler.Lookup(20).has_value());
@@ -101,6 +102,7 @@ TEST_F(WorkloadLabelerTest, ACgroupFoundAgainStartsItsGraceAfresh) {
   const auto t0 = std::chrono::steady_clock::now();
   WorkloadLabeler labeler(&resolver_, 20000, seconds(5));
   live_.erase(30);
+  resolver_.Refresh();
   labeler.BeginPass(t0);
   EXPECT_FALSE(labeler.Lookup(30).has_value());
   labeler.EndPass();
@@ -110,6 +112,7 @@ TEST_F(WorkloadLabelerTest, ACgroupFoundAgainStartsItsGraceAfresh) {
   EXPECT_TRUE(labeler.Lookup(30).has_value());
   labeler.EndPass();
   live_.erase(30);
+  resolver_.Refresh();
   labeler.BeginPass(t0 + seconds(6));
   EXPECT_FALSE(labeler.Lookup(30).has_value());
   EXPECT_FALSE(labeler.Gone(30));  // missing since t0+6s, not since t0
