@@ -181,35 +181,19 @@ int BPF_PROG(kmon_blk_merge, struct request *rq) {
 static __always_inline void add_count(__u64 cgroup_id, __u32 dev, __u32 op, __u64 bytes,
                                       __u64 requests) {
   struct blk_count_key key = {.cgroup_id = cgroup_id, .dev = dev, .op = op};
-  struct blk_count_value *v = bpf_map_lookup_elem(&io_counts, &key);
-  if (!v) {
-    struct blk_count_value zero = {};
-    /* EEXIST: another CPU inserted it first; our CPU's slot of it is there now. */
-    bpf_map_update_elem(&io_counts, &key, &zero, BPF_NOEXIST);
-    v = bpf_map_lookup_elem(&io_counts, &key);
-    if (!v) {
-      kmon_count_lost(KMON_LOST_MAP_FULL);
-      return;
-    }
-  }
+  static const struct blk_count_value zero;
+  struct blk_count_value *v = kmon_lookup_or_init(&io_counts, &key, &zero);
+  if (!v) return;
   v->bytes += bytes;
   v->requests += requests;
 }
 
 static __always_inline void add_latency(__u32 dev, __u32 op, __u64 ns, bool timed, bool failed) {
   struct blk_latency_key key = {.dev = dev, .op = op};
-  struct blk_latency_value *v = bpf_map_lookup_elem(&io_latency, &key);
-  if (!v) {
-    /* Too big for the 512-byte stack next to everything else: start from a
-     * zeroed per-CPU slot made by the map itself. */
-    static const struct blk_latency_value zero;
-    bpf_map_update_elem(&io_latency, &key, &zero, BPF_NOEXIST);
-    v = bpf_map_lookup_elem(&io_latency, &key);
-    if (!v) {
-      kmon_count_lost(KMON_LOST_MAP_FULL);
-      return;
-    }
-  }
+  /* A global: too big for the 512-byte stack next to everything else. */
+  static const struct blk_latency_value zero;
+  struct blk_latency_value *v = kmon_lookup_or_init(&io_latency, &key, &zero);
+  if (!v) return;
   if (timed) {
     __u32 slot = kmon_blk_latency_slot(ns);
     if (slot < KMON_BLK_LAT_SLOTS) v->slots[slot] += 1;

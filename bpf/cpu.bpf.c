@@ -109,17 +109,8 @@ static __always_inline void count_cpu_lost(__u32 reason) {
 
 static __always_inline void hist_add(__u64 cgroup_id, __u32 kind, __u64 ns) {
   struct cpu_hist_key key = {.cgroup_id = cgroup_id, .kind = kind};
-  struct cpu_hist *h = bpf_map_lookup_elem(&cg_hists, &key);
-  if (!h) {
-    /* On a race with another CPU the insert fails with EEXIST and the lookup
-     * finds the key the other CPU made. */
-    bpf_map_update_elem(&cg_hists, &key, &zero_hist, BPF_NOEXIST);
-    h = bpf_map_lookup_elem(&cg_hists, &key);
-    if (!h) {
-      kmon_count_lost(KMON_LOST_MAP_FULL);
-      return;
-    }
-  }
+  struct cpu_hist *h = kmon_lookup_or_init(&cg_hists, &key, &zero_hist);
+  if (!h) return;
   __u32 slot = kmon_cpu_hist_slot(ns);
   if (slot < KMON_CPU_HIST_SLOTS) __sync_fetch_and_add(&h->slots[slot], 1);
   __sync_fetch_and_add(&h->sum_ns, ns);
@@ -127,13 +118,8 @@ static __always_inline void hist_add(__u64 cgroup_id, __u32 kind, __u64 ns) {
 
 /* This CPU's counters of a cgroup (a per-CPU value: plain adds). */
 static __always_inline struct cpu_counters *counters_of(__u64 cgroup_id) {
-  struct cpu_counters *c = bpf_map_lookup_elem(&cg_counters, &cgroup_id);
-  if (c) return c;
-  struct cpu_counters zero = {};
-  bpf_map_update_elem(&cg_counters, &cgroup_id, &zero, BPF_NOEXIST);
-  c = bpf_map_lookup_elem(&cg_counters, &cgroup_id);
-  if (!c) kmon_count_lost(KMON_LOST_MAP_FULL);
-  return c;
+  static const struct cpu_counters zero;
+  return kmon_lookup_or_init(&cg_counters, &cgroup_id, &zero);
 }
 
 /* The stack id to keep from bpf_get_stackid's result. "No stack there" (EFAULT for
@@ -164,16 +150,9 @@ static __always_inline void stack_add(struct task_struct *t, const struct cpu_ta
                                  .tgid = st->tgid,
                                  .kstack = st->kstack,
                                  .ustack = st->ustack};
-  struct offcpu_stack_value *v = bpf_map_lookup_elem(&offcpu_stacks, &key);
-  if (!v) {
-    struct offcpu_stack_value zero = {};
-    bpf_map_update_elem(&offcpu_stacks, &key, &zero, BPF_NOEXIST);
-    v = bpf_map_lookup_elem(&offcpu_stacks, &key);
-    if (!v) {
-      kmon_count_lost(KMON_LOST_MAP_FULL);
-      return;
-    }
-  }
+  static const struct offcpu_stack_value zero;
+  struct offcpu_stack_value *v = kmon_lookup_or_init(&offcpu_stacks, &key, &zero);
+  if (!v) return;
   __sync_fetch_and_add(&v->ns, ns);
   __sync_fetch_and_add(&v->count, 1);
   count_lost_stacks(st);

@@ -109,21 +109,10 @@ static __always_inline __u64 sock_cgroup_id(struct sock *sk) {
   return BPF_CORE_READ(cg, kn, id);
 }
 
-static __always_inline void count_drop(struct drop_key *key) {
-  struct drop_value *v = bpf_map_lookup_elem(&counts, key);
-  if (v) {
-    v->count += 1;
-    return;
-  }
-  struct drop_value init = {.count = 1};
-  if (bpf_map_update_elem(&counts, key, &init, BPF_NOEXIST) == 0) return;
-  /* Another CPU inserted the key first: count on our CPU's slot of it. */
-  v = bpf_map_lookup_elem(&counts, key);
-  if (v) {
-    v->count += 1;
-  } else {
-    kmon_count_lost(KMON_LOST_MAP_FULL);
-  }
+static __always_inline void count_drop(const struct drop_key *key) {
+  static const struct drop_value zero;
+  struct drop_value *v = kmon_lookup_or_init(&counts, key, &zero);
+  if (v) v->count += 1;
 }
 
 /* Declared with the three arguments every kernel since v5.17 passes; the fourth,

@@ -1,5 +1,6 @@
 /* Maps and helpers every kmon BPF object carries: the watched-cgroups control map
- * (Kmon's "what to watch"), its on/off switch, and the lost-event counters. */
+ * (Kmon's "what to watch"), its on/off switch, the lost-event counters, and the one
+ * way to find or make a data map's entry that counts what it cannot store. */
 #ifndef KMON_BPF_KMON_COMMON_BPF_H_
 #define KMON_BPF_KMON_COMMON_BPF_H_
 
@@ -40,6 +41,33 @@ static __always_inline bool kmon_cgroup_watched(__u64 cgroup_id) {
 static __always_inline void kmon_count_lost(__u32 reason) {
   __u64 *n = bpf_map_lookup_elem(&lost, &reason);
   if (n) *n += 1;
+}
+
+/* include/uapi/asm-generic/errno-base.h: a #define, so not in vmlinux.h. */
+#define KMON_EEXIST 17
+
+/* The value stored at `key` in the hash map `map`, inserted first as a copy of
+ * `init` when the key is new; NULL, counted as lost (map_full), when the map has no
+ * room for it. Callers insert zero and add the event to what this returns, so the
+ * event is added in one place whether the key was new or not:
+ *
+ * - Two CPUs can miss the same new key at once. The insert is BPF_NOEXIST, so the
+ *   later one fails with -EEXIST and leaves the earlier one's value, which its
+ *   second lookup then finds: both events land in the map.
+ * - Any other failure (-E2BIG: the map is full; -ENOMEM; a bucket lock the map
+ *   could not take) left no value for this key: lost, without a second lookup,
+ *   which keeps a map that stays full cheap to miss in.
+ * - Per-CPU hashes: an insert from a BPF program copies `init` into this CPU's slot
+ *   and zeroes the other CPUs' slots (pcpu_init_value(), kernel/bpf/hashtab.c);
+ *   lookups return this CPU's slot. Shared hashes hold `init` once, and callers add
+ *   to it atomically where CPUs may hit one key at the same time. */
+static __always_inline void *kmon_lookup_or_init(void *map, const void *key, const void *init) {
+  void *v = bpf_map_lookup_elem(map, key);
+  if (v) return v;
+  long err = bpf_map_update_elem(map, key, init, BPF_NOEXIST);
+  if (err == 0 || err == -KMON_EEXIST) v = bpf_map_lookup_elem(map, key);
+  if (!v) kmon_count_lost(KMON_LOST_MAP_FULL);
+  return v;
 }
 
 #endif /* KMON_BPF_KMON_COMMON_BPF_H_ */

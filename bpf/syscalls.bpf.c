@@ -59,22 +59,10 @@ int BPF_PROG(kmon_sys_exit, struct pt_regs *regs, long ret) {
   /* Errors are returned as -4095..-1; larger "negative" values (mmap addresses) are not. */
   __u64 failed = ret < 0 && ret >= -4095;
   struct syscall_key key = {.cgroup_id = cgroup_id, .nr = idx};
-  struct syscall_value *v = bpf_map_lookup_elem(&counts, &key);
-  if (v) {
-    v->count += 1;
-    v->errors += failed;
-    return 0;
-  }
-  struct syscall_value init = {.count = 1, .errors = failed};
-  long err = bpf_map_update_elem(&counts, &key, &init, BPF_NOEXIST);
-  if (err == 0) return 0;
-  /* Another CPU inserted the key first: count on our CPU's slot of it. */
-  v = bpf_map_lookup_elem(&counts, &key);
-  if (v) {
-    v->count += 1;
-    v->errors += failed;
-  } else {
-    kmon_count_lost(KMON_LOST_MAP_FULL);
-  }
+  static const struct syscall_value zero;
+  struct syscall_value *v = kmon_lookup_or_init(&counts, &key, &zero);
+  if (!v) return 0;
+  v->count += 1;
+  v->errors += failed;
   return 0;
 }

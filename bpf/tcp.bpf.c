@@ -143,26 +143,14 @@ static __always_inline bool is_inet(const struct sock *sk) {
 }
 
 static __always_inline struct tcp_stats *stats_of(__u64 cgroup_id) {
-  struct tcp_stats *s = bpf_map_lookup_elem(&stats, &cgroup_id);
-  if (s) return s;
-  bpf_map_update_elem(&stats, &cgroup_id, &zero_stats, BPF_NOEXIST);
-  s = bpf_map_lookup_elem(&stats, &cgroup_id);
-  if (!s) kmon_count_lost(KMON_LOST_MAP_FULL);
-  return s;
+  return kmon_lookup_or_init(&stats, &cgroup_id, &zero_stats);
 }
 
 /* Adds one value to a histogram; the bucket is found here from the configured bounds. */
 static __always_inline void hist_add(void *map, void *key, __u64 value,
                                      const struct tcp_config *cfg) {
-  struct tcp_hist *h = bpf_map_lookup_elem(map, key);
-  if (!h) {
-    bpf_map_update_elem(map, key, &zero_hist, BPF_NOEXIST);
-    h = bpf_map_lookup_elem(map, key);
-    if (!h) {
-      kmon_count_lost(KMON_LOST_MAP_FULL);
-      return;
-    }
-  }
+  struct tcp_hist *h = kmon_lookup_or_init(map, key, &zero_hist);
+  if (!h) return;
   __u32 n = cfg->nbounds;
   __u32 i;
   for (i = 0; i < KMON_TCP_MAX_BOUNDS; i++) {
