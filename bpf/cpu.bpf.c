@@ -34,8 +34,8 @@
 
 char LICENSE[] SEC("license") = "GPL";
 
-#define EEXIST 17
-#define ENOMEM 12
+/* include/uapi/asm-generic/errno-base.h (EEXIST is KMON_EEXIST, kmon_common.bpf.h). */
+#define KMON_ENOMEM 12
 
 struct {
   __uint(type, BPF_MAP_TYPE_ARRAY);
@@ -130,8 +130,8 @@ static __always_inline struct cpu_counters *counters_of(__u64 cgroup_id) {
  * (count_lost_stacks), as most episodes are shorter than offcpu_min. */
 static __always_inline __s32 stack_id_or_lost(long id) {
   if (id >= 0) return (__s32)id;
-  if (id == -EEXIST) return KMON_CPU_STACK_COLLIDED;
-  if (id == -ENOMEM) return KMON_CPU_STACK_NO_ROOM;
+  if (id == -KMON_EEXIST) return KMON_CPU_STACK_COLLIDED;
+  if (id == -KMON_ENOMEM) return KMON_CPU_STACK_NO_ROOM;
   return KMON_CPU_NO_STACK;
 }
 
@@ -201,9 +201,11 @@ static __always_inline void switch_out(void *ctx, struct task_struct *prev, __u3
     return;
   }
   if (!st) {
+    /* Not kmon_lookup_or_init: the lookup it starts with was made above, and on a
+     * full map repeating it would cost every switch-out of an untracked thread. */
     struct cpu_task_state init = {.kstack = KMON_CPU_NO_STACK, .ustack = KMON_CPU_NO_STACK};
     long err = bpf_map_update_elem(&task_state, &pid, &init, BPF_NOEXIST);
-    if (err && err != -EEXIST) {
+    if (err && err != -KMON_EEXIST) {
       kmon_count_lost(KMON_LOST_MAP_FULL);
       return;
     }
@@ -228,6 +230,17 @@ static __always_inline void switch_out(void *ctx, struct task_struct *prev, __u3
   st->ustack = stack_id_or_lost(bpf_get_stackid(ctx, &stacks, BPF_F_USER_STACK));
 }
 
+/* First sight of a running thread: its state starts with its on-CPU clock at `now`.
+ * A state found made already (-EEXIST) is left as it is. */
+static __always_inline void start_oncpu(__u32 pid, __u64 cgroup_id, __u64 now) {
+  struct cpu_task_state init = {.oncpu_ts = now,
+                                .cgroup_id = cgroup_id,
+                                .kstack = KMON_CPU_NO_STACK,
+                                .ustack = KMON_CPU_NO_STACK};
+  long err = bpf_map_update_elem(&task_state, &pid, &init, BPF_NOEXIST);
+  if (err && err != -KMON_EEXIST) kmon_count_lost(KMON_LOST_MAP_FULL);
+}
+
 static __always_inline void switch_in(struct task_struct *next, __u32 pid, __u64 now,
                                       const struct cpu_config *cfg) {
   struct cpu_task_state *st = bpf_map_lookup_elem(&task_state, &pid);
@@ -235,12 +248,7 @@ static __always_inline void switch_in(struct task_struct *next, __u32 pid, __u64
     /* First sight of this thread (or it is not watched): start its on-CPU clock. */
     __u64 cgroup_id = task_cgroup_id(next);
     if (!kmon_cgroup_watched(cgroup_id)) return;
-    struct cpu_task_state init = {.oncpu_ts = now,
-                                  .cgroup_id = cgroup_id,
-                                  .kstack = KMON_CPU_NO_STACK,
-                                  .ustack = KMON_CPU_NO_STACK};
-    long err = bpf_map_update_elem(&task_state, &pid, &init, BPF_NOEXIST);
-    if (err && err != -EEXIST) kmon_count_lost(KMON_LOST_MAP_FULL);
+    start_oncpu(pid, cgroup_id, now);
     return;
   }
   __u64 off_ts = st->offcpu_ts;
@@ -337,12 +345,7 @@ int kmon_cpu_flush(void *ctx) {
   __u64 now = bpf_ktime_get_ns();
   struct cpu_task_state *st = bpf_map_lookup_elem(&task_state, &pid);
   if (!st) {
-    struct cpu_task_state init = {.oncpu_ts = now,
-                                  .cgroup_id = cgroup_id,
-                                  .kstack = KMON_CPU_NO_STACK,
-                                  .ustack = KMON_CPU_NO_STACK};
-    long err = bpf_map_update_elem(&task_state, &pid, &init, BPF_NOEXIST);
-    if (err && err != -EEXIST) kmon_count_lost(KMON_LOST_MAP_FULL);
+    start_oncpu(pid, cgroup_id, now);
     return 0;
   }
   if (!st->oncpu_ts) {
