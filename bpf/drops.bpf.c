@@ -21,6 +21,7 @@
 
 #include "bpf/drops.h"
 #include "bpf/kmon_common.bpf.h"
+#include "bpf/kmon_sock.bpf.h"
 
 char LICENSE[] SEC("license") = "GPL";
 
@@ -92,23 +93,6 @@ static __always_inline __u32 drop_protocol(struct sk_buff *skb) {
   return proto_of(next);
 }
 
-/* cgroup v2 id of the socket a packet belongs to; 0 when there is none. Only full
- * sockets carry sk_cgrp_data: a request socket (SYN_RECV) stands for its listener,
- * a timewait socket belongs to nobody any more. */
-static __always_inline __u64 sock_cgroup_id(struct sock *sk) {
-  if (!sk) return 0;
-  if (!bpf_core_field_exists(sk->sk_cgrp_data)) return 0;
-  __u8 state = BPF_CORE_READ(sk, __sk_common.skc_state);
-  if (state == TCP_TIME_WAIT) return 0;
-  if (state == TCP_NEW_SYN_RECV) {
-    sk = BPF_CORE_READ(sk, __sk_common.skc_listener);
-    if (!sk) return 0;
-  }
-  struct cgroup *cg = BPF_CORE_READ(sk, sk_cgrp_data.cgroup);
-  if (!cg) return 0;
-  return BPF_CORE_READ(cg, kn, id);
-}
-
 static __always_inline void count_drop(const struct drop_key *key) {
   static const struct drop_value zero;
   struct drop_value *v = kmon_lookup_or_init(&counts, key, &zero);
@@ -131,9 +115,9 @@ int BPF_PROG(kmon_kfree_skb, struct sk_buff *skb, void *location, enum skb_drop_
   if (!skb) return 0;
 
   /* The packet's owner if it has one, else the socket it was being received on. */
-  __u64 cgroup_id = sock_cgroup_id(skb->sk);
+  __u64 cgroup_id = kmon_sock_cgroup(skb->sk);
   if (cgroup_id == 0 && bpf_core_field_exists(struct trace_event_raw_kfree_skb, rx_sk)) {
-    cgroup_id = sock_cgroup_id((struct sock *)ctx[3]);
+    cgroup_id = kmon_sock_cgroup((struct sock *)ctx[3]);
   }
   if (cgroup_id != 0 && !kmon_cgroup_watched(cgroup_id)) return 0;
 

@@ -17,7 +17,9 @@
  * (6.3+), inet_sock_set_state, tcp_retransmit_skb, tcp_send_reset, tcp_receive_reset,
  * tcp_destroy_sock. A socket's workload is the cgroup that created it
  * (sk_cgrp_data), which an accepted socket inherits from its listener, so softirq
- * events are attributed right too.
+ * events are attributed right too (kmon_sock_cgroup, bpf/kmon_sock.bpf.h). Of these
+ * hooks only tcp_send_reset is handed more than full sockets: a timewait socket
+ * (TCP_TW_RST in tcp_v4_rcv/tcp_v6_rcv), or none at all.
  *
  * tp_btf arguments are BTF pointers: fields are read with plain loads (CO-RE
  * relocated through vmlinux.h's preserve_access_index), which the kernel turns into
@@ -30,6 +32,7 @@
 #include <bpf/bpf_tracing.h>
 
 #include "bpf/kmon_common.bpf.h"
+#include "bpf/kmon_sock.bpf.h"
 #include "bpf/tcp.h"
 
 char LICENSE[] SEC("license") = "GPL";
@@ -106,13 +109,6 @@ static const struct tcp_stats zero_stats;
 static __always_inline struct tcp_config *tcp_cfg(void) {
   __u32 zero = 0;
   return bpf_map_lookup_elem(&tcp_config, &zero);
-}
-
-/* A chain of plain loads here lets clang merge loads through different pointer
- * types into one instruction, which the verifier refuses; this runs only when a
- * connection is first seen (and for UDP), so the helper-call form is fine. */
-static __always_inline __u64 sk_cgroup(const struct sock *sk) {
-  return BPF_CORE_READ(sk, sk_cgrp_data.cgroup, kn, id);
 }
 
 static __always_inline __u32 sk_netns(const struct sock *sk) {
@@ -227,7 +223,7 @@ static __always_inline struct tcp_conn *conn_of(const struct sock *sk) {
   if (c) return c;
   if (sk->__sk_common.skc_state != TCP_ESTABLISHED) return NULL;
   struct tcp_conn init = {};
-  init.cgroup_id = sk_cgroup(sk);
+  init.cgroup_id = kmon_sock_cgroup(sk);
   init.lport = sk->__sk_common.skc_num;
   struct tcp_listen_key lk = {.netns = sk_netns(sk), .port = init.lport};
   if (bpf_map_lookup_elem(&listen_ports, &lk)) {
@@ -258,13 +254,13 @@ static __always_inline void count_bytes(__u64 cgroup_id, bool tcp, int bytes, bo
 static __always_inline struct tcp_conn *on_data(const struct sock *sk, int bytes, bool sent) {
   __u16 proto = sk->sk_protocol;
   if (proto == IPPROTO_UDP) {
-    count_bytes(sk_cgroup(sk), false, bytes, sent);
+    count_bytes(kmon_sock_cgroup(sk), false, bytes, sent);
     return NULL;
   }
   if (proto != IPPROTO_TCP) return NULL;
   struct tcp_conn *c = conn_of(sk);
   if (!c) {
-    count_bytes(sk_cgroup(sk), true, bytes, sent);
+    count_bytes(kmon_sock_cgroup(sk), true, bytes, sent);
   } else if (sent) {
     c->bytes_sent += bytes;
   } else {
@@ -327,7 +323,7 @@ int BPF_PROG(kmon_tcp_state, const struct sock *sk, const int oldstate, const in
 
   if (oldstate == TCP_CLOSE && newstate == TCP_SYN_SENT) {  // connect() in the caller
     struct tcp_conn init = {};
-    init.cgroup_id = sk_cgroup(sk);
+    init.cgroup_id = kmon_sock_cgroup(sk);
     init.role = TCP_ROLE_CLIENT;
     init.connect_start_ns = bpf_ktime_get_ns();
     bpf_map_update_elem(&conns, &key, &init, BPF_ANY);
@@ -336,7 +332,7 @@ int BPF_PROG(kmon_tcp_state, const struct sock *sk, const int oldstate, const in
 
   if (oldstate == TCP_SYN_SENT) {
     struct tcp_conn *c = bpf_map_lookup_elem(&conns, &key);
-    __u64 cg = c ? c->cgroup_id : sk_cgroup(sk);
+    __u64 cg = c ? c->cgroup_id : kmon_sock_cgroup(sk);
     bool watched = kmon_cgroup_watched(cg);
     if (newstate == TCP_ESTABLISHED) {
       if (c) remember_client(sk, c);
@@ -360,7 +356,7 @@ int BPF_PROG(kmon_tcp_state, const struct sock *sk, const int oldstate, const in
 
   if (oldstate == TCP_SYN_RECV && newstate == TCP_ESTABLISHED) {  // passive open
     struct tcp_conn init = {};
-    init.cgroup_id = sk_cgroup(sk);
+    init.cgroup_id = kmon_sock_cgroup(sk);
     init.role = TCP_ROLE_SERVER;
     init.lport = sk->__sk_common.skc_num;
     init_server(&init, sk);
@@ -395,17 +391,19 @@ int BPF_PROG(kmon_tcp_destroy, struct sock *sk) {
 
 SEC("tp_btf/tcp_retransmit_skb")
 int BPF_PROG(kmon_tcp_retransmit, const struct sock *sk, const struct sk_buff *skb) {
-  __u64 cg = sk_cgroup(sk);
+  __u64 cg = kmon_sock_cgroup(sk);
   if (!kmon_cgroup_watched(cg)) return 0;
   struct tcp_stats *s = stats_of(cg);
   if (s) s->retransmits += 1;
   return 0;
 }
 
-/* sk is NULL for a reset answering a packet no socket wanted: node level (cgroup 0). */
+/* Node level (cgroup 0) when sk is NULL, a reset answering a packet no socket
+ * wanted, or a timewait socket, one answering a segment it does not accept (e.g.
+ * data after the close); a full socket's workload otherwise. */
 SEC("tp_btf/tcp_send_reset")
 int BPF_PROG(kmon_tcp_send_reset, const struct sock *sk) {
-  __u64 cg = sk ? sk_cgroup(sk) : 0;
+  __u64 cg = kmon_sock_cgroup(sk);
   if (cg && !kmon_cgroup_watched(cg)) return 0;
   struct tcp_stats *s = stats_of(cg);
   if (s) s->resets_sent += 1;
@@ -414,7 +412,7 @@ int BPF_PROG(kmon_tcp_send_reset, const struct sock *sk) {
 
 SEC("tp_btf/tcp_receive_reset")
 int BPF_PROG(kmon_tcp_recv_reset, struct sock *sk) {
-  __u64 cg = sk_cgroup(sk);
+  __u64 cg = kmon_sock_cgroup(sk);
   if (!kmon_cgroup_watched(cg)) return 0;
   struct tcp_stats *s = stats_of(cg);
   if (s) s->resets_received += 1;

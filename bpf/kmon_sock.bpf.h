@@ -1,0 +1,49 @@
+/* The workload a socket belongs to, for the programs that are handed sockets by the
+ * network stack (drops, tcp).
+ *
+ * Its own header rather than kmon_common.bpf.h: that one is what every object
+ * carries (the control maps, the lost counters), and most objects never see a
+ * socket; what a `struct sock *` may really point to is knowledge of the network
+ * programs alone. */
+#ifndef KMON_BPF_KMON_SOCK_BPF_H_
+#define KMON_BPF_KMON_SOCK_BPF_H_
+
+#include "vmlinux.h"
+#include <bpf/bpf_core_read.h>
+
+/* cgroup v2 id of the workload owning `sk`, or 0 (node level) when there is none.
+ *
+ * A socket's workload is the cgroup that created it (sk_cgrp_data), which an
+ * accepted socket inherits from its listener. But a `struct sock *` from the network
+ * stack is not always a full socket: two smaller objects share only its first part,
+ * struct sock_common, and are told apart by skc_state (the kernel's sk_fullsock()):
+ *   TCP_TIME_WAIT     an inet_timewait_sock, what a closed connection leaves for
+ *                     its last segments; it belongs to nobody any more: 0.
+ *   TCP_NEW_SYN_RECV  a request_sock, a connection not yet accepted; it stands for
+ *                     its listener (skc_listener), whose cgroup its socket will have.
+ * Neither has sk_cgrp_data: reading it there reads past the end of the object.
+ * They reach, e.g., kfree_skb through skb->sk (early demux charges a packet to the
+ * socket it found, whatever its kind) and tcp_send_reset (a timewait socket
+ * answering a segment it does not accept). Nor has a kernel without
+ * CONFIG_SOCK_CGROUP_DATA sk_cgrp_data at all: 0 there too.
+ *
+ * skc_state is one plain load from the pointer given (in tp_btf programs a BTF
+ * pointer, which the verifier makes a fault-safe load). The rest goes through
+ * pointers of other types (listener, cgroup, kernfs_node) with BPF_CORE_READ: as a
+ * chain of plain loads, clang can merge loads through different pointer types into
+ * one instruction, which the verifier refuses. */
+static __always_inline __u64 kmon_sock_cgroup(const struct sock *sk) {
+  if (!sk) return 0;
+  if (!bpf_core_field_exists(sk->sk_cgrp_data)) return 0;
+  __u8 state = sk->__sk_common.skc_state;
+  if (state == TCP_TIME_WAIT) return 0;
+  if (state == TCP_NEW_SYN_RECV) {
+    sk = BPF_CORE_READ(sk, __sk_common.skc_listener);
+    if (!sk) return 0;
+  }
+  struct cgroup *cg = BPF_CORE_READ(sk, sk_cgrp_data.cgroup);
+  if (!cg) return 0;
+  return BPF_CORE_READ(cg, kn, id);
+}
+
+#endif /* KMON_BPF_KMON_SOCK_BPF_H_ */
