@@ -36,41 +36,19 @@ char LICENSE[] SEC("license") = "GPL";
 #define KMON_REQ_OP_FLUSH 2
 #define KMON_REQ_OP_DISCARD 3
 
-struct {
-  __uint(type, BPF_MAP_TYPE_ARRAY);
-  __uint(max_entries, 1);
-  __type(key, __u32);
-  __type(value, struct blk_config);
-} blk_config SEC(".maps");
+KMON_MAP(BPF_MAP_TYPE_ARRAY, 1, __u32, struct blk_config) blk_config SEC(".maps");
 
 /* kernel dev_t of a whole disk -> 1. Consulted only while blk_config.filter_devices. */
-struct {
-  __uint(type, BPF_MAP_TYPE_HASH);
-  __uint(max_entries, KMON_BLK_DEVICES_MAX);
-  __type(key, __u32);
-  __type(value, __u8);
-} devices SEC(".maps");
+KMON_MAP(BPF_MAP_TYPE_HASH, KMON_BLK_DEVICES_MAX, __u32, __u8) devices SEC(".maps");
 
-struct {
-  __uint(type, BPF_MAP_TYPE_LRU_HASH);
-  __uint(max_entries, KMON_BLK_INFLIGHT_MAX);
-  __type(key, __u64);
-  __type(value, struct blk_inflight);
-} inflight SEC(".maps");
+KMON_MAP(BPF_MAP_TYPE_LRU_HASH, KMON_BLK_INFLIGHT_MAX, __u64,
+         struct blk_inflight) inflight SEC(".maps");
 
-struct {
-  __uint(type, BPF_MAP_TYPE_PERCPU_HASH);
-  __uint(max_entries, KMON_BLK_COUNTS_MAX);
-  __type(key, struct blk_count_key);
-  __type(value, struct blk_count_value);
-} io_counts SEC(".maps");
+KMON_MAP(BPF_MAP_TYPE_PERCPU_HASH, KMON_BLK_COUNTS_MAX, struct blk_count_key,
+         struct blk_count_value) io_counts SEC(".maps");
 
-struct {
-  __uint(type, BPF_MAP_TYPE_PERCPU_HASH);
-  __uint(max_entries, KMON_BLK_LATENCY_MAX);
-  __type(key, struct blk_latency_key);
-  __type(value, struct blk_latency_value);
-} io_latency SEC(".maps");
+KMON_MAP(BPF_MAP_TYPE_PERCPU_HASH, KMON_BLK_LATENCY_MAX, struct blk_latency_key,
+         struct blk_latency_value) io_latency SEC(".maps");
 
 /* The whole disk's dev_t, as the block tracepoints report it (disk_devt()). Zero for
  * a request without a disk (some passthrough commands): not counted. */

@@ -37,21 +37,12 @@ char LICENSE[] SEC("license") = "GPL";
 /* include/uapi/asm-generic/errno-base.h (EEXIST is KMON_EEXIST, kmon_common.bpf.h). */
 #define KMON_ENOMEM 12
 
-struct {
-  __uint(type, BPF_MAP_TYPE_ARRAY);
-  __uint(max_entries, 1);
-  __type(key, __u32);
-  __type(value, struct cpu_config);
-} cpu_config SEC(".maps");
+KMON_MAP(BPF_MAP_TYPE_ARRAY, 1, __u32, struct cpu_config) cpu_config SEC(".maps");
 
 /* Preallocated: threads come and go all the time, and a preallocated hash never
  * allocates on this path. Entries leave at a thread's final switch (TASK_DEAD). */
-struct {
-  __uint(type, BPF_MAP_TYPE_HASH);
-  __uint(max_entries, KMON_CPU_TASKS_MAX);
-  __type(key, __u32);
-  __type(value, struct cpu_task_state);
-} task_state SEC(".maps");
+KMON_MAP(BPF_MAP_TYPE_HASH, KMON_CPU_TASKS_MAX, __u32,
+         struct cpu_task_state) task_state SEC(".maps");
 
 /* Every data map is preallocated: a map without preallocation allocates new keys
  * from a per-CPU cache that holds a single element for per-CPU values and refills
@@ -62,19 +53,11 @@ struct {
  * The histograms, 232 bytes each, are shared and updated with atomic adds, so their
  * memory does not grow with the number of CPUs; a cgroup's threads contend on them
  * only when they end episodes on several CPUs at the same moment. */
-struct {
-  __uint(type, BPF_MAP_TYPE_PERCPU_HASH);
-  __uint(max_entries, KMON_CPU_CGROUPS_MAX);
-  __type(key, __u64);
-  __type(value, struct cpu_counters);
-} cg_counters SEC(".maps");
+KMON_MAP(BPF_MAP_TYPE_PERCPU_HASH, KMON_CPU_CGROUPS_MAX, __u64,
+         struct cpu_counters) cg_counters SEC(".maps");
 
-struct {
-  __uint(type, BPF_MAP_TYPE_HASH);
-  __uint(max_entries, KMON_CPU_HISTS_MAX);
-  __type(key, struct cpu_hist_key);
-  __type(value, struct cpu_hist);
-} cg_hists SEC(".maps");
+KMON_MAP(BPF_MAP_TYPE_HASH, KMON_CPU_HISTS_MAX, struct cpu_hist_key,
+         struct cpu_hist) cg_hists SEC(".maps");
 
 struct {
   __uint(type, BPF_MAP_TYPE_STACK_TRACE);
@@ -84,20 +67,11 @@ struct {
 } stacks SEC(".maps");
 
 /* Shared, atomic adds: one update per episode of at least offcpu_min is rare. */
-struct {
-  __uint(type, BPF_MAP_TYPE_HASH);
-  __uint(max_entries, KMON_CPU_OFFCPU_STACKS_MAX);
-  __type(key, struct offcpu_stack_key);
-  __type(value, struct offcpu_stack_value);
-} offcpu_stacks SEC(".maps");
+KMON_MAP(BPF_MAP_TYPE_HASH, KMON_CPU_OFFCPU_STACKS_MAX, struct offcpu_stack_key,
+         struct offcpu_stack_value) offcpu_stacks SEC(".maps");
 
 /* Reasons beyond the common `lost` array's map_full (enum kmon_cpu_lost_reason). */
-struct {
-  __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-  __uint(max_entries, KMON_CPU_LOST_MAX);
-  __type(key, __u32);
-  __type(value, __u64);
-} cpu_lost SEC(".maps");
+KMON_MAP(BPF_MAP_TYPE_PERCPU_ARRAY, KMON_CPU_LOST_MAX, __u32, __u64) cpu_lost SEC(".maps");
 
 /* Zero values to insert from: a global, so no 232-byte struct lands on the stack. */
 const struct cpu_hist zero_hist = {};

@@ -36,12 +36,8 @@ char LICENSE[] SEC("license") = "GPL";
 /* IPv6 extension headers walked before giving up and saying "other". */
 #define KMON_MAX_IPV6_EXT 4
 
-struct {
-  __uint(type, BPF_MAP_TYPE_PERCPU_HASH);
-  __uint(max_entries, KMON_DROP_COUNTS_MAX);
-  __type(key, struct drop_key);
-  __type(value, struct drop_value);
-} counts SEC(".maps");
+KMON_MAP(BPF_MAP_TYPE_PERCPU_HASH, KMON_DROP_COUNTS_MAX, struct drop_key,
+         struct drop_value) counts SEC(".maps");
 
 static __always_inline __u32 proto_of(__u8 l4) {
   switch (l4) {

@@ -9,27 +9,23 @@
 
 #include "bpf/kmon_common.h"
 
-struct {
-  __uint(type, BPF_MAP_TYPE_ARRAY);
-  __uint(max_entries, 1);
-  __type(key, __u32);
-  __type(value, struct kmon_filter_config);
-} filter_config SEC(".maps");
+/* A BTF-defined map of the common shape, in one line:
+ *   KMON_MAP(BPF_MAP_TYPE_PERCPU_HASH, KMON_X_MAX, struct x_key, struct x_value) counts SEC(".maps");
+ * Maps with more attributes (flags, LRU, stack traces) are written out in full. */
+#define KMON_MAP(_type, _max_entries, _key, _value) \
+  struct {                                          \
+    __uint(type, _type);                            \
+    __uint(max_entries, _max_entries);              \
+    __type(key, _key);                              \
+    __type(value, _value);                          \
+  }
+
+KMON_MAP(BPF_MAP_TYPE_ARRAY, 1, __u32, struct kmon_filter_config) filter_config SEC(".maps");
 
 /* cgroup v2 id -> 1. Consulted only while filter_config.filter_cgroups is set. */
-struct {
-  __uint(type, BPF_MAP_TYPE_HASH);
-  __uint(max_entries, KMON_MAX_WATCHED_CGROUPS);
-  __type(key, __u64);
-  __type(value, __u8);
-} watched_cgroups SEC(".maps");
+KMON_MAP(BPF_MAP_TYPE_HASH, KMON_MAX_WATCHED_CGROUPS, __u64, __u8) watched_cgroups SEC(".maps");
 
-struct {
-  __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-  __uint(max_entries, KMON_LOST_MAX);
-  __type(key, __u32);
-  __type(value, __u64);
-} lost SEC(".maps");
+KMON_MAP(BPF_MAP_TYPE_PERCPU_ARRAY, KMON_LOST_MAX, __u32, __u64) lost SEC(".maps");
 
 static __always_inline bool kmon_cgroup_watched(__u64 cgroup_id) {
   __u32 zero = 0;

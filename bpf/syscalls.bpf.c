@@ -19,19 +19,10 @@
 char LICENSE[] SEC("license") = "GPL";
 
 /* syscall number -> 1 when counted. An array so the verifier inlines the lookup. */
-struct {
-  __uint(type, BPF_MAP_TYPE_ARRAY);
-  __uint(max_entries, KMON_MAX_SYSCALL_NR);
-  __type(key, __u32);
-  __type(value, __u8);
-} syscall_set SEC(".maps");
+KMON_MAP(BPF_MAP_TYPE_ARRAY, KMON_MAX_SYSCALL_NR, __u32, __u8) syscall_set SEC(".maps");
 
-struct {
-  __uint(type, BPF_MAP_TYPE_PERCPU_HASH);
-  __uint(max_entries, KMON_SYSCALL_COUNTS_MAX);
-  __type(key, struct syscall_key);
-  __type(value, struct syscall_value);
-} counts SEC(".maps");
+KMON_MAP(BPF_MAP_TYPE_PERCPU_HASH, KMON_SYSCALL_COUNTS_MAX, struct syscall_key,
+         struct syscall_value) counts SEC(".maps");
 
 /* tp_btf arguments are trusted BTF pointers: a direct (CO-RE relocated) load, no
  * bpf_probe_read_kernel helper call on this hottest of paths. */

@@ -43,65 +43,29 @@ char LICENSE[] SEC("license") = "GPL";
 #define IPPROTO_UDP 17
 #define MSG_PEEK 2
 
-struct {
-  __uint(type, BPF_MAP_TYPE_ARRAY);
-  __uint(max_entries, 1);
-  __type(key, __u32);
-  __type(value, struct tcp_config);
-} tcp_config SEC(".maps");
+KMON_MAP(BPF_MAP_TYPE_ARRAY, 1, __u32, struct tcp_config) tcp_config SEC(".maps");
 
 /* Server ports to measure while tcp_config.filter_ports is set. */
-struct {
-  __uint(type, BPF_MAP_TYPE_HASH);
-  __uint(max_entries, KMON_TCP_PORTS_MAX);
-  __type(key, __u16);
-  __type(value, __u8);
-} ports SEC(".maps");
+KMON_MAP(BPF_MAP_TYPE_HASH, KMON_TCP_PORTS_MAX, __u16, __u8) ports SEC(".maps");
 
-struct {
-  __uint(type, BPF_MAP_TYPE_HASH);
-  __uint(max_entries, KMON_TCP_LISTEN_MAX);
-  __type(key, struct tcp_listen_key);
-  __type(value, __u8);
-} listen_ports SEC(".maps");
+KMON_MAP(BPF_MAP_TYPE_HASH, KMON_TCP_LISTEN_MAX, struct tcp_listen_key,
+         __u8) listen_ports SEC(".maps");
 
-struct {
-  __uint(type, BPF_MAP_TYPE_LRU_HASH);
-  __uint(max_entries, KMON_TCP_CONNS_MAX);
-  __type(key, __u64);
-  __type(value, struct tcp_conn);
-} conns SEC(".maps");
+KMON_MAP(BPF_MAP_TYPE_LRU_HASH, KMON_TCP_CONNS_MAX, __u64, struct tcp_conn) conns SEC(".maps");
 
 /* Client-side sockets on this host: (address, port) -> cgroup. Keyed without the
  * server address so a client that reached the server through DNAT still matches. */
-struct {
-  __uint(type, BPF_MAP_TYPE_LRU_HASH);
-  __uint(max_entries, KMON_TCP_CONNS_MAX);
-  __type(key, struct tcp_tuple);
-  __type(value, __u64);
-} client_socks SEC(".maps");
+KMON_MAP(BPF_MAP_TYPE_LRU_HASH, KMON_TCP_CONNS_MAX, struct tcp_tuple,
+         __u64) client_socks SEC(".maps");
 
 
-struct {
-  __uint(type, BPF_MAP_TYPE_PERCPU_HASH);
-  __uint(max_entries, KMON_TCP_HIST_MAX);
-  __type(key, struct tcp_hist_key);
-  __type(value, struct tcp_hist);
-} connect_hist SEC(".maps");
+KMON_MAP(BPF_MAP_TYPE_PERCPU_HASH, KMON_TCP_HIST_MAX, struct tcp_hist_key,
+         struct tcp_hist) connect_hist SEC(".maps");
 
-struct {
-  __uint(type, BPF_MAP_TYPE_PERCPU_HASH);
-  __uint(max_entries, KMON_TCP_EDGES_MAX);
-  __type(key, struct tcp_edge_key);
-  __type(value, struct tcp_hist);
-} edges SEC(".maps");
+KMON_MAP(BPF_MAP_TYPE_PERCPU_HASH, KMON_TCP_EDGES_MAX, struct tcp_edge_key,
+         struct tcp_hist) edges SEC(".maps");
 
-struct {
-  __uint(type, BPF_MAP_TYPE_PERCPU_HASH);
-  __uint(max_entries, KMON_TCP_STATS_MAX);
-  __type(key, __u64);
-  __type(value, struct tcp_stats);
-} stats SEC(".maps");
+KMON_MAP(BPF_MAP_TYPE_PERCPU_HASH, KMON_TCP_STATS_MAX, __u64, struct tcp_stats) stats SEC(".maps");
 
 static const struct tcp_hist zero_hist;
 static const struct tcp_stats zero_stats;

@@ -32,37 +32,30 @@ class BpfBlockIoSource : public BlockIoSource {
       : counts_fd_(counts_fd), latency_fd_(latency_fd) {}
   absl::Status Read(std::vector<BlockIoCount>* counts,
                     std::vector<BlockIoLatency>* latencies) override {
-    std::vector<std::pair<blk_count_key, std::vector<blk_count_value>>> raw_counts;
-    absl::Status st = ReadPerCpuHash(counts_fd_, KMON_BLK_COUNTS_MAX, &raw_counts);
+    absl::Status st = ReadPerCpuHashAs<blk_count_key, blk_count_value>(
+        counts_fd_, KMON_BLK_COUNTS_MAX,
+        [](const blk_count_key& k, std::span<const blk_count_value> per_cpu) {
+          BlockIoCount c{.cgroup_id = k.cgroup_id, .dev = k.dev, .op = k.op};
+          for (const auto& v : per_cpu) {
+            c.bytes += v.bytes;
+            c.requests += v.requests;
+          }
+          return c;
+        },
+        counts);
     if (!st.ok()) return st;
-    std::vector<std::pair<blk_latency_key, std::vector<blk_latency_value>>> raw_lat;
-    st = ReadPerCpuHash(latency_fd_, KMON_BLK_LATENCY_MAX, &raw_lat);
-    if (!st.ok()) return st;
-    counts->clear();
-    for (const auto& [k, per_cpu] : raw_counts) {
-      BlockIoCount c;
-      c.cgroup_id = k.cgroup_id;
-      c.dev = k.dev;
-      c.op = k.op;
-      for (const auto& v : per_cpu) {
-        c.bytes += v.bytes;
-        c.requests += v.requests;
-      }
-      counts->push_back(c);
-    }
-    latencies->clear();
-    for (const auto& [k, per_cpu] : raw_lat) {
-      BlockIoLatency l;
-      l.dev = k.dev;
-      l.op = k.op;
-      for (const auto& v : per_cpu) {
-        for (int i = 0; i < KMON_BLK_LAT_SLOTS; ++i) l.slots[i] += v.slots[i];
-        l.sum_ns += v.sum_ns;
-        l.errors += v.errors;
-      }
-      latencies->push_back(l);
-    }
-    return absl::OkStatus();
+    return ReadPerCpuHashAs<blk_latency_key, blk_latency_value>(
+        latency_fd_, KMON_BLK_LATENCY_MAX,
+        [](const blk_latency_key& k, std::span<const blk_latency_value> per_cpu) {
+          BlockIoLatency l{.dev = k.dev, .op = k.op};
+          for (const auto& v : per_cpu) {
+            for (int i = 0; i < KMON_BLK_LAT_SLOTS; ++i) l.slots[i] += v.slots[i];
+            l.sum_ns += v.sum_ns;
+            l.errors += v.errors;
+          }
+          return l;
+        },
+        latencies);
   }
 
  private:

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <cstring>
 #include <map>
+#include <span>
 #include <string>
 #include <utility>
 #include <vector>
@@ -37,6 +38,18 @@ template <typename K, typename V>
 absl::Status ReadPerCpuHash(int map_fd, uint32_t max_entries,
                             std::vector<std::pair<K, std::vector<V>>>* out);
 
+/// Reads a whole per-CPU hash map like ReadPerCpuHash, turning each key and its
+/// values (one per CPU) into one `Out` with `fold(const K&, std::span<const V>)`:
+/// what the collector keeps of a key (usually the sum over CPUs), with no copy of
+/// the per-CPU values in between.
+template <typename K, typename V, typename Out, typename Fold>
+absl::Status ReadPerCpuHashAs(int map_fd, uint32_t max_entries, Fold fold, std::vector<Out>* out);
+
+/// Reads a whole (not per-CPU) hash map, turning each entry into one `Out` with
+/// `fold(const K&, const V&)`.
+template <typename K, typename V, typename Out, typename Fold>
+absl::Status ReadHashAs(int map_fd, uint32_t max_entries, Fold fold, std::vector<Out>* out);
+
 /// Reads a whole (not per-CPU) hash map in batches, like ReadPerCpuHash.
 template <typename K, typename V>
 absl::Status ReadHash(int map_fd, uint32_t max_entries, std::vector<std::pair<K, V>>* out);
@@ -59,31 +72,40 @@ absl::Status ReadHashRaw(int map_fd, uint32_t max_entries, size_t key_size, size
                          uint32_t* count);
 }  // namespace internal
 
-template <typename K, typename V>
-absl::Status ReadPerCpuHash(int map_fd, uint32_t max_entries,
-                            std::vector<std::pair<K, std::vector<V>>>* out) {
+template <typename K, typename V, typename Out, typename Fold>
+absl::Status ReadPerCpuHashAs(int map_fd, uint32_t max_entries, Fold fold, std::vector<Out>* out) {
   static_assert(sizeof(V) % 8 == 0, "per-CPU values are 8-byte aligned slots");
   std::vector<uint8_t> keys, values;
   uint32_t count = 0;
-  const int cpus = PossibleCpus();
+  const size_t cpus = static_cast<size_t>(PossibleCpus());
   absl::Status st = internal::ReadHashRaw(map_fd, max_entries, sizeof(K), sizeof(V) * cpus, &keys,
                                           &values, &count);
   if (!st.ok()) return st;
   out->clear();
   out->reserve(count);
+  std::vector<V> per_cpu(cpus);
   for (uint32_t i = 0; i < count; ++i) {
     K k;
     std::memcpy(&k, keys.data() + i * sizeof(K), sizeof(K));
-    std::vector<V> per_cpu(cpus);
-    std::memcpy(per_cpu.data(), values.data() + static_cast<size_t>(i) * cpus * sizeof(V),
-                cpus * sizeof(V));
-    out->emplace_back(k, std::move(per_cpu));
+    std::memcpy(per_cpu.data(), values.data() + i * cpus * sizeof(V), cpus * sizeof(V));
+    out->push_back(fold(k, std::span<const V>(per_cpu)));
   }
   return absl::OkStatus();
 }
 
 template <typename K, typename V>
-absl::Status ReadHash(int map_fd, uint32_t max_entries, std::vector<std::pair<K, V>>* out) {
+absl::Status ReadPerCpuHash(int map_fd, uint32_t max_entries,
+                            std::vector<std::pair<K, std::vector<V>>>* out) {
+  return ReadPerCpuHashAs<K, V>(
+      map_fd, max_entries,
+      [](const K& k, std::span<const V> per_cpu) {
+        return std::pair<K, std::vector<V>>(k, std::vector<V>(per_cpu.begin(), per_cpu.end()));
+      },
+      out);
+}
+
+template <typename K, typename V, typename Out, typename Fold>
+absl::Status ReadHashAs(int map_fd, uint32_t max_entries, Fold fold, std::vector<Out>* out) {
   std::vector<uint8_t> keys, values;
   uint32_t count = 0;
   absl::Status st =
@@ -96,9 +118,15 @@ absl::Status ReadHash(int map_fd, uint32_t max_entries, std::vector<std::pair<K,
     V v;
     std::memcpy(&k, keys.data() + i * sizeof(K), sizeof(K));
     std::memcpy(&v, values.data() + i * sizeof(V), sizeof(V));
-    out->emplace_back(k, v);
+    out->push_back(fold(k, v));
   }
   return absl::OkStatus();
+}
+
+template <typename K, typename V>
+absl::Status ReadHash(int map_fd, uint32_t max_entries, std::vector<std::pair<K, V>>* out) {
+  return ReadHashAs<K, V>(
+      map_fd, max_entries, [](const K& k, const V& v) { return std::pair<K, V>(k, v); }, out);
 }
 
 }  // namespace kmon

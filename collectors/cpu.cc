@@ -28,33 +28,27 @@ class BpfCpuDataSource : public CpuDataSource {
  public:
   BpfCpuDataSource(int counters_fd, int hists_fd) : counters_fd_(counters_fd), hists_fd_(hists_fd) {}
   absl::Status Read(std::vector<CpuCounters>* counters, std::vector<CpuHistogram>* hists) override {
-    std::vector<std::pair<uint64_t, std::vector<cpu_counters>>> rc;
-    absl::Status st = ReadPerCpuHash(counters_fd_, KMON_CPU_CGROUPS_MAX, &rc);
+    absl::Status st = ReadPerCpuHashAs<uint64_t, cpu_counters>(
+        counters_fd_, KMON_CPU_CGROUPS_MAX,
+        [](uint64_t cg, std::span<const cpu_counters> per_cpu) {
+          CpuCounters c{.cgroup_id = cg};
+          for (const auto& v : per_cpu) {
+            c.oncpu_ns += v.oncpu_ns;
+            c.voluntary += v.voluntary;
+            c.involuntary += v.involuntary;
+          }
+          return c;
+        },
+        counters);
     if (!st.ok()) return st;
-    std::vector<std::pair<cpu_hist_key, cpu_hist>> rh;
-    st = ReadHash(hists_fd_, KMON_CPU_HISTS_MAX, &rh);
-    if (!st.ok()) return st;
-    counters->clear();
-    for (const auto& [cg, per_cpu] : rc) {
-      CpuCounters c;
-      c.cgroup_id = cg;
-      for (const auto& v : per_cpu) {
-        c.oncpu_ns += v.oncpu_ns;
-        c.voluntary += v.voluntary;
-        c.involuntary += v.involuntary;
-      }
-      counters->push_back(c);
-    }
-    hists->clear();
-    for (const auto& [k, v] : rh) {
-      CpuHistogram h;
-      h.cgroup_id = k.cgroup_id;
-      h.kind = k.kind;
-      for (int i = 0; i < KMON_CPU_HIST_SLOTS; ++i) h.slots[i] = v.slots[i];
-      h.sum_ns = v.sum_ns;
-      hists->push_back(h);
-    }
-    return absl::OkStatus();
+    return ReadHashAs<cpu_hist_key, cpu_hist>(
+        hists_fd_, KMON_CPU_HISTS_MAX,
+        [](const cpu_hist_key& k, const cpu_hist& v) {
+          CpuHistogram h{.cgroup_id = k.cgroup_id, .kind = k.kind, .sum_ns = v.sum_ns};
+          for (int i = 0; i < KMON_CPU_HIST_SLOTS; ++i) h.slots[i] = v.slots[i];
+          return h;
+        },
+        hists);
   }
 
  private:

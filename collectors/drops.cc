@@ -26,21 +26,17 @@ class BpfDropCountSource : public DropCountSource {
  public:
   explicit BpfDropCountSource(int fd) : fd_(fd) {}
   absl::Status Read(std::vector<DropCount>* out) override {
-    std::vector<std::pair<drop_key, std::vector<drop_value>>> raw;
-    absl::Status st = ReadPerCpuHash(fd_, KMON_DROP_COUNTS_MAX, &raw);
-    if (!st.ok()) return st;
-    out->clear();
-    out->reserve(raw.size());
-    for (const auto& [k, per_cpu] : raw) {
-      DropCount c;
-      c.cgroup_id = k.cgroup_id;
-      c.location = k.location;
-      c.reason = k.reason;
-      c.protocol = k.protocol;
-      for (const auto& v : per_cpu) c.count += v.count;
-      out->push_back(c);
-    }
-    return absl::OkStatus();
+    return ReadPerCpuHashAs<drop_key, drop_value>(
+        fd_, KMON_DROP_COUNTS_MAX,
+        [](const drop_key& k, std::span<const drop_value> per_cpu) {
+          DropCount c{.cgroup_id = k.cgroup_id,
+                      .location = k.location,
+                      .reason = k.reason,
+                      .protocol = k.protocol};
+          for (const auto& v : per_cpu) c.count += v.count;
+          return c;
+        },
+        out);
   }
 
  private:

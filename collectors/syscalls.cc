@@ -76,22 +76,17 @@ class BpfSyscallCountSource : public SyscallCountSource {
  public:
   explicit BpfSyscallCountSource(int fd) : fd_(fd) {}
   absl::Status Read(std::vector<SyscallCount>* out) override {
-    std::vector<std::pair<syscall_key, std::vector<syscall_value>>> raw;
-    absl::Status st = ReadPerCpuHash(fd_, KMON_SYSCALL_COUNTS_MAX, &raw);
-    if (!st.ok()) return st;
-    out->clear();
-    out->reserve(raw.size());
-    for (const auto& [k, per_cpu] : raw) {
-      SyscallCount c;
-      c.cgroup_id = k.cgroup_id;
-      c.nr = static_cast<int>(k.nr);
-      for (const auto& v : per_cpu) {
-        c.count += v.count;
-        c.errors += v.errors;
-      }
-      out->push_back(c);
-    }
-    return absl::OkStatus();
+    return ReadPerCpuHashAs<syscall_key, syscall_value>(
+        fd_, KMON_SYSCALL_COUNTS_MAX,
+        [](const syscall_key& k, std::span<const syscall_value> per_cpu) {
+          SyscallCount c{.cgroup_id = k.cgroup_id, .nr = static_cast<int>(k.nr)};
+          for (const auto& v : per_cpu) {
+            c.count += v.count;
+            c.errors += v.errors;
+          }
+          return c;
+        },
+        out);
   }
 
  private:

@@ -4,6 +4,8 @@
 #include <cmath>
 #include <cstring>
 #include <map>
+#include <set>
+#include <span>
 #include <unordered_map>
 
 #include <absl/strings/str_cat.h>
@@ -21,7 +23,7 @@ namespace {
 
 constexpr char kName[] = "tcp";
 
-std::vector<uint64_t> SumSlots(const std::vector<tcp_hist>& per_cpu, size_t nslots,
+std::vector<uint64_t> SumSlots(std::span<const tcp_hist> per_cpu, size_t nslots,
                                uint64_t* count, uint64_t* sum_ns) {
   std::vector<uint64_t> slots(nslots, 0);
   *count = 0;
@@ -39,65 +41,65 @@ class BpfTcpDataSource : public TcpDataSource {
   explicit BpfTcpDataSource(tcp_bpf* skel) : skel_(skel) {}
 
   absl::Status ReadEdges(size_t nslots, std::vector<EdgeHist>* out) override {
-    std::vector<std::pair<tcp_edge_key, std::vector<tcp_hist>>> raw;
-    absl::Status st = ReadPerCpuHash(bpf_map__fd(skel_->maps.edges), KMON_TCP_EDGES_MAX, &raw);
-    if (!st.ok()) return st;
-    out->clear();
-    out->reserve(raw.size());
-    for (const auto& [k, per_cpu] : raw) {
-      EdgeHist e;
-      e.client_cgroup = k.client_cgroup;
-      e.server_cgroup = k.server_cgroup;
-      std::memcpy(e.client_addr.data(), k.client_addr, 16);
-      e.server_port = k.server_port;
-      uint64_t sum_ns = 0;
-      e.slots = SumSlots(per_cpu, nslots, &e.count, &sum_ns);
-      e.sum_seconds = static_cast<double>(sum_ns) / 1e9;
-      out->push_back(std::move(e));
-    }
-    return absl::OkStatus();
+    return ReadPerCpuHashAs<tcp_edge_key, tcp_hist>(
+        bpf_map__fd(skel_->maps.edges), KMON_TCP_EDGES_MAX,
+        [nslots](const tcp_edge_key& k, std::span<const tcp_hist> per_cpu) {
+          EdgeHist e;
+          e.client_cgroup = k.client_cgroup;
+          e.server_cgroup = k.server_cgroup;
+          std::memcpy(e.client_addr.data(), k.client_addr, 16);
+          e.server_port = k.server_port;
+          uint64_t sum_ns = 0;
+          e.slots = SumSlots(per_cpu, nslots, &e.count, &sum_ns);
+          e.sum_seconds = static_cast<double>(sum_ns) / 1e9;
+          return e;
+        },
+        out);
   }
 
   absl::Status Read(size_t nslots, TcpData* out) override {
     absl::Status st = ReadEdges(nslots, &out->edges);
-    if (!st.ok()) return st;
-    std::vector<std::pair<tcp_hist_key, std::vector<tcp_hist>>> connects;
-    std::vector<std::pair<uint64_t, std::vector<tcp_stats>>> stats;
-    std::vector<std::pair<uint64_t, tcp_conn>> conns;
-    st = ReadPerCpuHash(bpf_map__fd(skel_->maps.connect_hist), KMON_TCP_HIST_MAX, &connects);
-    if (st.ok()) st = ReadPerCpuHash(bpf_map__fd(skel_->maps.stats), KMON_TCP_STATS_MAX, &stats);
-    if (st.ok()) st = ReadHash(bpf_map__fd(skel_->maps.conns), KMON_TCP_CONNS_MAX, &conns);
-    if (!st.ok()) return st;
-    out->connects.clear();
-    for (const auto& [k, per_cpu] : connects) {
-      TcpConnectHist h;
-      h.cgroup_id = k.cgroup_id;
-      uint64_t count = 0;
-      h.slots = SumSlots(per_cpu, nslots, &count, &h.sum_ns);
-      out->connects.push_back(std::move(h));
+    if (st.ok()) {
+      st = ReadPerCpuHashAs<tcp_hist_key, tcp_hist>(
+          bpf_map__fd(skel_->maps.connect_hist), KMON_TCP_HIST_MAX,
+          [nslots](const tcp_hist_key& k, std::span<const tcp_hist> per_cpu) {
+            TcpConnectHist h{.cgroup_id = k.cgroup_id};
+            uint64_t count = 0;
+            h.slots = SumSlots(per_cpu, nslots, &count, &h.sum_ns);
+            return h;
+          },
+          &out->connects);
     }
-    out->stats.clear();
-    for (const auto& [cg, per_cpu] : stats) {
-      tcp_stats s{};
-      for (const auto& v : per_cpu) {
-        s.opened_inbound += v.opened_inbound;
-        s.opened_outbound += v.opened_outbound;
-        s.connect_failures += v.connect_failures;
-        s.retransmits += v.retransmits;
-        s.resets_sent += v.resets_sent;
-        s.resets_received += v.resets_received;
-        s.tcp_bytes_sent += v.tcp_bytes_sent;
-        s.tcp_bytes_received += v.tcp_bytes_received;
-        s.udp_bytes_sent += v.udp_bytes_sent;
-        s.udp_bytes_received += v.udp_bytes_received;
-      }
-      out->stats.emplace_back(cg, s);
+    if (st.ok()) {
+      st = ReadPerCpuHashAs<uint64_t, tcp_stats>(
+          bpf_map__fd(skel_->maps.stats), KMON_TCP_STATS_MAX,
+          [](uint64_t cg, std::span<const tcp_stats> per_cpu) {
+            tcp_stats s{};
+            for (const auto& v : per_cpu) {
+              s.opened_inbound += v.opened_inbound;
+              s.opened_outbound += v.opened_outbound;
+              s.connect_failures += v.connect_failures;
+              s.retransmits += v.retransmits;
+              s.resets_sent += v.resets_sent;
+              s.resets_received += v.resets_received;
+              s.tcp_bytes_sent += v.tcp_bytes_sent;
+              s.tcp_bytes_received += v.tcp_bytes_received;
+              s.udp_bytes_sent += v.udp_bytes_sent;
+              s.udp_bytes_received += v.udp_bytes_received;
+            }
+            return std::pair<uint64_t, tcp_stats>(cg, s);
+          },
+          &out->stats);
     }
-    out->conns.clear();
-    for (const auto& [sk, c] : conns) {
-      out->conns.push_back({c.cgroup_id, c.role, c.lport, c.bytes_sent, c.bytes_received});
+    if (st.ok()) {
+      st = ReadHashAs<uint64_t, tcp_conn>(
+          bpf_map__fd(skel_->maps.conns), KMON_TCP_CONNS_MAX,
+          [](uint64_t, const tcp_conn& c) {
+            return TcpConnection{c.cgroup_id, c.role, c.lport, c.bytes_sent, c.bytes_received};
+          },
+          &out->conns);
     }
-    return absl::OkStatus();
+    return st;
   }
 
  private:

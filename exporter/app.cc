@@ -17,6 +17,7 @@
 
 #include "collectors/bpf_util.h"
 #include "base/log.h"
+#include "base/markup.h"
 #include "exporter/self_metrics.h"
 #include "exporter/version.h"
 
@@ -26,20 +27,6 @@ namespace {
 double UnixNow() {
   return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch())
       .count();
-}
-
-std::string HtmlEscape(const std::string& s) {
-  std::string out;
-  for (char c : s) {
-    switch (c) {
-      case '<': out += "&lt;"; break;
-      case '>': out += "&gt;"; break;
-      case '&': out += "&amp;"; break;
-      case '"': out += "&quot;"; break;
-      default: out += c;
-    }
-  }
-  return out;
 }
 
 // The compat library is built and installed next to the binary.
@@ -340,9 +327,9 @@ std::string App::LandingPage() {
   for (const auto& s : slots_) {
     std::string state = !s.enabled ? "disabled" : s.up ? "up" : "down";
     rows += absl::StrCat("<tr><td>", s.entry->name, "</td><td>", state, "</td><td>",
-                         HtmlEscape(s.reason), "</td></tr>\n");
+                         MarkupEscape(s.reason), "</td></tr>\n");
   }
-  const std::string path = HtmlEscape(flags_.telemetry_path);
+  const std::string path = MarkupEscape(flags_.telemetry_path);
   return absl::StrCat(
       "<!DOCTYPE html>\n<html><head><title>kmon exporter</title></head><body>\n"
       "<h1>kmon exporter</h1>\n<p>version ", kVersion, " (revision ", kRevision, ")</p>\n",

@@ -117,28 +117,12 @@ struct Fixture {
   };
 };
 
-std::string ReadFile(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
 TEST(CpuFamiliesTest, GoldenTextPassesPromtool) {
   WorkloadResolver workloads(std::make_unique<FixedCgroupPaths>(), nullptr);
   WorkloadLabeler budget(&workloads, 20000);
   Fixture f;
   auto families = BuildCpuFamilies(f.counters, f.hists, &budget);
-  const std::string text = Serialize(families, ExpositionFormat::kText004);
-  const std::string golden_path = std::string(KMON_SOURCE_DIR) + "/tests/golden/cpu_metrics.prom";
-  if (const char* u = std::getenv("KMON_UPDATE_GOLDEN"); u && std::string(u) == "1") {
-    std::ofstream(golden_path) << text;
-  }
-  EXPECT_EQ(text, ReadFile(golden_path));
-
-  const CommandResult promtool = RunWithInput("promtool check metrics", text);
-  EXPECT_EQ(promtool.exit_status, 0) << promtool.output;
-  EXPECT_EQ(promtool.output, "") << promtool.output;
+  ExpectGoldenMetrics(Serialize(families, ExpositionFormat::kText004), "cpu_metrics.prom");
 }
 
 TEST(CpuFamiliesTest, SamplesAreExact) {

@@ -19,13 +19,6 @@
 namespace kmon {
 namespace {
 
-std::string ReadFile(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
 std::vector<prometheus::MetricFamily> FixedFamilies() {
   WorkloadResolver workloads(std::make_unique<FixedCgroupPaths>(), nullptr);
   WorkloadLabeler budget(&workloads, 20000);
@@ -56,17 +49,7 @@ std::vector<prometheus::MetricFamily> FixedFamilies() {
 }
 
 TEST(MetricsGoldenTest, TextMatchesGoldenAndPassesPromtool) {
-  const std::string golden_path = std::string(KMON_SOURCE_DIR) + "/tests/golden/metrics.prom";
-  std::string text = Serialize(FixedFamilies(), ExpositionFormat::kText004);
-  if (const char* u = std::getenv("KMON_UPDATE_GOLDEN"); u && std::string(u) == "1") {
-    std::ofstream(golden_path) << text;
-  }
-  EXPECT_EQ(text, ReadFile(golden_path));
-
-  // promtool lints names, types, units and help text.
-  const CommandResult promtool = RunWithInput("promtool check metrics", text);
-  EXPECT_EQ(promtool.exit_status, 0) << promtool.output;
-  EXPECT_EQ(promtool.output, "") << promtool.output;
+  ExpectGoldenMetrics(Serialize(FixedFamilies(), ExpositionFormat::kText004), "metrics.prom");
 }
 
 TEST(MetricsGoldenTest, SyscallSamplesAreExact) {

@@ -103,26 +103,11 @@ TcpData FixedTcpData() {
   return d;
 }
 
-std::string ReadFile(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
 TEST(TcpFamiliesTest, GoldenTextPassesPromtool) {
   WorkloadResolver workloads(std::make_unique<FixedCgroupPaths>(), nullptr);
   WorkloadLabeler labeler(&workloads);
   auto families = BuildTcpFamilies(FixedTcpData(), {0.001, 0.01, 0.1}, &labeler);
-  const std::string text = Serialize(families, ExpositionFormat::kText004);
-  const std::string golden_path = std::string(KMON_SOURCE_DIR) + "/tests/golden/tcp_metrics.prom";
-  if (const char* u = std::getenv("KMON_UPDATE_GOLDEN"); u && std::string(u) == "1") {
-    std::ofstream(golden_path) << text;
-  }
-  EXPECT_EQ(text, ReadFile(golden_path));
-  const CommandResult promtool = RunWithInput("promtool check metrics", text);
-  EXPECT_EQ(promtool.exit_status, 0) << promtool.output;
-  EXPECT_EQ(promtool.output, "") << promtool.output;
+  ExpectGoldenMetrics(Serialize(families, ExpositionFormat::kText004), "tcp_metrics.prom");
 }
 
 TEST(TcpFamiliesTest, SamplesAreExact) {

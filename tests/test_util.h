@@ -7,11 +7,14 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <fstream>
+#include <sstream>
 #include <map>
 #include <string>
 #include <unordered_map>
 #include <vector>
 
+#include <gtest/gtest.h>
 #include <prometheus/metric_family.h>
 
 #include "provider/workload.h"
@@ -75,6 +78,28 @@ inline CommandResult RunWithInput(const std::string& command, const std::string&
   const int status = pclose(p);
   r.exit_status = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
   return r;
+}
+
+/// A whole file's text; "" when it cannot be read.
+inline std::string ReadTextFile(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+/// Expects `text` to be tests/golden/`name` exactly and `promtool check metrics` to
+/// pass it without a word (names, types, units, help). KMON_UPDATE_GOLDEN=1
+/// rewrites the file instead: review the diff before committing it.
+inline void ExpectGoldenMetrics(const std::string& text, const std::string& name) {
+  const std::string path = std::string(KMON_SOURCE_DIR) + "/tests/golden/" + name;
+  if (const char* u = std::getenv("KMON_UPDATE_GOLDEN"); u && std::string(u) == "1") {
+    std::ofstream(path) << text;
+  }
+  EXPECT_EQ(text, ReadTextFile(path));
+  const CommandResult promtool = RunWithInput("promtool check metrics", text);
+  EXPECT_EQ(promtool.exit_status, 0) << promtool.output;
+  EXPECT_EQ(promtool.output, "") << promtool.output;
 }
 
 /// The first sample of family `name` carrying every label in `labels`, or null.

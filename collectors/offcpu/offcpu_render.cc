@@ -13,6 +13,7 @@
 #include <absl/strings/str_cat.h>
 #include <absl/strings/str_join.h>
 
+#include "base/markup.h"
 #include "collectors/offcpu/profile.pb.h"
 
 namespace kmon {
@@ -27,27 +28,6 @@ std::string CleanFrame(const std::string& name) {
   return out;
 }
 
-std::string XmlEscape(const std::string& s) {
-  std::string out;
-  out.reserve(s.size());
-  for (char c : s) {
-    switch (c) {
-      case '&': out += "&amp;"; break;
-      case '<': out += "&lt;"; break;
-      case '>': out += "&gt;"; break;
-      case '"': out += "&quot;"; break;
-      case '\'': out += "&apos;"; break;
-      default:
-        // XML 1.0 forbids most control characters even when escaped.
-        if (static_cast<unsigned char>(c) < 0x20 && c != '\t') {
-          out += ' ';
-        } else {
-          out += c;
-        }
-    }
-  }
-  return out;
-}
 
 std::string HumanNs(uint64_t ns) {
   char buf[64];
@@ -192,7 +172,7 @@ void EmitFrames(const Node& root, uint64_t total, int height, std::string* out) 
     if (wpx < kMinWidthPx) continue;  // too thin to see; its children are thinner
     const double xpx = kXPad + xf * frame_px;
     const int y = height - kPadBottom - (t.depth + 1) * kFrameHeight;
-    const std::string name = XmlEscape(n.name);
+    const std::string name = MarkupEscape(n.name);
     const std::string info = absl::StrCat(name, " (", HumanNs(n.ns), ", ", n.count,
                                           n.count == 1 ? " episode, " : " episodes, ",
                                           Fixed(100.0 * n.ns / total, 2), "%)");
@@ -201,7 +181,7 @@ void EmitFrames(const Node& root, uint64_t total, int height, std::string* out) 
                     "</title><rect x=\"", Fixed(xpx, 2), "\" y=\"", y, "\" width=\"",
                     Fixed(wpx, 2), "\" height=\"", kFrameHeight - 1, "\" fill=\"", Colour(n),
                     "\" rx=\"2\" ry=\"2\"/><text x=\"", Fixed(xpx + 3, 2), "\" y=\"",
-                    y + kFrameHeight - 4, "\">", XmlEscape(FitText(n.name, wpx)), "</text></g>\n");
+                    y + kFrameHeight - 4, "\">", MarkupEscape(FitText(n.name, wpx)), "</text></g>\n");
     kids.clear();
     uint64_t cx = t.x_ns;
     for (const auto& [k, c] : n.children) {
@@ -396,8 +376,8 @@ std::string RenderFlameGraphSvg(const std::vector<OffCpuStack>& stacks, const st
       "<script type=\"text/ecmascript\"><![CDATA[", kFlameScript, "]]></script>\n",
       "<rect x=\"0\" y=\"0\" width=\"", kSvgWidth, "\" height=\"", height,
       "\" fill=\"rgb(248,248,252)\"/>\n",
-      "<text id=\"title\" x=\"", kSvgWidth / 2, "\" y=\"24\">", XmlEscape(title), "</text>\n",
-      "<text id=\"subtitle\" x=\"", kSvgWidth / 2, "\" y=\"44\">", XmlEscape(subtitle), "</text>\n",
+      "<text id=\"title\" x=\"", kSvgWidth / 2, "\" y=\"24\">", MarkupEscape(title), "</text>\n",
+      "<text id=\"subtitle\" x=\"", kSvgWidth / 2, "\" y=\"44\">", MarkupEscape(subtitle), "</text>\n",
       "<text id=\"unzoom\" x=\"", kXPad, "\" y=\"24\" style=\"display:none\">Reset Zoom</text>\n",
       "<text id=\"search\" x=\"", kSvgWidth - kXPad - 100, "\" y=\"24\">Search</text>\n",
       "<text id=\"matched\" x=\"", kSvgWidth - kXPad - 140, "\" y=\"", height - 12, "\"> </text>\n",
