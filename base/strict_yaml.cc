@@ -24,7 +24,6 @@ std::string JoinKey(const std::string& path, const std::string& name) {
   return path.empty() ? std::string(name) : absl::StrCat(path, ".", name);
 }
 
-
 // Shortest text that reads back as the same double, so a message quotes the
 // number the way the user wrote it ("0.00025", not "0.000250").
 std::string FormatDouble(double v) {
@@ -205,7 +204,7 @@ void YamlParser::Map(const YamlValue& v, const std::vector<Field>& fields) {
 // expanded value, because in flow style (`{enabled: "${ON}"}`) the quotes are
 // required: `{` and `}` would otherwise end the plain scalar.
 bool YamlParser::Scalar(const YamlValue& v, const std::string& want, std::string* out,
-            bool* quoted_literal) {
+                        bool* quoted_literal) {
   if (!v.node.IsScalar()) {
     std::string hint;
     if (v.node.IsNull() && want == "a string") hint = " (write \"\" for an empty string)";
@@ -228,22 +227,26 @@ bool YamlParser::Typed(const YamlValue& v, const std::string& want, ParseFn pars
   if (!Scalar(v, want, &text, &quoted_literal)) return false;
   const std::optional<T> parsed = parse(text);
   if (!parsed || quoted_literal) {
-    Report(v.key, v.line,
-           absl::StrCat("must be ", want, ", got ", quoted_literal ? "the string " : "",
-                        Quote(text)));
+    Report(
+        v.key, v.line,
+        absl::StrCat("must be ", want, ", got ", quoted_literal ? "the string " : "", Quote(text)));
     return false;
   }
   *out = *parsed;
   return true;
 }
 
-bool YamlParser::Bool(const YamlValue& v, bool* out) { return Typed(v, "true or false", ParseBool, out); }
+bool YamlParser::Bool(const YamlValue& v, bool* out) {
+  return Typed(v, "true or false", ParseBool, out);
+}
 
 bool YamlParser::Int(const YamlValue& v, const std::string& want, int64_t* out) {
   return Typed(v, want, ParseInt, out);
 }
 
-bool YamlParser::Number(const YamlValue& v, double* out) { return Typed(v, "a number", ParseNumber, out); }
+bool YamlParser::Number(const YamlValue& v, double* out) {
+  return Typed(v, "a number", ParseNumber, out);
+}
 
 bool YamlParser::Duration(const YamlValue& v, nanoseconds* out) {
   std::string text;
@@ -258,7 +261,8 @@ bool YamlParser::Duration(const YamlValue& v, nanoseconds* out) {
   return true;
 }
 
-bool YamlParser::OneOf(const YamlValue& v, std::initializer_list<const char*> allowed, std::string* out) {
+bool YamlParser::OneOf(const YamlValue& v, std::initializer_list<const char*> allowed,
+                       std::string* out) {
   std::string text;
   if (!Scalar(v, absl::StrCat("one of ", absl::StrJoin(allowed, ", ")), &text)) return false;
   for (const char* a : allowed) {
@@ -274,7 +278,8 @@ bool YamlParser::OneOf(const YamlValue& v, std::initializer_list<const char*> al
 
 // Calls `item` for each element of the list at `v`, keyed `key[i]` and
 // reported on the element's own line. False when `v` is not a list.
-bool YamlParser::List(const YamlValue& v, const std::function<void(const YamlValue&, size_t)>& item) {
+bool YamlParser::List(const YamlValue& v,
+                      const std::function<void(const YamlValue&, size_t)>& item) {
   if (!v.node.IsSequence()) {
     Report(v.key, v.line, absl::StrCat("must be a list, got ", Describe(v.node)));
     return false;
@@ -297,9 +302,9 @@ bool YamlParser::StringSet(const YamlValue& v, const char* what, std::vector<std
         std::string s;
         if (!String(e, &s)) return;
         if (const auto [it, inserted] = seen.emplace(s, i); !inserted) {
-          Report(e.key, e.line,
-                 absl::StrCat("duplicate ", what, " ", Quote(s), " (also at index ", it->second,
-                              ")"));
+          Report(
+              e.key, e.line,
+              absl::StrCat("duplicate ", what, " ", Quote(s), " (also at index ", it->second, ")"));
           return;
         }
         items.push_back(std::move(s));
@@ -352,8 +357,8 @@ void YamlParser::Buckets(const YamlValue& v, std::vector<double>* out) {
         }
         if (previous && b <= *previous) {
           Report(e.key, e.line,
-                 absl::StrCat("must be greater than the previous bucket (",
-                              FormatDouble(*previous), ")"));
+                 absl::StrCat("must be greater than the previous bucket (", FormatDouble(*previous),
+                              ")"));
         }
         previous = b;
         buckets.push_back(b);
@@ -380,8 +385,8 @@ bool YamlParser::Entries(const YamlValue& v, const std::string& want, const char
   for (const auto& entry : v.node) {
     const int line = LineOfNode(entry.first);
     if (!entry.first.IsScalar() || entry.first.Scalar().empty()) {
-      Report(v.key, line, absl::StrCat(names, " must be non-empty strings, got ",
-                                       Describe(entry.first)));
+      Report(v.key, line,
+             absl::StrCat(names, " must be non-empty strings, got ", Describe(entry.first)));
       continue;
     }
     const std::string& name = entry.first.Scalar();

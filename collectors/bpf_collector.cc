@@ -1,10 +1,10 @@
 #include "collectors/bpf_collector.h"
 
-#include <cerrno>
-
 #include <absl/strings/str_cat.h>
 #include <absl/strings/str_join.h>
 #include <bpf/libbpf.h>
+
+#include <cerrno>
 
 #include "bpf/kmon_common.h"
 #include "collectors/bpf_util.h"
@@ -13,12 +13,17 @@
 namespace kmon {
 
 BpfCollector::~BpfCollector() {
-  // The leaf's hooks are gone by now; what is left is the object itself.
-  if (skeleton_ != nullptr) {
-    if (filter_fd_ >= 0 && deps().watched != nullptr) deps().watched->Unregister(filter_fd_);
-    bpf_object__destroy_skeleton(skeleton_);
-    free_();
-  }
+  // The subclass (its hooks, its typed pointer) is gone by now; what is left is
+  // the object itself.
+  if (filter_fd_ >= 0 && deps().watched != nullptr) deps().watched->Unregister(filter_fd_);
+  DestroySkeleton();
+}
+
+void BpfCollector::DestroySkeleton() {
+  if (skeleton_ != nullptr) bpf_object__destroy_skeleton(skeleton_);
+  skeleton_ = nullptr;
+  std::free(skel_struct_);
+  skel_struct_ = nullptr;
 }
 
 const bpf_object* BpfCollector::BpfObject() const {
@@ -54,8 +59,8 @@ absl::Status BpfCollector::DoStart(const CollectorConfig& config) {
   for (const MapLayout& l : layouts_) {
     const bpf_map* m = bpf_object__find_map_by_name(*skeleton_->obj, l.map);
     if (m == nullptr) {
-      return absl::InternalError(absl::StrCat("collector=", name(), " map=", l.map,
-                                              ": not in the BPF object"));
+      return absl::InternalError(
+          absl::StrCat("collector=", name(), " map=", l.map, ": not in the BPF object"));
     }
     absl::Status st = CheckMapLayout(name(), m, l.key_size, l.value_size);
     if (!st.ok()) return st;
@@ -87,9 +92,8 @@ void BpfCollector::DoStop() {
   if (skeleton_ == nullptr) return;
   if (filter_fd_ >= 0 && deps().watched != nullptr) deps().watched->Unregister(filter_fd_);
   filter_fd_ = -1;
-  bpf_object__destroy_skeleton(skeleton_);
-  skeleton_ = nullptr;
-  free_();
+  DestroySkeleton();
+  forget_();
 }
 
 void BpfCollector::AddEventsLost(std::map<std::string, uint64_t>* lost) const {

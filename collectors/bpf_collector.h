@@ -41,7 +41,7 @@ class BpfCollector : public Collector {
   BpfCollector(std::string name, const CollectorDeps& deps, Skel** skel, int (*create)(Skel*),
                std::vector<MapLayout> layouts)
       : Collector(std::move(name), deps), layouts_(std::move(layouts)) {
-    create_ = [skel, create]() -> bpf_object_skeleton* {
+    create_ = [this, skel, create]() -> bpf_object_skeleton* {
       auto* s = static_cast<Skel*>(std::calloc(1, sizeof(Skel)));
       if (s == nullptr) return nullptr;
       if (create(s) != 0) {
@@ -49,12 +49,10 @@ class BpfCollector : public Collector {
         return nullptr;
       }
       *skel = s;
+      skel_struct_ = s;
       return s->skeleton;
     };
-    free_ = [skel]() {
-      std::free(*skel);
-      *skel = nullptr;
-    };
+    forget_ = [skel]() { *skel = nullptr; };
   }
   /// Subclasses with threads or readers must call Stop() in their destructor.
   ~BpfCollector() override;
@@ -79,9 +77,13 @@ class BpfCollector : public Collector {
   void AddEventsLost(std::map<std::string, uint64_t>* lost) const final;
 
   std::vector<MapLayout> layouts_;
+  /// Destroys the object and frees the skeleton's struct (calloc'd by create_).
+  void DestroySkeleton();
+
   std::function<bpf_object_skeleton*()> create_;
-  std::function<void()> free_;
+  std::function<void()> forget_;  // nulls the subclass's typed pointer
   bpf_object_skeleton* skeleton_ = nullptr;
+  void* skel_struct_ = nullptr;
   int filter_fd_ = -1;  // registered with the watched-cgroups keeper
   std::atomic<bool> running_{false};
 };

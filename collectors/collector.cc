@@ -1,9 +1,9 @@
 #include "collectors/collector.h"
 
+#include <absl/strings/str_cat.h>
+
 #include <chrono>
 #include <exception>
-
-#include <absl/strings/str_cat.h>
 
 #include "base/log.h"
 #include "collectors/kernel_features.h"
@@ -77,8 +77,7 @@ void Collector::Collect(std::vector<prometheus::MetricFamily>* out) noexcept {
     out->erase(out->begin() + static_cast<std::ptrdiff_t>(before), out->end());
     LogError("collect failed", {{"collector", name_}, {"err", "unknown exception"}});
   }
-  scrape_seconds_ =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  scrape_seconds_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
 void Collector::Stop() noexcept {

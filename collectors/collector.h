@@ -7,6 +7,9 @@
 // (bpf_collector.h).
 #pragma once
 
+#include <absl/status/status.h>
+#include <prometheus/metric_family.h>
+
 #include <atomic>
 #include <cstdint>
 #include <functional>
@@ -15,9 +18,6 @@
 #include <mutex>
 #include <string>
 #include <vector>
-
-#include <absl/status/status.h>
-#include <prometheus/metric_family.h>
 
 #include "base/http_types.h"
 #include "base/strict_yaml.h"
@@ -39,8 +39,8 @@ struct CollectorDeps {
   WatchedCgroups* watched = nullptr;      // keeps each object's watched-cgroups map current
   /// Serves an extra HTTP path (e.g. /debug/offcpu); may be called from Start().
   std::function<void(const std::string& path, HttpHandler handler)> handle_http;
-  TopologyFeed* topology = nullptr;     // tcp publishes request edges, topology reads them
-  KernelFeatures* features = nullptr;   // feature probes of the running kernel
+  TopologyFeed* topology = nullptr;    // tcp publishes request edges, topology reads them
+  KernelFeatures* features = nullptr;  // feature probes of the running kernel
 };
 
 class Collector {

@@ -1,10 +1,10 @@
 #include "collectors/kernel_features.h"
 
-#include <cerrno>
-#include <cstring>
-
 #include <absl/strings/str_cat.h>
 #include <bpf/btf.h>
+
+#include <cerrno>
+#include <cstring>
 
 namespace kmon {
 

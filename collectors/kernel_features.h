@@ -4,9 +4,9 @@
 // "the kernel" has — and a later reload finds out when that changed.
 #pragma once
 
-#include <mutex>
-
 #include <absl/status/statusor.h>
+
+#include <mutex>
 
 struct btf;
 

@@ -1,13 +1,12 @@
 #include "collectors/syscalls.h"
 
+#include <absl/strings/str_cat.h>
 #include <seccomp.h>
 
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <unordered_map>
-
-#include <absl/strings/str_cat.h>
 
 #include "base/log.h"
 #include "bpf/kmon_common.h"
@@ -61,7 +60,7 @@ void ParseSyscallList(YamlParser& p, const YamlValue& v, SyscallsConfig* out) {
         const YAML::Node element = v.node[i];
         const int line = YamlLineOf(element);
         p.Report(absl::StrCat(v.key, "[", i, "]"), line > 0 ? line : v.line,
-               absl::StrCat("unknown syscall ", Quote(names[i])));
+                 absl::StrCat("unknown syscall ", Quote(names[i])));
         break;
       }
     }
@@ -120,9 +119,9 @@ void ParseSyscallsSection(YamlParser& p, const YamlValue& v, SyscallsConfig* c) 
            });
 }
 
-std::vector<prometheus::MetricFamily> BuildSyscallFamilies(
-    const std::vector<SyscallCount>& counts, const std::map<int, std::string>& names,
-    WorkloadLabeler* labeler) {
+std::vector<prometheus::MetricFamily> BuildSyscallFamilies(const std::vector<SyscallCount>& counts,
+                                                           const std::map<int, std::string>& names,
+                                                           WorkloadLabeler* labeler) {
   const std::vector<std::string> label_names{"namespace", "pod", "container", "syscall"};
   FamilyBuilder calls("kmon_syscalls_total", "Syscalls made, by workload and syscall.",
                       prometheus::MetricType::Counter, label_names);
@@ -143,7 +142,8 @@ std::vector<prometheus::MetricFamily> BuildSyscallFamilies(
     return std::tie(a->cgroup_id, a->nr) < std::tie(b->cgroup_id, b->nr);
   });
   for (const SyscallCount* c : sorted) {
-    std::optional<WorkloadLabels> l = labeler->LabelsFor(c->cgroup_id, series_per_cgroup[c->cgroup_id]);
+    std::optional<WorkloadLabels> l =
+        labeler->LabelsFor(c->cgroup_id, series_per_cgroup[c->cgroup_id]);
     if (!l) continue;  // the cgroup is gone; its entries are dropped by the collector
     std::vector<std::string> values{l->namespace_, l->pod, l->container, names.at(c->nr)};
     calls.AddCounter(values, static_cast<double>(c->count));

@@ -17,9 +17,9 @@ namespace kmon {
 /// collectors.syscalls
 struct SyscallsConfig : CollectorSectionOf<SyscallsConfig> {
   static constexpr char kName[] = "syscalls";
-  std::vector<std::string> syscalls{"read",  "write", "sendto",     "recvfrom",
-                                    "sendmsg", "recvmsg", "openat", "close",
-                                    "futex", "epoll_wait", "connect", "accept4"};
+  std::vector<std::string> syscalls{"read",    "write",      "sendto",  "recvfrom",
+                                    "sendmsg", "recvmsg",    "openat",  "close",
+                                    "futex",   "epoll_wait", "connect", "accept4"};
   /// Native syscall numbers of `syscalls`, same order; filled by the parser.
   std::vector<int> numbers;
   /// Names libseccomp knows but this CPU architecture lacks (e.g. `epoll_wait`
@@ -50,9 +50,9 @@ class SyscallCountSource {
 /// Turns counts into the two families, resolving cgroups and syscall names.
 /// Pure apart from the labeler: golden tests feed it fixed input.
 /// `names` maps native syscall numbers to names; numbers not in it are skipped.
-std::vector<prometheus::MetricFamily> BuildSyscallFamilies(
-    const std::vector<SyscallCount>& counts, const std::map<int, std::string>& names,
-    WorkloadLabeler* labeler);
+std::vector<prometheus::MetricFamily> BuildSyscallFamilies(const std::vector<SyscallCount>& counts,
+                                                           const std::map<int, std::string>& names,
+                                                           WorkloadLabeler* labeler);
 
 class SyscallsCollector : public BpfCollector {
  public:

@@ -1,5 +1,7 @@
 #include "collectors/tcp.h"
 
+#include <absl/strings/str_cat.h>
+
 #include <cerrno>
 #include <cmath>
 #include <cstring>
@@ -7,8 +9,6 @@
 #include <set>
 #include <span>
 #include <unordered_map>
-
-#include <absl/strings/str_cat.h>
 
 #include "base/log.h"
 #include "bpf/kmon_common.h"
@@ -23,8 +23,8 @@ namespace {
 
 constexpr char kName[] = "tcp";
 
-std::vector<uint64_t> SumSlots(std::span<const tcp_hist> per_cpu, size_t nslots,
-                               uint64_t* count, uint64_t* sum_ns) {
+std::vector<uint64_t> SumSlots(std::span<const tcp_hist> per_cpu, size_t nslots, uint64_t* count,
+                               uint64_t* sum_ns) {
   std::vector<uint64_t> slots(nslots, 0);
   *count = 0;
   *sum_ns = 0;
@@ -220,8 +220,8 @@ std::vector<prometheus::MetricFamily> BuildTcpFamilies(const TcpData& data,
     active.AddGauge(values(c.cgroup_id, {c.role == TCP_ROLE_SERVER ? "inbound" : "outbound"}), 1);
   }
   std::vector<prometheus::MetricFamily> out;
-  for (const FamilyBuilder* b : {&req, &opened, &active, &connect, &failures, &retrans, &resets,
-                                 &bytes}) {
+  for (const FamilyBuilder* b :
+       {&req, &opened, &active, &connect, &failures, &retrans, &resets, &bytes}) {
     out.push_back(b->Build());
   }
   return out;
@@ -250,9 +250,8 @@ absl::Status TcpCollector::AfterAttach(const CollectorConfig&) {
   }
   LogInfo("tcp: listening ports found at start", {{"count", std::to_string(listeners)}});
   if (deps().topology != nullptr) {
-    deps().topology->SetReader([this](std::vector<EdgeHist>* e, std::vector<double>* b) {
-      return ReadEdges(e, b);
-    });
+    deps().topology->SetReader(
+        [this](std::vector<EdgeHist>* e, std::vector<double>* b) { return ReadEdges(e, b); });
   }
   return absl::OkStatus();
 }
@@ -270,9 +269,9 @@ absl::Status TcpCollector::Configure(const CollectorConfig& config) {
   // unresolved clients' addresses.
   const TopologyConfig& topology = config.collectors.Get<TopologyConfig>();
   if (tc.latency_buckets.size() > KMON_TCP_MAX_BOUNDS) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "collector=tcp: latency_buckets has ", tc.latency_buckets.size(),
-        " bounds; at most ", KMON_TCP_MAX_BOUNDS, " fit the kernel's histogram"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("collector=tcp: latency_buckets has ", tc.latency_buckets.size(),
+                     " bounds; at most ", KMON_TCP_MAX_BOUNDS, " fit the kernel's histogram"));
   }
   tcp_config cfg{};
   std::vector<uint64_t> ns = BoundsToNanos(tc.latency_buckets);

@@ -19,9 +19,8 @@ namespace kmon {
 struct TcpConfig : CollectorSectionOf<TcpConfig> {
   static constexpr char kName[] = "tcp";
   std::vector<uint16_t> ports;  // empty: all
-  std::vector<double> latency_buckets{0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005,
-                                      0.01,   0.025,   0.05,   0.1,   0.25,   0.5,
-                                      1,      2.5,     5,      10};
+  std::vector<double> latency_buckets{0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
+                                      0.05,   0.1,     0.25,   0.5,   1,      2.5,   5,    10};
 };
 void ParseTcpSection(YamlParser& p, const YamlValue& v, TcpConfig* c);
 
@@ -40,7 +39,7 @@ struct TcpConnection {
   uint64_t cgroup_id = 0;
   uint8_t role = TCP_ROLE_UNKNOWN;
   uint16_t lport = 0;
-  uint64_t bytes_sent = 0;      // since the connection last flushed into `stats`
+  uint64_t bytes_sent = 0;  // since the connection last flushed into `stats`
   uint64_t bytes_received = 0;
 };
 

@@ -1,14 +1,13 @@
 #include "collectors/topology.h"
 
+#include <absl/strings/str_cat.h>
 #include <arpa/inet.h>
 
 #include <cmath>
 #include <limits>
 
-#include <absl/strings/str_cat.h>
-
-#include "collectors/families.h"
 #include "base/log.h"
+#include "collectors/families.h"
 #include "collectors/workload_labeler.h"
 #include "provider/workload.h"
 
@@ -58,7 +57,9 @@ void ParseTopologySection(YamlParser& p, const YamlValue& v, TopologyConfig* c) 
   p.Map(v, {
                {"enabled", [&](const YamlValue& f) { p.Bool(f, &c->enabled); }},
                {"granularity",
-                [&](const YamlValue& f) { p.OneOf(f, {"pod", "workload"}, &c->granularity); }},
+                [&](const YamlValue& f) {
+                  p.OneOf(f, {"pod", "workload"}, &c->granularity);
+                }},
                {"external_peers",
                 [&](const YamlValue& f) {
                   p.OneOf(f, {"aggregate", "address"}, &c->external_peers);
@@ -71,8 +72,8 @@ void ParseTopologySection(YamlParser& p, const YamlValue& v, TopologyConfig* c) 
 std::vector<prometheus::MetricFamily> BuildTopologyFamilies(
     const std::map<std::string, NamedEdge>& edges, const std::vector<double>& bounds,
     bool service_graph_metrics, WorkloadLabeler* labeler) {
-  const std::vector<std::string> labels{"client", "server", "client_namespace",
-                                        "server_namespace", "server_port"};
+  const std::vector<std::string> labels{"client", "server", "client_namespace", "server_namespace",
+                                        "server_port"};
   FamilyBuilder reqs("kmon_topology_requests_total",
                      "Requests from client to server, measured at the server.",
                      prometheus::MetricType::Counter, labels);

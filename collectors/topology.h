@@ -9,12 +9,11 @@
 #include <deque>
 #include <map>
 #include <mutex>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <tuple>
 #include <unordered_map>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "collectors/collector.h"
 #include "collectors/topology_feed.h"
@@ -32,7 +31,7 @@ void ParseTopologySection(YamlParser& p, const YamlValue& v, TopologyConfig* c);
 
 /// One end of an edge, as the topology labels name it.
 struct TopologyNode {
-  std::string id;         // "namespace/pod", a host process's container value, "external"
+  std::string id;  // "namespace/pod", a host process's container value, "external"
   std::string namespace_;
 };
 

@@ -21,7 +21,8 @@ using std::chrono::nanoseconds;
 
 void ParseTargets(YamlParser& p, const YamlValue& v, TargetsConfig* t) {
   p.Map(v, {
-               {"namespaces", [&](const YamlValue& f) { p.StringSet(f, "namespace", &t->namespaces); }},
+               {"namespaces",
+                [&](const YamlValue& f) { p.StringSet(f, "namespace", &t->namespaces); }},
                {"exclude_namespaces",
                 [&](const YamlValue& f) { p.StringSet(f, "namespace", &t->exclude_namespaces); }},
                {"pod_selector", [&](const YamlValue& f) { p.Labels(f, &t->pod_selector); }},

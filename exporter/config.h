@@ -35,7 +35,7 @@ struct Config : CollectorConfig {
 };
 
 struct ConfigResult {
-  std::optional<Config> config;          // set only when problems is empty
+  std::optional<Config> config;  // set only when problems is empty
   std::vector<ConfigProblem> problems;
 };
 

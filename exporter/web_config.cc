@@ -1,7 +1,5 @@
 #include "exporter/web_config.h"
 
-#include "base/strict_yaml.h"
-
 #include <absl/status/status.h>
 #include <absl/strings/ascii.h>
 #include <absl/strings/escaping.h>
@@ -11,16 +9,18 @@
 #include <absl/strings/str_split.h>
 #include <crypt.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <memory>
+#include <optional>
 #include <sstream>
 #include <string_view>
 #include <vector>
-#include <algorithm>
-#include <optional>
+
+#include "base/strict_yaml.h"
 
 namespace kmon {
 namespace {
@@ -85,11 +85,12 @@ void ParseTls(YamlParser& p, const YamlValue& section, WebConfig& cfg) {
   // Keys of the exporter-toolkit format that kmon knows but does not implement. They
   // are refused rather than ignored: a user who asks for cipher suites or SAN checks
   // must not get a server that silently skips them.
-  for (const char* unsupported : {"cert", "key", "client_ca", "cipher_suites", "curve_preferences",
-                                  "max_version", "prefer_server_cipher_suites",
-                                  "client_allowed_sans"}) {
+  for (const char* unsupported :
+       {"cert", "key", "client_ca", "cipher_suites", "curve_preferences", "max_version",
+        "prefer_server_cipher_suites", "client_allowed_sans"}) {
     fields.push_back(
-        {unsupported, [&p](const YamlValue& f) { p.Report(f.key, f.line, "not supported by kmon"); },
+        {unsupported,
+         [&p](const YamlValue& f) { p.Report(f.key, f.line, "not supported by kmon"); },
          /*listed=*/false});
   }
   p.Map(section, fields);

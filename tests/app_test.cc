@@ -4,11 +4,11 @@
 // once it has attached.
 #include "exporter/app.h"
 
+#include <gtest/gtest.h>
+
 #include <memory>
 #include <string>
 #include <vector>
-
-#include <gtest/gtest.h>
 
 #include "collectors/families.h"
 #include "tests/test_util.h"
@@ -22,7 +22,8 @@ class SwitchableFeatures : public KernelFeatures {
   explicit SwitchableFeatures(bool* has_btf, int* probes) : has_btf_(has_btf), probes_(probes) {}
   absl::StatusOr<const btf*> VmlinuxBtf() override {
     ++*probes_;
-    if (!*has_btf_) return absl::FailedPreconditionError("load vmlinux BTF: No such file or directory");
+    if (!*has_btf_)
+      return absl::FailedPreconditionError("load vmlinux BTF: No such file or directory");
     return static_cast<const btf*>(nullptr);  // the probing collector only asks whether it is there
   }
   void Release() override {}
@@ -42,14 +43,16 @@ class BtfProbingCollector : public Collector {
  private:
   absl::Status DoStart(const CollectorConfig&) override {
     absl::StatusOr<const btf*> vmlinux = Features().VmlinuxBtf();
-    if (!vmlinux.ok()) return absl::Status(vmlinux.status().code(),
-                                           "collector=drops: " + std::string(vmlinux.status().message()));
+    if (!vmlinux.ok())
+      return absl::Status(vmlinux.status().code(),
+                          "collector=drops: " + std::string(vmlinux.status().message()));
     running_ = true;
     return absl::OkStatus();
   }
   absl::Status Configure(const CollectorConfig&) override { return absl::OkStatus(); }
   absl::Status Read(std::vector<prometheus::MetricFamily>* out) override {
-    FamilyBuilder b("kmon_test_probed", "Exported once started.", prometheus::MetricType::Gauge, {});
+    FamilyBuilder b("kmon_test_probed", "Exported once started.", prometheus::MetricType::Gauge,
+                    {});
     b.AddGauge({}, 1);
     out->push_back(b.Build());
     return absl::OkStatus();

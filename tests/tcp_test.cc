@@ -1,11 +1,12 @@
+#include "collectors/tcp.h"
+
+#include <gtest/gtest.h>
+
 #include <cmath>
 #include <cstdlib>
 #include <fstream>
 #include <sstream>
 
-#include <gtest/gtest.h>
-
-#include "collectors/tcp.h"
 #include "collectors/tcp_listeners.h"
 #include "collectors/topology.h"
 #include "collectors/workload_labeler.h"
@@ -95,9 +96,9 @@ TcpData FixedTcpData() {
   gone.opened_inbound = 7;
   d.stats = {{100, nginx}, {200, pod}, {999, gone}};
   d.conns = {
-      {100, TCP_ROLE_SERVER, 8080, 50, 20},    // open: its bytes are not in stats yet
+      {100, TCP_ROLE_SERVER, 8080, 50, 20},  // open: its bytes are not in stats yet
       {200, TCP_ROLE_CLIENT, 40000, 20, 50},
-      {200, TCP_ROLE_CLIENT, 0, 0, 0},         // still connecting: not active yet
+      {200, TCP_ROLE_CLIENT, 0, 0, 0},  // still connecting: not active yet
       {100, TCP_ROLE_UNKNOWN, 0, 0, 0},
   };
   return d;
@@ -126,9 +127,9 @@ TEST(TcpFamiliesTest, SamplesAreExact) {
   EXPECT_EQ(req->histogram.bucket[1].cumulative_count, 10u);
   EXPECT_EQ(req->histogram.bucket[2].cumulative_count, 11u);
   // Bytes: what closed connections flushed plus what open ones hold.
-  const auto* sent = FindSample(fams, "kmon_network_bytes_total",
-                                {{"container", "nginx.service"}, {"protocol", "tcp"},
-                                 {"direction", "sent"}});
+  const auto* sent =
+      FindSample(fams, "kmon_network_bytes_total",
+                 {{"container", "nginx.service"}, {"protocol", "tcp"}, {"direction", "sent"}});
   ASSERT_NE(sent, nullptr);
   EXPECT_EQ(sent->counter.value, 1050);
   const auto* active_in = FindSample(fams, "kmon_tcp_connections_active",
@@ -139,8 +140,8 @@ TEST(TcpFamiliesTest, SamplesAreExact) {
                                       {{"container", "4f2a9c1b7d3e"}, {"direction", "outbound"}});
   ASSERT_NE(active_out, nullptr);
   EXPECT_EQ(active_out->gauge.value, 1);  // the connecting one is not counted
-  const auto* connect = FindSample(fams, "kmon_tcp_connect_duration_seconds",
-                                   {{"container", "4f2a9c1b7d3e"}});
+  const auto* connect =
+      FindSample(fams, "kmon_tcp_connect_duration_seconds", {{"container", "4f2a9c1b7d3e"}});
   ASSERT_NE(connect, nullptr);
   EXPECT_EQ(connect->histogram.sample_count, 4u);
   EXPECT_DOUBLE_EQ(connect->histogram.sample_sum, 0.002);
@@ -187,10 +188,9 @@ TEST(TopologyFamiliesTest, EdgesBeyondTheBudgetAreFoldedIntoOne) {
   auto fams = BuildTopologyFamilies(edges, {0.1}, false, &labeler);
   ASSERT_EQ(fams.size(), 2u);
   EXPECT_EQ(FindSample(fams, "kmon_topology_requests_total", {{"client", "a"}})->counter.value, 5);
-  const auto* folded =
-      FindSample(fams, "kmon_topology_requests_total", {{"client", "__overflow__"},
-                                                        {"server", "__overflow__"},
-                                                        {"server_port", "__overflow__"}});
+  const auto* folded = FindSample(
+      fams, "kmon_topology_requests_total",
+      {{"client", "__overflow__"}, {"server", "__overflow__"}, {"server_port", "__overflow__"}});
   ASSERT_NE(folded, nullptr);
   EXPECT_EQ(folded->counter.value, 8);  // b's 7 and c's 1
   EXPECT_EQ(fams[0].metric.size(), 2u);
@@ -199,8 +199,8 @@ TEST(TopologyFamiliesTest, EdgesBeyondTheBudgetAreFoldedIntoOne) {
   WorkloadLabeler both(&workloads, 10);
   fams = BuildTopologyFamilies(edges, {0.1}, true, &both);
   ASSERT_EQ(fams.size(), 4u);
-  EXPECT_EQ(FindSample(fams, "traces_service_graph_request_total", {{"client", "a"}})
-                ->counter.value, 5);
+  EXPECT_EQ(
+      FindSample(fams, "traces_service_graph_request_total", {{"client", "a"}})->counter.value, 5);
   EXPECT_EQ(both.Overflowed(), 20u);
 }
 

@@ -2,12 +2,12 @@
 // "__overflow__", and the gone-cgroup grace.
 #include "collectors/workload_labeler.h"
 
+#include <gtest/gtest.h>
+
 #include <chrono>
 #include <memory>
 #include <string>
 #include <unordered_map>
-
-#include <gtest/gtest.h>
 
 namespace kmon {
 namespace {
