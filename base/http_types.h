@@ -21,6 +21,9 @@ struct HttpResponse {
   std::string content_type = "text/plain; charset=utf-8";
   std::string body;
   std::map<std::string, std::string> headers;
+  /// Sent gzipped to a client that accepts it (metrics, JSON); left as it is
+  /// otherwise (a body that is compressed already, an HTML page).
+  bool compressible = false;
 };
 
 using HttpHandler = std::function<HttpResponse(const HttpRequest&)>;

@@ -140,6 +140,7 @@ absl::Status TopologyCollector::DoStart(const CollectorConfig& config) {
       try {
         r.body = Graph(std::chrono::seconds(seconds)).dump();
         r.content_type = "application/json";
+        r.compressible = true;
       } catch (const std::exception& e) {
         r.status = 500;
         r.body = absl::StrCat("topology: ", e.what(), "\n");

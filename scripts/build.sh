@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# Configures and builds kmon into ./build. -Werror when CI=true.
+# Configures and builds kmon into ./build: every target, or only those named
+# (scripts/run.sh builds just the exporter). -Werror when CI=true.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 werror=OFF
 [[ "${CI:-}" == "true" ]] && werror=ON
 cmake -S . -B build -DKMON_WERROR="$werror" >/dev/null
-cmake --build build -j"$(nproc)"
+targets=()
+for t in "$@"; do targets+=(--target "$t"); done
+cmake --build build -j"$(nproc)" "${targets[@]}"

@@ -4,5 +4,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/deps.sh
-scripts/build.sh
+# Only what runs: the exporter and the TLS compat library beside it, not the tests.
+scripts/build.sh kmon_exporter kmon_openssl_compat
 exec build/kmon_exporter "$@"

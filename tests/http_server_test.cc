@@ -22,7 +22,9 @@
 #include <string>
 #include <vector>
 
+#include "base/gzip.h"
 #include "exporter/exposition.h"
+#include "tests/test_util.h"
 
 namespace kmon {
 namespace {
@@ -108,7 +110,8 @@ Response Fetch(int port, const std::string& path_and_query, const Request& req =
   return r;
 }
 
-std::vector<prometheus::MetricFamily> TestFamilies() {
+// One series, and `extra` more of another family (for responses worth gzipping).
+std::vector<prometheus::MetricFamily> TestFamilies(int extra = 0) {
   prometheus::MetricFamily f;
   f.name = "kmon_test_scrapes_total";
   f.help = "Scrapes.";
@@ -117,7 +120,18 @@ std::vector<prometheus::MetricFamily> TestFamilies() {
   m.label = {{"collector", "tcp"}};
   m.counter.value = 3;
   f.metric.push_back(m);
-  return {f};
+  if (extra == 0) return {f};
+  prometheus::MetricFamily g;
+  g.name = "kmon_test_workload_bytes_total";
+  g.help = "Bytes by workload.";
+  g.type = prometheus::MetricType::Counter;
+  for (int i = 0; i < extra; ++i) {
+    prometheus::ClientMetric w;
+    w.label = {{"namespace", "shop"}, {"pod", "cart-" + std::to_string(i)}, {"container", "app"}};
+    w.counter.value = 1000.0 * i;
+    g.metric.push_back(w);
+  }
+  return {f, g};
 }
 
 // Hooks whose behaviour a test can steer and whose calls it can count.
@@ -126,6 +140,7 @@ struct FakeHooks {
   std::atomic<int> gathers{0};
   std::atomic<int> gather_throws{0};  // the next N gathers throw
   std::atomic<int> reloads{0};
+  std::atomic<int> extra_series{0};
   std::mutex mu;
   absl::Status reload_result = absl::OkStatus();
 
@@ -137,7 +152,7 @@ struct FakeHooks {
         --gather_throws;
         throw std::runtime_error("map read failed");
       }
-      return TestFamilies();
+      return TestFamilies(extra_series.load());
     };
     h.ready = [this] { return ready.load(); };
     h.reload = [this] {
@@ -225,6 +240,63 @@ TEST_F(HttpServerTest, MetricsInOpenMetricsWhenAsked) {
   req.headers = {"Accept: application/openmetrics-text;q=0"};
   EXPECT_EQ(Fetch(port_, "/metrics", req).header("content-type"),
             "text/plain; version=0.0.4; charset=utf-8");
+}
+
+// Prometheus asks for gzip on every scrape; the body is the same text, compressed.
+TEST_F(HttpServerTest, MetricsGzippedWhenTheClientAcceptsIt) {
+  fake_.extra_series = 500;
+  StartServer();
+  const Response plain = Fetch(port_, "/metrics");
+  ASSERT_EQ(plain.status, 200);
+  EXPECT_EQ(plain.header("content-encoding"), "(absent)");
+  EXPECT_EQ(plain.header("vary"), "Accept-Encoding");
+  ASSERT_GT(plain.body.size(), 30000u);
+
+  for (const std::string accept :
+       {"Accept-Encoding: gzip", "Accept-Encoding: deflate, gzip;q=0.8, br",
+        "Accept-Encoding: *", "Accept-Encoding: GZIP"}) {
+    Request req;
+    req.headers = {accept};
+    const Response gz = Fetch(port_, "/metrics", req);
+    ASSERT_EQ(gz.status, 200) << accept;
+    EXPECT_EQ(gz.header("content-encoding"), "gzip") << accept;
+    EXPECT_EQ(gz.header("content-type"), "text/plain; version=0.0.4; charset=utf-8");
+    EXPECT_EQ(gz.header("content-length"), std::to_string(gz.body.size()));
+    EXPECT_LT(gz.body.size() * 5, plain.body.size()) << "500 similar series compress well";
+    EXPECT_EQ(Gunzip(gz.body), plain.body) << accept;
+  }
+  // OpenMetrics too.
+  Request om;
+  om.headers = {"Accept: application/openmetrics-text;version=1.0.0", "Accept-Encoding: gzip"};
+  const Response gz_om = Fetch(port_, "/metrics", om);
+  EXPECT_EQ(gz_om.header("content-encoding"), "gzip");
+  const std::string text = Gunzip(gz_om.body);
+  EXPECT_EQ(text.substr(text.size() - 6), "# EOF\n");
+  // Refused, or not offered: plain.
+  for (const std::string accept : {"Accept-Encoding: gzip;q=0", "Accept-Encoding: identity",
+                                   "Accept-Encoding: *, gzip;q=0", "Accept-Encoding: br"}) {
+    Request req;
+    req.headers = {accept};
+    const Response r = Fetch(port_, "/metrics", req);
+    EXPECT_EQ(r.header("content-encoding"), "(absent)") << accept;
+    EXPECT_EQ(r.body, plain.body) << accept;
+  }
+}
+
+TEST(AcceptsGzip, ReadsTheHeaderLikeRfc9110) {
+  EXPECT_TRUE(AcceptsGzip("gzip"));
+  EXPECT_TRUE(AcceptsGzip("x-gzip"));
+  EXPECT_TRUE(AcceptsGzip(" deflate , Gzip ; q=0.001"));
+  EXPECT_TRUE(AcceptsGzip("*"));
+  EXPECT_TRUE(AcceptsGzip("br;q=1, *;q=0.1"));
+  EXPECT_FALSE(AcceptsGzip(""));
+  EXPECT_FALSE(AcceptsGzip("identity"));
+  EXPECT_FALSE(AcceptsGzip("gzip;q=0"));
+  EXPECT_FALSE(AcceptsGzip("gzip;q=0.000"));
+  EXPECT_FALSE(AcceptsGzip("*;q=0"));
+  EXPECT_FALSE(AcceptsGzip("*, gzip;q=0"));  // named beats the wildcard
+  EXPECT_FALSE(AcceptsGzip("gzip;q=abc"));   // malformed: as if absent
+  EXPECT_FALSE(AcceptsGzip("gzip;q=2"));
 }
 
 TEST_F(HttpServerTest, CustomTelemetryPath) {

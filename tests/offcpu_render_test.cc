@@ -2,7 +2,6 @@
 // geometry and well-formedness, and the pprof profile decoded back.
 #include <pthread.h>
 #include <unistd.h>
-#include <zlib.h>
 
 #include <algorithm>
 #include <cstdio>
@@ -12,6 +11,8 @@
 
 #include "collectors/offcpu/offcpu_render.h"
 #include "collectors/offcpu/profile.pb.h"
+
+#include "tests/test_util.h"
 
 namespace kmon {
 namespace {
@@ -160,25 +161,6 @@ TEST(OffCpuRenderTest, DeepStacksRenderOnASmallThreadStack) {
   }
   EXPECT_EQ(std::count(job.folded.begin(), job.folded.end(), '\n'), 3);
   ASSERT_TRUE(job.pprof.ok());
-}
-
-std::string Gunzip(const std::string& gz) {
-  z_stream zs{};
-  EXPECT_EQ(inflateInit2(&zs, 15 + 16), Z_OK);
-  zs.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(gz.data()));
-  zs.avail_in = static_cast<uInt>(gz.size());
-  std::string out;
-  char buf[16384];
-  int rc;
-  do {
-    zs.next_out = reinterpret_cast<Bytef*>(buf);
-    zs.avail_out = sizeof buf;
-    rc = inflate(&zs, Z_NO_FLUSH);
-    out.append(buf, sizeof buf - zs.avail_out);
-  } while (rc == Z_OK);
-  inflateEnd(&zs);
-  EXPECT_EQ(rc, Z_STREAM_END);
-  return out;
 }
 
 TEST(OffCpuRenderTest, PprofDecodesToTheSameStacks) {

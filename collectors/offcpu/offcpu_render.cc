@@ -1,6 +1,5 @@
 #include "collectors/offcpu/offcpu_render.h"
 
-#include <zlib.h>
 
 #include <algorithm>
 #include <cstdio>
@@ -13,6 +12,7 @@
 #include <absl/strings/str_cat.h>
 #include <absl/strings/str_join.h>
 
+#include "base/gzip.h"
 #include "base/markup.h"
 #include "collectors/offcpu/profile.pb.h"
 
@@ -391,26 +391,6 @@ std::string RenderFlameGraphSvg(const std::vector<OffCpuStack>& stacks, const st
     out += "</g>\n";
   }
   out += "</svg>\n";
-  return out;
-}
-
-absl::StatusOr<std::string> Gzip(const std::string& data) {
-  z_stream zs{};
-  // windowBits 15 + 16: a gzip header and trailer around the deflate stream.
-  if (deflateInit2(&zs, Z_DEFAULT_COMPRESSION, Z_DEFLATED, 15 + 16, 8, Z_DEFAULT_STRATEGY) != Z_OK) {
-    return absl::InternalError("zlib: deflateInit2 failed");
-  }
-  std::string out;
-  out.resize(deflateBound(&zs, data.size()) + 32);
-  zs.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(data.data()));
-  zs.avail_in = static_cast<uInt>(data.size());
-  zs.next_out = reinterpret_cast<Bytef*>(out.data());
-  zs.avail_out = static_cast<uInt>(out.size());
-  int rc = deflate(&zs, Z_FINISH);
-  const size_t written = zs.total_out;
-  deflateEnd(&zs);
-  if (rc != Z_STREAM_END) return absl::InternalError(absl::StrCat("zlib: deflate returned ", rc));
-  out.resize(written);
   return out;
 }
 

@@ -43,7 +43,5 @@ std::string RenderFlameGraphSvg(const std::vector<OffCpuStack>& stacks, const st
 absl::StatusOr<std::string> RenderPprof(const std::vector<OffCpuStack>& stacks, int64_t time_nanos,
                                         int64_t duration_nanos);
 
-/// gzip (RFC 1952) of `data`.
-absl::StatusOr<std::string> Gzip(const std::string& data);
 
 }  // namespace kmon

@@ -1,0 +1,25 @@
+// gzip (RFC 1952) with zlib: pprof profiles, and HTTP responses for clients that
+// accept the gzip content coding (Prometheus always does).
+#pragma once
+
+#include <string>
+#include <string_view>
+
+#include <absl/status/statusor.h>
+
+namespace kmon {
+
+/// zlib's levels: 1 is the fastest (what a scrape wants: kmon runs on every node),
+/// -1 zlib's default (6).
+inline constexpr int kGzipFastest = 1;
+inline constexpr int kGzipDefault = -1;
+
+/// `data` as one gzip member.
+absl::StatusOr<std::string> Gzip(std::string_view data, int level = kGzipDefault);
+
+/// Whether an Accept-Encoding value (RFC 9110 12.5.3) accepts gzip: "gzip" (or its
+/// alias "x-gzip") with a q-value above 0, or "*" above 0 when gzip is not named.
+/// Names are case-insensitive; "gzip;q=0" refuses it.
+bool AcceptsGzip(std::string_view accept_encoding);
+
+}  // namespace kmon
