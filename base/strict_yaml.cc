@@ -5,10 +5,12 @@
 #include <cmath>
 #include <cstdlib>
 #include <limits>
+#include <sstream>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "yaml-cpp/eventhandler.h"
 
 namespace kmon {
 namespace {
@@ -99,6 +101,43 @@ bool IsVarStart(char c) { return c == '_' || (c >= 'A' && c <= 'Z') || (c >= 'a'
 bool IsVarChar(char c) { return IsVarStart(c) || (c >= '0' && c <= '9'); }
 int ExceptionLine(const YAML::Mark& mark) { return mark.is_null() ? 0 : mark.line + 1; }
 
+// Beyond these a config text is refused before parsing: a real config is a few KiB.
+constexpr size_t kMaxConfigBytes = 4 << 20;
+constexpr int kMaxDocuments = 1000;
+// Histogram bounds in seconds that whole nanoseconds can hold.
+constexpr double kMinBucketSeconds = 1e-9;
+constexpr double kMaxBucketSeconds = 1e9;
+
+// What the parser saw of one document: whether it holds anything but a null, and
+// the line where it starts.
+struct DocumentShape : YAML::EventHandler {
+  bool content = false;
+  int line = 0;
+  bool HasContent() const { return content; }
+  void Saw(const YAML::Mark& m) {
+    if (!content) line = ExceptionLine(m);
+    content = true;
+  }
+  void OnDocumentStart(const YAML::Mark& m) override { line = ExceptionLine(m); }
+  void OnDocumentEnd() override {}
+  void OnNull(const YAML::Mark&, YAML::anchor_t) override {}
+  void OnAlias(const YAML::Mark& m, YAML::anchor_t) override { Saw(m); }
+  void OnScalar(const YAML::Mark& m, const std::string&, YAML::anchor_t,
+                const std::string&) override {
+    Saw(m);
+  }
+  void OnSequenceStart(const YAML::Mark& m, const std::string&, YAML::anchor_t,
+                       YAML::EmitterStyle::value) override {
+    Saw(m);
+  }
+  void OnSequenceEnd() override {}
+  void OnMapStart(const YAML::Mark& m, const std::string&, YAML::anchor_t,
+                  YAML::EmitterStyle::value) override {
+    Saw(m);
+  }
+  void OnMapEnd() override {}
+};
+
 }  // namespace
 
 int YamlLineOf(const YAML::Node& node) { return LineOfNode(node); }
@@ -127,23 +166,48 @@ EnvLookup NoEnv() {
 
 std::optional<YAML::Node> LoadSingleDocument(std::string_view text,
                                              std::vector<ConfigProblem>* problems) {
-  std::vector<YAML::Node> documents;
+  if (text.size() > kMaxConfigBytes) {
+    problems->push_back(ConfigProblem{
+        "", 0,
+        absl::StrCat("the config is ", text.size(), " bytes; at most ", kMaxConfigBytes,
+                     " are read")});
+    return std::nullopt;
+  }
   try {
-    documents = YAML::LoadAll(std::string(text));
+    // yaml-cpp's LoadAll never returns on some inputs (a lone "," is an endless
+    // run of empty documents), so the documents are walked here first, a bounded
+    // number of them, with the same parser LoadAll drives: only once that walk
+    // has reached the end is LoadAll safe. A document with content is the config;
+    // a second one is a mistake ("---" in the middle of a file).
+    std::stringstream in{std::string(text)};
+    YAML::Parser parser(in);
+    int with_content = 0;
+    for (int i = 0;; ++i) {
+      if (i == kMaxDocuments) {
+        problems->push_back(ConfigProblem{
+            "", 1,
+            absl::StrCat("not a YAML document: the parser found more than ", kMaxDocuments,
+                         " documents in it (is the file YAML?)")});
+        return std::nullopt;
+      }
+      DocumentShape doc;
+      if (!parser.HandleNextDocument(doc)) break;
+      if (!doc.HasContent()) continue;  // a trailing "---", a comment-only part
+      if (++with_content > 1) {
+        problems->push_back(ConfigProblem{
+            "", std::max(doc.line, 1),
+            "the config must be a single YAML document, found a second one (\"---\")"});
+        return std::nullopt;
+      }
+    }
+    for (const YAML::Node& d : YAML::LoadAll(std::string(text))) {
+      if (!d.IsNull()) return d;
+    }
+    return YAML::Node(YAML::NodeType::Null);
   } catch (const YAML::Exception& e) {
     problems->push_back(ConfigProblem{"", ExceptionLine(e.mark), e.msg});
     return std::nullopt;
   }
-  // Empty documents (a trailing "---", a comment-only part) carry no keys.
-  std::erase_if(documents, [](const YAML::Node& d) { return d.IsNull(); });
-  if (documents.size() > 1) {
-    problems->push_back(
-        ConfigProblem{"", std::max(LineOfNode(documents[1]), 1),
-                      "the config must be a single YAML document, found a second one (\"---\")"});
-    return std::nullopt;
-  }
-  if (documents.empty()) return YAML::Node(YAML::NodeType::Null);
-  return documents[0];
 }
 
 bool YamlParser::IsPlainBool(const YamlValue& v) {
@@ -213,6 +277,12 @@ bool YamlParser::Scalar(const YamlValue& v, const std::string& want, std::string
   }
   bool substituted = false;
   if (!Expand(v, out, &substituted)) return false;
+  // A double-quoted "\0" (or a variable holding one) would cut the value short
+  // wherever it reaches C (paths, cgroup names, label values).
+  if (out->find('\0') != std::string::npos) {
+    Report(v.key, v.line, "must not contain a NUL byte");
+    return false;
+  }
   if (quoted_literal != nullptr) *quoted_literal = IsQuoted(v.node) && !substituted;
   return true;
 }
@@ -355,10 +425,17 @@ void YamlParser::Buckets(const YamlValue& v, std::vector<double>* out) {
           Report(e.key, e.line, absl::StrCat("must be greater than 0, got ", FormatDouble(b)));
           return;
         }
-        if (previous && b <= *previous) {
+        // The kernel side bins whole nanoseconds: a bound must be at least one,
+        // stay far from int64's end, and differ from the previous one in them.
+        if (b < kMinBucketSeconds || b > kMaxBucketSeconds) {
+          Report(e.key, e.line,
+                 absl::StrCat("must be from 1e-09 (1 ns) to 1e+09 seconds, got ", FormatDouble(b)));
+          return;
+        }
+        if (previous && std::llround(b * 1e9) <= std::llround(*previous * 1e9)) {
           Report(e.key, e.line,
                  absl::StrCat("must be greater than the previous bucket (", FormatDouble(*previous),
-                              ")"));
+                              ")", b > *previous ? " by at least 1 ns" : ""));
         }
         previous = b;
         buckets.push_back(b);

@@ -112,7 +112,22 @@ void ParseTcpSection(YamlParser& p, const YamlValue& v, TcpConfig* c) {
   p.Map(v, {
                {"enabled", [&](const YamlValue& f) { p.Bool(f, &c->enabled); }},
                {"ports", [&](const YamlValue& f) { p.PortSet(f, &c->ports); }},
-               {"latency_buckets", [&](const YamlValue& f) { p.Buckets(f, &c->latency_buckets); }},
+               {"latency_buckets",
+                [&](const YamlValue& f) {
+                  std::vector<double> buckets;
+                  p.Buckets(f, &buckets);
+                  if (buckets.empty()) return;  // reported
+                  // The kernel's histogram has room for this many (bpf/tcp.h): refused
+                  // here, not at the collector, so a reload never says "reloaded" and
+                  // keeps the old buckets.
+                  if (buckets.size() > KMON_TCP_MAX_BOUNDS) {
+                    p.Report(f.key, f.line,
+                             absl::StrCat("has ", buckets.size(), " bounds; at most ",
+                                          KMON_TCP_MAX_BOUNDS, " fit the kernel's histogram"));
+                    return;
+                  }
+                  c->latency_buckets = std::move(buckets);
+                }},
            });
 }
 

@@ -152,7 +152,8 @@ void App::StopSlot(Slot* slot) {
   slot->up = false;
 }
 
-void App::ApplyLocked(const Config& config) {
+absl::Status App::ApplyLocked(const Config& config) {
+  std::vector<std::string> refused;
   for (auto& slot : slots_) {
     const bool* want = config.EnabledFlag(slot.entry->name);
     bool enabled = want != nullptr && *want;
@@ -165,8 +166,9 @@ void App::ApplyLocked(const Config& config) {
     } else if (enabled && slot.collector) {
       absl::Status st = slot.collector->Reconfigure(config);
       if (!st.ok()) {
-        LogError("collector reconfigure failed",
+        LogError("collector refused the config",
                  {{"collector", slot.entry->name}, {"err", st.ToString()}});
+        refused.push_back(st.ToString());
       }
     }
   }
@@ -176,6 +178,8 @@ void App::ApplyLocked(const Config& config) {
   // hand those pages back rather than carry them as resident memory for the run.
   features_->Release();
   malloc_trim(0);
+  if (refused.empty()) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrJoin(refused, "\n"));
 }
 
 int App::Start() {
@@ -222,7 +226,8 @@ int App::Start() {
     std::lock_guard<std::mutex> lock(mu_);
     config_ = *cfg;
     for (const auto& e : *table_) slots_.push_back(Slot{&e, nullptr, false, false, ""});
-    ApplyLocked(config_);
+    // At start nothing older could stand in: a refusal there is a collector down.
+    ApplyLocked(config_).IgnoreError();
     last_reload_ok_ = true;
     last_reload_success_unix_ = UnixNow();
     config_stamp_ = StampOf(flags_.config_file);
@@ -272,8 +277,17 @@ absl::Status App::Reload(const std::string& trigger) {
     }
     return cfg.status();
   }
+  absl::Status applied = ApplyLocked(*cfg);
+  if (!applied.ok()) {
+    // A collector refused its new settings (SPEC: that fails the whole reload):
+    // every collector goes back to the config in force.
+    last_reload_ok_ = false;
+    ApplyLocked(config_).IgnoreError();
+    LogError("config reload rejected by a collector; keeping the previous config",
+             {{"trigger", trigger}, {"err", applied.ToString()}});
+    return applied;
+  }
   config_ = *cfg;
-  ApplyLocked(config_);
   last_reload_ok_ = true;
   last_reload_success_unix_ = UnixNow();
   LogInfo("config reloaded", {{"trigger", trigger}});

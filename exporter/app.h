@@ -68,8 +68,9 @@ class App {
   absl::StatusOr<Config> LoadConfig();
   void StartSlot(Slot* slot, const Config& config);
   void StopSlot(Slot* slot);
-  /// Starts/stops/reconfigures slots for a new config. Caller holds mu_.
-  void ApplyLocked(const Config& config);
+  /// Starts/stops/reconfigures slots for a new config. Caller holds mu_. An error
+  /// lists the collectors that refused their new settings.
+  absl::Status ApplyLocked(const Config& config);
 
   Flags flags_;
   const std::vector<CollectorEntry>* table_;

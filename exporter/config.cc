@@ -73,6 +73,12 @@ void ParseInterval(YamlParser& p, const YamlValue& f, nanoseconds* out) {
     p.Report(f.key, f.line, "must be greater than 0");
     return;
   }
+  // It is added to clock readings: a century would wrap them. A day is already
+  // far beyond any use (it paces the watched-cgroups refresh).
+  if (d > std::chrono::hours(24)) {
+    p.Report(f.key, f.line, "must be at most 24h");
+    return;
+  }
   *out = d;
 }
 

@@ -6,6 +6,7 @@
 
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <memory>
 #include <string>
 #include <vector>
@@ -62,14 +63,24 @@ class BtfProbingCollector : public Collector {
   bool running_ = false;
 };
 
-// One that always starts, so that the app has something up.
+// One that always starts, so that the app has something up. Like a collector whose
+// kernel map refuses a value, it refuses a config whose series limit is 7, and it
+// remembers the limit it was last configured with.
+std::atomic<int64_t> g_configured_limit{0};
+
 class AlwaysUpCollector : public Collector {
  public:
   explicit AlwaysUpCollector(const CollectorDeps& deps) : Collector("tcp", deps) {}
 
  private:
-  absl::Status DoStart(const CollectorConfig&) override { return absl::OkStatus(); }
-  absl::Status Configure(const CollectorConfig&) override { return absl::OkStatus(); }
+  absl::Status DoStart(const CollectorConfig& c) override { return Configure(c); }
+  absl::Status Configure(const CollectorConfig& c) override {
+    if (c.limits.max_series_per_collector == 7) {
+      return absl::InvalidArgumentError("collector=tcp: map=tcp_config: update: Invalid argument");
+    }
+    g_configured_limit = c.limits.max_series_per_collector;
+    return absl::OkStatus();
+  }
   absl::Status Read(std::vector<prometheus::MetricFamily>*) override { return absl::OkStatus(); }
   void DoStop() override {}
   bool Running() const override { return true; }
@@ -132,6 +143,44 @@ TEST(AppTest, ReloadRetriesACollectorWhoseStartFailedAndReportsItUp) {
   ASSERT_TRUE(app.Reload("test").ok());
   EXPECT_EQ(probes, 3);
   EXPECT_EQ(Up(app, "drops"), 1);
+}
+
+double Gauge(App& app, const std::string& name) {
+  const auto fams = app.Gather();
+  const auto* m = FindSample(fams, name, {});
+  return m == nullptr ? -1 : m->gauge.value;
+}
+
+// SPEC: a collector that refuses the new settings fails the whole reload, and the
+// old config stays in force for every collector.
+TEST(AppTest, AReloadACollectorRefusesFailsAndTheOldConfigStays) {
+  const std::vector<CollectorEntry> table = {
+      {"tcp", true, [](const CollectorDeps& d) { return std::make_unique<AlwaysUpCollector>(d); },
+       Row("tcp")->section},
+  };
+  TempFile file("limits:\n  max_series_per_collector: 100\n");
+  ASSERT_TRUE(file.ok());
+  Flags flags;
+  flags.listen_address = "127.0.0.1:0";
+  flags.config_file = file.path();
+  App app(flags, AppParts{&table, nullptr});
+  ASSERT_EQ(app.Start(), 0);
+  EXPECT_EQ(g_configured_limit.load(), 100);
+  EXPECT_EQ(Gauge(app, "kmon_config_last_reload_successful"), 1);
+
+  ASSERT_TRUE(file.Rewrite("limits:\n  max_series_per_collector: 7\n"));
+  const absl::Status refused = app.Reload("test");
+  EXPECT_EQ(refused.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(refused.message(),
+            "INVALID_ARGUMENT: collector=tcp: map=tcp_config: update: Invalid argument");
+  EXPECT_EQ(Gauge(app, "kmon_config_last_reload_successful"), 0);
+  EXPECT_EQ(g_configured_limit.load(), 100);  // back on the config in force
+  EXPECT_EQ(Up(app, "tcp"), 1);
+
+  ASSERT_TRUE(file.Rewrite("limits:\n  max_series_per_collector: 300\n"));
+  ASSERT_TRUE(app.Reload("test").ok());
+  EXPECT_EQ(g_configured_limit.load(), 300);
+  EXPECT_EQ(Gauge(app, "kmon_config_last_reload_successful"), 1);
 }
 
 }  // namespace

@@ -292,6 +292,29 @@ TEST_P(BadConfigTest, ReportsKeyLineAndMessage) {
 INSTANTIATE_TEST_SUITE_P(
     Cases, BadConfigTest,
     ::testing::Values(
+        // Found by fuzzing and probing: each once accepted, looped or wrapped.
+        BadCase{"LoneComma", ",", "", 1, "not a YAML document"},
+        BadCase{"CommasAfterAMap", "interval: 15s\n,,\n", "", 2, "end of map not found"},
+        BadCase{"TooManyBuckets",
+                "collectors:\n  tcp:\n    latency_buckets: [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, "
+                "12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, "
+                "32, 33]\n",
+                "collectors.tcp.latency_buckets", 3,
+                "has 33 bounds; at most 32 fit the kernel's histogram"},
+        BadCase{"BucketBelowANanosecond", "collectors:\n  tcp:\n    latency_buckets: [1e-10]\n",
+                "collectors.tcp.latency_buckets[0]", 3,
+                "must be from 1e-09 (1 ns) to 1e+09 seconds, got 1e-10"},
+        BadCase{"BucketBeyondInt64Nanoseconds",
+                "collectors:\n  tcp:\n    latency_buckets: [1, 1e300]\n",
+                "collectors.tcp.latency_buckets[1]", 3, "got 1e+300"},
+        BadCase{"BucketsEqualInNanoseconds",
+                "collectors:\n  tcp:\n    latency_buckets: [1.0000000001, 1.0000000002]\n",
+                "collectors.tcp.latency_buckets[1]", 3,
+                "must be greater than the previous bucket (1.0000000001) by at least 1 ns"},
+        BadCase{"IntervalThatWrapsTheClock", "interval: 106751d\n", "interval", 1,
+                "must be at most 24h"},
+        BadCase{"NulInAString", "kubernetes:\n  node_name: \"a\\0b\"\n", "kubernetes.node_name",
+                2, "must not contain a NUL byte"},
         // Unknown keys, anywhere.
         BadCase{"UnknownTopLevel", "interval: 15s\nbogus: 1\n", "bogus", 2, "unknown key"},
         BadCase{"UnknownInTargets", "targets:\n  bogus: 1\n", "targets.bogus", 2,

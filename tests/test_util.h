@@ -55,6 +55,12 @@ class TempFile {
   TempFile& operator=(const TempFile&) = delete;
   bool ok() const { return ok_; }
   const std::string& path() const { return path_; }
+  /// Replaces the file's text.
+  bool Rewrite(const std::string& text) {
+    std::ofstream out(path_, std::ios::trunc);
+    out << text;
+    return static_cast<bool>(out);
+  }
 
  private:
   std::string path_;
