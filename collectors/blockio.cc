@@ -118,18 +118,10 @@ std::optional<uint32_t> SysfsBlockDeviceNames::DiskOf(const std::string& name) {
 }
 
 std::string BlockOpLabel(uint32_t op) {
-  switch (op) {
-    case KMON_BLK_OP_READ:
-      return "read";
-    case KMON_BLK_OP_WRITE:
-      return "write";
-    case KMON_BLK_OP_FLUSH:
-      return "flush";
-    case KMON_BLK_OP_DISCARD:
-      return "discard";
-    default:
-      return "other";
-  }
+  // By enum kmon_blk_op value.
+  static constexpr const char* kNames[KMON_BLK_OP_MAX] = {"read", "write", "flush", "discard",
+                                                          "other"};
+  return op < KMON_BLK_OP_MAX ? kNames[op] : "other";
 }
 
 const std::vector<double>& BlockLatencyBounds() {

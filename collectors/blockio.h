@@ -40,6 +40,7 @@
 
 #include "bpf/blockio.h"
 #include "collectors/bpf_collector.h"
+#include "collectors/data_source.h"
 #include "collectors/missing_since.h"
 
 struct blockio_bpf;
@@ -71,13 +72,8 @@ struct BlockIoLatency {
   uint64_t errors = 0;
 };
 
-/// Seam for the data maps: the BPF maps in production, vectors in tests.
-class BlockIoSource {
- public:
-  virtual ~BlockIoSource() = default;
-  virtual absl::Status Read(std::vector<BlockIoCount>* counts,
-                            std::vector<BlockIoLatency>* latencies) = 0;
-};
+/// The data maps (collectors/data_source.h).
+using BlockIoSource = DataSource<BlockIoCount, BlockIoLatency>;
 
 /// Seam for block device names: sysfs in production, a map in tests.
 class BlockDeviceNames {

@@ -34,6 +34,7 @@
 
 #include "bpf/cpu.h"
 #include "collectors/bpf_collector.h"
+#include "collectors/data_source.h"
 
 struct cpu_bpf;
 struct btf;
@@ -64,13 +65,8 @@ struct CpuHistogram {
   uint64_t sum_ns = 0;
 };
 
-/// Seam for the data maps: the BPF maps in production, vectors in tests.
-class CpuDataSource {
- public:
-  virtual ~CpuDataSource() = default;
-  virtual absl::Status Read(std::vector<CpuCounters>* counters,
-                            std::vector<CpuHistogram>* hists) = 0;
-};
+/// The data maps (collectors/data_source.h).
+using CpuDataSource = DataSource<CpuCounters, CpuHistogram>;
 
 /// The histograms' upper bounds in seconds: 2^i us for i = 0..26 (the +Inf slot
 /// is implicit).

@@ -22,26 +22,12 @@ namespace {
 
 constexpr char kName[] = "drops";
 
-class BpfDropCountSource : public DropCountSource {
- public:
-  explicit BpfDropCountSource(int fd) : fd_(fd) {}
-  absl::Status Read(std::vector<DropCount>* out) override {
-    return ReadPerCpuHashAs<drop_key, drop_value>(
-        fd_, KMON_DROP_COUNTS_MAX,
-        [](const drop_key& k, std::span<const drop_value> per_cpu) {
-          DropCount c{.cgroup_id = k.cgroup_id,
-                      .location = k.location,
-                      .reason = k.reason,
-                      .protocol = k.protocol};
-          for (const auto& v : per_cpu) c.count += v.count;
-          return c;
-        },
-        out);
-  }
-
- private:
-  int fd_;
-};
+DropCount SumDropCount(const drop_key& k, std::span<const drop_value> per_cpu) {
+  DropCount c{
+      .cgroup_id = k.cgroup_id, .location = k.location, .reason = k.reason, .protocol = k.protocol};
+  for (const auto& v : per_cpu) c.count += v.count;
+  return c;
+}
 
 std::string Lower(std::string s) {
   for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
@@ -96,18 +82,10 @@ std::string DropReasonLabel(const std::map<uint32_t, std::string>& names, uint32
 }
 
 std::string DropProtocolLabel(uint32_t protocol) {
-  switch (protocol) {
-    case KMON_DROP_PROTO_TCP:
-      return "tcp";
-    case KMON_DROP_PROTO_UDP:
-      return "udp";
-    case KMON_DROP_PROTO_ICMP:
-      return "icmp";
-    case KMON_DROP_PROTO_ICMPV6:
-      return "icmpv6";
-    default:
-      return "other";
-  }
+  // By enum kmon_drop_proto value.
+  static constexpr const char* kNames[KMON_DROP_PROTO_MAX] = {"other", "tcp", "udp", "icmp",
+                                                              "icmpv6"};
+  return protocol < KMON_DROP_PROTO_MAX ? kNames[protocol] : "other";
 }
 
 std::optional<std::string> DropFunctionName(const KernelSymbols* symbols, uint64_t addr) {
@@ -215,7 +193,8 @@ absl::Status DropsCollector::BeforeLoad(const CollectorConfig&) {
 }
 
 absl::Status DropsCollector::AfterAttach(const CollectorConfig&) {
-  source_ = std::make_unique<BpfDropCountSource>(bpf_map__fd(skel_->maps.counts));
+  source_ = std::make_unique<PerCpuHashSource<drop_key, drop_value, DropCount>>(
+      bpf_map__fd(skel_->maps.counts), KMON_DROP_COUNTS_MAX, SumDropCount);
   return absl::OkStatus();
 }
 

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "collectors/bpf_collector.h"
+#include "collectors/data_source.h"
 #include "collectors/kernel_symbols.h"
 
 struct btf;
@@ -40,12 +41,8 @@ struct DropCount {
   uint64_t count = 0;
 };
 
-/// Seam for the data map: the BPF map in production, a vector in tests.
-class DropCountSource {
- public:
-  virtual ~DropCountSource() = default;
-  virtual absl::Status Read(std::vector<DropCount>* out) = 0;
-};
+/// The data maps (collectors/data_source.h).
+using DropCountSource = DataSource<DropCount>;
 
 /// Drop reason names from a kernel's BTF: every value of `enum skb_drop_reason`
 /// named the way the kernel's own drop_reasons[] table does, lower case and without

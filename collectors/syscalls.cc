@@ -71,26 +71,14 @@ void ParseSyscallList(YamlParser& p, const YamlValue& v, SyscallsConfig* out) {
   out->unavailable = std::move(unavailable);
 }
 
-class BpfSyscallCountSource : public SyscallCountSource {
- public:
-  explicit BpfSyscallCountSource(int fd) : fd_(fd) {}
-  absl::Status Read(std::vector<SyscallCount>* out) override {
-    return ReadPerCpuHashAs<syscall_key, syscall_value>(
-        fd_, KMON_SYSCALL_COUNTS_MAX,
-        [](const syscall_key& k, std::span<const syscall_value> per_cpu) {
-          SyscallCount c{.cgroup_id = k.cgroup_id, .nr = static_cast<int>(k.nr)};
-          for (const auto& v : per_cpu) {
-            c.count += v.count;
-            c.errors += v.errors;
-          }
-          return c;
-        },
-        out);
+SyscallCount SumSyscallCount(const syscall_key& k, std::span<const syscall_value> per_cpu) {
+  SyscallCount c{.cgroup_id = k.cgroup_id, .nr = static_cast<int>(k.nr)};
+  for (const auto& v : per_cpu) {
+    c.count += v.count;
+    c.errors += v.errors;
   }
-
- private:
-  int fd_;
-};
+  return c;
+}
 
 }  // namespace
 
@@ -157,7 +145,8 @@ SyscallsCollector::SyscallsCollector(const CollectorDeps& deps)
                    {{"counts", sizeof(syscall_key), sizeof(syscall_value)}}) {}
 
 absl::Status SyscallsCollector::AfterAttach(const CollectorConfig&) {
-  source_ = std::make_unique<BpfSyscallCountSource>(bpf_map__fd(skel_->maps.counts));
+  source_ = std::make_unique<PerCpuHashSource<syscall_key, syscall_value, SyscallCount>>(
+      bpf_map__fd(skel_->maps.counts), KMON_SYSCALL_COUNTS_MAX, SumSyscallCount);
   return absl::OkStatus();
 }
 

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "collectors/bpf_collector.h"
+#include "collectors/data_source.h"
 
 struct syscalls_bpf;
 
@@ -40,12 +41,8 @@ struct SyscallCount {
   uint64_t errors = 0;
 };
 
-/// Seam for the data map: the BPF map in production, a vector in tests.
-class SyscallCountSource {
- public:
-  virtual ~SyscallCountSource() = default;
-  virtual absl::Status Read(std::vector<SyscallCount>* out) = 0;
-};
+/// The data maps (collectors/data_source.h).
+using SyscallCountSource = DataSource<SyscallCount>;
 
 /// Turns counts into the two families, resolving cgroups and syscall names.
 /// Pure apart from the labeler: golden tests feed it fixed input.

@@ -241,6 +241,15 @@ void WriteOpenMetricsFamily(std::string& out, const prometheus::MetricFamily& fa
     out += '\n';
   }
   for (const auto& metric : family.metric) {
+    // The _count and _sum samples of a summary or histogram.
+    const auto count_and_sum = [&](uint64_t count, double sum) {
+      AppendSample(out, name, "_count", metric, nullptr);
+      AppendUint(out, count);
+      EndSample(out, metric);
+      AppendSample(out, name, "_sum", metric, nullptr);
+      AppendValue(out, sum);
+      EndSample(out, metric);
+    };
     switch (family.type) {
       case MetricType::Counter:
         AppendSample(out, name, "_total", metric, nullptr);
@@ -264,12 +273,7 @@ void WriteOpenMetricsFamily(std::string& out, const prometheus::MetricFamily& fa
           AppendValue(out, q.value);
           EndSample(out, metric);
         }
-        AppendSample(out, name, "_count", metric, nullptr);
-        AppendUint(out, metric.summary.sample_count);
-        EndSample(out, metric);
-        AppendSample(out, name, "_sum", metric, nullptr);
-        AppendValue(out, metric.summary.sample_sum);
-        EndSample(out, metric);
+        count_and_sum(metric.summary.sample_count, metric.summary.sample_sum);
         break;
       case MetricType::Histogram: {
         bool has_inf = false;
@@ -286,12 +290,7 @@ void WriteOpenMetricsFamily(std::string& out, const prometheus::MetricFamily& fa
           AppendUint(out, metric.histogram.sample_count);
           EndSample(out, metric);
         }
-        AppendSample(out, name, "_count", metric, nullptr);
-        AppendUint(out, metric.histogram.sample_count);
-        EndSample(out, metric);
-        AppendSample(out, name, "_sum", metric, nullptr);
-        AppendValue(out, metric.histogram.sample_sum);
-        EndSample(out, metric);
+        count_and_sum(metric.histogram.sample_count, metric.histogram.sample_sum);
         break;
       }
     }

@@ -5,6 +5,8 @@
 #include <optional>
 #include <vector>
 
+#include "base/split.h"
+
 namespace kmon {
 namespace {
 
@@ -12,18 +14,6 @@ namespace {
 constexpr size_t kShortIdLength = 12;
 // runc, crun and every CRI runtime use 256-bit IDs printed as 64 lowercase hex digits.
 constexpr size_t kFullIdLength = 64;
-
-std::vector<std::string_view> SplitPath(std::string_view path) {
-  std::vector<std::string_view> parts;
-  size_t pos = 0;
-  while (pos < path.size()) {
-    size_t slash = path.find('/', pos);
-    if (slash == std::string_view::npos) slash = path.size();
-    if (slash > pos) parts.push_back(path.substr(pos, slash - pos));
-    pos = slash + 1;
-  }
-  return parts;
-}
 
 bool ConsumePrefix(std::string_view* s, std::string_view prefix) {
   if (!s->starts_with(prefix)) return false;
@@ -187,7 +177,7 @@ void FillHost(const std::vector<std::string_view>& parts, CgroupIdentity* out) {
 
 CgroupIdentity ParseCgroupPath(std::string_view path) {
   CgroupIdentity out;
-  std::vector<std::string_view> parts = SplitPath(path);
+  std::vector<std::string_view> parts = SplitNonEmpty(path, '/');
   // The kubepods subtree may sit anywhere (kind nodes, a kubelet with a custom cgroup root),
   // so look at every element. The outermost pod wins: that is the one the node's kubelet
   // manages, even when a nested cluster runs inside one of its containers.

@@ -11,6 +11,8 @@
 #include <sstream>
 #include <utility>
 
+#include "base/split.h"
+
 namespace kmon {
 namespace {
 
@@ -53,18 +55,6 @@ std::string UnescapeMountField(std::string_view field) {
     out.push_back(field[i]);
   }
   return out;
-}
-
-std::vector<std::string_view> SplitFields(std::string_view line) {
-  std::vector<std::string_view> fields;
-  size_t pos = 0;
-  while (pos < line.size()) {
-    size_t space = line.find(' ', pos);
-    if (space == std::string_view::npos) space = line.size();
-    if (space > pos) fields.push_back(line.substr(pos, space - pos));
-    pos = space + 1;
-  }
-  return fields;
 }
 
 }  // namespace
@@ -143,7 +133,7 @@ std::optional<std::string> ParseCgroup2MountPoint(std::string_view mountinfo) {
   while (pos < mountinfo.size()) {
     size_t eol = mountinfo.find('\n', pos);
     if (eol == std::string_view::npos) eol = mountinfo.size();
-    std::vector<std::string_view> fields = SplitFields(mountinfo.substr(pos, eol - pos));
+    std::vector<std::string_view> fields = SplitNonEmpty(mountinfo.substr(pos, eol - pos), ' ');
     pos = eol + 1;
     if (fields.size() < 7) continue;
     auto sep = std::find(fields.begin() + 6, fields.end(), std::string_view("-"));
