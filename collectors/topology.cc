@@ -6,6 +6,7 @@
 #include <cmath>
 #include <limits>
 
+#include "base/http_params.h"
 #include "base/log.h"
 #include "collectors/families.h"
 #include "collectors/workload_labeler.h"
@@ -128,14 +129,17 @@ absl::Status TopologyCollector::DoStart(const CollectorConfig& config) {
   if (deps().handle_http) {
     deps().handle_http("/api/v1/topology", [this](const HttpRequest& req) {
       HttpResponse r;
-      long seconds = 60;
+      int64_t seconds = 60;
       if (auto it = req.query.find("seconds"); it != req.query.end()) {
-        seconds = std::strtol(it->second.c_str(), nullptr, 10);
-        if (seconds <= 0 || seconds > 600) {
+        // A window reaches back at most as far as the snapshots kept.
+        absl::StatusOr<int64_t> s = ParseWholeNumberParam(
+            "seconds", it->second, {1, std::chrono::seconds(kKeepSnapshots).count()});
+        if (!s.ok()) {
           r.status = 400;
-          r.body = "seconds must be 1..600\n";
+          r.body = absl::StrCat(s.status().message(), "\n");
           return r;
         }
+        seconds = *s;
       }
       try {
         r.body = Graph(std::chrono::seconds(seconds)).dump();

@@ -242,6 +242,7 @@ int App::Start() {
   opts.listen_address = flags_.listen_address;
   opts.telemetry_path = flags_.telemetry_path;
   opts.web = web;
+  opts.enable_lifecycle = flags_.enable_lifecycle;
   if (web && web->tls()) opts.openssl_compat_library = OpenSslCompatPath();
   HttpHooks hooks;
   hooks.gather = [this] { return Gather(); };

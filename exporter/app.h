@@ -1,5 +1,6 @@
 // The exporter's lifecycle: load config, start collectors, serve HTTP, reload on
-// SIGHUP / POST /-/reload / a change of the config file, shut down cleanly.
+// SIGHUP / a change of the config file / POST /-/reload (--web.enable-lifecycle), shut
+// down cleanly.
 #pragma once
 
 #include <atomic>

@@ -38,6 +38,7 @@ FlagsResult ParseFlags(const std::vector<std::string>& args,
         *target = true;
       }
     };
+    if (name == "web.enable-lifecycle") { boolean(&f.enable_lifecycle); continue; }
     if (name == "check-config") { boolean(&f.check_config); continue; }
     if (name == "version") { boolean(&f.version); continue; }
     if (name == "help" || name == "h") { boolean(&f.help); continue; }
@@ -106,6 +107,8 @@ std::string UsageText(const std::vector<std::string>& collectors) {
       "  --web.listen-address=ADDR    address to listen on (default \":9877\")\n"
       "  --web.telemetry-path=PATH    path of the metrics (default \"/metrics\")\n"
       "  --web.config.file=PATH       TLS and basic auth (exporter-toolkit web config)\n"
+      "  --web.enable-lifecycle       allow POST /-/reload (SIGHUP and file changes always\n"
+      "                               reload)\n"
       "  --log.level=LEVEL            debug, info, warn, error (default info)\n"
       "  --log.format=FORMAT          logfmt, json (default logfmt)\n"
       "  --check-config               validate the config, print every problem, exit 0/1\n"

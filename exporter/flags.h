@@ -16,6 +16,7 @@ struct Flags {
   std::string listen_address = ":9877";
   std::string telemetry_path = "/metrics";
   std::string web_config_file;
+  bool enable_lifecycle = false;  // POST /-/reload; off as in Prometheus
   std::map<std::string, bool> collector_overrides;  // name -> enabled
   LogLevel log_level = LogLevel::kInfo;
   LogFormat log_format = LogFormat::kLogfmt;

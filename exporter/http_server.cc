@@ -506,8 +506,15 @@ absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(const HttpServerOp
     if (!IsGetOrHead(req)) return MethodNotAllowed("GET, HEAD");
     return ready() ? TextResponse(200, "Ready") : TextResponse(503, "Not ready");
   });
-  server->Handle("/-/reload", [reload = hooks.reload](const HttpRequest& req) {
+  server->Handle("/-/reload", [reload = hooks.reload,
+                               enabled = options.enable_lifecycle](const HttpRequest& req) {
     if (req.method != "POST") return MethodNotAllowed("POST");
+    if (!enabled) {
+      return TextResponse(403,
+                          "Lifecycle API is not enabled: start kmon_exporter with "
+                          "--web.enable-lifecycle to reload over HTTP (SIGHUP and a change "
+                          "of the config file always reload)");
+    }
     const absl::Status s = reload();
     if (!s.ok()) return TextResponse(500, std::string(s.message()));
     return TextResponse(200, "OK");

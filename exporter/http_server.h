@@ -24,6 +24,9 @@ struct HttpServerOptions {
   std::string listen_address = ":9877";  // host:port, ":port", "[::1]:port"
   std::string telemetry_path = "/metrics";
   std::optional<WebConfig> web;  // TLS and basic auth
+  /// --web.enable-lifecycle: POST /-/reload calls the reload hook. Off (the default, as in
+  /// Prometheus) it answers 403: whoever may scrape need not be able to make kmon act.
+  bool enable_lifecycle = false;
   int num_threads = 4;
   /// With TLS: a library loaded before civetweb first reaches for OpenSSL. Debian 12's
   /// civetweb 1.15 is built for the OpenSSL 1.1 API: it dlopen()s "libssl.so" and looks up
@@ -40,7 +43,8 @@ struct HttpHooks {
   std::function<std::vector<prometheus::MetricFamily>()> gather;
   /// /-/ready: true when every enabled collector has attached.
   std::function<bool()> ready;
-  /// POST /-/reload: re-reads the config; an error status is answered with 500 and its message.
+  /// POST /-/reload (with enable_lifecycle): re-reads the config; an error status is answered
+  /// with 500 and its message.
   std::function<absl::Status()> reload;
   /// The landing page's HTML body.
   std::function<std::string()> landing_page;

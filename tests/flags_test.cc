@@ -16,6 +16,17 @@ TEST(FlagsTest, DefaultsMatchSpec) {
   EXPECT_EQ(r.flags.log_level, LogLevel::kInfo);
   EXPECT_EQ(r.flags.log_format, LogFormat::kLogfmt);
   EXPECT_FALSE(r.flags.check_config);
+  EXPECT_FALSE(r.flags.enable_lifecycle);  // POST /-/reload is opt-in, as in Prometheus
+}
+
+TEST(FlagsTest, EnableLifecycleIsABooleanFlag) {
+  FlagsResult r = ParseFlags({"--web.enable-lifecycle"}, kCollectors);
+  ASSERT_TRUE(r.problems.empty()) << r.problems[0];
+  EXPECT_TRUE(r.flags.enable_lifecycle);
+  r = ParseFlags({"--web.enable-lifecycle=true"}, kCollectors);
+  ASSERT_EQ(r.problems.size(), 1u);
+  EXPECT_EQ(r.problems[0], "flag --web.enable-lifecycle takes no value");
+  EXPECT_NE(UsageText(kCollectors).find("--web.enable-lifecycle"), std::string::npos);
 }
 
 TEST(FlagsTest, BothValueSpellings) {

@@ -350,8 +350,25 @@ TEST_F(HttpServerTest, LandingHealthAndReadiness) {
   EXPECT_EQ(Fetch(port_, "/-/healthy/extra").status, 404);  // paths match exactly
 }
 
-TEST_F(HttpServerTest, ReloadIsPostOnly) {
+TEST_F(HttpServerTest, ReloadIsRefusedWithoutEnableLifecycle) {
   StartServer();
+  Request post;
+  post.method = "POST";
+  const Response refused = Fetch(port_, "/-/reload", post);
+  EXPECT_EQ(refused.status, 403);
+  EXPECT_EQ(refused.body,
+            "Lifecycle API is not enabled: start kmon_exporter with --web.enable-lifecycle to "
+            "reload over HTTP (SIGHUP and a change of the config file always reload)");
+  const Response get = Fetch(port_, "/-/reload");
+  EXPECT_EQ(get.status, 405);
+  EXPECT_EQ(get.header("allow"), "POST");
+  EXPECT_EQ(fake_.reloads.load(), 0);
+}
+
+TEST_F(HttpServerTest, ReloadIsPostOnly) {
+  HttpServerOptions o = LocalOptions();
+  o.enable_lifecycle = true;
+  StartServer(o);
   const Response get = Fetch(port_, "/-/reload");
   EXPECT_EQ(get.status, 405);
   EXPECT_EQ(get.header("allow"), "POST");
@@ -431,6 +448,7 @@ TEST_F(HttpServerTest, BasicAuthGuardsEveryPath) {
   web.basic_auth_users["prom"] = crypt_rn("scrape-me", salt, &data, sizeof(data));
   HttpServerOptions o = LocalOptions();
   o.web = web;
+  o.enable_lifecycle = true;
   StartServer(o);
 
   for (const std::string path : {"/metrics", "/", "/-/healthy", "/-/ready", "/nope"}) {

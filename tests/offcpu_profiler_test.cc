@@ -448,11 +448,28 @@ TEST(OffCpuRequestTest, ParsesFiltersAndRejectsWhatItDoesNotKnow) {
     EXPECT_EQ(ParseOffCpuRequest(bad, &q3, &format).code(), absl::StatusCode::kInvalidArgument)
         << k << "=" << v;
   }
-  HttpRequest huge;
-  huge.query = {{"seconds", "86400"}};
-  OffCpuQuery q4;
-  ASSERT_TRUE(ParseOffCpuRequest(huge, &q4, &format).ok());
-  EXPECT_EQ(q4.window, std::chrono::nanoseconds(OffCpuProfiler::kRetention));
+}
+
+// seconds= is a whole multiple of the snapshot period within the retention, as the
+// README says (5..600 in 5 s steps); anything else is refused, never read as a guess.
+TEST(OffCpuRequestTest, SecondsIsAFiveSecondStepUpToTheRetention) {
+  std::string format;
+  for (auto [v, want] : {std::pair{"5", 5}, std::pair{"35", 35}, std::pair{"600", 600}}) {
+    HttpRequest req;
+    req.query = {{"seconds", v}};
+    OffCpuQuery q;
+    ASSERT_TRUE(ParseOffCpuRequest(req, &q, &format).ok()) << v;
+    EXPECT_EQ(q.window, std::chrono::nanoseconds(seconds(want))) << v;
+  }
+  for (const std::string v : {"1e2", "7", "0", "605", "86400", "30s", "30.0", "+30", ""}) {
+    HttpRequest req;
+    req.query = {{"seconds", v}};
+    OffCpuQuery q;
+    const absl::Status st = ParseOffCpuRequest(req, &q, &format);
+    EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << v;
+    EXPECT_EQ(st.message(), "seconds: want a multiple of 5 from 5 to 600, got \"" + v + "\"");
+    EXPECT_FALSE(q.window.has_value()) << v;
+  }
 }
 
 TEST(OffCpuRequestTest, ResponsesCarryTheirTypeAndWindow) {

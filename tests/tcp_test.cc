@@ -204,5 +204,43 @@ TEST(TopologyFamiliesTest, EdgesBeyondTheBudgetAreFoldedIntoOne) {
   EXPECT_EQ(both.Overflowed(), 20u);
 }
 
+// /api/v1/topology?seconds= without root: the collector runs over a feed with no
+// edges. A window that is not a whole number of seconds in 1..600 is a 400 that says
+// so, never read as some other number (strtol took "1e2" as 1 and "30s" as 30).
+TEST(TopologyApiTest, SecondsIsAWholeNumberInRange) {
+  WorkloadResolver workloads(std::make_unique<FixedCgroupPaths>(), nullptr);
+  TopologyFeed feed;
+  feed.SetReader([](std::vector<EdgeHist>*, std::vector<double>*) { return absl::OkStatus(); });
+  HttpHandler api;
+  CollectorDeps deps;
+  deps.workloads = &workloads;
+  deps.topology = &feed;
+  deps.handle_http = [&](const std::string& path, HttpHandler h) {
+    if (path == "/api/v1/topology") api = std::move(h);
+  };
+  TopologyCollector topo(deps);
+  ASSERT_TRUE(topo.Start(CollectorConfig{}).ok());
+  ASSERT_TRUE(api);
+  auto get = [&](std::map<std::string, std::string> query) {
+    HttpRequest req;
+    req.method = "GET";
+    req.path = "/api/v1/topology";
+    req.query = std::move(query);
+    return api(req);
+  };
+  EXPECT_EQ(get({}).status, 200);
+  for (const char* ok : {"1", "60", "600"}) {
+    const HttpResponse r = get({{"seconds", ok}});
+    EXPECT_EQ(r.status, 200) << ok << ": " << r.body;
+    EXPECT_EQ(r.content_type, "application/json");
+  }
+  for (const std::string bad : {"1e2", "30s", "-5", "+5", " 5", "0", "601", ""}) {
+    const HttpResponse r = get({{"seconds", bad}});
+    EXPECT_EQ(r.status, 400) << bad;
+    EXPECT_EQ(r.body, "seconds: want a whole number from 1 to 600, got \"" + bad + "\"\n");
+  }
+  topo.Stop();
+}
+
 }  // namespace
 }  // namespace kmon

@@ -1,6 +1,5 @@
 #include "collectors/offcpu/offcpu_service.h"
 
-#include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <condition_variable>
@@ -10,10 +9,10 @@
 #include <vector>
 
 #include <absl/status/statusor.h>
-#include <absl/strings/numbers.h>
 #include <absl/strings/str_cat.h>
 #include <absl/strings/str_join.h>
 
+#include "base/http_params.h"
 #include "base/log.h"
 #include "collectors/kernel_symbols.h"
 #include "collectors/offcpu/offcpu_render.h"
@@ -43,13 +42,13 @@ absl::Status ParseOffCpuRequest(const HttpRequest& req, OffCpuQuery* query, std:
     } else if (k == "container") {
       query->container = v;
     } else if (k == "seconds") {
-      double s = 0;
-      if (!absl::SimpleAtod(v, &s) || !std::isfinite(s) || s <= 0) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("seconds: want a positive number of seconds, got \"", v, "\""));
-      }
-      s = std::min(s, static_cast<double>(OffCpuProfiler::kRetention.count()));
-      query->window = std::chrono::nanoseconds(static_cast<int64_t>(s * 1e9));
+      // Windows are served from snapshots kSnapshotPeriod apart, kept for kRetention:
+      // a window off that grid, or older, could only be answered as some other window.
+      constexpr int64_t kStep = OffCpuProfiler::kSnapshotPeriod.count();
+      absl::StatusOr<int64_t> s =
+          ParseWholeNumberParam(k, v, {kStep, OffCpuProfiler::kRetention.count(), kStep});
+      if (!s.ok()) return s.status();
+      query->window = std::chrono::seconds(*s);
     } else {
       return absl::InvalidArgumentError(absl::StrCat(
           "unknown parameter \"", k, "\" (known: format, namespace, pod, container, seconds)"));

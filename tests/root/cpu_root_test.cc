@@ -557,6 +557,9 @@ TEST_F(CpuRootTest, BadRequestsAreRejected) {
   ASSERT_TRUE(c.Start(CpuConfigYaml("1ms")).ok());
   EXPECT_EQ(Get({{"format", "json"}}).status, 400);
   EXPECT_EQ(Get({{"seconds", "-3"}}).status, 400);
+  const HttpResponse off_grid = Get({{"seconds", "7"}});
+  EXPECT_EQ(off_grid.status, 400);
+  EXPECT_EQ(off_grid.body, "seconds: want a multiple of 5 from 5 to 600, got \"7\"\n");
   EXPECT_EQ(Get({{"color", "red"}}).status, 400);
   HttpRequest post;
   post.method = "POST";

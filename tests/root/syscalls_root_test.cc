@@ -157,7 +157,7 @@ TEST(ExporterRootTest, ReloadsBySighupHttpAndFileChangeKeepingPrograms) {
   const TempFile cfg_file(ConfigYaml("getppid"));
   const std::string& cfg_path = cfg_file.path();
   const uint32_t before = testing::MaxBpfProgramId();
-  ExporterProcess exporter({"--config.file=" + cfg_path});
+  ExporterProcess exporter({"--config.file=" + cfg_path, "--web.enable-lifecycle"});
   ASSERT_TRUE(exporter.WaitReady());
   const auto ids = testing::BpfProgramIds("kmon_sys_exit", before);
   ASSERT_EQ(ids.size(), 1u);

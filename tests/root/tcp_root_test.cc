@@ -662,6 +662,8 @@ TEST(TcpExporterRootTest, ConfiguredBucketsReloadInPlaceAndTopologyApi) {
     }
   }
   EXPECT_EQ(found, 1) << api.body;
+  // Started without --web.enable-lifecycle: a reload over HTTP is refused, SIGHUP is not.
+  EXPECT_EQ(testing::HttpPost(exporter.Url("/-/reload")).status, 403);
 
   // New bounds by SIGHUP: histograms restart on exactly the new buckets, same program.
   const double stamp =
