@@ -10,8 +10,10 @@
  * Which side is the server: a passive open (SYN_RECV -> ESTABLISHED) is; an active
  * open (SYN_SENT) is not; a connection that existed before kmon started is the
  * server side when its local port is a listening port in its network namespace
- * (Kmon's rule): `listen_ports` is filled by user space at start and kept current
- * here from LISTEN transitions.
+ * (Kmon's rule). `listen_ports` counts the listening sockets of each (namespace,
+ * port), entered by the user-space scan at start (through kmon_tcp_listener_found,
+ * the same code) and here from LISTEN transitions; only connections kmon did not see
+ * open look it up.
  *
  * All on stable tracepoints through tp_btf: sock_send_length/sock_recv_length
  * (6.3+), inet_sock_set_state, tcp_retransmit_skb, tcp_send_reset, tcp_receive_reset,
@@ -48,8 +50,24 @@ KMON_MAP(BPF_MAP_TYPE_ARRAY, 1, __u32, struct tcp_config) tcp_config SEC(".maps"
 /* Server ports to measure while tcp_config.filter_ports is set. */
 KMON_MAP(BPF_MAP_TYPE_HASH, KMON_TCP_PORTS_MAX, __u16, __u8) ports SEC(".maps");
 
-KMON_MAP(BPF_MAP_TYPE_HASH, KMON_TCP_LISTEN_MAX, struct tcp_listen_key,
-         __u8) listen_ports SEC(".maps");
+/* (netns, port) -> listening sockets there. This map and the next are allocated as
+ * listeners come rather than preallocated: a host has few. */
+struct {
+  __uint(type, BPF_MAP_TYPE_HASH);
+  __uint(max_entries, KMON_TCP_LISTEN_MAX);
+  __uint(map_flags, BPF_F_NO_PREALLOC);
+  __type(key, struct tcp_listen_key);
+  __type(value, __u32);
+} listen_ports SEC(".maps");
+
+/* The sockets counted in listen_ports -> 1. */
+struct {
+  __uint(type, BPF_MAP_TYPE_HASH);
+  __uint(max_entries, KMON_TCP_LISTEN_SOCKS_MAX);
+  __uint(map_flags, BPF_F_NO_PREALLOC);
+  __type(key, struct tcp_listen_sock);
+  __type(value, __u8);
+} listen_socks SEC(".maps");
 
 KMON_MAP(BPF_MAP_TYPE_LRU_HASH, KMON_TCP_CONNS_MAX, __u64, struct tcp_conn) conns SEC(".maps");
 
@@ -69,6 +87,7 @@ KMON_MAP(BPF_MAP_TYPE_PERCPU_HASH, KMON_TCP_STATS_MAX, __u64, struct tcp_stats) 
 
 static const struct tcp_hist zero_hist;
 static const struct tcp_stats zero_stats;
+static const __u32 zero_count;
 
 static __always_inline struct tcp_config *tcp_cfg(void) {
   __u32 zero = 0;
@@ -77,6 +96,23 @@ static __always_inline struct tcp_config *tcp_cfg(void) {
 
 static __always_inline __u32 sk_netns(const struct sock *sk) {
   return sk->__sk_common.skc_net.net->ns.inum;
+}
+
+/* The socket's inode number, what sock_i_ino() and so /proc/net/tcp give: cached in
+ * struct sock as sk_ino by recent kernels (6.18 has it); before, only in the inode
+ * itself, SOCK_INODE(sk->sk_socket), the struct socket_alloc that begins with the
+ * socket. */
+struct sock___ino {
+  unsigned long sk_ino;
+} __attribute__((preserve_access_index));
+
+static __always_inline __u64 sk_ino(const struct sock *sk) {
+  if (bpf_core_field_exists(struct sock___ino, sk_ino)) {
+    return ((const struct sock___ino *)sk)->sk_ino;
+  }
+  struct socket *sock = sk->sk_socket;
+  if (!sock) return 0;
+  return BPF_CORE_READ((struct socket_alloc *)sock, vfs_inode.i_ino);
 }
 
 /* Addresses as IPv6; an IPv4 socket's as v4-mapped (::ffff:a.b.c.d), which is also
@@ -179,6 +215,41 @@ static __always_inline void init_server(struct tcp_conn *c, const struct sock *s
   c->client_cgroup = client_cgroup_of(c->peer_addr, peer_port);
 }
 
+/* Counts a listening socket under its key, once: BPF_NOEXIST on its own entry makes
+ * whichever of the tracepoint and the start-time scan comes first the one that
+ * counts it. 1 when this call counted it. */
+static __always_inline int listener_enter(const struct tcp_listen_sock *ls) {
+  __u8 one = 1;
+  long err = bpf_map_update_elem(&listen_socks, ls, &one, BPF_NOEXIST);
+  if (err) {
+    if (err != -KMON_EEXIST) kmon_count_lost(KMON_LOST_MAP_FULL);
+    return 0;
+  }
+  __u32 *n = kmon_lookup_or_init(&listen_ports, &ls->key, &zero_count);
+  if (!n) {
+    /* No room for the key: uncounted, so its close takes nothing away either. */
+    bpf_map_delete_elem(&listen_socks, ls);
+    return 0;
+  }
+  __sync_fetch_and_add(n, 1);
+  return 1;
+}
+
+/* Takes a counted listening socket away, and its key with the last one; only the
+ * caller that deleted the socket's entry does. Not atomic with listener_enter(): when
+ * a key's last socket leaves on one CPU while another socket of that key enters on
+ * another, at the same instant, the entering one's add can go to the entry being
+ * deleted (lost: the port's connections kmon did not see open are taken for clients
+ * until a listener enters it again) or to that element reused for another key. */
+static __always_inline int listener_leave(const struct tcp_listen_sock *ls) {
+  if (bpf_map_delete_elem(&listen_socks, ls) != 0) return 0;
+  __u32 *n = bpf_map_lookup_elem(&listen_ports, &ls->key);
+  if (!n) return 1;
+  __sync_fetch_and_add(n, (__u32)-1);
+  if (*n == 0) bpf_map_delete_elem(&listen_ports, &ls->key);
+  return 1;
+}
+
 /* The state of an established connection, created on first sight for one that was
  * open before kmon started. */
 static __always_inline struct tcp_conn *conn_of(const struct sock *sk) {
@@ -274,14 +345,28 @@ int BPF_PROG(kmon_tcp_state, const struct sock *sk, const int oldstate, const in
   if (sk->sk_protocol != IPPROTO_TCP) return 0;
   __u64 key = (__u64)sk;
 
-  /* A listener's clone for a new connection also leaves LISTEN (for SYN_RECV): only
-   * LISTEN -> CLOSE is a listener going away. */
+  /* A listening socket, entered at CLOSE -> LISTEN and taken away at LISTEN -> CLOSE
+   * (close(), shutdown() or a listen() whose get_port() failed). A listener's clone
+   * for a new connection also leaves LISTEN, for SYN_RECV: not a listener going away.
+   * - Its port at LISTEN -> CLOSE is inet_sport, not skc_num: for a socket whose port
+   *   the kernel chose (bind() to port 0, so no SOCK_BINDPORT_LOCK), tcp_set_state()
+   *   calls inet_put_port(), which zeroes inet_num (skc_num), before
+   *   inet_sk_state_store() fires this tracepoint. Read from skc_num, the key was
+   *   port 0 and every such listener's entry stayed for good.
+   * - listen() on a socket with no port yet binds one itself, after this tracepoint:
+   *   inet_csk_listen_start() stores TCP_LISTEN before get_port() picks the port, and
+   *   no tracepoint follows. Such a socket is not entered (the start-time scan enters
+   *   one it finds); the connections it accepts are passive opens all the same. */
   if (newstate == TCP_LISTEN || (oldstate == TCP_LISTEN && newstate == TCP_CLOSE)) {
-    struct tcp_listen_key lk = {.netns = sk_netns(sk),
-                                .port = sk->__sk_common.skc_num};
-    __u8 one = 1;
-    if (newstate == TCP_LISTEN) bpf_map_update_elem(&listen_ports, &lk, &one, BPF_ANY);
-    else bpf_map_delete_elem(&listen_ports, &lk);
+    struct tcp_listen_sock ls = {.ino = sk_ino(sk)};
+    ls.key.netns = sk_netns(sk);
+    if (newstate == TCP_LISTEN) {
+      ls.key.port = sk->__sk_common.skc_num;
+      if (ls.key.port) listener_enter(&ls);
+    } else {
+      ls.key.port = bpf_ntohs(BPF_CORE_READ((const struct inet_sock *)sk, inet_sport));
+      listener_leave(&ls);
+    }
     return 0;
   }
 
@@ -343,6 +428,33 @@ int BPF_PROG(kmon_tcp_state, const struct sock *sk, const int oldstate, const in
     }
   }
   return 0;
+}
+
+/* kmon_tcp_listener_found and kmon_tcp_listener_gone are run by user space (never
+ * attached) for listening sockets of the start-time scan of /proc/<pid>/net/tcp{,6}
+ * (collectors/tcp.cc): args[0] the socket's inode, args[1] its network namespace,
+ * args[2] its port. They enter and take away a socket the way the tracepoint does, so
+ * a socket both see is counted once, and return 1 when they changed its count. */
+static __always_inline struct tcp_listen_sock scanned_listener(
+    const struct bpf_raw_tracepoint_args *ctx) {
+  struct tcp_listen_sock ls = {.ino = ctx->args[0]};
+  ls.key.netns = ctx->args[1];
+  ls.key.port = ctx->args[2];
+  return ls;
+}
+
+SEC("raw_tp")
+int kmon_tcp_listener_found(struct bpf_raw_tracepoint_args *ctx) {
+  struct tcp_listen_sock ls = scanned_listener(ctx);
+  return listener_enter(&ls);
+}
+
+/* A socket the scan found that no longer listens when it looks again: one that
+ * closed between being read and being entered, which no tracepoint takes away. */
+SEC("raw_tp")
+int kmon_tcp_listener_gone(struct bpf_raw_tracepoint_args *ctx) {
+  struct tcp_listen_sock ls = scanned_listener(ctx);
+  return listener_leave(&ls);
 }
 
 SEC("tp_btf/tcp_destroy_sock")

@@ -13,6 +13,7 @@
 #define KMON_TCP_EDGES_MAX 8192
 #define KMON_TCP_STATS_MAX 8192
 #define KMON_TCP_LISTEN_MAX 4096
+#define KMON_TCP_LISTEN_SOCKS_MAX 16384
 #define KMON_TCP_PORTS_MAX 1024
 
 /* One-entry control map, rewritten on reload. */
@@ -95,10 +96,20 @@ struct tcp_tuple {
   __u32 netns;
 };
 
+/* listen_ports: a (network namespace, port) with at least one listening socket ->
+ * how many (several: a SO_REUSEPORT group, one port on several addresses, IPv4 and
+ * IPv6-only sockets on one port). */
 struct tcp_listen_key {
   __u32 netns;
   __u16 port;
   __u16 pad;
+};
+
+/* listen_socks: the listening sockets counted in listen_ports, by socket inode (as
+ * in /proc/net/tcp, so the start-time scan and BPF name a socket alike) and key. */
+struct tcp_listen_sock {
+  __u64 ino;
+  struct tcp_listen_key key;
 };
 
 #ifdef __cplusplus
@@ -110,6 +121,7 @@ static_assert(sizeof(struct tcp_stats) == 80, "BPF ABI");
 static_assert(sizeof(struct tcp_conn) == 96, "BPF ABI");
 static_assert(sizeof(struct tcp_tuple) == 40, "BPF ABI");
 static_assert(sizeof(struct tcp_listen_key) == 8, "BPF ABI");
+static_assert(sizeof(struct tcp_listen_sock) == 16, "BPF ABI");
 #endif
 
 #endif /* KMON_BPF_TCP_H_ */

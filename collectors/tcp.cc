@@ -253,17 +253,36 @@ TcpCollector::TcpCollector(const CollectorDeps& deps)
 absl::Status TcpCollector::AfterAttach(const CollectorConfig&) {
   source_ = std::make_unique<BpfTcpDataSource>(skel_);
   // Listeners that exist already, in every network namespace; BPF follows changes.
-  // Written after attach so that none opened in between is missed.
-  int listen_fd = bpf_map__fd(skel_->maps.listen_ports);
-  uint8_t one = 1;
-  size_t listeners = 0;
-  for (const auto& [netns, port] : ScanListeners()) {
-    tcp_listen_key k{};
-    k.netns = netns;
-    k.port = port;
-    if (bpf_map_update_elem(listen_fd, &k, &one, BPF_ANY) == 0) ++listeners;
+  // Entered after attach so that none opened in between is missed, each by a run of
+  // kmon_tcp_listener_found, the tracepoint's own code: a socket both see counts once.
+  // One that closed between being read and being entered left a count no tracepoint
+  // takes away; a second look finds those and kmon_tcp_listener_gone takes them back
+  // (one that closed after being entered was taken away by the tracepoint already).
+  auto run = [](bpf_program* prog, const Listener& l, bool* changed) -> absl::Status {
+    uint64_t args[3] = {l.ino, l.netns, l.port};
+    LIBBPF_OPTS(bpf_test_run_opts, opts, .ctx_in = args, .ctx_size_in = sizeof args);
+    if (bpf_prog_test_run_opts(bpf_program__fd(prog), &opts) != 0) {
+      return BpfError(kName, absl::StrCat("prog=", bpf_program__name(prog), ": run"), errno);
+    }
+    *changed = opts.retval == 1;
+    return absl::OkStatus();
+  };
+  const std::set<Listener> found = ScanListeners();
+  bool changed = false;
+  for (const Listener& l : found) {
+    absl::Status st = run(skel_->progs.kmon_tcp_listener_found, l, &changed);
+    if (!st.ok()) return st;
   }
-  LogInfo("tcp: listening ports found at start", {{"count", std::to_string(listeners)}});
+  size_t gone = 0;
+  const std::set<Listener> still = ScanListeners();
+  for (const Listener& l : found) {
+    if (still.count(l)) continue;
+    absl::Status st = run(skel_->progs.kmon_tcp_listener_gone, l, &changed);
+    if (!st.ok()) return st;
+    if (changed) ++gone;
+  }
+  LogInfo("tcp: listening sockets found at start",
+          {{"count", std::to_string(found.size())}, {"closed_meanwhile", std::to_string(gone)}});
   if (deps().topology != nullptr) {
     deps().topology->SetReader(
         [this](std::vector<EdgeHist>* e, std::vector<double>* b) { return ReadEdges(e, b); });

@@ -9,30 +9,36 @@
 
 namespace kmon {
 
-std::vector<uint16_t> ParseProcNetTcpListeners(std::string_view text) {
-  // "  sl  local_address rem_address   st ..." then
-  // "   0: 0100007F:1F90 00000000:0000 0A ..." (IPv6 has a 32-hex address).
-  std::vector<uint16_t> ports;
+std::vector<Listener> ParseProcNetTcpListeners(std::string_view text) {
+  // "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid
+  // timeout inode ..." then
+  // "   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0
+  // 0 12345 ..." (IPv6 has a 32-hex address).
+  std::vector<Listener> out;
   std::istringstream in{std::string(text)};
   std::string line;
   std::getline(in, line);  // header
   while (std::getline(in, line)) {
     std::istringstream fields(line);
-    std::string sl, local, remote, st;
-    if (!(fields >> sl >> local >> remote >> st)) continue;
+    std::string sl, local, remote, st, queues, timer, retransmits, uid, timeout;
+    uint64_t ino = 0;
+    if (!(fields >> sl >> local >> remote >> st >> queues >> timer >> retransmits >> uid >>
+          timeout >> ino)) {
+      continue;
+    }
     if (st != "0A") continue;
     size_t colon = local.rfind(':');
     if (colon == std::string::npos) continue;
     char* end = nullptr;
     unsigned long port = std::strtoul(local.c_str() + colon + 1, &end, 16);
     if (end == local.c_str() + colon + 1 || port > 65535) continue;
-    ports.push_back(static_cast<uint16_t>(port));
+    out.push_back({.netns = 0, .port = static_cast<uint16_t>(port), .ino = ino});
   }
-  return ports;
+  return out;
 }
 
-std::set<std::pair<uint32_t, uint16_t>> ScanListeners(const std::string& proc) {
-  std::set<std::pair<uint32_t, uint16_t>> out;
+std::set<Listener> ScanListeners(const std::string& proc) {
+  std::set<Listener> out;
   std::set<uint64_t> seen_netns;
   DIR* d = opendir(proc.c_str());
   if (d == nullptr) return out;
@@ -47,8 +53,9 @@ std::set<std::pair<uint32_t, uint16_t>> ScanListeners(const std::string& proc) {
       if (!in) continue;
       std::stringstream ss;
       ss << in.rdbuf();
-      for (uint16_t port : ParseProcNetTcpListeners(ss.str())) {
-        out.emplace(static_cast<uint32_t>(sb.st_ino), port);
+      for (Listener l : ParseProcNetTcpListeners(ss.str())) {
+        l.netns = static_cast<uint32_t>(sb.st_ino);
+        out.insert(l);
       }
     }
   }

@@ -1,22 +1,31 @@
-// Listening TCP ports in every network namespace on the host, for Kmon's rule that
-// a connection whose local port is a listening port is the server side. Read once
-// at start from /proc/<pid>/net/tcp{,6} of one process per namespace; BPF keeps the
-// set current from then on.
+// Listening TCP sockets in every network namespace on the host, for Kmon's rule that
+// a connection whose local port is a listening port is the server side. Read at
+// start from /proc/<pid>/net/tcp{,6} of one process per namespace; BPF keeps the
+// count current from then on.
 #pragma once
 
+#include <compare>
 #include <cstdint>
 #include <set>
 #include <string>
 #include <string_view>
-#include <utility>
 #include <vector>
 
 namespace kmon {
 
-/// Local ports in LISTEN state (st 0A) in the text of /proc/net/tcp or tcp6.
-std::vector<uint16_t> ParseProcNetTcpListeners(std::string_view text);
+/// One listening socket: its network namespace (the inode of /proc/<pid>/ns/net), its
+/// port and its socket inode (what BPF reads as sk_ino).
+struct Listener {
+  uint32_t netns = 0;
+  uint16_t port = 0;
+  uint64_t ino = 0;
+  auto operator<=>(const Listener&) const = default;
+};
 
-/// (network namespace inode, port) of every listener on the host.
-std::set<std::pair<uint32_t, uint16_t>> ScanListeners(const std::string& proc = "/proc");
+/// The sockets in LISTEN state (st 0A) in the text of /proc/net/tcp or tcp6, netns 0.
+std::vector<Listener> ParseProcNetTcpListeners(std::string_view text);
+
+/// Every listening socket on the host.
+std::set<Listener> ScanListeners(const std::string& proc = "/proc");
 
 }  // namespace kmon

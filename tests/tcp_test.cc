@@ -26,12 +26,13 @@ TEST(TcpListenersTest, ParsesListenStateOnly) {
       "12346 1 0000000000000000 100 0 0 10 0\n"
       "   2: 0100007F:1F90 0100007F:C350 01 00000000:00000000 00:00000000 00000000     0        0 "
       "12347 1 0000000000000000 20 4 30 10 -1\n";
-  EXPECT_EQ(ParseProcNetTcpListeners(v4), (std::vector<uint16_t>{8080, 22}));
+  EXPECT_EQ(ParseProcNetTcpListeners(v4),
+            (std::vector<Listener>{{.port = 8080, .ino = 12345}, {.port = 22, .ino = 12346}}));
   const char* v6 =
       "  sl  local_address                         remote_address                        st\n"
       "   0: 00000000000000000000000001000000:2382 00000000000000000000000000000000:0000 0A "
       "00000000:00000000 00:00000000 00000000     0        0 777 1\n";
-  EXPECT_EQ(ParseProcNetTcpListeners(v6), (std::vector<uint16_t>{9090}));
+  EXPECT_EQ(ParseProcNetTcpListeners(v6), (std::vector<Listener>{{.port = 9090, .ino = 777}}));
   EXPECT_TRUE(ParseProcNetTcpListeners("").empty());
   EXPECT_TRUE(ParseProcNetTcpListeners("header\n   0: garbage\n").empty());
 }
