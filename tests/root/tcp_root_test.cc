@@ -2,10 +2,13 @@
 // in cgroups (and network namespaces) of their own make known numbers of requests
 // with a known think time, and kmon must count exactly those.
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <sched.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/time.h>
 #include <unistd.h>
 
@@ -24,6 +27,7 @@
 #include "collectors/bpf_util.h"
 #include "collectors/families.h"
 #include "collectors/tcp.h"
+#include "collectors/tcp_listeners.h"
 #include "collectors/topology.h"
 #include "collectors/topology_feed.h"
 #include "collectors/watched_cgroups.h"
@@ -59,47 +63,47 @@ std::optional<std::string> ReadLine(int fd) {
   }
 }
 
+// addr:port as a sockaddr of `family`; its length.
+socklen_t MakeAddr(int family, const std::string& addr, uint16_t port, sockaddr_storage* ss) {
+  *ss = {};
+  if (family == AF_INET) {
+    auto* a = reinterpret_cast<sockaddr_in*>(ss);
+    a->sin_family = AF_INET;
+    a->sin_port = htons(port);
+    inet_pton(AF_INET, addr.c_str(), &a->sin_addr);
+    return sizeof *a;
+  }
+  auto* a = reinterpret_cast<sockaddr_in6*>(ss);
+  a->sin6_family = AF_INET6;
+  a->sin6_port = htons(port);
+  inet_pton(AF_INET6, addr.c_str(), &a->sin6_addr);
+  return sizeof *a;
+}
+
+// The local port of a socket, 0 on error.
+uint16_t LocalPort(int fd) {
+  sockaddr_storage ss{};
+  socklen_t len = sizeof ss;
+  if (getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len) != 0) return 0;
+  return ntohs(ss.ss_family == AF_INET ? reinterpret_cast<sockaddr_in*>(&ss)->sin_port
+                                       : reinterpret_cast<sockaddr_in6*>(&ss)->sin6_port);
+}
+
 int Listen(int family, const std::string& addr, uint16_t* port) {
   int fd = socket(family, SOCK_STREAM, 0);
   int one = 1;
   setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-  sockaddr_storage ss{};
-  socklen_t len;
-  if (family == AF_INET) {
-    auto* a = reinterpret_cast<sockaddr_in*>(&ss);
-    a->sin_family = AF_INET;
-    inet_pton(AF_INET, addr.c_str(), &a->sin_addr);
-    len = sizeof *a;
-  } else {
-    auto* a = reinterpret_cast<sockaddr_in6*>(&ss);
-    a->sin6_family = AF_INET6;
-    inet_pton(AF_INET6, addr.c_str(), &a->sin6_addr);
-    len = sizeof *a;
-  }
+  sockaddr_storage ss;
+  socklen_t len = MakeAddr(family, addr, 0, &ss);
   if (bind(fd, reinterpret_cast<sockaddr*>(&ss), len) != 0 || listen(fd, 128) != 0) return -1;
-  getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len);
-  *port = ntohs(family == AF_INET ? reinterpret_cast<sockaddr_in*>(&ss)->sin_port
-                                  : reinterpret_cast<sockaddr_in6*>(&ss)->sin6_port);
+  *port = LocalPort(fd);
   return fd;
 }
 
 int Connect(int family, const std::string& addr, uint16_t port) {
   int fd = socket(family, SOCK_STREAM, 0);
-  sockaddr_storage ss{};
-  socklen_t len;
-  if (family == AF_INET) {
-    auto* a = reinterpret_cast<sockaddr_in*>(&ss);
-    a->sin_family = AF_INET;
-    a->sin_port = htons(port);
-    inet_pton(AF_INET, addr.c_str(), &a->sin_addr);
-    len = sizeof *a;
-  } else {
-    auto* a = reinterpret_cast<sockaddr_in6*>(&ss);
-    a->sin6_family = AF_INET6;
-    a->sin6_port = htons(port);
-    inet_pton(AF_INET6, addr.c_str(), &a->sin6_addr);
-    len = sizeof *a;
-  }
+  sockaddr_storage ss;
+  socklen_t len = MakeAddr(family, addr, port, &ss);
   if (connect(fd, reinterpret_cast<sockaddr*>(&ss), len) != 0) {
     close(fd);
     return -1;
@@ -335,6 +339,443 @@ TEST_F(TcpRootTest, ChurnLeavesNoConnectionState) {
                        {{"container", server_cg.name()}, {"port", std::to_string(srv.port)}});
   ASSERT_NE(h, nullptr);
   EXPECT_EQ(h->histogram.sample_count, static_cast<uint64_t>(kConnections));
+}
+
+// ---- listening sockets: the collector's `listen_ports` map, (netns, port) -> how
+// many sockets listen there, against the sockets the test holds.
+
+#ifndef IP_LOCAL_PORT_RANGE
+#define IP_LOCAL_PORT_RANGE 51  // linux/in.h, 6.3+; glibc's netinet/in.h lacks it
+#endif
+
+// A file descriptor closed on scope exit: sockets and pipes go even when a test fails.
+class Fd {
+ public:
+  explicit Fd(int fd = -1) : fd_(fd) {}
+  Fd(Fd&& o) noexcept : fd_(o.release()) {}
+  Fd& operator=(Fd&& o) noexcept {
+    reset();
+    fd_ = o.release();
+    return *this;
+  }
+  ~Fd() { reset(); }
+  int get() const { return fd_; }
+  int release() { return std::exchange(fd_, -1); }
+  void reset() {
+    if (fd_ >= 0) close(fd_);
+    fd_ = -1;
+  }
+
+ private:
+  int fd_;
+};
+
+struct Pipe {
+  Pipe() {
+    int p[2];
+    if (pipe(p) == 0) {
+      r = Fd(p[0]);
+      w = Fd(p[1]);
+    }
+  }
+  Fd r, w;
+};
+
+// A child killed and reaped on scope exit unless Wait() reaped it already.
+struct Child {
+  ~Child() {
+    if (pid > 0) {
+      kill(pid, SIGKILL);
+      WaitChild(pid, 5000);
+    }
+  }
+  int Wait(int timeout_ms = 20000) {
+    const int status = WaitChild(pid, timeout_ms);
+    pid = -1;
+    return status;
+  }
+  pid_t pid = -1;
+};
+
+// This thread in the network namespace `name` (of /var/run/netns) for the scope; the
+// sockets it makes meanwhile belong there.
+class InNetns {
+ public:
+  explicit InNetns(const std::string& name) : self_(open("/proc/thread-self/ns/net", O_RDONLY)) {
+    Fd target(open(("/var/run/netns/" + name).c_str(), O_RDONLY));
+    ok_ = self_.get() >= 0 && target.get() >= 0 && setns(target.get(), CLONE_NEWNET) == 0;
+  }
+  ~InNetns() {
+    if (ok_ && setns(self_.get(), CLONE_NEWNET) != 0) std::abort();  // never go on elsewhere
+  }
+  InNetns(const InNetns&) = delete;
+  InNetns& operator=(const InNetns&) = delete;
+  bool ok() const { return ok_; }
+
+ private:
+  Fd self_;
+  bool ok_ = false;
+};
+
+// The inode of a network namespace (what BPF reads as ns.inum); "" is this thread's.
+uint32_t NetnsInode(const std::string& name) {
+  struct stat sb {};
+  const std::string path = name.empty() ? "/proc/thread-self/ns/net" : "/var/run/netns/" + name;
+  return stat(path.c_str(), &sb) == 0 ? static_cast<uint32_t>(sb.st_ino) : 0;
+}
+
+struct ListenOptions {
+  int family = AF_INET;
+  std::string addr;   // empty: no bind(), listen() binds the socket itself
+  uint16_t port = 0;  // 0: the kernel picks the port (no SOCK_BINDPORT_LOCK)
+  bool reuseport = false;
+  bool v6only = false;
+  uint16_t only_port = 0;  // IP_LOCAL_PORT_RANGE [only_port, only_port]: the port 0 picks
+};
+
+// A listening socket (invalid on error), made in `netns` when one is named. No
+// SO_REUSEADDR: sockets share a port here only by SO_REUSEPORT or distinct addresses.
+Fd ListenWith(const ListenOptions& o, const std::string& netns = "") {
+  std::optional<InNetns> in;
+  if (!netns.empty() && !in.emplace(netns).ok()) return Fd();
+  Fd fd(socket(o.family, SOCK_STREAM, 0));
+  int one = 1;
+  if (o.reuseport && setsockopt(fd.get(), SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) != 0) {
+    return Fd();
+  }
+  if (o.v6only && setsockopt(fd.get(), IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one) != 0) {
+    return Fd();
+  }
+  if (o.only_port != 0) {
+    const uint32_t range = static_cast<uint32_t>(o.only_port) << 16 | o.only_port;
+    if (setsockopt(fd.get(), IPPROTO_IP, IP_LOCAL_PORT_RANGE, &range, sizeof range) != 0) {
+      return Fd();
+    }
+  }
+  if (!o.addr.empty()) {
+    sockaddr_storage ss;
+    socklen_t len = MakeAddr(o.family, o.addr, o.port, &ss);
+    if (bind(fd.get(), reinterpret_cast<sockaddr*>(&ss), len) != 0) return Fd();
+  }
+  if (listen(fd.get(), 16) != 0) return Fd();
+  return fd;
+}
+
+// listen_ports' entries of one network namespace: port -> listening sockets.
+std::map<uint16_t, uint32_t> ListenPorts(const TcpCollector& tcp, uint32_t netns) {
+  std::map<uint16_t, uint32_t> out;
+  const bpf_map* m = bpf_object__find_map_by_name(tcp.BpfObject(), "listen_ports");
+  if (m == nullptr || bpf_map__value_size(m) != sizeof(uint32_t)) {
+    ADD_FAILURE() << "no map listen_ports with a count per key";
+    return out;
+  }
+  tcp_listen_key key{}, next{};
+  bool first = true;
+  while (bpf_map_get_next_key(bpf_map__fd(m), first ? nullptr : &key, &next) == 0) {
+    uint32_t n = 0;
+    if (next.netns == netns && bpf_map_lookup_elem(bpf_map__fd(m), &next, &n) == 0) {
+      out[next.port] = n;
+    }
+    key = next;
+    first = false;
+  }
+  return out;
+}
+
+using PortCounts = std::map<uint16_t, uint32_t>;
+
+// Regression: listen_ports kept every listener whose port the kernel picked. At
+// LISTEN -> CLOSE, tcp_set_state() has already run inet_put_port(), which zeroes
+// inet_num (skc_num), for a socket without SOCK_BINDPORT_LOCK, so the delete went to
+// port 0 (unfixed: 20 stale entries per 20 cycles here, 580 in a soak of 4 listeners).
+// A fresh namespace has only the test's sockets: its entries are known exactly. In
+// the host's, another process may listen on a port the test used meanwhile.
+TEST_F(TcpRootTest, ListenCloseCyclesLeaveNoListeningPorts) {
+  TcpCollector tcp(Deps());
+  ASSERT_TRUE(tcp.Start(config_).ok());
+  TestNetns fresh;
+  const uint32_t host_ns = NetnsInode(""), fresh_ns = NetnsInode(fresh.name());
+  ASSERT_NE(fresh_ns, 0u);
+  ASSERT_NE(fresh_ns, host_ns);
+  constexpr int kCycles = 20;
+  struct Case {
+    const char* what;
+    ListenOptions o;
+    bool host;     // loopback only: made in the host namespace too
+    bool entered;  // in listen_ports while it listens
+  };
+  const std::vector<Case> cases{
+      {"127.0.0.1:0", {.family = AF_INET, .addr = "127.0.0.1"}, true, true},
+      {"[::1]:0", {.family = AF_INET6, .addr = "::1"}, true, true},
+      {"127.0.0.1:0 SO_REUSEPORT",
+       {.family = AF_INET, .addr = "127.0.0.1", .reuseport = true},
+       true,
+       true},
+      {"[::1]:0 SO_REUSEPORT", {.family = AF_INET6, .addr = "::1", .reuseport = true}, true, true},
+      {"[::]:0 dual-stack", {.family = AF_INET6, .addr = "::"}, false, true},
+      // listen() binds it after its LISTEN transition: not entered (bpf/tcp.bpf.c,
+      // kmon_tcp_state), and no port-0 entry either.
+      {"no bind()", {.family = AF_INET}, true, false},
+  };
+  std::set<uint16_t> host_ports;
+  for (const bool in_fresh : {false, true}) {
+    const uint32_t ns = in_fresh ? fresh_ns : host_ns;
+    for (const Case& c : cases) {
+      if (!in_fresh && !c.host) continue;
+      SCOPED_TRACE(std::string(c.what) + (in_fresh ? " in a fresh netns" : " in the host netns"));
+      std::set<uint16_t> used;
+      for (int i = 0; i < kCycles; ++i) {
+        Fd fd = ListenWith(c.o, in_fresh ? fresh.name() : "");
+        ASSERT_GE(fd.get(), 0) << strerror(errno);
+        const uint16_t port = LocalPort(fd.get());
+        ASSERT_NE(port, 0);
+        used.insert(port);
+        // In the host's namespace a socket on another address may share the port.
+        auto listening = [&] {
+          PortCounts now = ListenPorts(tcp, ns);
+          EXPECT_FALSE(now.count(0)) << "a port-0 entry";
+          if (!c.entered) {
+            EXPECT_FALSE(in_fresh && now.count(port)) << "entered";
+          } else if (in_fresh) {
+            EXPECT_EQ(now[port], 1u) << "cycle " << i;
+          } else {
+            EXPECT_GE(now[port], 1u) << "cycle " << i;
+          }
+        };
+        listening();
+        if (i == 0) {
+          // listen() on a listening socket only changes its backlog: no transition.
+          ASSERT_EQ(listen(fd.get(), 32), 0);
+          listening();
+        }
+      }
+      if (!in_fresh) {
+        host_ports.insert(used.begin(), used.end());
+        continue;
+      }
+      // Every socket of the case closed: exactly none of its ports is left.
+      const PortCounts left = ListenPorts(tcp, ns);
+      size_t stale = 0;
+      for (uint16_t port : used) stale += left.count(port);
+      EXPECT_EQ(stale, 0u) << "of " << used.size() << " ports after " << kCycles << " cycles";
+    }
+  }
+  // Nothing listens in the fresh namespace now: it has no entry at all.
+  EXPECT_EQ(ListenPorts(tcp, fresh_ns), PortCounts{});
+  // The host's ports: an entry left is one no socket listens on now.
+  std::set<uint16_t> listening_now;
+  for (const Listener& l : ScanListeners()) {
+    if (l.netns == host_ns) listening_now.insert(l.port);
+  }
+  const PortCounts host = ListenPorts(tcp, host_ns);
+  std::set<uint16_t> stale;
+  for (uint16_t port : host_ports) {
+    if (host.count(port) && !listening_now.count(port)) stale.insert(port);
+  }
+  EXPECT_EQ(stale.size(), 0u) << "of " << host_ports.size() << " ports";
+  EXPECT_FALSE(host.count(0));
+}
+
+// Several sockets on one (netns, port): the entry stays until the last one goes,
+// whichever goes first, and whether the kernel picked the port or bind() named it.
+TEST_F(TcpRootTest, ListenPortStaysUntilItsLastListenerCloses) {
+  TcpCollector tcp(Deps());
+  ASSERT_TRUE(tcp.Start(config_).ok());
+  TestNetns ns;
+  const uint32_t netns = NetnsInode(ns.name());
+  ASSERT_NE(netns, 0u);
+  auto ports = [&] { return ListenPorts(tcp, netns); };
+
+  // A SO_REUSEPORT group: the first socket's port is picked by the kernel, the others
+  // name it.
+  ListenOptions group{.family = AF_INET, .addr = "127.0.0.1", .reuseport = true};
+  Fd a = ListenWith(group, ns.name());
+  ASSERT_GE(a.get(), 0) << strerror(errno);
+  group.port = LocalPort(a.get());
+  const uint16_t p = group.port;
+  Fd b = ListenWith(group, ns.name());
+  ASSERT_GE(b.get(), 0) << strerror(errno);
+  EXPECT_EQ(ports(), (PortCounts{{p, 2}}));
+  b.reset();  // named the port: the unfixed program deleted the entry here
+  EXPECT_EQ(ports(), (PortCounts{{p, 1}}));
+  Fd c = ListenWith(group, ns.name());
+  ASSERT_GE(c.get(), 0) << strerror(errno);
+  EXPECT_EQ(ports(), (PortCounts{{p, 2}}));
+  a.reset();  // the kernel picked its port
+  EXPECT_EQ(ports(), (PortCounts{{p, 1}}));
+  c.reset();
+  EXPECT_EQ(ports(), PortCounts{});
+
+  // IPv4 and an IPv6-only socket on one port; shutdown(SHUT_RD) stops a listener
+  // (tcp_disconnect) and it can listen again.
+  Fd v4 = ListenWith({.family = AF_INET, .addr = "127.0.0.1"}, ns.name());
+  ASSERT_GE(v4.get(), 0) << strerror(errno);
+  const uint16_t q = LocalPort(v4.get());
+  Fd v6 = ListenWith({.family = AF_INET6, .addr = "::1", .port = q, .v6only = true}, ns.name());
+  ASSERT_GE(v6.get(), 0) << strerror(errno);
+  EXPECT_EQ(ports(), (PortCounts{{q, 2}}));
+  v4.reset();
+  EXPECT_EQ(ports(), (PortCounts{{q, 1}}));
+  ASSERT_EQ(shutdown(v6.get(), SHUT_RD), 0);
+  EXPECT_EQ(ports(), PortCounts{});
+  ASSERT_EQ(listen(v6.get(), 16), 0);
+  EXPECT_EQ(ports(), (PortCounts{{q, 1}}));
+  v6.reset();
+  EXPECT_EQ(ports(), PortCounts{});
+}
+
+// Kmon's rule for a connection it did not see open: the server side when its local
+// port listens. Here a client's connection is open before kmon starts and its port
+// is then also that of two listeners on other addresses, one from before the start
+// (entered by the scan) and one after, whose ports the kernel picked; both close
+// before the client sends. Unfixed, their entry stayed and the client's requests were
+// measured as a server's. Then a new client whose ephemeral port is another closed
+// listener's: an active open, counted as outbound.
+TEST_F(TcpRootTest, ClientOnAClosedListenersPortIsAClient) {
+  // Ports of a fresh namespace, inside its ip_local_port_range (32768-60999).
+  constexpr uint16_t kServerPort = 40100, kClientPort = 40200, kClientPort2 = 40300;
+  constexpr int kRequests = 9, kRequests2 = 5;
+  TestNetns ns;
+  const uint32_t netns = NetnsInode(ns.name());
+  ASSERT_NE(netns, 0u);
+  TestCgroup server_cg, client_cg;
+  Pipe server_up, client_up, client_go;
+  Child server, client, client2;
+  const timeval timeout{.tv_sec = 10, .tv_usec = 0};  // every socket wait is bounded
+
+  server.pid = SpawnInCgroup(
+      server_cg,
+      [&] {
+        Fd lfd = ListenWith({.family = AF_INET, .addr = "127.0.0.1", .port = kServerPort});
+        if (lfd.get() < 0) _exit(5);
+        setsockopt(lfd.get(), SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof timeout);
+        if (write(server_up.w.get(), "l", 1) != 1) _exit(6);
+        for (int c = 0; c < 2; ++c) {
+          Fd fd(accept(lfd.get(), nullptr, nullptr));
+          if (fd.get() < 0) _exit(7);
+          setsockopt(fd.get(), SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof timeout);
+          while (ReadLine(fd.get())) {
+            if (!SendAll(fd.get(), "ok\n")) break;
+          }
+        }
+      },
+      ns.name());
+  server_up.w.reset();
+  char c;
+  ASSERT_EQ(read(server_up.r.get(), &c, 1), 1) << "server exit " << server.Wait();
+
+  client.pid = SpawnInCgroup(
+      client_cg,
+      [&] {
+        client_go.w.reset();  // EOF on client_go.r once the test is gone
+        Fd fd(socket(AF_INET, SOCK_STREAM, 0));
+        sockaddr_storage ss;
+        socklen_t len = MakeAddr(AF_INET, "127.0.0.1", kClientPort, &ss);
+        if (bind(fd.get(), reinterpret_cast<sockaddr*>(&ss), len) != 0) _exit(20);
+        len = MakeAddr(AF_INET, "127.0.0.1", kServerPort, &ss);
+        if (connect(fd.get(), reinterpret_cast<sockaddr*>(&ss), len) != 0) _exit(21);
+        setsockopt(fd.get(), SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof timeout);
+        if (write(client_up.w.get(), "c", 1) != 1 || read(client_go.r.get(), &c, 1) != 1) _exit(22);
+        for (int i = 0; i < kRequests; ++i) {
+          if (!SendAll(fd.get(), "1\n") || !ReadLine(fd.get())) _exit(23);
+        }
+        if (write(client_up.w.get(), "d", 1) != 1 || read(client_go.r.get(), &c, 1) != 1) _exit(24);
+      },
+      ns.name());
+  client_up.w.reset();
+  ASSERT_EQ(read(client_up.r.get(), &c, 1), 1) << "client exit " << client.Wait();
+
+  // Before the start: a listener on another address whose port the kernel picks.
+  const ListenOptions on_client_port{.family = AF_INET, .only_port = kClientPort};
+  ListenOptions before = on_client_port;
+  before.addr = "127.0.0.3";
+  Fd l0 = ListenWith(before, ns.name());
+  ASSERT_GE(l0.get(), 0) << strerror(errno);
+  ASSERT_EQ(LocalPort(l0.get()), kClientPort);
+
+  TcpCollector tcp(Deps());
+  ASSERT_TRUE(tcp.Start(config_).ok());
+  auto ports = [&] { return ListenPorts(tcp, netns); };
+  // The scan's: the server's listener and l0; the client's socket does not listen.
+  EXPECT_EQ(ports(), (PortCounts{{kServerPort, 1}, {kClientPort, 1}}));
+  ListenOptions after = on_client_port;
+  after.addr = "127.0.0.2";
+  Fd l1 = ListenWith(after, ns.name());
+  ASSERT_GE(l1.get(), 0) << strerror(errno);
+  ASSERT_EQ(LocalPort(l1.get()), kClientPort);
+  EXPECT_EQ(ports(), (PortCounts{{kServerPort, 1}, {kClientPort, 2}}));
+  l0.reset();
+  EXPECT_EQ(ports(), (PortCounts{{kServerPort, 1}, {kClientPort, 1}}));
+  l1.reset();
+  EXPECT_EQ(ports(), (PortCounts{{kServerPort, 1}}));
+
+  // The client's first bytes since the start: kmon meets the connection now.
+  ASSERT_EQ(write(client_go.w.get(), "g", 1), 1);
+  ASSERT_EQ(read(client_up.r.get(), &c, 1), 1) << "client exit " << client.Wait();
+  auto fams = Collect(tcp);
+  const auto* active = FindSample(fams, "kmon_tcp_connections_active",
+                                  {{"container", client_cg.name()}, {"direction", "outbound"}});
+  EXPECT_EQ(active ? active->gauge.value : 0, 1) << "the client's connection is not a client's";
+  EXPECT_EQ(FindSample(fams, "kmon_tcp_connections_active",
+                       {{"container", client_cg.name()}, {"direction", "inbound"}}),
+            nullptr)
+      << "the client's connection is taken for a server's";
+  EXPECT_EQ(
+      FindSample(fams, "kmon_tcp_request_duration_seconds", {{"container", client_cg.name()}}),
+      nullptr)
+      << "the client's requests were measured as a server's";
+  ASSERT_EQ(write(client_go.w.get(), "g", 1), 1);
+  EXPECT_EQ(client.Wait(), 0);
+
+  // Another listener whose port the kernel picks, closed; then a new client gets that
+  // port as its ephemeral one.
+  ListenOptions third{.family = AF_INET, .addr = "127.0.0.1", .only_port = kClientPort2};
+  Fd l2 = ListenWith(third, ns.name());
+  ASSERT_GE(l2.get(), 0) << strerror(errno);
+  ASSERT_EQ(LocalPort(l2.get()), kClientPort2);
+  EXPECT_EQ(ports(), (PortCounts{{kServerPort, 1}, {kClientPort2, 1}}));
+  l2.reset();
+  EXPECT_EQ(ports(), (PortCounts{{kServerPort, 1}}));
+  client2.pid = SpawnInCgroup(
+      client_cg,
+      [&] {
+        Fd fd(socket(AF_INET, SOCK_STREAM, 0));
+        const uint32_t range = static_cast<uint32_t>(kClientPort2) << 16 | kClientPort2;
+        if (setsockopt(fd.get(), IPPROTO_IP, IP_LOCAL_PORT_RANGE, &range, sizeof range) != 0) {
+          _exit(30);
+        }
+        sockaddr_storage ss;
+        socklen_t len = MakeAddr(AF_INET, "127.0.0.1", kServerPort, &ss);
+        if (connect(fd.get(), reinterpret_cast<sockaddr*>(&ss), len) != 0) _exit(31);
+        if (LocalPort(fd.get()) != kClientPort2) _exit(32);
+        setsockopt(fd.get(), SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof timeout);
+        for (int i = 0; i < kRequests2; ++i) {
+          if (!SendAll(fd.get(), "1\n") || !ReadLine(fd.get())) _exit(33);
+        }
+      },
+      ns.name());
+  EXPECT_EQ(client2.Wait(), 0) << "32: the ephemeral port is not the closed listener's";
+  EXPECT_EQ(server.Wait(), 0);
+  EXPECT_EQ(ports(), PortCounts{});
+
+  fams = Collect(tcp);
+  auto opened = [&](const TestCgroup& cg, const std::string& direction) {
+    const auto* m = FindSample(fams, "kmon_tcp_connections_opened_total",
+                               {{"container", cg.name()}, {"direction", direction}});
+    return m ? m->counter.value : -1;  // -1: no series
+  };
+  EXPECT_EQ(opened(client_cg, "outbound"), 1);  // the new one: the first was open before
+  EXPECT_EQ(opened(client_cg, "inbound"), 0);
+  EXPECT_EQ(opened(server_cg, "inbound"), 1);
+  // Every request is the server's, on the server's port, and none the client's.
+  const auto* h =
+      FindSample(fams, "kmon_tcp_request_duration_seconds",
+                 {{"container", server_cg.name()}, {"port", std::to_string(kServerPort)}});
+  ASSERT_NE(h, nullptr);
+  EXPECT_EQ(h->histogram.sample_count, static_cast<uint64_t>(kRequests + kRequests2));
+  EXPECT_EQ(
+      FindSample(fams, "kmon_tcp_request_duration_seconds", {{"container", client_cg.name()}}),
+      nullptr);
 }
 
 // Regression (bpf/kmon_sock.bpf.h, kmon_sock_cgroup): a reset sent by a timewait
