@@ -55,29 +55,40 @@ absl::Status Collector::Reconfigure(const CollectorConfig& config) noexcept {
 void Collector::Collect(std::vector<prometheus::MetricFamily>* out) noexcept {
   const auto t0 = std::chrono::steady_clock::now();
   const size_t before = out->size();
+  absl::Status st;
   try {
     std::lock_guard<std::mutex> lock(mu_);
     if (Running()) {
       labeler_.BeginPass();
-      absl::Status st = Read(out);
+      st = Read(out);
       labeler_.EndPass();
-      if (!st.ok()) {
-        ++read_errors_;
-        // What was appended may be a part of the families: a scrape gets all or none.
-        out->erase(out->begin() + static_cast<std::ptrdiff_t>(before), out->end());
-        LogWarn("reading BPF map failed", {{"collector", name_}, {"err", st.ToString()}});
-      }
     }
   } catch (const std::exception& e) {
-    ++read_errors_;
-    out->erase(out->begin() + static_cast<std::ptrdiff_t>(before), out->end());
-    LogError("collect failed", {{"collector", name_}, {"err", e.what()}});
+    st = FromException(name_, "collect", e.what());
   } catch (...) {
+    st = FromException(name_, "collect", "unknown exception");
+  }
+  if (!st.ok()) {
     ++read_errors_;
+    // What was appended may be a part of the families: a scrape gets all or none.
     out->erase(out->begin() + static_cast<std::ptrdiff_t>(before), out->end());
-    LogError("collect failed", {{"collector", name_}, {"err", "unknown exception"}});
+    LogWarn("collect failed", {{"collector", name_}, {"err", st.ToString()}});
+  }
+  try {
+    std::lock_guard<std::mutex> lock(last_mu_);
+    last_collect_ = st;
+  } catch (...) {
   }
   scrape_seconds_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+absl::Status Collector::LastCollect() const noexcept {
+  try {
+    std::lock_guard<std::mutex> lock(last_mu_);
+    return last_collect_;
+  } catch (...) {
+    return absl::InternalError("lock failed");
+  }
 }
 
 void Collector::Stop() noexcept {

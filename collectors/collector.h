@@ -72,6 +72,10 @@ class Collector {
   uint64_t SeriesOverflow() const noexcept;
   /// How long the last Collect() took.
   double LastScrapeSeconds() const noexcept { return scrape_seconds_.load(); }
+  /// How the last Collect() went: OK, or why its families were left out (then the
+  /// collector is reported down, as node_exporter's scrape_collector_success says
+  /// a failed collection, until a collection succeeds again).
+  absl::Status LastCollect() const noexcept;
 
  protected:
   /// The collector's own start; called with mu_ held.
@@ -103,6 +107,8 @@ class Collector {
   WorkloadLabeler labeler_;
   std::atomic<uint64_t> read_errors_{0};
   std::atomic<double> scrape_seconds_{0};
+  mutable std::mutex last_mu_;
+  absl::Status last_collect_;  // guarded by last_mu_
 };
 
 /// Makes one collector. `deps` outlive it.

@@ -311,6 +311,9 @@ std::vector<prometheus::MetricFamily> App::Gather() {
       cs.up = slot.up;
       if (slot.collector) {
         slot.collector->Collect(&out);
+        // Attached, but this collection failed: down for this scrape (its families
+        // are left out), up again with the next one that succeeds.
+        cs.collected = slot.collector->LastCollect().ok();
         cs.scrape_seconds = slot.collector->LastScrapeSeconds();
         cs.object = slot.collector->BpfObject();
         cs.lost = slot.collector->EventsLost();
@@ -340,9 +343,13 @@ std::string App::LandingPage() {
   std::lock_guard<std::mutex> lock(mu_);
   std::string rows;
   for (const auto& s : slots_) {
-    std::string state = !s.enabled ? "disabled" : s.up ? "up" : "down";
+    const absl::Status collected = s.collector ? s.collector->LastCollect() : absl::OkStatus();
+    const bool up = s.up && collected.ok();
+    std::string state = !s.enabled ? "disabled" : up ? "up" : "down";
+    const std::string reason =
+        collected.ok() ? s.reason : absl::StrCat("last collection failed: ", collected.ToString());
     rows += absl::StrCat("<tr><td>", s.entry->name, "</td><td>", state, "</td><td>",
-                         MarkupEscape(s.reason), "</td></tr>\n");
+                         MarkupEscape(reason), "</td></tr>\n");
   }
   const std::string path = MarkupEscape(flags_.telemetry_path);
   return absl::StrCat(

@@ -69,7 +69,7 @@ std::vector<prometheus::MetricFamily> BuildSelfMetrics(const SelfState& s) {
                          "Series folded into \"__overflow__\" by the per-collector series limit.",
                          MetricType::Counter, {"collector"});
   for (const auto& c : s.collectors) {
-    up.AddGauge({c.name}, c.up ? 1 : 0);
+    up.AddGauge({c.name}, c.up && c.collected ? 1 : 0);
     if (!c.up) continue;
     dur.AddGauge({c.name}, c.scrape_seconds);
     for (const auto& p : ReadProgramStats(c.object)) {

@@ -15,11 +15,14 @@ namespace kmon {
 
 struct CollectorSelfState {
   std::string name;
-  bool up = false;
+  bool up = false;  // started and attached
   double scrape_seconds = 0;
   const bpf_object* object = nullptr;  // programs and maps are read from it
   std::map<std::string, uint64_t> lost;
   uint64_t series_overflow = 0;
+  /// This scrape's collection succeeded; kmon_collector_up is 0 when it did not
+  /// (the collector's other self-metrics stay, its loss counters most of all).
+  bool collected = true;
 };
 
 struct SelfState {

@@ -86,6 +86,30 @@ class AlwaysUpCollector : public Collector {
   bool Running() const override { return true; }
 };
 
+// One whose data-map read fails while a test says so, like a map a reader cannot
+// get through.
+std::atomic<bool> g_read_fails{false};
+
+class ReadFailingCollector : public Collector {
+ public:
+  explicit ReadFailingCollector(const CollectorDeps& deps) : Collector("drops", deps) {}
+
+ private:
+  absl::Status DoStart(const CollectorConfig&) override { return absl::OkStatus(); }
+  absl::Status Configure(const CollectorConfig&) override { return absl::OkStatus(); }
+  absl::Status Read(std::vector<prometheus::MetricFamily>* out) override {
+    FamilyBuilder b("kmon_test_read", "Exported when the read works.",
+                    prometheus::MetricType::Gauge, {});
+    b.AddGauge({}, 1);
+    out->push_back(b.Build());  // appended before the failure: must not be served
+    if (g_read_fails)
+      return absl::InternalError("collector=drops map=counts: batch lookup: EFAULT");
+    return absl::OkStatus();
+  }
+  void DoStop() override {}
+  bool Running() const override { return true; }
+};
+
 const CollectorEntry* Row(const char* name) {
   for (const auto& e : CollectorTable()) {
     if (std::string(e.name) == name) return &e;
@@ -181,6 +205,43 @@ TEST(AppTest, AReloadACollectorRefusesFailsAndTheOldConfigStays) {
   ASSERT_TRUE(app.Reload("test").ok());
   EXPECT_EQ(g_configured_limit.load(), 300);
   EXPECT_EQ(Gauge(app, "kmon_config_last_reload_successful"), 1);
+}
+
+// A collector whose read fails is down, with the reason, for as long as it fails;
+// the others keep serving.
+TEST(AppTest, ACollectorWhoseReadFailsIsDownWhileTheOthersServe) {
+  const std::vector<CollectorEntry> table = {
+      {"tcp", true, [](const CollectorDeps& d) { return std::make_unique<AlwaysUpCollector>(d); },
+       Row("tcp")->section},
+      {"drops", true,
+       [](const CollectorDeps& d) { return std::make_unique<ReadFailingCollector>(d); },
+       Row("drops")->section},
+  };
+  Flags flags;
+  flags.listen_address = "127.0.0.1:0";
+  App app(flags, AppParts{&table, nullptr});
+  ASSERT_EQ(app.Start(), 0);
+  EXPECT_EQ(Up(app, "drops"), 1);
+
+  g_read_fails = true;
+  auto fams = app.Gather();
+  EXPECT_EQ(FindSample(fams, "kmon_test_read", {}), nullptr);
+  EXPECT_EQ(FindSample(fams, "kmon_collector_up", {{"collector", "drops"}})->gauge.value, 0);
+  EXPECT_EQ(FindSample(fams, "kmon_collector_up", {{"collector", "tcp"}})->gauge.value, 1);
+  EXPECT_EQ(FindSample(fams, "kmon_events_lost_total",
+                       {{"collector", "drops"}, {"reason", "map_read_error"}})
+                ->counter.value,
+            1);
+  EXPECT_NE(app.LandingPage().find("<td>drops</td><td>down</td><td>last collection failed: "
+                                   "INTERNAL: collector=drops map=counts: batch lookup: EFAULT"),
+            std::string::npos)
+      << app.LandingPage();
+
+  g_read_fails = false;
+  fams = app.Gather();
+  ASSERT_NE(FindSample(fams, "kmon_test_read", {}), nullptr);
+  EXPECT_EQ(FindSample(fams, "kmon_collector_up", {{"collector", "drops"}})->gauge.value, 1);
+  EXPECT_NE(app.LandingPage().find("<td>drops</td><td>up</td>"), std::string::npos);
 }
 
 }  // namespace
