@@ -25,10 +25,13 @@ struct WorkloadLabels {
   bool operator==(const WorkloadLabels&) const = default;
 };
 
-/// Names Kubernetes gives a pod; filled by the Kubernetes provider (later issue).
+/// Names Kubernetes gives a pod; filled by the Kubernetes provider.
 struct PodMeta {
   std::string namespace_;
   std::string name;
+  /// The pod's top owner (SPEC: a Deployment through its ReplicaSet, a StatefulSet,
+  /// DaemonSet, Job or CronJob), else the pod's own name.
+  std::string workload;
   std::map<std::string, std::string> labels;
   /// container ID (64 hex, no runtime prefix) -> container name
   std::map<std::string, std::string> containers;
