@@ -69,6 +69,18 @@ struct {
   __type(value, __u8);
 } listen_socks SEC(".maps");
 
+/* Addresses of pods on other nodes (the cluster-wide pod-IP index, IPv6 or
+ * v4-mapped) -> 1: a request from one keeps the client's address in its edge so
+ * user space can name the pod, while other remote clients fold into one edge per
+ * server and port. Filled as pods come, so not preallocated. */
+struct {
+  __uint(type, BPF_MAP_TYPE_HASH);
+  __uint(max_entries, KMON_TCP_PEERS_MAX);
+  __uint(map_flags, BPF_F_NO_PREALLOC);
+  __type(key, __u8[16]);
+  __type(value, __u8);
+} peer_addrs SEC(".maps");
+
 KMON_MAP(BPF_MAP_TYPE_LRU_HASH, KMON_TCP_CONNS_MAX, __u64, struct tcp_conn) conns SEC(".maps");
 
 /* Client-side sockets on this host: (address, port) -> cgroup. Keyed without the
@@ -172,7 +184,8 @@ static __always_inline void record_request(struct tcp_conn *c) {
   ek.server_port = port;
   if (cfg->topology) {
     ek.client_cgroup = c->client_cgroup;
-    if (c->client_cgroup == 0 && cfg->peer_address) {
+    if (c->client_cgroup == 0 &&
+        (cfg->peer_address || bpf_map_lookup_elem(&peer_addrs, c->peer_addr))) {
       __builtin_memcpy(ek.client_addr, c->peer_addr, 16);
     }
   }

@@ -15,14 +15,16 @@
 #define KMON_TCP_LISTEN_MAX 4096
 #define KMON_TCP_LISTEN_SOCKS_MAX 16384
 #define KMON_TCP_PORTS_MAX 1024
+#define KMON_TCP_PEERS_MAX 131072
 
 /* One-entry control map, rewritten on reload. */
 struct tcp_config {
   __u64 bounds_ns[KMON_TCP_MAX_BOUNDS]; /* upper bounds, ascending */
   __u32 nbounds;
-  __u32 filter_ports;  /* 1: only server ports in `ports` */
-  __u32 topology;      /* 1: record client -> server edges */
-  __u32 peer_address;  /* 1: keep unresolved client addresses (external_peers: address) */
+  __u32 filter_ports; /* 1: only server ports in `ports` */
+  __u32 topology;     /* 1: record client -> server edges */
+  __u32 peer_address; /* 1: keep every unresolved client address (external_peers: address);
+                       * 0: keep only those in peer_addrs (pods of other nodes) */
 };
 
 /* Cumulative histogram: slots[i] counts values <= bounds[i] (not cumulative across
@@ -71,12 +73,12 @@ enum tcp_phase { TCP_PHASE_IDLE = 0, TCP_PHASE_RECEIVING = 1, TCP_PHASE_SENDING 
 /* Per-connection state, keyed by the socket's address. */
 struct tcp_conn {
   __u64 cgroup_id;
-  __u64 client_cgroup;  /* server role: the peer's cgroup when it is on this host */
-  __u64 req_start_ns;   /* first byte of the current request received */
-  __u64 last_send_ns;   /* last byte of its reply sent */
+  __u64 client_cgroup; /* server role: the peer's cgroup when it is on this host */
+  __u64 req_start_ns;  /* first byte of the current request received */
+  __u64 last_send_ns;  /* last byte of its reply sent */
   __u64 connect_start_ns;
   __u8 peer_addr[16];
-  __u8 local_addr[16];  /* client role: the key of its client_socks entry */
+  __u8 local_addr[16]; /* client role: the key of its client_socks entry */
   /* Bytes since the last flush into `stats` (at close): counted here so that a send
    * or receive costs one map lookup, not two. */
   __u64 bytes_sent;

@@ -52,6 +52,23 @@ absl::Status Collector::Reconfigure(const CollectorConfig& config) noexcept {
   }
 }
 
+void Collector::ProviderChanged() noexcept {
+  absl::Status st;
+  try {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!Running()) return;
+    st = OnProviderChange();
+  } catch (const std::exception& e) {
+    st = FromException(name_, "provider change", e.what());
+  } catch (...) {
+    st = FromException(name_, "provider change", "unknown exception");
+  }
+  if (!st.ok()) {
+    LogWarn("following the provider's change failed",
+            {{"collector", name_}, {"err", st.ToString()}});
+  }
+}
+
 void Collector::Collect(std::vector<prometheus::MetricFamily>* out) noexcept {
   const auto t0 = std::chrono::steady_clock::now();
   const size_t before = out->size();

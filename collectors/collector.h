@@ -32,6 +32,7 @@ class WorkloadResolver;
 class WatchedCgroups;
 class TopologyFeed;
 class KernelFeatures;
+class PeerNames;
 
 /// What every collector is handed at construction: shared, long-lived services.
 struct CollectorDeps {
@@ -41,6 +42,8 @@ struct CollectorDeps {
   std::function<void(const std::string& path, HttpHandler handler)> handle_http;
   TopologyFeed* topology = nullptr;    // tcp publishes request edges, topology reads them
   KernelFeatures* features = nullptr;  // feature probes of the running kernel
+  /// Names of pods on other nodes by address (the cluster pod-IP index); may be null.
+  const PeerNames* peers = nullptr;
 };
 
 class Collector {
@@ -63,6 +66,9 @@ class Collector {
   void Collect(std::vector<prometheus::MetricFamily>* out) noexcept;
   /// Detaches and frees everything. Safe to call twice.
   void Stop() noexcept;
+  /// The Provider's facts changed (pods came or went, the pod-IP index moved):
+  /// control maps that follow them are brought up to date. A failure is logged.
+  void ProviderChanged() noexcept;
 
   /// The loaded BPF object, for self-metrics (program runs, map fill); may be null.
   virtual const bpf_object* BpfObject() const { return nullptr; }
@@ -92,6 +98,9 @@ class Collector {
   virtual bool Running() const = 0;
   /// Adds the collector's own loss counters (the kernel side's, say).
   virtual void AddEventsLost(std::map<std::string, uint64_t>* lost) const {}
+  /// Brings control maps that follow the Provider up to date; called with mu_
+  /// held while running. Most collectors follow nothing but the watched cgroups.
+  virtual absl::Status OnProviderChange() { return absl::OkStatus(); }
 
   const CollectorDeps& deps() const { return deps_; }
   WorkloadLabeler& labeler() { return labeler_; }

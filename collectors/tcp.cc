@@ -283,6 +283,9 @@ absl::Status TcpCollector::AfterAttach(const CollectorConfig&) {
   }
   LogInfo("tcp: listening sockets found at start",
           {{"count", std::to_string(found.size())}, {"closed_meanwhile", std::to_string(gone)}});
+  peer_addrs_ = std::make_unique<PeerAddressMap>(bpf_map__fd(skel_->maps.peer_addrs));
+  absl::Status peers = OnProviderChange();
+  if (!peers.ok()) LogWarn("tcp: pod addresses", {{"err", peers.ToString()}});
   if (deps().topology != nullptr) {
     deps().topology->SetReader(
         [this](std::vector<EdgeHist>* e, std::vector<double>* b) { return ReadEdges(e, b); });
@@ -295,6 +298,12 @@ void TcpCollector::BeforeDestroy() {
   if (deps().topology != nullptr) deps().topology->ClearReader();
   std::lock_guard<std::mutex> lock(mu_);
   source_.reset();
+  peer_addrs_.reset();
+}
+
+absl::Status TcpCollector::OnProviderChange() {
+  if (peer_addrs_ == nullptr || deps().peers == nullptr) return absl::OkStatus();
+  return peer_addrs_->Sync(*deps().peers);
 }
 
 absl::Status TcpCollector::Configure(const CollectorConfig& config) {

@@ -9,6 +9,7 @@
 
 #include "bpf/tcp.h"
 #include "collectors/bpf_collector.h"
+#include "collectors/peer_addrs.h"
 #include "collectors/topology_feed.h"
 
 struct tcp_bpf;
@@ -78,12 +79,14 @@ class TcpCollector : public BpfCollector {
   void BeforeDestroy() override;
   absl::Status Read(std::vector<prometheus::MetricFamily>* out) override;
   absl::Status ReadEdges(std::vector<EdgeHist>* edges, std::vector<double>* bounds);
+  absl::Status OnProviderChange() override;
   /// Deletes the counters of cgroups that are gone.
   void DropStale(const TcpData& data);
 
   tcp_bpf* skel_ = nullptr;
   std::unique_ptr<TcpDataSource> source_;
-  std::vector<double> bounds_;  // the bounds the kernel's histograms use now
+  std::vector<double> bounds_;                  // the bounds the kernel's histograms use now
+  std::unique_ptr<PeerAddressMap> peer_addrs_;  // pods of other nodes, by address
 };
 
 }  // namespace kmon

@@ -159,27 +159,38 @@ absl::Status TopologyCollector::DoStart(const CollectorConfig& config) {
 absl::Status TopologyCollector::Configure(const CollectorConfig& config) {
   const TopologyConfig& tc = config.collectors.Get<TopologyConfig>();
   service_graph_metrics_ = tc.service_graph_metrics;
-  if (tc.granularity == "workload") {
-    LogWarn("topology granularity \"workload\" needs Kubernetes owner references; using pods",
-            {{"collector", kName}});
-  }
+  const bool by_workload = tc.granularity == "workload";
+  // Names are cached by cgroup; a change of granularity changes every one.
+  if (by_workload != by_workload_) names_.clear();
+  by_workload_ = by_workload;
+  external_by_address_ = tc.external_peers == "address";
   return absl::OkStatus();
+}
+
+TopologyNode TopologyCollector::PodNode(const std::string& ns, const std::string& pod,
+                                        const std::string& workload) const {
+  // A pod's workload is known only from Kubernetes; before that it stands for itself.
+  const std::string& name = by_workload_ && !workload.empty() ? workload : pod;
+  return {ns.empty() ? name : absl::StrCat(ns, "/", name), ns};
 }
 
 TopologyNode TopologyCollector::NodeOf(uint64_t cgroup_id, const std::array<uint8_t, 16>& addr) {
   if (cgroup_id == 0) {
     bool any = false;
     for (uint8_t b : addr) any |= b != 0;
-    return {any ? FormatAddress(addr) : "external", ""};
+    if (!any) return {"external", ""};
+    // A pod on another node, by the cluster-wide pod-IP index; an address nobody
+    // claims (kept with external_peers: address, or a pod gone meanwhile) as itself.
+    if (deps().peers != nullptr) {
+      if (std::optional<PeerName> peer = deps().peers->Find(addr)) {
+        return PodNode(peer->namespace_, peer->pod, peer->workload);
+      }
+    }
+    return {external_by_address_ ? FormatAddress(addr) : "external", ""};
   }
   if (auto l = labeler().Lookup(cgroup_id)) {
-    TopologyNode n;
-    if (!l->pod.empty()) {
-      n.id = l->namespace_.empty() ? l->pod : absl::StrCat(l->namespace_, "/", l->pod);
-    } else {
-      n.id = l->container;
-    }
-    n.namespace_ = l->namespace_;
+    TopologyNode n = l->pod.empty() ? TopologyNode{l->container, l->namespace_}
+                                    : PodNode(l->namespace_, l->pod, l->workload);
     if (names_.size() < kMaxCachedNames) names_[cgroup_id] = n;
     return n;
   }

@@ -17,6 +17,7 @@
 
 #include "collectors/collector.h"
 #include "collectors/topology_feed.h"
+#include "provider/peer_names.h"
 
 namespace kmon {
 
@@ -73,11 +74,16 @@ class TopologyCollector : public Collector {
   bool Running() const override { return running_; }
 
   TopologyNode NodeOf(uint64_t cgroup_id, const std::array<uint8_t, 16>& addr);
+  /// A pod's node: "namespace/pod", or "namespace/workload" by workload granularity.
+  TopologyNode PodNode(const std::string& ns, const std::string& pod,
+                       const std::string& workload) const;
   /// Reads edges and names them; records a snapshot for the API. Caller holds mu_.
   absl::Status ReadNamed(std::map<std::string, NamedEdge>* out, std::vector<double>* bounds);
 
   bool running_ = false;
   bool service_graph_metrics_ = false;
+  bool by_workload_ = false;                          // granularity: workload
+  bool external_by_address_ = false;                  // external_peers: address
   std::unordered_map<uint64_t, TopologyNode> names_;  // last known name of a cgroup
   std::deque<Snapshot> snapshots_;
   std::chrono::steady_clock::time_point started_ = std::chrono::steady_clock::now();

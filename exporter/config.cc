@@ -41,12 +41,26 @@ void ParseKubernetesEnabled(YamlParser& p, const YamlValue& f, std::string* out)
   p.OneOf(f, {"auto", "true", "false"}, out);
 }
 
+void ParseSeriesGrace(YamlParser& p, const YamlValue& f, nanoseconds* out) {
+  nanoseconds d{};
+  if (!p.Duration(f, &d)) return;
+  // 0 is allowed (series leave with their cgroup); beyond a day a node keeps
+  // every pod it ever ran in memory for no use anyone has asked for.
+  if (d < nanoseconds(0) || d > std::chrono::hours(24)) {
+    p.Report(f.key, f.line, "must be between 0s and 24h");
+    return;
+  }
+  *out = d;
+}
+
 void ParseKubernetes(YamlParser& p, const YamlValue& v, KubernetesConfig* k) {
-  p.Map(v, {
-               {"enabled", [&](const YamlValue& f) { ParseKubernetesEnabled(p, f, &k->enabled); }},
-               {"node_name", [&](const YamlValue& f) { p.String(f, &k->node_name); }},
-               {"kubeconfig", [&](const YamlValue& f) { p.String(f, &k->kubeconfig); }},
-           });
+  p.Map(v,
+        {
+            {"enabled", [&](const YamlValue& f) { ParseKubernetesEnabled(p, f, &k->enabled); }},
+            {"node_name", [&](const YamlValue& f) { p.String(f, &k->node_name); }},
+            {"kubeconfig", [&](const YamlValue& f) { p.String(f, &k->kubeconfig); }},
+            {"series_grace", [&](const YamlValue& f) { ParseSeriesGrace(p, f, &k->series_grace); }},
+        });
 }
 
 void ParseMaxSeries(YamlParser& p, const YamlValue& f, int64_t* out) {

@@ -21,6 +21,8 @@ struct KubernetesConfig {
   std::string enabled = "auto";  // auto | true | false
   std::string node_name;
   std::string kubeconfig;
+  /// How long a deleted pod's series stay on /metrics (they keep its names meanwhile).
+  std::chrono::nanoseconds series_grace = std::chrono::minutes(5);
 };
 
 /// The whole config: what collectors are handed, and what only the exporter uses.

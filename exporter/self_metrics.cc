@@ -1,10 +1,9 @@
 #include "exporter/self_metrics.h"
 
-#include <sys/utsname.h>
-
 #include <absl/strings/str_cat.h>
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
+#include <sys/utsname.h>
 
 #include "collectors/bpf_util.h"
 #include "collectors/families.h"
@@ -62,9 +61,8 @@ std::vector<prometheus::MetricFamily> BuildSelfMetrics(const SelfState& s) {
                         {"collector", "map"});
   FamilyBuilder max_entries("kmon_bpf_map_max_entries", "Capacity of the BPF map.",
                             MetricType::Gauge, {"collector", "map"});
-  FamilyBuilder lost("kmon_events_lost_total",
-                     "Events the collector could not record, by reason.", MetricType::Counter,
-                     {"collector", "reason"});
+  FamilyBuilder lost("kmon_events_lost_total", "Events the collector could not record, by reason.",
+                     MetricType::Counter, {"collector", "reason"});
   FamilyBuilder overflow("kmon_series_overflow_total",
                          "Series folded into \"__overflow__\" by the per-collector series limit.",
                          MetricType::Counter, {"collector"});
@@ -80,7 +78,8 @@ std::vector<prometheus::MetricFamily> BuildSelfMetrics(const SelfState& s) {
       entries.AddGauge({c.name, m.name}, static_cast<double>(m.entries));
       max_entries.AddGauge({c.name, m.name}, static_cast<double>(m.max_entries));
     }
-    for (const auto& [reason, n] : c.lost) lost.AddCounter({c.name, reason}, static_cast<double>(n));
+    for (const auto& [reason, n] : c.lost)
+      lost.AddCounter({c.name, reason}, static_cast<double>(n));
     overflow.AddCounter({c.name}, static_cast<double>(c.series_overflow));
   }
   FamilyBuilder reload_ok("kmon_config_last_reload_successful",
@@ -93,11 +92,26 @@ std::vector<prometheus::MetricFamily> BuildSelfMetrics(const SelfState& s) {
                         "Entries in the watched-cgroups control map (0: every cgroup is watched).",
                         MetricType::Gauge, {});
   watched.AddGauge({}, static_cast<double>(s.watched_cgroups));
+  FamilyBuilder kube_up("kmon_kubernetes_watch_up",
+                        "1 while the pod watch of this scope is listed and connected; 0 during an "
+                        "API outage (the last known pods keep naming series).",
+                        MetricType::Gauge, {"scope"});
+  FamilyBuilder kube_pods("kmon_kubernetes_pods",
+                          "Pods known: of this node (scope node), in the pod-IP index (cluster).",
+                          MetricType::Gauge, {"scope"});
+  FamilyBuilder kube_sync("kmon_kubernetes_last_sync_timestamp_seconds",
+                          "Unix time the pod watch of this scope last heard from the API.",
+                          MetricType::Gauge, {"scope"});
+  for (const KubernetesWatchState& k : s.kubernetes) {
+    kube_up.AddGauge({k.scope}, k.up ? 1 : 0);
+    kube_pods.AddGauge({k.scope}, static_cast<double>(k.pods));
+    kube_sync.AddGauge({k.scope}, k.last_sync_unix);
+  }
 
   std::vector<prometheus::MetricFamily> out;
-  for (const FamilyBuilder* b : {&build_info, &up, &dur, &runs, &run_secs, &entries,
-                                 &max_entries, &lost, &overflow, &reload_ok, &reload_ts,
-                                 &watched}) {
+  for (const FamilyBuilder* b :
+       {&build_info, &up, &dur, &runs, &run_secs, &entries, &max_entries, &lost, &overflow,
+        &reload_ok, &reload_ts, &watched, &kube_up, &kube_pods, &kube_sync}) {
     prometheus::MetricFamily f = b->Build();
     if (!f.metric.empty()) out.push_back(std::move(f));  // no bare HELP/TYPE lines
   }

@@ -2,12 +2,12 @@
 // runs and run time, map fill, lost events, reload status, watched cgroups.
 #pragma once
 
+#include <prometheus/metric_family.h>
+
 #include <cstdint>
 #include <map>
 #include <string>
 #include <vector>
-
-#include <prometheus/metric_family.h>
 
 struct bpf_object;
 
@@ -25,12 +25,23 @@ struct CollectorSelfState {
   bool collected = true;
 };
 
+/// One pod watch of the Kubernetes provider: "node" (this node's pods) or "cluster"
+/// (the pod-IP index).
+struct KubernetesWatchState {
+  std::string scope;
+  bool up = false;
+  uint64_t pods = 0;
+  double last_sync_unix = 0;  // 0: never synced
+};
+
 struct SelfState {
   std::string version, revision, libbpf_version, kernel;
   std::vector<CollectorSelfState> collectors;
   bool last_reload_ok = true;
   double last_reload_success_unix = 0;
   uint64_t watched_cgroups = 0;
+  /// Empty when kmon runs without Kubernetes: then no kmon_kubernetes_* series.
+  std::vector<KubernetesWatchState> kubernetes;
 };
 
 /// One BPF program's counters as the kernel reports them with bpf_stats enabled.

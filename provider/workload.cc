@@ -63,7 +63,7 @@ WorkloadLabels BuildLabels(const CgroupIdentity& id, const PodMeta* meta) {
   if (!id.IsPod()) return WorkloadLabels{"", "", id.host_name};
   std::string short_id = id.container_id.substr(0, kShortIdLength);
   if (meta == nullptr) return WorkloadLabels{"", id.pod_uid, std::move(short_id)};
-  WorkloadLabels labels{meta->namespace_, meta->name, ""};
+  WorkloadLabels labels{meta->namespace_, meta->name, "", meta->workload};
   if (!id.container_id.empty()) {
     // The metadata can lag the cgroup (a container just started) and never lists the pod's
     // sandbox ("pause") container, so an ID it does not know keeps its short form.
@@ -164,25 +164,29 @@ WorkloadResolver::WorkloadResolver(std::unique_ptr<CgroupPathSource> paths,
     : paths_(std::move(paths)), pods_(pods), min_rescan_interval_(min_rescan_interval) {}
 
 std::optional<WorkloadLabels> WorkloadResolver::Lookup(uint64_t cgroup_id) {
-  std::optional<Entry> entry;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    entry = FindLocked(cgroup_id);
+  std::lock_guard<std::mutex> lock(mu_);
+  Entry* entry = FindLocked(cgroup_id);
+  if (entry == nullptr) return std::nullopt;
+  // Pod metadata changes as the Kubernetes watch catches up; its generation says when
+  // the labels built from it are stale. The source takes its own lock and never calls
+  // back into the resolver, so asking it under mu_ cannot deadlock.
+  const bool with_meta = entry->identity.IsPod() && pods_ != nullptr;
+  const uint64_t gen = with_meta ? pods_->Generation() : 0;
+  if (!entry->labels || entry->labels_gen != gen) {
+    std::optional<PodMeta> meta;
+    if (with_meta) meta = pods_->PodByUid(entry->identity.pod_uid);
+    entry->labels = BuildLabels(entry->identity, meta ? &*meta : nullptr);
+    entry->labels_gen = gen;
   }
-  if (!entry) return std::nullopt;
-  // Pod metadata is asked for outside our lock: the source has its own locking, and its
-  // answer changes as the Kubernetes watch catches up, so it is not cached here.
-  std::optional<PodMeta> meta;
-  if (entry->identity.IsPod() && pods_ != nullptr) meta = pods_->PodByUid(entry->identity.pod_uid);
-  return BuildLabels(entry->identity, meta ? &*meta : nullptr);
+  return entry->labels;
 }
 
 std::optional<std::pair<std::string, CgroupIdentity>> WorkloadResolver::Describe(
     uint64_t cgroup_id) {
   std::lock_guard<std::mutex> lock(mu_);
-  std::optional<Entry> entry = FindLocked(cgroup_id);
-  if (!entry) return std::nullopt;
-  return std::make_pair(std::move(entry->path), std::move(entry->identity));
+  Entry* entry = FindLocked(cgroup_id);
+  if (entry == nullptr) return std::nullopt;
+  return std::make_pair(entry->path, entry->identity);
 }
 
 std::vector<std::pair<uint64_t, CgroupIdentity>> WorkloadResolver::Refresh() {
@@ -190,7 +194,9 @@ std::vector<std::pair<uint64_t, CgroupIdentity>> WorkloadResolver::Refresh() {
   RescanLocked();
   std::vector<std::pair<uint64_t, CgroupIdentity>> all;
   all.reserve(cache_.size());
-  for (const auto& [id, entry] : cache_) all.emplace_back(id, entry.identity);
+  for (const auto& [id, entry] : cache_) {
+    if (!entry.gone_since) all.emplace_back(id, entry.identity);
+  }
   std::sort(all.begin(), all.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
   return all;
 }
@@ -200,21 +206,25 @@ size_t WorkloadResolver::CachedCount() const {
   return cache_.size();
 }
 
+void WorkloadResolver::SetPodGrace(std::chrono::nanoseconds grace) {
+  std::lock_guard<std::mutex> lock(mu_);
+  pod_grace_ = grace;
+}
+
 // The scan runs under mu_ on purpose: concurrent lookups of unknown ids then queue behind
 // the first one and find the fresh cache (or the rate limit) instead of each walking the
 // tree. A walk of a few thousand cgroups takes milliseconds.
-std::optional<WorkloadResolver::Entry> WorkloadResolver::FindLocked(uint64_t cgroup_id) {
+WorkloadResolver::Entry* WorkloadResolver::FindLocked(uint64_t cgroup_id) {
   auto it = cache_.find(cgroup_id);
-  if (it != cache_.end()) return it->second;
+  if (it != cache_.end()) return &it->second;
   // Ids the BPF side reports for cgroups that died before we saw them would otherwise
   // cost a walk each; the interval bounds that to one walk per interval.
   if (scanned_ && std::chrono::steady_clock::now() - last_scan_ < min_rescan_interval_) {
-    return std::nullopt;
+    return nullptr;
   }
   RescanLocked();
   it = cache_.find(cgroup_id);
-  if (it == cache_.end()) return std::nullopt;
-  return it->second;
+  return it == cache_.end() ? nullptr : &it->second;
 }
 
 void WorkloadResolver::RescanLocked() {
@@ -224,13 +234,26 @@ void WorkloadResolver::RescanLocked() {
   for (auto& [id, path] : live) {
     auto old = cache_.find(id);
     if (old != cache_.end() && old->second.path == path) {
+      old->second.gone_since.reset();
       next.emplace(id, std::move(old->second));
       continue;
     }
     CgroupIdentity identity = ParseCgroupPath(path);
     next.emplace(id, Entry{std::move(path), std::move(identity)});
   }
-  // Replacing the whole map is what forgets dead cgroups: only live ids are carried over.
+  // A pod's cgroup that is gone keeps its entry, and so its names, for the pod grace;
+  // kernfs never reuses a cgroup id while the system runs, so no live cgroup can
+  // answer for it meanwhile.
+  const Clock::time_point now = now_();
+  for (auto& [id, entry] : cache_) {
+    if (next.count(id) || !entry.identity.IsPod() || pod_grace_ <= std::chrono::nanoseconds(0)) {
+      continue;
+    }
+    if (!entry.gone_since) entry.gone_since = now;
+    if (now - *entry.gone_since < pod_grace_) next.emplace(id, std::move(entry));
+  }
+  // Replacing the whole map is what forgets dead cgroups: only live ids and pods in
+  // their grace are carried over.
   cache_ = std::move(next);
   // Stamped after the walk so a slow walk still leaves a full quiet interval behind it.
   last_scan_ = std::chrono::steady_clock::now();

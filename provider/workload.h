@@ -4,6 +4,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -22,6 +23,9 @@ struct WorkloadLabels {
   std::string namespace_;
   std::string pod;
   std::string container;
+  /// Not a series label: the pod's top owner when Kubernetes named it, for the
+  /// topology's `granularity: workload`; empty otherwise.
+  std::string workload;
   bool operator==(const WorkloadLabels&) const = default;
 };
 
@@ -42,6 +46,9 @@ class PodMetadataSource {
  public:
   virtual ~PodMetadataSource() = default;
   virtual std::optional<PodMeta> PodByUid(const std::string& uid) const = 0;
+  /// Changes whenever an answer of PodByUid may have changed, so callers can cache
+  /// what they built from one (the resolver's labels) until it moves.
+  virtual uint64_t Generation() const = 0;
 };
 
 /// Labels for an identity. A pod without metadata yet is labelled by what the
@@ -81,7 +88,10 @@ std::optional<std::string> ParseCgroup2MountPoint(std::string_view mountinfo);
 
 /// Maps cgroup ids to workload labels. Thread-safe. An unknown id triggers one
 /// rescan (at most one per `min_rescan_interval`); ids whose cgroup is gone are
-/// dropped from the cache on the next rescan.
+/// dropped from the cache on the next rescan — a pod's after the pod grace
+/// (`kubernetes.series_grace`): until then they keep answering with the names they
+/// had, so a deleted pod's series stay that long. Labels are built once per id and
+/// rebuilt only when the pod metadata's generation moves.
 class WorkloadResolver {
  public:
   /// `paths` must not be null. `pods` may be null (no Kubernetes metadata: pods are
@@ -95,8 +105,14 @@ class WorkloadResolver {
   std::optional<std::pair<std::string, CgroupIdentity>> Describe(uint64_t cgroup_id);
   /// Rescans now; returns every live cgroup id with its identity.
   std::vector<std::pair<uint64_t, CgroupIdentity>> Refresh();
-  /// Number of cached ids (for tests and self-metrics).
+  /// Number of cached ids, live and in their grace (for tests and self-metrics).
   size_t CachedCount() const;
+  /// How long a pod cgroup that is gone keeps answering (0: forgotten at the next scan).
+  void SetPodGrace(std::chrono::nanoseconds grace);
+
+  using Clock = std::chrono::steady_clock;
+  /// For tests: the clock the grace is measured with.
+  void SetClockForTest(std::function<Clock::time_point()> now) { now_ = std::move(now); }
 
  private:
   void RescanLocked();
@@ -107,15 +123,20 @@ class WorkloadResolver {
   mutable std::mutex mu_;
   std::chrono::steady_clock::time_point last_scan_{};
   bool scanned_ = false;
+  std::chrono::nanoseconds pod_grace_{0};
+  std::function<Clock::time_point()> now_ = [] { return Clock::now(); };
   struct Entry {
     std::string path;
     CgroupIdentity identity;
+    std::optional<WorkloadLabels> labels;  // built for metadata generation `labels_gen`
+    uint64_t labels_gen = 0;
+    std::optional<Clock::time_point> gone_since;  // a pod cgroup in its grace
   };
   std::unordered_map<uint64_t, Entry> cache_;
 
   // The cached entry for `cgroup_id`, rescanning first when it is unknown and the last
-  // scan is older than min_rescan_interval_.
-  std::optional<Entry> FindLocked(uint64_t cgroup_id);
+  // scan is older than min_rescan_interval_; nullptr when there is none.
+  Entry* FindLocked(uint64_t cgroup_id);
 };
 
 }  // namespace kmon

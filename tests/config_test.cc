@@ -3,14 +3,6 @@
 // syscall resolution, and the shipped config/kmon.yaml being the defaults.
 #include "exporter/config.h"
 
-#include "collectors/blockio.h"
-#include "collectors/cpu.h"
-#include "collectors/drops.h"
-#include "collectors/pending_sections.h"
-#include "collectors/syscalls.h"
-#include "collectors/tcp.h"
-#include "collectors/topology.h"
-
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <sys/syscall.h>
@@ -21,6 +13,14 @@
 #include <optional>
 #include <string>
 #include <vector>
+
+#include "collectors/blockio.h"
+#include "collectors/cpu.h"
+#include "collectors/drops.h"
+#include "collectors/pending_sections.h"
+#include "collectors/syscalls.h"
+#include "collectors/tcp.h"
+#include "collectors/topology.h"
 
 namespace kmon {
 namespace {
@@ -84,7 +84,8 @@ void ExpectSameConfig(const Config& a, const Config& b) {
   EXPECT_EQ(x.Get<TopologyConfig>().enabled, y.Get<TopologyConfig>().enabled);
   EXPECT_EQ(x.Get<TopologyConfig>().granularity, y.Get<TopologyConfig>().granularity);
   EXPECT_EQ(x.Get<TopologyConfig>().external_peers, y.Get<TopologyConfig>().external_peers);
-  EXPECT_EQ(x.Get<TopologyConfig>().service_graph_metrics, y.Get<TopologyConfig>().service_graph_metrics);
+  EXPECT_EQ(x.Get<TopologyConfig>().service_graph_metrics,
+            y.Get<TopologyConfig>().service_graph_metrics);
   EXPECT_EQ(x.Get<DropsConfig>().enabled, y.Get<DropsConfig>().enabled);
   EXPECT_EQ(x.Get<BlockioConfig>().enabled, y.Get<BlockioConfig>().enabled);
   EXPECT_EQ(x.Get<BlockioConfig>().devices, y.Get<BlockioConfig>().devices);
@@ -110,6 +111,7 @@ TEST(DefaultConfigTest, MatchesSpec) {
   EXPECT_EQ(c.kubernetes.enabled, "auto");
   EXPECT_EQ(c.kubernetes.node_name, "");
   EXPECT_EQ(c.kubernetes.kubeconfig, "");
+  EXPECT_EQ(c.kubernetes.series_grace, std::chrono::minutes(5));
   EXPECT_EQ(c.limits.max_series_per_collector, 20000);
   EXPECT_TRUE(c.collectors.Get<TcpConfig>().enabled);
   EXPECT_THAT(c.collectors.Get<TcpConfig>().ports, IsEmpty());
@@ -169,7 +171,8 @@ TEST(ParseConfigTest, AbsentKeysKeepDefaults) {
   EXPECT_EQ(c.limits.max_series_per_collector, 500);
   EXPECT_EQ(c.interval, seconds(15));
   EXPECT_THAT(c.targets.exclude_namespaces, ElementsAre("kube-system"));
-  EXPECT_EQ(c.collectors.Get<SyscallsConfig>().numbers, DefaultConfig().collectors.Get<SyscallsConfig>().numbers);
+  EXPECT_EQ(c.collectors.Get<SyscallsConfig>().numbers,
+            DefaultConfig().collectors.Get<SyscallsConfig>().numbers);
 }
 
 TEST(ParseConfigTest, EmptyExtraDocumentsAreIgnored) {
@@ -189,6 +192,7 @@ kubernetes:
   enabled: false
   node_name: node-a
   kubeconfig: /etc/kube/config
+  series_grace: 90s
 limits:
   max_series_per_collector: 1
 collectors:
@@ -210,6 +214,7 @@ collectors:
   EXPECT_EQ(c.kubernetes.enabled, "false");
   EXPECT_EQ(c.kubernetes.node_name, "node-a");
   EXPECT_EQ(c.kubernetes.kubeconfig, "/etc/kube/config");
+  EXPECT_EQ(c.kubernetes.series_grace, seconds(90));
   EXPECT_EQ(c.limits.max_series_per_collector, 1);
   EXPECT_FALSE(c.collectors.Get<TcpConfig>().enabled);
   EXPECT_THAT(c.collectors.Get<TcpConfig>().ports, ElementsAre(0, 65535));
@@ -253,6 +258,7 @@ kubernetes:
   enabled: auto                   # auto: on when running in a cluster (KUBERNETES_SERVICE_HOST)
   node_name: ${NODE_NAME}
   kubeconfig: ""                  # out-of-cluster use
+  series_grace: 5m                # how long a gone pod's series stay
 limits:
   max_series_per_collector: 20000 # beyond: folded into label value "__overflow__", counted
 collectors:
@@ -294,6 +300,10 @@ INSTANTIATE_TEST_SUITE_P(
     ::testing::Values(
         // Found by fuzzing and probing: each once accepted, looped or wrapped.
         BadCase{"LoneComma", ",", "", 1, "not a YAML document"},
+        BadCase{"SeriesGraceBeyondADay", "kubernetes:\n  series_grace: 25h\n",
+                "kubernetes.series_grace", 2, "must be between 0s and 24h"},
+        BadCase{"SeriesGraceNotADuration", "kubernetes:\n  series_grace: soon\n",
+                "kubernetes.series_grace", 2, "duration"},
         BadCase{"CommasAfterAMap", "interval: 15s\n,,\n", "", 2, "end of map not found"},
         BadCase{"TooManyBuckets",
                 "collectors:\n  tcp:\n    latency_buckets: [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, "
@@ -313,8 +323,8 @@ INSTANTIATE_TEST_SUITE_P(
                 "must be greater than the previous bucket (1.0000000001) by at least 1 ns"},
         BadCase{"IntervalThatWrapsTheClock", "interval: 106751d\n", "interval", 1,
                 "must be at most 24h"},
-        BadCase{"NulInAString", "kubernetes:\n  node_name: \"a\\0b\"\n", "kubernetes.node_name",
-                2, "must not contain a NUL byte"},
+        BadCase{"NulInAString", "kubernetes:\n  node_name: \"a\\0b\"\n", "kubernetes.node_name", 2,
+                "must not contain a NUL byte"},
         // Unknown keys, anywhere.
         BadCase{"UnknownTopLevel", "interval: 15s\nbogus: 1\n", "bogus", 2, "unknown key"},
         BadCase{"UnknownInTargets", "targets:\n  bogus: 1\n", "targets.bogus", 2,

@@ -243,5 +243,112 @@ TEST(TopologyApiTest, SecondsIsAWholeNumberInRange) {
   topo.Stop();
 }
 
+// Clients on other nodes are named through the pod-IP index; granularity workload
+// names pods (local ones from Kubernetes metadata, remote ones from the index) by
+// their top owner; an address the index does not know is "external".
+class FixedPeers : public PeerNames {
+ public:
+  std::optional<PeerName> Find(const PeerAddress& addr) const override {
+    auto it = names.find(addr);
+    if (it == names.end()) return std::nullopt;
+    return it->second;
+  }
+  void ForEachAddress(const std::function<void(const PeerAddress&)>& fn) const override {
+    for (const auto& [a, n] : names) fn(a);
+  }
+  uint64_t Generation() const override { return 1; }
+  std::map<PeerAddress, PeerName> names;
+};
+
+class CartPodMeta : public PodMetadataSource {
+ public:
+  std::optional<PodMeta> PodByUid(const std::string& uid) const override {
+    if (uid != "0c4b8f6e-1d2a-4c3b-9e8f-123456789abc") return std::nullopt;
+    PodMeta m;
+    m.namespace_ = "shop";
+    m.name = "cart-7d9f-x2k4p";
+    m.workload = "cart";
+    return m;
+  }
+  uint64_t Generation() const override { return 1; }
+};
+
+std::string LabelValue(const prometheus::ClientMetric& m, const std::string& name) {
+  for (const auto& l : m.label) {
+    if (l.name == name) return l.value;
+  }
+  return "<none>";
+}
+
+PeerAddress V4(uint8_t a, uint8_t b, uint8_t c, uint8_t d) {
+  return {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a, b, c, d};
+}
+
+TEST(TopologyNamesTest, RemoteClientsByPodIpIndexAndWorkloads) {
+  CartPodMeta pods;
+  WorkloadResolver workloads(std::make_unique<FixedCgroupPaths>(), &pods);
+  FixedPeers peers;
+  peers.names[V4(10, 244, 1, 7)] = {"web", "frontend-5c6b-abcde", "frontend"};
+  TopologyFeed feed;
+  feed.SetReader([](std::vector<EdgeHist>* edges, std::vector<double>* bounds) {
+    *bounds = {0.1};
+    auto edge = [](uint64_t client, PeerAddress addr, uint64_t n) {
+      EdgeHist e;
+      e.client_cgroup = client;
+      e.client_addr = addr;
+      e.server_cgroup = 200;
+      e.server_port = 8080;
+      e.slots = {n, 0};
+      e.count = n;
+      e.sum_seconds = 0.001 * static_cast<double>(n);
+      return e;
+    };
+    edges->push_back(edge(0, V4(10, 244, 1, 7), 7));  // a pod on another node
+    edges->push_back(edge(0, V4(198, 18, 0, 9), 3));  // kept, but no pod has it now
+    edges->push_back(edge(0, PeerAddress{}, 2));      // an aggregated remote client
+    edges->push_back(edge(100, PeerAddress{}, 5));    // nginx.service on this node
+    return absl::OkStatus();
+  });
+  CollectorDeps deps;
+  deps.workloads = &workloads;
+  deps.topology = &feed;
+  deps.peers = &peers;
+  deps.handle_http = [](const std::string&, HttpHandler) {};
+  TopologyCollector topo(deps);
+  CollectorConfig config;
+  ASSERT_TRUE(topo.Start(config).ok());
+  auto requests = [&](const std::string& client) -> double {
+    std::vector<prometheus::MetricFamily> fams;
+    topo.Collect(&fams);
+    const auto* s = FindSample(fams, "kmon_topology_requests_total", {{"client", client}});
+    return s == nullptr ? -1 : s->counter.value;
+  };
+  EXPECT_EQ(requests("web/frontend-5c6b-abcde"), 7);
+  EXPECT_EQ(requests("external"), 5);  // the unknown address folds with the aggregate
+  EXPECT_EQ(requests("nginx.service"), 5);
+  {
+    std::vector<prometheus::MetricFamily> fams;
+    topo.Collect(&fams);
+    const auto* s =
+        FindSample(fams, "kmon_topology_requests_total", {{"client", "web/frontend-5c6b-abcde"}});
+    ASSERT_NE(s, nullptr);
+    EXPECT_EQ(LabelValue(*s, "server"), "shop/cart-7d9f-x2k4p");
+    EXPECT_EQ(LabelValue(*s, "client_namespace"), "web");
+    EXPECT_EQ(LabelValue(*s, "server_namespace"), "shop");
+  }
+  config.collectors.Mutable<TopologyConfig>().granularity = "workload";
+  config.collectors.Mutable<TopologyConfig>().external_peers = "address";
+  ASSERT_TRUE(topo.Reconfigure(config).ok());
+  EXPECT_EQ(requests("web/frontend"), 7);
+  EXPECT_EQ(requests("198.18.0.9"), 3);
+  EXPECT_EQ(requests("external"), 2);
+  std::vector<prometheus::MetricFamily> fams;
+  topo.Collect(&fams);
+  const auto* s = FindSample(fams, "kmon_topology_requests_total", {{"client", "web/frontend"}});
+  ASSERT_NE(s, nullptr);
+  EXPECT_EQ(LabelValue(*s, "server"), "shop/cart");
+  topo.Stop();
+}
+
 }  // namespace
 }  // namespace kmon

@@ -165,17 +165,29 @@ class FakePods : public PodMetadataSource {
  public:
   std::optional<PodMeta> PodByUid(const std::string& uid) const override {
     std::lock_guard<std::mutex> lock(mu_);
+    ++asked_;
     auto it = pods_.find(uid);
     if (it == pods_.end()) return std::nullopt;
     return it->second;
   }
+  uint64_t Generation() const override {
+    std::lock_guard<std::mutex> lock(mu_);
+    return generation_;
+  }
   void Set(const std::string& uid, PodMeta meta) {
     std::lock_guard<std::mutex> lock(mu_);
     pods_[uid] = std::move(meta);
+    ++generation_;
+  }
+  int Asked() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return asked_;
   }
 
  private:
   mutable std::mutex mu_;
+  uint64_t generation_ = 0;
+  mutable int asked_ = 0;
   std::map<std::string, PodMeta> pods_;
 };
 
@@ -524,6 +536,49 @@ TEST(RealCgroupFsTest, WalkStaysOnOneFilesystem) {
       {InodeOf(r + "/kept"), "/kept"},
   };
   EXPECT_EQ(CgroupFsPathSource(r).Scan(), want);
+}
+
+TEST_F(WorkloadResolverTest, LabelsAreBuiltOncePerMetadataGeneration) {
+  FakePods pods;
+  pods.Set(kUid, CartPod());
+  auto resolver = Make(std::chrono::hours(1), &pods);
+  for (int i = 0; i < 5; ++i) {
+    EXPECT_EQ(resolver->Lookup(21), (WorkloadLabels{"shop", "cart-7d9f", "cart"}));
+  }
+  EXPECT_EQ(pods.Asked(), 1);
+  PodMeta renamed = CartPod();
+  renamed.containers.begin()->second = "cart-v2";
+  pods.Set(kUid, renamed);
+  EXPECT_EQ(resolver->Lookup(21), (WorkloadLabels{"shop", "cart-7d9f", "cart-v2"}));
+  EXPECT_EQ(pods.Asked(), 2);
+}
+
+TEST_F(WorkloadResolverTest, AGonePodCgroupKeepsItsNamesForThePodGrace) {
+  FakePods pods;
+  pods.Set(kUid, CartPod());
+  auto resolver = Make(std::chrono::milliseconds(0), &pods);
+  WorkloadResolver::Clock::time_point now{};
+  resolver->SetClockForTest([&now] { return now; });
+  resolver->SetPodGrace(std::chrono::minutes(5));
+  ASSERT_TRUE(resolver->Lookup(21).has_value());
+  ASSERT_TRUE(resolver->Lookup(10).has_value());
+  Remove(21);
+  Remove(20);
+  Remove(10);
+  now += std::chrono::seconds(1);
+  resolver->Refresh();  // the scan that sees them gone
+  // The host process's cgroup is forgotten at once; the pod's answers for the grace.
+  EXPECT_EQ(resolver->Lookup(10), std::nullopt);
+  EXPECT_EQ(resolver->Lookup(21), (WorkloadLabels{"shop", "cart-7d9f", "cart"}));
+  // A gone cgroup is no longer live: the watched-cgroups map is not told of it.
+  for (const auto& [id, identity] : resolver->Refresh()) EXPECT_NE(id, 21u);
+  now += std::chrono::minutes(5) - std::chrono::seconds(1);
+  resolver->Refresh();
+  EXPECT_EQ(resolver->Lookup(21), (WorkloadLabels{"shop", "cart-7d9f", "cart"}));
+  now += std::chrono::seconds(1);
+  resolver->Refresh();
+  EXPECT_EQ(resolver->Lookup(21), std::nullopt);
+  EXPECT_EQ(resolver->CachedCount(), 1u);  // "/" only
 }
 
 }  // namespace
