@@ -1,13 +1,15 @@
 #include "tests/root/root_util.h"
 
+#include <absl/strings/str_split.h>
 #include <arpa/inet.h>
+#include <bpf/bpf.h>
 #include <curl/curl.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <sched.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
-#include <sched.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -18,8 +20,6 @@
 #include <fstream>
 #include <sstream>
 #include <thread>
-
-#include <bpf/bpf.h>
 
 #include "provider/workload.h"
 
@@ -54,6 +54,23 @@ TestCgroup::TestCgroup() {
   if (stat(path_.c_str(), &sb) == 0) id_ = sb.st_ino;
 }
 
+TestCgroup::TestCgroup(const std::string& relative) {
+  root_ = DetectCgroup2Root().value_or("/sys/fs/cgroup");
+  name_ = relative;
+  path_ = root_;
+  std::vector<std::string> parts = absl::StrSplit(relative, '/', absl::SkipEmpty());
+  for (size_t i = 0; i < parts.size(); ++i) {
+    path_ += "/" + parts[i];
+    if (i + 1 < parts.size()) made_parents_.push_back(path_);
+    if (mkdir(path_.c_str(), 0755) != 0 && (errno != EEXIST || i + 1 == parts.size())) {
+      ADD_FAILURE() << "mkdir " << path_ << ": " << std::strerror(errno);
+      return;
+    }
+  }
+  struct stat sb {};
+  if (stat(path_.c_str(), &sb) == 0) id_ = sb.st_ino;
+}
+
 TestCgroup::~TestCgroup() {
   // Move stragglers out so rmdir succeeds even after a failed test.
   std::ifstream procs(path_ + "/cgroup.procs");
@@ -65,6 +82,9 @@ TestCgroup::~TestCgroup() {
   for (int i = 0; i < 50 && rmdir(path_.c_str()) != 0 && errno == EBUSY; ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
+  // Parents that a sibling still uses stay (EBUSY); the last one out removes them
+  // (rmdir of a cgroup only ever removes an empty one).
+  for (auto it = made_parents_.rbegin(); it != made_parents_.rend(); ++it) rmdir(it->c_str());
 }
 
 int RunInCgroup(const TestCgroup& cg, const std::function<void()>& body) {

@@ -3,6 +3,7 @@
 // as a real process, and scraping it.
 #pragma once
 
+#include <gtest/gtest.h>
 #include <sys/types.h>
 
 #include <cstdint>
@@ -13,20 +14,18 @@
 #include <string>
 #include <vector>
 
-#include <gtest/gtest.h>
-
 #include "collectors/watched_cgroups.h"
 #include "provider/workload.h"
 
 namespace kmon::testing {
 
 /// Skips when not root; fails instead when CI=true (CI must run these tests).
-#define KMON_REQUIRE_ROOT()                                                     \
-  do {                                                                          \
-    if (geteuid() != 0) {                                                       \
+#define KMON_REQUIRE_ROOT()                                                                       \
+  do {                                                                                            \
+    if (geteuid() != 0) {                                                                         \
       if (::kmon::testing::InCi()) FAIL() << "root tests must run in CI (CI=true) but euid != 0"; \
-      GTEST_SKIP() << "needs root to load BPF programs";                        \
-    }                                                                           \
+      GTEST_SKIP() << "needs root to load BPF programs";                                          \
+    }                                                                                             \
   } while (0)
 
 bool InCi();
@@ -36,6 +35,9 @@ bool InCi();
 class TestCgroup {
  public:
   TestCgroup();
+  /// A cgroup at `relative` under the v2 root (e.g. a kubelet layout), parents made
+  /// as needed; on destruction its parents are removed too once empty.
+  explicit TestCgroup(const std::string& relative);
   ~TestCgroup();
   TestCgroup(const TestCgroup&) = delete;
   TestCgroup& operator=(const TestCgroup&) = delete;
@@ -46,6 +48,7 @@ class TestCgroup {
  private:
   std::string root_, name_, path_;
   uint64_t id_ = 0;
+  std::vector<std::string> made_parents_;  // the path's parents, innermost last
 };
 
 /// Forks a child, moves it into `cg`, then runs `body` in it; waits for it.
@@ -116,7 +119,6 @@ class ExporterProcess {
 std::vector<uint32_t> BpfProgramIds(const std::string& name, uint32_t min_id = 0);
 /// The largest BPF program ID in use now.
 uint32_t MaxBpfProgramId();
-
 
 /// Fixture of the tests that run one collector in-process: needs root, and gives
 /// the collector a resolver that rescans on every miss and the watched-cgroups map.
