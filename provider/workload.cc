@@ -216,7 +216,14 @@ void WorkloadResolver::SetPodGrace(std::chrono::nanoseconds grace) {
 // tree. A walk of a few thousand cgroups takes milliseconds.
 WorkloadResolver::Entry* WorkloadResolver::FindLocked(uint64_t cgroup_id) {
   auto it = cache_.find(cgroup_id);
-  if (it != cache_.end()) return &it->second;
+  if (it != cache_.end()) {
+    // A pod's grace ends when it ends, not at the next scan (which may be an interval away).
+    if (it->second.gone_since && now_() - *it->second.gone_since >= pod_grace_) {
+      cache_.erase(it);
+      return nullptr;
+    }
+    return &it->second;
+  }
   // Ids the BPF side reports for cgroups that died before we saw them would otherwise
   // cost a walk each; the interval bounds that to one walk per interval.
   if (scanned_ && std::chrono::steady_clock::now() - last_scan_ < min_rescan_interval_) {

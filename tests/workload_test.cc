@@ -576,9 +576,11 @@ TEST_F(WorkloadResolverTest, AGonePodCgroupKeepsItsNamesForThePodGrace) {
   resolver->Refresh();
   EXPECT_EQ(resolver->Lookup(21), (WorkloadLabels{"shop", "cart-7d9f", "cart"}));
   now += std::chrono::seconds(1);
-  resolver->Refresh();
+  // Over without a scan: the lookup itself sees the grace has ended.
+  const int scans = Scans();
   EXPECT_EQ(resolver->Lookup(21), std::nullopt);
   EXPECT_EQ(resolver->CachedCount(), 1u);  // "/" only
+  EXPECT_EQ(Scans(), scans + 1);  // the miss rescans (interval 0), as for any unknown id
 }
 
 }  // namespace
