@@ -1,0 +1,479 @@
+#include <gtest/gtest.h>
+
+#include <map>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
+
+#include "provider/kubernetes/pod.h"
+
+namespace kmon {
+namespace {
+
+using nlohmann::json;
+
+// Shaped like `kubectl get pod -o json` output (managedFields trimmed to one entry).
+constexpr char kDeploymentPod[] = R"json({
+  "apiVersion": "v1",
+  "kind": "Pod",
+  "metadata": {
+    "annotations": {
+      "kubectl.kubernetes.io/restartedAt": "2024-05-01T09:58:12Z",
+      "prometheus.io/scrape": "true"
+    },
+    "creationTimestamp": "2024-05-01T10:00:00Z",
+    "generateName": "checkout-7d9c8b6f5-",
+    "labels": {
+      "app.kubernetes.io/name": "checkout",
+      "pod-template-hash": "7d9c8b6f5"
+    },
+    "managedFields": [
+      {
+        "apiVersion": "v1",
+        "fieldsType": "FieldsV1",
+        "fieldsV1": {"f:metadata": {"f:generateName": {}, "f:labels": {".": {}}}},
+        "manager": "kube-controller-manager",
+        "operation": "Update",
+        "time": "2024-05-01T10:00:00Z"
+      }
+    ],
+    "name": "checkout-7d9c8b6f5-x2x9z",
+    "namespace": "shop",
+    "ownerReferences": [
+      {
+        "apiVersion": "apps/v1",
+        "blockOwnerDeletion": true,
+        "controller": true,
+        "kind": "ReplicaSet",
+        "name": "checkout-7d9c8b6f5",
+        "uid": "d0bb66c2-99d4-43c2-a2e1-e5e59b0b8f17"
+      }
+    ],
+    "resourceVersion": "48213",
+    "uid": "037b9338-3b92-4e59-91eb-fe6a8d20e977"
+  },
+  "spec": {
+    "containers": [
+      {"image": "registry.example.com/shop/checkout:1.14.2", "name": "checkout",
+       "ports": [{"containerPort": 8080, "protocol": "TCP"}]},
+      {"image": "envoyproxy/envoy:v1.29.1", "name": "envoy"}
+    ],
+    "initContainers": [{"image": "busybox:1.36", "name": "wait-db"}],
+    "nodeName": "node-a",
+    "restartPolicy": "Always",
+    "serviceAccountName": "checkout"
+  },
+  "status": {
+    "conditions": [{"lastTransitionTime": "2024-05-01T10:00:04Z", "status": "True", "type": "Ready"}],
+    "containerStatuses": [
+      {"containerID": "containerd://5feceb66ffc86f38d952786c6d696c79c2dbc239dd4e91b46729d73a27fb57e9",
+       "image": "registry.example.com/shop/checkout:1.14.2", "name": "checkout", "ready": true,
+       "restartCount": 0, "started": true, "state": {"running": {"startedAt": "2024-05-01T10:00:03Z"}}},
+      {"containerID": "containerd://6b86b273ff34fce19d6b804eff5a3f5747ada4eaa22f1d49c01e52ddb7875b4b",
+       "image": "docker.io/envoyproxy/envoy:v1.29.1", "name": "envoy", "ready": true,
+       "restartCount": 1, "started": true, "state": {"running": {"startedAt": "2024-05-01T10:00:03Z"}}}
+    ],
+    "hostIP": "192.168.10.11",
+    "hostIPs": [{"ip": "192.168.10.11"}],
+    "initContainerStatuses": [
+      {"containerID": "containerd://d4735e3a265e16eee03f59718b9b5d03019c07d8b6c51f90da3a666eec13ab35",
+       "name": "wait-db", "ready": true, "restartCount": 0,
+       "state": {"terminated": {"exitCode": 0, "reason": "Completed"}}}
+    ],
+    "phase": "Running",
+    "podIP": "10.244.1.17",
+    "podIPs": [{"ip": "10.244.1.17"}],
+    "qosClass": "Burstable",
+    "startTime": "2024-05-01T10:00:00Z"
+  }
+})json";
+
+// A StatefulSet pod on a dual-stack cluster running CRI-O, with an ephemeral debug
+// container (kubectl debug) and one container still being created (no containerID yet).
+constexpr char kStatefulSetPod[] = R"json({
+  "apiVersion": "v1",
+  "kind": "Pod",
+  "metadata": {
+    "creationTimestamp": "2024-05-02T08:30:00Z",
+    "generateName": "web-",
+    "labels": {"app": "web", "apps.kubernetes.io/pod-index": "0",
+               "controller-revision-hash": "web-6d4cf56db6",
+               "statefulset.kubernetes.io/pod-name": "web-0"},
+    "name": "web-0",
+    "namespace": "frontend",
+    "ownerReferences": [{"apiVersion": "apps/v1", "blockOwnerDeletion": true, "controller": true,
+                         "kind": "StatefulSet", "name": "web",
+                         "uid": "e02d04a5-2637-4d00-8595-a6357ba7ea9c"}],
+    "uid": "bf356683-c1cc-4af1-b8a6-849b0d83f1ed"
+  },
+  "spec": {
+    "containers": [{"image": "nginx:1.25", "name": "nginx"}, {"image": "fluent-bit:3.0", "name": "logs"}],
+    "ephemeralContainers": [{"image": "busybox:1.36", "name": "debugger-7x2lq", "targetContainerName": "nginx"}],
+    "hostname": "web-0",
+    "nodeName": "node-b",
+    "subdomain": "web"
+  },
+  "status": {
+    "containerStatuses": [
+      {"containerID": "cri-o://4e07408562bedb8b60ce05c1decfe3ad16b72230967de01f640b7e4729b49fce",
+       "name": "nginx", "ready": true, "restartCount": 0},
+      {"containerID": "", "name": "logs", "ready": false, "restartCount": 0,
+       "state": {"waiting": {"reason": "ContainerCreating"}}}
+    ],
+    "ephemeralContainerStatuses": [
+      {"containerID": "cri-o://4b227777d4dd1fc61c6f884f48641d02b4d121d3fd328cb08b5531fcacdabf8a",
+       "name": "debugger-7x2lq", "ready": false, "restartCount": 0}
+    ],
+    "hostIP": "192.168.10.12",
+    "phase": "Running",
+    "podIP": "10.244.2.5",
+    "podIPs": [{"ip": "10.244.2.5"}, {"ip": "fd00:10:244:2::5"}]
+  }
+})json";
+
+// A DaemonSet pod on the host network, on a Docker (cri-dockerd) node.
+constexpr char kDaemonSetPod[] = R"json({
+  "apiVersion": "v1",
+  "kind": "Pod",
+  "metadata": {
+    "creationTimestamp": "2024-04-20T12:00:00Z",
+    "labels": {"app.kubernetes.io/name": "node-exporter", "controller-revision-hash": "5b9f7c8d4",
+               "pod-template-generation": "3"},
+    "name": "node-exporter-8kq2m",
+    "namespace": "monitoring",
+    "ownerReferences": [{"apiVersion": "apps/v1", "blockOwnerDeletion": true, "controller": true,
+                         "kind": "DaemonSet", "name": "node-exporter",
+                         "uid": "514515d2-2f2a-44e9-8fe7-24a691a290c5"}],
+    "uid": "be17ff8c-38ca-4b4b-bb30-60adf3e23852"
+  },
+  "spec": {
+    "containers": [{"image": "quay.io/prometheus/node-exporter:v1.8.0", "name": "node-exporter"}],
+    "hostNetwork": true,
+    "hostPID": true,
+    "nodeName": "node-a"
+  },
+  "status": {
+    "containerStatuses": [
+      {"containerID": "docker://ef2d127de37b942baad06145e54b0c619a1f22327b2ebbcfbec78f5564afe39d",
+       "name": "node-exporter", "ready": true, "restartCount": 0}
+    ],
+    "hostIP": "192.168.10.11",
+    "phase": "Running",
+    "podIP": "192.168.10.11",
+    "podIPs": [{"ip": "192.168.10.11"}]
+  }
+})json";
+
+// The API's mirror of a static pod: the kubelet runs it under the UID in the
+// config.mirror annotation, and the Node owns the mirror.
+constexpr char kMirrorPod[] = R"json({
+  "apiVersion": "v1",
+  "kind": "Pod",
+  "metadata": {
+    "annotations": {
+      "kubeadm.kubernetes.io/kube-apiserver.advertise-address.endpoint": "192.168.10.11:6443",
+      "kubernetes.io/config.hash": "9dd4e461268c8034f5c8564e155c67a6",
+      "kubernetes.io/config.mirror": "9dd4e461268c8034f5c8564e155c67a6",
+      "kubernetes.io/config.seen": "2024-04-20T11:58:40.123456789Z",
+      "kubernetes.io/config.source": "file"
+    },
+    "creationTimestamp": "2024-04-20T11:59:00Z",
+    "labels": {"component": "kube-apiserver", "tier": "control-plane"},
+    "name": "kube-apiserver-node-a",
+    "namespace": "kube-system",
+    "ownerReferences": [{"apiVersion": "v1", "controller": true, "kind": "Node", "name": "node-a",
+                         "uid": "2c64f1b1-9a95-4800-8cf6-2d6620134a80"}],
+    "uid": "84ba58ed-aa58-4a1c-a282-c43af6d0ddd1"
+  },
+  "spec": {
+    "containers": [{"image": "registry.k8s.io/kube-apiserver:v1.30.0", "name": "kube-apiserver"}],
+    "hostNetwork": true,
+    "nodeName": "node-a",
+    "priorityClassName": "system-node-critical"
+  },
+  "status": {
+    "containerStatuses": [
+      {"containerID": "containerd://e7f6c011776e8db7cd330b54174fd76f7d0216b612387a5ffcfb81e6f0919683",
+       "name": "kube-apiserver", "ready": true, "restartCount": 2}
+    ],
+    "phase": "Running",
+    "podIP": "192.168.10.11",
+    "podIPs": [{"ip": "192.168.10.11"}]
+  }
+})json";
+
+// A pod some CronJob's Job ran, done; IPv6 single-stack cluster.
+constexpr char kCronJobPod[] = R"json({
+  "apiVersion": "v1",
+  "kind": "Pod",
+  "metadata": {
+    "creationTimestamp": "2024-05-01T11:00:00Z",
+    "generateName": "nightly-report-28574700-",
+    "labels": {"batch.kubernetes.io/controller-uid": "7902699b-e42c-4a8e-8e46-fbbb45017265",
+               "batch.kubernetes.io/job-name": "nightly-report-28574700",
+               "controller-uid": "7902699b-e42c-4a8e-8e46-fbbb45017265",
+               "job-name": "nightly-report-28574700"},
+    "name": "nightly-report-28574700-q7x2k",
+    "namespace": "reports",
+    "ownerReferences": [{"apiVersion": "batch/v1", "blockOwnerDeletion": true, "controller": true,
+                         "kind": "Job", "name": "nightly-report-28574700",
+                         "uid": "7902699b-e42c-4a8e-8e46-fbbb45017265"}],
+    "uid": "2c624232-cdd2-4217-8129-4dfbb310aca0"
+  },
+  "spec": {
+    "containers": [{"image": "reports:2.3", "name": "report"}],
+    "nodeName": "node-c",
+    "restartPolicy": "OnFailure"
+  },
+  "status": {
+    "containerStatuses": [
+      {"containerID": "containerd://19581e27de7ced00ff1ce50b2047e7a567c76b1cbaebabe5ef03f7c3017bb5b7",
+       "name": "report", "ready": false, "restartCount": 0,
+       "state": {"terminated": {"exitCode": 0, "reason": "Completed"}}}
+    ],
+    "phase": "Running",
+    "podIP": "fd00:10:244:3::1a",
+    "podIPs": [{"ip": "fd00:10:244:3::1a"}]
+  }
+})json";
+
+KubePod MustDecode(const json& pod) {
+  absl::StatusOr<KubePod> decoded = DecodePod(pod);
+  EXPECT_TRUE(decoded.ok()) << decoded.status();
+  return decoded.ok() ? *decoded : KubePod{};
+}
+
+KubePod MustDecode(const char* text) { return MustDecode(json::parse(text)); }
+
+IpAddress Ip(const char* text) {
+  std::optional<IpAddress> ip = ParseIpAddress(text);
+  EXPECT_TRUE(ip.has_value()) << text;
+  return ip.value_or(IpAddress{});
+}
+
+std::string DecodeError(const json& pod) {
+  absl::StatusOr<KubePod> decoded = DecodePod(pod);
+  EXPECT_FALSE(decoded.ok());
+  return decoded.ok() ? "" : std::string(decoded.status().message());
+}
+
+TEST(KubePodTest, DeploymentPodThroughItsReplicaSet) {
+  KubePod pod = MustDecode(kDeploymentPod);
+  EXPECT_EQ(pod.uid, "037b9338-3b92-4e59-91eb-fe6a8d20e977");
+  EXPECT_EQ(pod.namespace_, "shop");
+  EXPECT_EQ(pod.name, "checkout-7d9c8b6f5-x2x9z");
+  EXPECT_EQ(pod.node_name, "node-a");
+  EXPECT_EQ(pod.workload_kind, "Deployment");
+  EXPECT_EQ(pod.workload_name, "checkout");
+  EXPECT_EQ(pod.labels, (std::map<std::string, std::string>{{"app.kubernetes.io/name", "checkout"},
+                                                            {"pod-template-hash", "7d9c8b6f5"}}));
+  EXPECT_EQ(pod.containers,
+            (std::map<std::string, std::string>{
+                {"5feceb66ffc86f38d952786c6d696c79c2dbc239dd4e91b46729d73a27fb57e9", "checkout"},
+                {"6b86b273ff34fce19d6b804eff5a3f5747ada4eaa22f1d49c01e52ddb7875b4b", "envoy"},
+                {"d4735e3a265e16eee03f59718b9b5d03019c07d8b6c51f90da3a666eec13ab35", "wait-db"}}));
+  ASSERT_EQ(pod.ips.size(), 1u);
+  EXPECT_EQ(pod.ips[0], (IpAddress{0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 10, 244, 1, 17}));
+  EXPECT_FALSE(pod.host_network);
+  EXPECT_EQ(pod.phase, "Running");
+  EXPECT_EQ(pod.creation_seconds, 1714557600);  // 2024-05-01T10:00:00Z
+
+  PodMeta meta = ToPodMeta(pod);
+  EXPECT_EQ(meta.namespace_, "shop");
+  EXPECT_EQ(meta.name, "checkout-7d9c8b6f5-x2x9z");
+  EXPECT_EQ(meta.workload, "checkout");
+  EXPECT_EQ(meta.labels, pod.labels);
+  EXPECT_EQ(meta.containers, pod.containers);
+}
+
+TEST(KubePodTest, ReplicaSetNotNamedByADeploymentIsItsOwnWorkload) {
+  json pod = json::parse(kDeploymentPod);
+  // Hash label and name suffix differ: made by hand, or by something else than a Deployment.
+  pod["metadata"]["labels"]["pod-template-hash"] = "5c8f9d7b4";
+  KubePod decoded = MustDecode(pod);
+  EXPECT_EQ(decoded.workload_kind, "ReplicaSet");
+  EXPECT_EQ(decoded.workload_name, "checkout-7d9c8b6f5");
+
+  pod["metadata"]["labels"].erase("pod-template-hash");
+  decoded = MustDecode(pod);
+  EXPECT_EQ(decoded.workload_kind, "ReplicaSet");
+  EXPECT_EQ(decoded.workload_name, "checkout-7d9c8b6f5");
+
+  // The whole name is the hash: no Deployment name left.
+  pod["metadata"]["labels"]["pod-template-hash"] = "checkout-7d9c8b6f5";
+  EXPECT_EQ(MustDecode(pod).workload_kind, "ReplicaSet");
+}
+
+TEST(KubePodTest, ControllerOwnerIsPreferredOverTheFirst) {
+  json pod = json::parse(kDeploymentPod);
+  pod["metadata"]["ownerReferences"].insert(
+      pod["metadata"]["ownerReferences"].begin(),
+      json{{"apiVersion", "v1"}, {"kind", "ConfigMap"}, {"name", "checkout-lock"}, {"uid", "x"}});
+  EXPECT_EQ(MustDecode(pod).workload_name, "checkout");
+  // Without a controller reference the first one counts.
+  pod["metadata"]["ownerReferences"][1].erase("controller");
+  KubePod decoded = MustDecode(pod);
+  EXPECT_EQ(decoded.workload_kind, "ConfigMap");
+  EXPECT_EQ(decoded.workload_name, "checkout-lock");
+}
+
+TEST(KubePodTest, StatefulSetDualStackEphemeralAndCreatingContainers) {
+  KubePod pod = MustDecode(kStatefulSetPod);
+  EXPECT_EQ(pod.workload_kind, "StatefulSet");
+  EXPECT_EQ(pod.workload_name, "web");
+  // "logs" has no container ID yet: absent until it has one.
+  EXPECT_EQ(
+      pod.containers,
+      (std::map<std::string, std::string>{
+          {"4e07408562bedb8b60ce05c1decfe3ad16b72230967de01f640b7e4729b49fce", "nginx"},
+          {"4b227777d4dd1fc61c6f884f48641d02b4d121d3fd328cb08b5531fcacdabf8a", "debugger-7x2lq"}}));
+  ASSERT_EQ(pod.ips.size(), 2u);
+  EXPECT_EQ(pod.ips[0], Ip("::ffff:10.244.2.5"));
+  EXPECT_EQ(pod.ips[1], (IpAddress{0xfd, 0, 0, 0x10, 0x02, 0x44, 0, 0x02, 0, 0, 0, 0, 0, 0, 0, 5}));
+}
+
+TEST(KubePodTest, DaemonSetOnTheHostNetworkWithDockerIds) {
+  KubePod pod = MustDecode(kDaemonSetPod);
+  EXPECT_EQ(pod.workload_kind, "DaemonSet");
+  EXPECT_EQ(pod.workload_name, "node-exporter");
+  EXPECT_TRUE(pod.host_network);
+  EXPECT_EQ(
+      pod.containers,
+      (std::map<std::string, std::string>{
+          {"ef2d127de37b942baad06145e54b0c619a1f22327b2ebbcfbec78f5564afe39d", "node-exporter"}}));
+}
+
+TEST(KubePodTest, MirrorPodIsKnownByTheKubeletsUidAndIsItsOwnWorkload) {
+  KubePod pod = MustDecode(kMirrorPod);
+  EXPECT_EQ(pod.uid, "9dd4e461268c8034f5c8564e155c67a6");
+  EXPECT_EQ(pod.workload_kind, "Pod");
+  EXPECT_EQ(pod.workload_name, "kube-apiserver-node-a");
+  EXPECT_EQ(PodUidOf(json::parse(kMirrorPod)), "9dd4e461268c8034f5c8564e155c67a6");
+  // A Node owner without the annotation is no workload either.
+  json pod_json = json::parse(kMirrorPod);
+  pod_json["metadata"].erase("annotations");
+  KubePod plain = MustDecode(pod_json);
+  EXPECT_EQ(plain.uid, "84ba58ed-aa58-4a1c-a282-c43af6d0ddd1");
+  EXPECT_EQ(plain.workload_kind, "Pod");
+  EXPECT_EQ(plain.workload_name, "kube-apiserver-node-a");
+}
+
+TEST(KubePodTest, CronJobThroughItsScheduledJobIpv6) {
+  KubePod pod = MustDecode(kCronJobPod);
+  EXPECT_EQ(pod.workload_kind, "CronJob");
+  EXPECT_EQ(pod.workload_name, "nightly-report");
+  ASSERT_EQ(pod.ips.size(), 1u);
+  EXPECT_EQ(pod.ips[0], Ip("fd00:10:244:3::1a"));
+  // The controller before Kubernetes 1.21 suffixed Unix seconds.
+  json old = json::parse(kCronJobPod);
+  old["metadata"]["ownerReferences"][0]["name"] = "nightly-report-1714561200";
+  EXPECT_EQ(MustDecode(old).workload_name, "nightly-report");
+}
+
+TEST(KubePodTest, HandMadeJobStaysAJob) {
+  json pod = json::parse(kCronJobPod);
+  for (const char* job : {"db-migrate", "migrate-2", "backup-20240", "-28574700",
+                          "report-28574700x", "report-12345678901"}) {
+    pod["metadata"]["ownerReferences"][0]["name"] = job;
+    KubePod decoded = MustDecode(pod);
+    EXPECT_EQ(decoded.workload_kind, "Job") << job;
+    EXPECT_EQ(decoded.workload_name, job);
+  }
+  // A Job of another API group (a custom resource) is not batch's.
+  pod["metadata"]["ownerReferences"][0]["apiVersion"] = "batch.volcano.sh/v1alpha1";
+  pod["metadata"]["ownerReferences"][0]["name"] = "train-28574700";
+  EXPECT_EQ(MustDecode(pod).workload_name, "train-28574700");
+}
+
+TEST(KubePodTest, BarePodIsItsOwnWorkload) {
+  json pod = json::parse(kDeploymentPod);
+  pod["metadata"].erase("ownerReferences");
+  pod["metadata"]["name"] = "debug-shell";
+  KubePod decoded = MustDecode(pod);
+  EXPECT_EQ(decoded.workload_kind, "Pod");
+  EXPECT_EQ(decoded.workload_name, "debug-shell");
+  // An empty list, or null, is no owner either.
+  pod["metadata"]["ownerReferences"] = json::array();
+  EXPECT_EQ(MustDecode(pod).workload_name, "debug-shell");
+  pod["metadata"]["ownerReferences"] = nullptr;
+  EXPECT_EQ(MustDecode(pod).workload_name, "debug-shell");
+}
+
+TEST(KubePodTest, PendingPodHasNoIpsNorContainers) {
+  json pod = json::parse(kDeploymentPod);
+  pod["spec"].erase("nodeName");
+  pod["status"] = json{{"phase", "Pending"}, {"qosClass", "Burstable"}};
+  KubePod decoded = MustDecode(pod);
+  EXPECT_TRUE(decoded.ips.empty());
+  EXPECT_TRUE(decoded.containers.empty());
+  EXPECT_EQ(decoded.node_name, "");
+  // Only podIP (a server older than dual-stack).
+  pod["status"]["podIP"] = "10.244.1.99";
+  decoded = MustDecode(pod);
+  ASSERT_EQ(decoded.ips.size(), 1u);
+  EXPECT_EQ(decoded.ips[0], Ip("10.244.1.99"));
+}
+
+TEST(KubePodTest, WrongTypesAreErrorsNotExceptions) {
+  json base = json::parse(kDeploymentPod);
+  EXPECT_EQ(DecodeError(json::array()), "pod is not an object");
+  EXPECT_EQ(DecodeError(json{{"kind", "Pod"}}), "metadata is missing");
+  json pod = base;
+  pod["metadata"].erase("uid");
+  EXPECT_EQ(DecodeError(pod), "metadata.uid is missing");
+  pod["metadata"]["uid"] = 42;
+  EXPECT_EQ(DecodeError(pod), "metadata.uid is not a string");
+  pod = base;
+  pod["metadata"] = "shop/checkout";
+  EXPECT_EQ(DecodeError(pod), "metadata is not an object");
+  pod = base;
+  pod["metadata"]["labels"]["replicas"] = 3;
+  EXPECT_EQ(DecodeError(pod), "metadata.labels[\"replicas\"] is not a string");
+  pod = base;
+  pod["metadata"]["labels"] = json::array({"app"});
+  EXPECT_EQ(DecodeError(pod), "metadata.labels is not an object");
+  pod = base;
+  pod["metadata"]["ownerReferences"][0]["controller"] = "true";
+  EXPECT_EQ(DecodeError(pod), "metadata.ownerReferences[0].controller is not a boolean");
+  pod = base;
+  pod["metadata"]["ownerReferences"][0].erase("kind");
+  EXPECT_EQ(DecodeError(pod), "metadata.ownerReferences[0].kind is missing");
+  pod = base;
+  pod["metadata"]["creationTimestamp"] = "yesterday";
+  EXPECT_EQ(DecodeError(pod), "metadata.creationTimestamp \"yesterday\" is not an RFC 3339 time");
+  pod = base;
+  pod["spec"]["hostNetwork"] = "false";
+  EXPECT_EQ(DecodeError(pod), "spec.hostNetwork is not a boolean");
+  pod = base;
+  pod["status"]["podIPs"] = "10.244.1.17";
+  EXPECT_EQ(DecodeError(pod), "status.podIPs is not an array");
+  pod = base;
+  pod["status"]["podIPs"][0]["ip"] = "10.244.1";
+  EXPECT_EQ(DecodeError(pod), "status.podIPs[0].ip \"10.244.1\" is not an IP address");
+  pod = base;
+  pod["status"]["containerStatuses"][1] = "envoy";
+  EXPECT_EQ(DecodeError(pod), "status.containerStatuses[1] is not an object");
+  pod = base;
+  pod["status"]["initContainerStatuses"][0]["containerID"] = 7;
+  EXPECT_EQ(DecodeError(pod), "status.initContainerStatuses[0].containerID is not a string");
+  pod = base;
+  pod["metadata"]["annotations"]["kubernetes.io/config.mirror"] = true;
+  EXPECT_EQ(DecodeError(pod), "metadata.annotations.kubernetes.io/config.mirror is not a string");
+  EXPECT_EQ(PodUidOf(pod), "037b9338-3b92-4e59-91eb-fe6a8d20e977");
+  EXPECT_EQ(PodUidOf(json(5)), "");
+}
+
+TEST(KubePodTest, ParseIpAddress) {
+  EXPECT_EQ(ParseIpAddress("10.1.2.3"),
+            (IpAddress{0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 10, 1, 2, 3}));
+  EXPECT_EQ(ParseIpAddress("::ffff:10.1.2.3"), ParseIpAddress("10.1.2.3"));
+  EXPECT_EQ(ParseIpAddress("fd00::1"),
+            (IpAddress{0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1}));
+  EXPECT_EQ(ParseIpAddress(""), std::nullopt);
+  EXPECT_EQ(ParseIpAddress("10.1.2"), std::nullopt);
+  EXPECT_EQ(ParseIpAddress("fd00::1 "), std::nullopt);
+  EXPECT_EQ(ParseIpAddress(std::string(60, '1')), std::nullopt);
+}
+
+}  // namespace
+}  // namespace kmon
