@@ -1,16 +1,23 @@
 #include <gtest/gtest.h>
 
+#include <atomic>
+#include <chrono>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
+#include <thread>
+#include <vector>
 
+#include "provider/kubernetes/node_pods.h"
 #include "provider/kubernetes/pod.h"
 
 namespace kmon {
 namespace {
 
 using nlohmann::json;
+using std::chrono::seconds;
+using std::chrono::steady_clock;
 
 // Shaped like `kubectl get pod -o json` output (managedFields trimmed to one entry).
 constexpr char kDeploymentPod[] = R"json({
@@ -473,6 +480,255 @@ TEST(KubePodTest, ParseIpAddress) {
   EXPECT_EQ(ParseIpAddress("10.1.2"), std::nullopt);
   EXPECT_EQ(ParseIpAddress("fd00::1 "), std::nullopt);
   EXPECT_EQ(ParseIpAddress(std::string(60, '1')), std::nullopt);
+}
+
+// --- NodePods ---
+
+struct FakeClock {
+  steady_clock::time_point now = steady_clock::time_point() + std::chrono::hours(1);
+  NodePods::Clock Fn() {
+    return [this] { return now; };
+  }
+};
+
+constexpr char kCheckoutUid[] = "037b9338-3b92-4e59-91eb-fe6a8d20e977";
+constexpr char kWebUid[] = "bf356683-c1cc-4af1-b8a6-849b0d83f1ed";
+
+TEST(NodePodsTest, PodByUidAnswersPodMeta) {
+  FakeClock clock;
+  NodePods pods(seconds(300), clock.Fn());
+  pods.Apply(WatchEventType::kAdded, json::parse(kDeploymentPod));
+  pods.Apply(WatchEventType::kAdded, json::parse(kMirrorPod));
+  EXPECT_EQ(pods.Size(), 2u);
+  std::optional<PodMeta> meta = pods.PodByUid(kCheckoutUid);
+  ASSERT_TRUE(meta.has_value());
+  EXPECT_EQ(meta->name, "checkout-7d9c8b6f5-x2x9z");
+  EXPECT_EQ(meta->workload, "checkout");
+  EXPECT_EQ(meta->containers.at("6b86b273ff34fce19d6b804eff5a3f5747ada4eaa22f1d49c01e52ddb7875b4b"),
+            "envoy");
+  // The static pod by the UID its cgroups carry, not the mirror's.
+  ASSERT_TRUE(pods.PodByUid("9dd4e461268c8034f5c8564e155c67a6").has_value());
+  EXPECT_EQ(pods.PodByUid("9dd4e461268c8034f5c8564e155c67a6")->name, "kube-apiserver-node-a");
+  EXPECT_FALSE(pods.PodByUid("84ba58ed-aa58-4a1c-a282-c43af6d0ddd1").has_value());
+  EXPECT_EQ(pods.LivePods().size(), 2u);
+}
+
+TEST(NodePodsTest, RelistDropsAVanishedPodOnlyAtEndList) {
+  FakeClock clock;
+  NodePods pods(seconds(300), clock.Fn());
+  pods.BeginList();
+  pods.Apply(WatchEventType::kAdded, json::parse(kDeploymentPod));
+  pods.Apply(WatchEventType::kAdded, json::parse(kStatefulSetPod));
+  pods.EndList();
+  EXPECT_EQ(pods.Size(), 2u);
+
+  pods.BeginList();
+  pods.Apply(WatchEventType::kAdded, json::parse(kDeploymentPod));
+  EXPECT_EQ(pods.Size(), 2u);  // not yet: the list may go on
+  pods.EndList();
+  EXPECT_EQ(pods.Size(), 1u);
+  EXPECT_EQ(pods.LivePods().count(kWebUid), 0u);
+  // Gone, but still named for keep_deleted.
+  ASSERT_TRUE(pods.PodByUid(kWebUid).has_value());
+  EXPECT_EQ(pods.PodByUid(kWebUid)->name, "web-0");
+  clock.now += seconds(300);
+  EXPECT_FALSE(pods.PodByUid(kWebUid).has_value());
+  EXPECT_TRUE(pods.PodByUid(kCheckoutUid).has_value());
+}
+
+TEST(NodePodsTest, InterruptedListKeepsEverything) {
+  FakeClock clock;
+  NodePods pods(seconds(300), clock.Fn());
+  pods.BeginList();
+  pods.Apply(WatchEventType::kAdded, json::parse(kDeploymentPod));
+  pods.Apply(WatchEventType::kAdded, json::parse(kStatefulSetPod));
+  pods.EndList();
+  // The list breaks off after one pod; the next list starts over and completes.
+  pods.BeginList();
+  pods.Apply(WatchEventType::kAdded, json::parse(kDeploymentPod));
+  EXPECT_EQ(pods.Size(), 2u);
+  pods.BeginList();
+  pods.Apply(WatchEventType::kAdded, json::parse(kStatefulSetPod));
+  pods.Apply(WatchEventType::kAdded, json::parse(kDeploymentPod));
+  pods.EndList();
+  EXPECT_EQ(pods.Size(), 2u);
+  // An EndList with no list begun drops nothing.
+  pods.EndList();
+  EXPECT_EQ(pods.Size(), 2u);
+  // A second BeginList restarts: what only the broken list saw does not count.
+  pods.BeginList();
+  pods.Apply(WatchEventType::kAdded, json::parse(kDeploymentPod));
+  pods.BeginList();
+  pods.Apply(WatchEventType::kAdded, json::parse(kStatefulSetPod));
+  pods.EndList();
+  EXPECT_EQ(pods.Size(), 1u);
+  EXPECT_EQ(pods.LivePods().count(kWebUid), 1u);
+}
+
+TEST(NodePodsTest, DeletedPodIsKeptForKeepDeletedThenForgotten) {
+  FakeClock clock;
+  NodePods pods(seconds(300), clock.Fn());
+  int changes = 0;
+  pods.SetOnChange([&] { ++changes; });
+  pods.Apply(WatchEventType::kAdded, json::parse(kDeploymentPod));
+  EXPECT_EQ(changes, 1);
+  uint64_t before = pods.Generation();
+  pods.Apply(WatchEventType::kDeleted, json::parse(kDeploymentPod));
+  EXPECT_EQ(changes, 2);
+  EXPECT_EQ(pods.Size(), 0u);
+  EXPECT_GT(pods.Generation(), before);
+  before = pods.Generation();
+  clock.now += seconds(299);
+  ASSERT_TRUE(pods.PodByUid(kCheckoutUid).has_value());
+  EXPECT_EQ(pods.PodByUid(kCheckoutUid)->workload, "checkout");
+  EXPECT_EQ(pods.Generation(), before);
+  clock.now += seconds(1);
+  EXPECT_EQ(pods.Generation(), before + 1);  // forgotten: the answer changed
+  EXPECT_FALSE(pods.PodByUid(kCheckoutUid).has_value());
+  pods.Sweep();
+  EXPECT_EQ(changes, 2);  // forgotten by the reader above, nothing left to sweep
+  // A deleted pod never seen live is kept the same way.
+  pods.Apply(WatchEventType::kDeleted, json::parse(kStatefulSetPod));
+  EXPECT_EQ(pods.Size(), 0u);
+  EXPECT_TRUE(pods.PodByUid(kWebUid).has_value());
+  clock.now += seconds(300);
+  pods.Sweep();
+  EXPECT_EQ(changes, 4);
+  EXPECT_FALSE(pods.PodByUid(kWebUid).has_value());
+}
+
+TEST(NodePodsTest, KeepDeletedZeroForgetsAtOnceAndAReAddedPodIsLiveAgain) {
+  FakeClock clock;
+  NodePods pods(seconds(0), clock.Fn());
+  pods.Apply(WatchEventType::kAdded, json::parse(kMirrorPod));
+  pods.Apply(WatchEventType::kDeleted, json::parse(kMirrorPod));
+  EXPECT_FALSE(pods.PodByUid("9dd4e461268c8034f5c8564e155c67a6").has_value());
+
+  NodePods kept(seconds(60), clock.Fn());
+  kept.Apply(WatchEventType::kAdded, json::parse(kMirrorPod));
+  kept.Apply(WatchEventType::kDeleted, json::parse(kMirrorPod));
+  // The kubelet re-creates the mirror: new metadata.uid, same static pod.
+  json again = json::parse(kMirrorPod);
+  again["metadata"]["uid"] = "0e0f4b1a-7c33-4d55-9a2e-6f1c0b8d9e21";
+  kept.Apply(WatchEventType::kAdded, again);
+  EXPECT_EQ(kept.Size(), 1u);
+  clock.now += seconds(120);
+  EXPECT_TRUE(kept.PodByUid("9dd4e461268c8034f5c8564e155c67a6").has_value());
+
+  // The default clock is the steady clock.
+  NodePods real_clock(std::chrono::hours(1));
+  real_clock.Apply(WatchEventType::kDeleted, json::parse(kMirrorPod));
+  EXPECT_TRUE(real_clock.PodByUid("9dd4e461268c8034f5c8564e155c67a6").has_value());
+}
+
+TEST(NodePodsTest, ConcurrentReadersAndWriter) {
+  // keep_deleted 0 and a moving clock: readers keep finding pods to forget while the
+  // writer adds and deletes them.
+  std::atomic<int64_t> ticks{0};
+  NodePods pods(std::chrono::nanoseconds(5),
+                [&] { return steady_clock::time_point() + std::chrono::nanoseconds(++ticks); });
+  int calls = 0;
+  pods.SetOnChange([&] { ++calls; });
+  const json deployment = json::parse(kDeploymentPod);
+  const json web = json::parse(kStatefulSetPod);
+  std::atomic<bool> stop{false};
+  std::vector<std::thread> readers;
+  for (int r = 0; r < 2; ++r) {
+    readers.emplace_back([&] {
+      while (!stop) {
+        pods.PodByUid(kCheckoutUid);
+        pods.Generation();
+        pods.LivePods();
+      }
+    });
+  }
+  for (int i = 0; i < 2000; ++i) {
+    pods.Apply(WatchEventType::kAdded, deployment);
+    pods.Apply(i % 2 ? WatchEventType::kDeleted : WatchEventType::kAdded, web);
+    pods.Apply(WatchEventType::kDeleted, deployment);
+  }
+  stop = true;
+  for (std::thread& t : readers) t.join();
+  EXPECT_EQ(pods.Size(), 0u);
+  EXPECT_GE(calls, 4000);
+}
+
+TEST(NodePodsTest, GenerationAndOnChangeFollowWhatPodByUidAnswers) {
+  FakeClock clock;
+  NodePods pods(seconds(300), clock.Fn());
+  int changes = 0;
+  size_t size_seen = 0;
+  // Called outside the lock: reading back from the callback must not deadlock.
+  pods.SetOnChange([&] {
+    ++changes;
+    size_seen = pods.Size();
+  });
+  EXPECT_EQ(pods.Generation(), 0u);
+  json pod = json::parse(kStatefulSetPod);
+  pods.Apply(WatchEventType::kAdded, pod);
+  EXPECT_EQ(pods.Generation(), 1u);
+  EXPECT_EQ(changes, 1);
+  EXPECT_EQ(size_seen, 1u);
+  // A status change PodMeta does not hold: nothing changed.
+  pod["status"]["conditions"] = json::array({{{"type", "Ready"}, {"status", "False"}}});
+  pods.Apply(WatchEventType::kModified, pod);
+  EXPECT_EQ(pods.Generation(), 1u);
+  EXPECT_EQ(changes, 1);
+  // The creating container got its ID.
+  pod["status"]["containerStatuses"][1]["containerID"] =
+      "cri-o://7902699be42c8a8e46fbbb4501726517e86b22c56a189f7625a6da49081b2451";
+  pods.Apply(WatchEventType::kModified, pod);
+  EXPECT_EQ(pods.Generation(), 2u);
+  EXPECT_EQ(changes, 2);
+  EXPECT_EQ(pods.PodByUid(kWebUid)->containers.at(
+                "7902699be42c8a8e46fbbb4501726517e86b22c56a189f7625a6da49081b2451"),
+            "logs");
+  // A relist carrying the same pod changes nothing.
+  pods.BeginList();
+  pods.Apply(WatchEventType::kAdded, pod);
+  pods.EndList();
+  EXPECT_EQ(pods.Generation(), 2u);
+  EXPECT_EQ(changes, 2);
+  // A label changed (the target selector may now match).
+  pod["metadata"]["labels"]["tier"] = "edge";
+  pods.Apply(WatchEventType::kModified, pod);
+  EXPECT_EQ(pods.Generation(), 3u);
+  EXPECT_EQ(changes, 3);
+}
+
+TEST(NodePodsTest, UndecodablePodIsCountedLoggedOnceAndKeepsWhatIsKnown) {
+  FakeClock clock;
+  NodePods pods(seconds(300), clock.Fn());
+  pods.BeginList();
+  pods.Apply(WatchEventType::kAdded, json::parse(kDeploymentPod));
+  pods.EndList();
+  json bad = json::parse(kDeploymentPod);
+  bad["status"]["podIPs"] = 17;
+  testing::internal::CaptureStderr();
+  pods.Apply(WatchEventType::kModified, bad);
+  pods.Apply(WatchEventType::kModified, bad);
+  // A relist carrying it undecodable does not drop it.
+  pods.BeginList();
+  pods.Apply(WatchEventType::kAdded, bad);
+  pods.EndList();
+  pods.Apply(WatchEventType::kAdded, json::array({1, 2}));
+  std::string log = testing::internal::GetCapturedStderr();
+  EXPECT_EQ(pods.DecodeErrors(), 4u);
+  EXPECT_EQ(pods.Size(), 1u);
+  EXPECT_EQ(pods.PodByUid(kCheckoutUid)->name, "checkout-7d9c8b6f5-x2x9z");
+  // One line for the pod, one for the object without a UID.
+  size_t lines = 0;
+  for (size_t at = log.find("pod object not understood"); at != std::string::npos;
+       at = log.find("pod object not understood", at + 1)) {
+    ++lines;
+  }
+  EXPECT_EQ(lines, 2u) << log;
+  EXPECT_NE(log.find("status.podIPs is not an array"), std::string::npos) << log;
+  EXPECT_NE(log.find("checkout-7d9c8b6f5-x2x9z"), std::string::npos) << log;
+  // A DELETED still ends it, undecodable or not.
+  pods.Apply(WatchEventType::kDeleted, bad);
+  EXPECT_EQ(pods.Size(), 0u);
+  EXPECT_TRUE(pods.PodByUid(kCheckoutUid).has_value());
 }
 
 }  // namespace
