@@ -2,6 +2,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <cstdio>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <optional>
@@ -11,6 +12,7 @@
 
 #include "provider/kubernetes/node_pods.h"
 #include "provider/kubernetes/pod.h"
+#include "provider/kubernetes/pod_ip_index.h"
 
 namespace kmon {
 namespace {
@@ -729,6 +731,160 @@ TEST(NodePodsTest, UndecodablePodIsCountedLoggedOnceAndKeepsWhatIsKnown) {
   pods.Apply(WatchEventType::kDeleted, bad);
   EXPECT_EQ(pods.Size(), 0u);
   EXPECT_TRUE(pods.PodByUid(kCheckoutUid).has_value());
+}
+
+// --- PodIpIndex ---
+
+// The Deployment pod with another name, UID and IP (the same workload's next replica).
+json Replica(const std::string& suffix, const std::string& uid, const std::string& ip) {
+  json pod = json::parse(kDeploymentPod);
+  pod["metadata"]["name"] = "checkout-7d9c8b6f5-" + suffix;
+  pod["metadata"]["uid"] = uid;
+  pod["status"]["podIP"] = ip;
+  pod["status"]["podIPs"] = json::array({{{"ip", ip}}});
+  return pod;
+}
+
+TEST(PodIpIndexTest, FindsPodsByIpv4AndIpv6) {
+  PodIpIndex index;
+  index.Apply(WatchEventType::kAdded, json::parse(kDeploymentPod));
+  index.Apply(WatchEventType::kAdded, json::parse(kStatefulSetPod));
+  index.Apply(WatchEventType::kAdded, json::parse(kCronJobPod));
+  EXPECT_EQ(index.Pods(), 3u);
+  EXPECT_EQ(index.Find(Ip("10.244.1.17")),
+            (PodIpOwner{"shop", "checkout-7d9c8b6f5-x2x9z", "checkout"}));
+  EXPECT_EQ(index.Find(Ip("10.244.2.5")), (PodIpOwner{"frontend", "web-0", "web"}));
+  EXPECT_EQ(index.Find(Ip("fd00:10:244:2::5")), (PodIpOwner{"frontend", "web-0", "web"}));
+  EXPECT_EQ(index.Find(Ip("fd00:10:244:3::1a")),
+            (PodIpOwner{"reports", "nightly-report-28574700-q7x2k", "nightly-report"}));
+  EXPECT_EQ(index.Find(Ip("10.244.1.18")), std::nullopt);
+}
+
+TEST(PodIpIndexTest, HostNetworkAndFinishedPodsAreNotIndexed) {
+  PodIpIndex index;
+  index.Apply(WatchEventType::kAdded, json::parse(kDaemonSetPod));
+  index.Apply(WatchEventType::kAdded, json::parse(kMirrorPod));
+  EXPECT_EQ(index.Pods(), 0u);
+  EXPECT_EQ(index.Find(Ip("192.168.10.11")), std::nullopt);
+  EXPECT_EQ(index.Generation(), 0u);
+  json job = json::parse(kCronJobPod);
+  index.Apply(WatchEventType::kAdded, job);
+  EXPECT_EQ(index.Pods(), 1u);
+  job["status"]["phase"] = "Succeeded";
+  index.Apply(WatchEventType::kModified, job);
+  EXPECT_EQ(index.Pods(), 0u);
+  EXPECT_EQ(index.Find(Ip("fd00:10:244:3::1a")), std::nullopt);
+}
+
+TEST(PodIpIndexTest, IpReusedByANewerPodStaysTheNewerPods) {
+  json old_pod = Replica("aaaaa", "11111111-1111-4111-8111-111111111111", "10.244.1.40");
+  old_pod["metadata"]["creationTimestamp"] = "2024-05-01T10:00:00Z";
+  json new_pod = Replica("bbbbb", "22222222-2222-4222-8222-222222222222", "10.244.1.40");
+  new_pod["metadata"]["creationTimestamp"] = "2024-05-01T10:05:00Z";
+  const PodIpOwner kNew{"shop", "checkout-7d9c8b6f5-bbbbb", "checkout"};
+
+  PodIpIndex index;
+  index.Apply(WatchEventType::kAdded, old_pod);
+  index.Apply(WatchEventType::kAdded, new_pod);
+  EXPECT_EQ(index.Find(Ip("10.244.1.40")), kNew);
+  // A late update of the old pod does not take it back; its deletion does not remove it.
+  index.Apply(WatchEventType::kModified, old_pod);
+  EXPECT_EQ(index.Find(Ip("10.244.1.40")), kNew);
+  uint64_t generation = index.Generation();
+  index.Apply(WatchEventType::kDeleted, old_pod);
+  EXPECT_EQ(index.Find(Ip("10.244.1.40")), kNew);
+  EXPECT_EQ(index.Pods(), 1u);
+  EXPECT_EQ(index.Generation(), generation);  // it held no IP: no answer changed
+
+  // A relist may carry the old one after the new one: the newer still holds the IP.
+  PodIpIndex relisted;
+  relisted.BeginList();
+  relisted.Apply(WatchEventType::kAdded, new_pod);
+  relisted.Apply(WatchEventType::kAdded, old_pod);
+  relisted.EndList();
+  EXPECT_EQ(relisted.Find(Ip("10.244.1.40")), kNew);
+  relisted.Apply(WatchEventType::kDeleted, new_pod);
+  EXPECT_EQ(relisted.Find(Ip("10.244.1.40")), std::nullopt);
+}
+
+TEST(PodIpIndexTest, RelistRemovesVanishedPodsOnlyWhenComplete) {
+  PodIpIndex index;
+  index.BeginList();
+  index.Apply(WatchEventType::kAdded, json::parse(kDeploymentPod));
+  index.Apply(WatchEventType::kAdded, json::parse(kStatefulSetPod));
+  index.EndList();
+  uint64_t generation = index.Generation();
+  index.BeginList();
+  index.Apply(WatchEventType::kAdded, json::parse(kDeploymentPod));
+  index.BeginList();  // broken off: starts over
+  index.Apply(WatchEventType::kAdded, json::parse(kStatefulSetPod));
+  EXPECT_EQ(index.Pods(), 2u);
+  index.Apply(WatchEventType::kAdded, json::parse(kDeploymentPod));
+  index.EndList();
+  EXPECT_EQ(index.Pods(), 2u);
+  EXPECT_EQ(index.Generation(), generation);  // the same pods: nothing changed
+  index.BeginList();
+  index.Apply(WatchEventType::kAdded, json::parse(kStatefulSetPod));
+  index.EndList();
+  EXPECT_EQ(index.Pods(), 1u);
+  EXPECT_EQ(index.Find(Ip("10.244.1.17")), std::nullopt);
+  EXPECT_EQ(index.Generation(), generation + 1);
+  index.EndList();  // none begun
+  EXPECT_EQ(index.Pods(), 1u);
+}
+
+TEST(PodIpIndexTest, ChangedIpsAndUndecodablePods) {
+  PodIpIndex index;
+  json pod = Replica("ccccc", "33333333-3333-4333-8333-333333333333", "10.244.1.50");
+  index.Apply(WatchEventType::kAdded, pod);
+  pod["status"]["podIPs"].push_back({{"ip", "fd00:10:244:1::50"}});
+  index.Apply(WatchEventType::kModified, pod);
+  EXPECT_EQ(index.Find(Ip("fd00:10:244:1::50"))->pod, "checkout-7d9c8b6f5-ccccc");
+  pod["status"]["podIPs"] = json::array({{{"ip", "fd00:10:244:1::50"}}});
+  index.Apply(WatchEventType::kModified, pod);
+  EXPECT_EQ(index.Find(Ip("10.244.1.50")), std::nullopt);
+  EXPECT_TRUE(index.Find(Ip("fd00:10:244:1::50")).has_value());
+
+  json bad = pod;
+  bad["spec"]["hostNetwork"] = 1;
+  index.Apply(WatchEventType::kModified, bad);
+  EXPECT_EQ(index.DecodeErrors(), 1u);
+  EXPECT_TRUE(index.Find(Ip("fd00:10:244:1::50")).has_value());
+  index.Apply(WatchEventType::kDeleted, bad);
+  EXPECT_EQ(index.Pods(), 0u);
+  EXPECT_EQ(index.Find(Ip("fd00:10:244:1::50")), std::nullopt);
+}
+
+TEST(PodIpIndexTest, MemoryBytesCountsWhatItHolds) {
+  PodIpIndex index;
+  EXPECT_EQ(index.MemoryBytes(), 0u);
+  index.Apply(WatchEventType::kAdded, json::parse(kDeploymentPod));
+  size_t one = index.MemoryBytes();
+  // With libstdc++ and glibc: a uid node with its record (160), the uid (36 characters: 48)
+  // and name (24: 48), one IP node (48), two interned strings (short, but a node each: 2 x 80)
+  // and three bucket arrays of 13 (3 x 112).
+  EXPECT_GT(one, 500u);
+  EXPECT_LT(one, 1000u);
+  for (int i = 0; i < 100; ++i) {
+    char uid[40], ip[20];
+    std::snprintf(uid, sizeof uid, "44444444-4444-4444-8444-%012d", i);
+    std::snprintf(ip, sizeof ip, "10.244.7.%d", i);
+    index.Apply(WatchEventType::kAdded, Replica("r" + std::to_string(10000 + i), uid, ip));
+  }
+  EXPECT_EQ(index.Pods(), 101u);
+  size_t per_pod = (index.MemoryBytes() - one) / 100;
+  EXPECT_GT(per_pod, 200u);
+  EXPECT_LT(per_pod, 400u);
+  for (int i = 0; i < 100; ++i) {
+    char uid[40];
+    std::snprintf(uid, sizeof uid, "44444444-4444-4444-8444-%012d", i);
+    index.Apply(WatchEventType::kDeleted,
+                Replica("r" + std::to_string(10000 + i), uid, "10.0.0.1"));
+  }
+  index.Apply(WatchEventType::kDeleted, json::parse(kDeploymentPod));
+  EXPECT_EQ(index.Pods(), 0u);
+  // Only the bucket arrays, which a std::unordered_map keeps.
+  EXPECT_LT(index.MemoryBytes(), 3000u);
 }
 
 }  // namespace
