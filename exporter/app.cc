@@ -1,23 +1,21 @@
 #include "exporter/app.h"
 
+#include <absl/strings/str_cat.h>
+#include <absl/strings/str_join.h>
+#include <absl/strings/str_split.h>
+#include <bpf/bpf.h>
+#include <malloc.h>
 #include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
-
-#include <malloc.h>
 
 #include <algorithm>
 #include <chrono>
 #include <cstring>
 
-#include <absl/strings/str_cat.h>
-#include <absl/strings/str_join.h>
-#include <absl/strings/str_split.h>
-#include <bpf/bpf.h>
-
-#include "collectors/bpf_util.h"
 #include "base/log.h"
 #include "base/markup.h"
+#include "collectors/bpf_util.h"
 #include "exporter/self_metrics.h"
 #include "exporter/version.h"
 
@@ -25,8 +23,7 @@ namespace kmon {
 namespace {
 
 double UnixNow() {
-  return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch())
-      .count();
+  return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
 }
 
 // The compat library is built and installed next to the binary.
@@ -55,6 +52,8 @@ App::App(Flags flags, AppParts parts)
 App::~App() {
   http_.reset();
   for (auto& s : slots_) StopSlot(&s);
+  // Its watch threads call back into this App: they end before any member does.
+  if (kube_) kube_->Stop();
   if (bpf_stats_fd_ >= 0) close(bpf_stats_fd_);
 }
 
@@ -118,14 +117,16 @@ void App::StartSlot(Slot* slot, const Config& config) {
                      .watched = watched_.get(),
                      .handle_http = handle,
                      .topology = &topology_,
-                     .features = features_.get()};
+                     .features = features_.get(),
+                     .peers = kube_ ? kube_->Peers() : nullptr};
   slot->collector = slot->entry->factory(deps);
   absl::Status st = slot->collector->Start(config);
   if (!st.ok()) {
     slot->collector.reset();
     slot->up = false;
     slot->reason = st.ToString();
-    LogError("collector failed to start", {{"collector", slot->entry->name}, {"err", slot->reason}});
+    LogError("collector failed to start",
+             {{"collector", slot->entry->name}, {"err", slot->reason}});
     return;
   }
   slot->up = true;
@@ -195,7 +196,8 @@ int App::Start() {
   if (!flags_.web_config_file.empty()) {
     auto w = LoadWebConfig(flags_.web_config_file);
     if (!w.ok()) {
-      LogError("bad web config", {{"file", flags_.web_config_file}, {"err", w.status().ToString()}});
+      LogError("bad web config",
+               {{"file", flags_.web_config_file}, {"err", w.status().ToString()}});
       return 1;
     }
     web = *w;
@@ -218,9 +220,12 @@ int App::Start() {
     root = "/sys/fs/cgroup";
   }
   LogInfo("cgroup v2 root", {{"path", *root}});
-  workloads_ = std::make_unique<WorkloadResolver>(std::make_unique<CgroupFsPathSource>(*root),
-                                                  nullptr);
-  watched_ = std::make_unique<WatchedCgroups>(workloads_.get());
+  StartKubernetes(cfg->kubernetes);
+  const PodMetadataSource* pods = kube_ ? kube_->Pods() : nullptr;
+  workloads_ =
+      std::make_unique<WorkloadResolver>(std::make_unique<CgroupFsPathSource>(*root), pods);
+  workloads_->SetPodGrace(cfg->kubernetes.series_grace);
+  watched_ = std::make_unique<WatchedCgroups>(workloads_.get(), pods);
 
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -260,9 +265,44 @@ int App::Start() {
     for (auto& [path, handler] : pending_routes_) http_->Handle(path, std::move(handler));
     pending_routes_.clear();
   }
-  LogInfo("listening", {{"address", flags_.listen_address}, {"path", flags_.telemetry_path},
+  LogInfo("listening", {{"address", flags_.listen_address},
+                        {"path", flags_.telemetry_path},
                         {"tls", web && web->tls() ? "true" : "false"}});
   return 0;
+}
+
+void App::StartKubernetes(const KubernetesConfig& k) {
+  const EnvLookup env = ProcessEnv();
+  kube_wanted_ =
+      k.enabled == "true" || (k.enabled == "auto" && (!k.kubeconfig.empty() || InCluster(env)));
+  if (!kube_wanted_) {
+    LogInfo("kubernetes metadata off: pods are named by UID and container ID",
+            {{"enabled", k.enabled}});
+    return;
+  }
+  absl::StatusOr<KubeTarget> target = ResolveKubeTarget(k.kubeconfig, k.node_name, env);
+  if (!target.ok()) {
+    LogError("kubernetes: cannot use the API; pods stay named by UID and container ID",
+             {{"err", target.status().ToString()}});
+    return;
+  }
+  KubeProviderOptions options;
+  options.endpoint = std::move(target->endpoint);
+  options.node_name = target->node_name;
+  options.series_grace = k.series_grace;
+  LogInfo("kubernetes: watching pods",
+          {{"server", options.endpoint.server}, {"node", options.node_name}});
+  kube_ = std::make_unique<KubeProvider>(std::move(options));
+  kube_->SetOnChange([this] { provider_changed_ = true; });
+  kube_->Start();
+}
+
+void App::FollowProviderLocked() {
+  absl::Status st = watched_->Update(config_.targets);
+  if (!st.ok()) LogWarn("updating watched cgroups failed", {{"err", st.ToString()}});
+  for (auto& slot : slots_) {
+    if (slot.collector) slot.collector->ProviderChanged();
+  }
 }
 
 absl::Status App::Reload(const std::string& trigger) {
@@ -288,6 +328,17 @@ absl::Status App::Reload(const std::string& trigger) {
              {{"trigger", trigger}, {"err", applied.ToString()}});
     return applied;
   }
+  const KubernetesConfig& was = config_.kubernetes;
+  const KubernetesConfig& is = cfg->kubernetes;
+  if (was.enabled != is.enabled || was.node_name != is.node_name ||
+      was.kubeconfig != is.kubeconfig) {
+    // The provider's stores are what every collector's resolver reads: swapping them
+    // under running collectors is not worth the risk for settings that follow the
+    // node, not the workloads.
+    LogWarn("kubernetes.enabled, node_name and kubeconfig take effect at the next start",
+            {{"trigger", trigger}});
+  }
+  workloads_->SetPodGrace(is.series_grace);
   config_ = *cfg;
   last_reload_ok_ = true;
   last_reload_success_unix_ = UnixNow();
@@ -324,6 +375,13 @@ std::vector<prometheus::MetricFamily> App::Gather() {
     self.last_reload_ok = last_reload_ok_;
     self.last_reload_success_unix = last_reload_success_unix_;
     self.watched_cgroups = watched_->WatchedCount();
+    if (kube_) {
+      for (const KubeWatchStatus& w : kube_->Status()) {
+        self.kubernetes.push_back({w.scope, w.up, w.pods, w.last_sync_unix});
+      }
+    } else if (kube_wanted_) {
+      self.kubernetes.push_back({"node", false, 0, 0});  // asked for, but no API to watch
+    }
     for (auto& f : BuildSelfMetrics(self)) out.push_back(std::move(f));
   } catch (const std::exception& e) {
     LogError("gather failed", {{"err", e.what()}});
@@ -354,8 +412,9 @@ std::string App::LandingPage() {
   const std::string path = MarkupEscape(flags_.telemetry_path);
   return absl::StrCat(
       "<!DOCTYPE html>\n<html><head><title>kmon exporter</title></head><body>\n"
-      "<h1>kmon exporter</h1>\n<p>version ", kVersion, " (revision ", kRevision, ")</p>\n",
-      "<ul><li><a href=\"", path, "\">Metrics</a></li>",
+      "<h1>kmon exporter</h1>\n<p>version ",
+      kVersion, " (revision ", kRevision, ")</p>\n", "<ul><li><a href=\"", path,
+      "\">Metrics</a></li>",
       "<li><a href=\"/-/healthy\">Health</a></li><li><a href=\"/-/ready\">Readiness</a></li>"
       "</ul>\n<h2>Collectors</h2>\n<table border=\"1\"><tr><th>collector</th><th>state</th>"
       "<th>reason</th></tr>\n",
@@ -370,13 +429,15 @@ int App::Run() {
   sigaddset(&set, SIGINT);
   auto next_refresh = std::chrono::steady_clock::now();
   for (;;) {
-    timespec timeout{1, 0};
+    // A quarter second: pod events reach the watched-cgroups map well within a second.
+    timespec timeout{0, 250'000'000};
     int sig = sigtimedwait(&set, nullptr, &timeout);
     if (sig == SIGTERM || sig == SIGINT) {
       LogInfo("shutting down", {{"signal", sig == SIGTERM ? "SIGTERM" : "SIGINT"}});
       http_.reset();
       std::lock_guard<std::mutex> lock(mu_);
       for (auto& s : slots_) StopSlot(&s);
+      if (kube_) kube_->Stop();
       return 0;
     }
     if (sig == SIGHUP) {
@@ -392,6 +453,10 @@ int App::Run() {
         changed = !(now == config_stamp_);
       }
       if (changed) Reload("file change").IgnoreError();
+    }
+    if (provider_changed_.exchange(false)) {
+      std::lock_guard<std::mutex> lock(mu_);
+      FollowProviderLocked();
     }
     // New cgroups are picked up into the watched set once per interval.
     if (std::chrono::steady_clock::now() >= next_refresh) {

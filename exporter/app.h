@@ -3,6 +3,9 @@
 // down cleanly.
 #pragma once
 
+#include <absl/status/status.h>
+#include <prometheus/metric_family.h>
+
 #include <atomic>
 #include <chrono>
 #include <memory>
@@ -11,9 +14,6 @@
 #include <string>
 #include <vector>
 
-#include <absl/status/status.h>
-#include <prometheus/metric_family.h>
-
 #include "collectors/collector.h"
 #include "collectors/kernel_features.h"
 #include "collectors/topology_feed.h"
@@ -21,6 +21,7 @@
 #include "exporter/config.h"
 #include "exporter/flags.h"
 #include "exporter/http_server.h"
+#include "provider/kubernetes/kube_provider.h"
 #include "provider/workload.h"
 
 namespace kmon {
@@ -62,11 +63,18 @@ class App {
     std::unique_ptr<Collector> collector;
     bool enabled = false;
     bool up = false;
-    std::string reason;  // why it is down
+    std::string reason;    // why it is down
     bool serving = false;  // its HTTP routes may call it; guarded by routes_mu_
   };
 
   absl::StatusOr<Config> LoadConfig();
+  /// Starts the Kubernetes provider when the config asks for it (`enabled: true`,
+  /// or `auto` in a cluster or with a kubeconfig). A failure is logged and kmon
+  /// runs on, naming pods by UID, with kmon_kubernetes_watch_up 0.
+  void StartKubernetes(const KubernetesConfig& k);
+  /// Brings the watched cgroups and every collector's provider-driven control maps
+  /// up to date after a pod event. Caller holds mu_.
+  void FollowProviderLocked();
   void StartSlot(Slot* slot, const Config& config);
   void StopSlot(Slot* slot);
   /// Starts/stops/reconfigures slots for a new config. Caller holds mu_. An error
@@ -85,6 +93,9 @@ class App {
   std::vector<Slot> slots_;
   bool last_reload_ok_ = true;
   double last_reload_success_unix_ = 0;
+  bool kube_wanted_ = false;                   // the config asks for Kubernetes metadata
+  std::unique_ptr<KubeProvider> kube_;         // null without Kubernetes or when it failed
+  std::atomic<bool> provider_changed_{false};  // set from a watch thread
   std::unique_ptr<WorkloadResolver> workloads_;
   std::unique_ptr<WatchedCgroups> watched_;
   TopologyFeed topology_;

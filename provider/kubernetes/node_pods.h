@@ -47,7 +47,7 @@ class NodePods : public PodMetadataSource, public PodWatchSink {
   /// Bumps on every change: a pod added, changed in what PodMeta holds, gone or live again
   /// (LivePods changes), or forgotten after keep_deleted (PodByUid's answer changes; seen
   /// by the first Generation, PodByUid, write or Sweep after the deadline).
-  uint64_t Generation() const;
+  uint64_t Generation() const override;
   /// Live pods (not counting gone ones kept for their names).
   size_t Size() const;
   /// Pod objects DecodePod rejected, since start.

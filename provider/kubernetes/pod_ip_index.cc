@@ -158,14 +158,18 @@ void PodIpIndex::BeginList() {
 }
 
 void PodIpIndex::EndList() {
-  std::unique_lock<std::shared_mutex> lock(mu_);
-  if (!listing_) return;
-  listing_ = false;
-  std::vector<std::string> vanished;
-  for (const auto& [uid, record] : pods_) {
-    if (record.list_epoch != list_epoch_) vanished.push_back(uid);
+  bool changed = false;
+  {
+    std::unique_lock<std::shared_mutex> lock(mu_);
+    if (!listing_) return;
+    listing_ = false;
+    std::vector<std::string> vanished;
+    for (const auto& [uid, record] : pods_) {
+      if (record.list_epoch != list_epoch_) vanished.push_back(uid);
+    }
+    for (const std::string& uid : vanished) changed |= RemoveLocked(uid);
   }
-  for (const std::string& uid : vanished) RemoveLocked(uid);
+  if (changed && on_change_) on_change_();
 }
 
 void PodIpIndex::Apply(WatchEventType type, const nlohmann::json& object) {
@@ -174,11 +178,10 @@ void PodIpIndex::Apply(WatchEventType type, const nlohmann::json& object) {
   {
     std::unique_lock<std::shared_mutex> lock(mu_);
     if (pod.ok()) {
-      if (type == WatchEventType::kDeleted) {
-        RemoveLocked(pod->uid);
-      } else {
-        IndexLocked(*pod);
-      }
+      const bool changed =
+          type == WatchEventType::kDeleted ? RemoveLocked(pod->uid) : IndexLocked(*pod);
+      lock.unlock();
+      if (changed && on_change_) on_change_();
       return;
     }
     ++decode_errors_;
@@ -194,6 +197,11 @@ void PodIpIndex::Apply(WatchEventType type, const nlohmann::json& object) {
   // nodes' pods could fill the log.
   LogDebug("kubernetes: pod object not understood by the pod-IP index",
            {{"uid", bad_uid}, {"err", std::string(pod.status().message())}});
+}
+
+void PodIpIndex::ForEachAddress(const std::function<void(const PeerAddress&)>& fn) const {
+  std::shared_lock<std::shared_mutex> lock(mu_);
+  for (const auto& [addr, record] : by_ip_) fn(addr);
 }
 
 std::optional<PodIpOwner> PodIpIndex::Find(const IpAddress& addr) const {

@@ -5,6 +5,7 @@
 
 #include <array>
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <shared_mutex>
 #include <string>
@@ -12,17 +13,12 @@
 
 #include "provider/kubernetes/pod.h"
 #include "provider/kubernetes/watch_sink.h"
+#include "provider/peer_names.h"
 
 namespace kmon {
 
-/// Who holds a pod IP.
-struct PodIpOwner {
-  std::string namespace_;
-  std::string pod;
-  /// The pod's top owner (KubePod::workload_name).
-  std::string workload;
-  bool operator==(const PodIpOwner&) const = default;
-};
+/// Who holds a pod IP: namespace, pod and its top owner (KubePod::workload_name).
+using PodIpOwner = PeerName;
 
 /// Pod IP (IPv4 v4-mapped, or IPv6) -> owner. Thread-safe: the watcher thread writes,
 /// collectors read.
@@ -35,7 +31,7 @@ struct PodIpOwner {
 /// by creationTimestamp, the later applied among equals. A pod removed releases only the
 /// IPs it holds, never a newer pod's; an IP whose holder goes is unknown until a pod claims
 /// it again, even if an older pod still lists it.
-class PodIpIndex : public PodWatchSink {
+class PodIpIndex : public PodWatchSink, public PeerNames {
  public:
   PodIpIndex() = default;
   PodIpIndex(const PodIpIndex&) = delete;
@@ -50,7 +46,10 @@ class PodIpIndex : public PodWatchSink {
   void Apply(WatchEventType type, const nlohmann::json& pod) override;
 
   /// The owner of an address; nullopt when no indexed pod holds it.
-  std::optional<PodIpOwner> Find(const IpAddress& addr) const;
+  std::optional<PodIpOwner> Find(const IpAddress& addr) const override;
+  void ForEachAddress(const std::function<void(const PeerAddress&)>& fn) const override;
+  /// Called from the writer's thread, outside the lock, after a change of what Find
+  /// answers. Set it before the watch starts.
   /// Indexed pods.
   size_t Pods() const;
   /// Heap bytes the index holds, computed on each call (a walk over the pods): every
@@ -59,8 +58,9 @@ class PodIpIndex : public PodWatchSink {
   /// hash) and bucket arrays, and strings too long for their in-object buffer. The objects
   /// themselves (sizeof(PodIpIndex)) are not counted.
   size_t MemoryBytes() const;
+  void SetOnChange(std::function<void()> on_change) { on_change_ = std::move(on_change); }
   /// Bumps on every change of what Find answers.
-  uint64_t Generation() const;
+  uint64_t Generation() const override;
   /// Pod objects DecodePod rejected, since start.
   uint64_t DecodeErrors() const;
 
@@ -102,6 +102,7 @@ class PodIpIndex : public PodWatchSink {
   std::unordered_map<std::string, uint32_t> strings_;
   uint64_t generation_ = 0;
   uint64_t decode_errors_ = 0;
+  std::function<void()> on_change_;
   uint32_t list_epoch_ = 0;
   bool listing_ = false;
 };

@@ -318,16 +318,17 @@ def check_kubernetes(base_path, operator_path, config_path, rules_path):
     ns = by_kind.get("Namespace", [{}])[0]
     if ns.get("metadata", {}).get("name") != "kmon":
         fail("kubernetes: the Namespace is not kmon")
-    # RBAC: read-only pods/namespaces/nodes, bound to the DaemonSet's service account.
+    # RBAC: get/list/watch on pods and nothing else (kmon watches only pods), bound to
+    # the DaemonSet's service account.
     role = by_kind.get("ClusterRole", [{}])[0]
     granted = {}
     for rule in role.get("rules", []):
         for res in rule.get("resources", []):
             granted.setdefault(res, set()).update(rule.get("verbs", []))
-    for res in ("pods", "namespaces", "nodes"):
+    for res in ("pods",):
         if granted.get(res) != {"get", "list", "watch"}:
             fail(f"kubernetes: ClusterRole verbs on {res} are {granted.get(res)}, want get/list/watch")
-    extra = set(granted) - {"pods", "namespaces", "nodes"}
+    extra = set(granted) - {"pods"}
     if extra:
         fail(f"kubernetes: ClusterRole grants more than needed: {sorted(extra)}")
     ds = by_kind["DaemonSet"][0]

@@ -4,6 +4,9 @@
 // of syscalls or requests. The series must carry the API's names with the exact
 // counts, follow pods that come and go, and name a client on another node through
 // the pod-IP index.
+#include <absl/strings/str_cat.h>
+#include <absl/strings/str_replace.h>
+#include <gtest/gtest.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -11,13 +14,9 @@
 #include <fstream>
 #include <functional>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <thread>
-
-#include <absl/strings/str_cat.h>
-#include <absl/strings/str_replace.h>
-#include <gtest/gtest.h>
-#include <nlohmann/json.hpp>
 
 #include "tests/kube_api_server.h"
 #include "tests/root/req_resp.h"
@@ -40,21 +39,26 @@ std::string Uid(int n) {
                       absl::Hex(n, absl::kZeroPad6));
 }
 std::string ContainerId(int n) {
-  std::string id = absl::StrCat(absl::Hex(getpid(), absl::kZeroPad8), absl::Hex(n, absl::kZeroPad8));
+  std::string id =
+      absl::StrCat(absl::Hex(getpid(), absl::kZeroPad8), absl::Hex(n, absl::kZeroPad8));
   while (id.size() < 64) id += "0123456789abcdef";
   return id.substr(0, 64);
 }
 std::string Underscored(const std::string& uid) { return absl::StrReplaceAll(uid, {{"-", "_"}}); }
 
-// The kubelet's cgroup of a container, systemd driver with containerd.
+// The kubelet's cgroup of a container, systemd driver with containerd. Guaranteed
+// pods sit right under kubepods, the other QoS classes in a slice of their own.
 std::string SystemdContainerCgroup(const std::string& qos, const std::string& uid,
                                    const std::string& id) {
-  return absl::StrCat("kubepods.slice/kubepods-", qos, ".slice/kubepods-", qos, "-pod",
-                      Underscored(uid), ".slice/cri-containerd-", id, ".scope");
+  const std::string pod =
+      absl::StrCat("pod", Underscored(uid), ".slice/cri-containerd-", id, ".scope");
+  if (qos == "guaranteed") return absl::StrCat("kubepods.slice/kubepods-", pod);
+  return absl::StrCat("kubepods.slice/kubepods-", qos, ".slice/kubepods-", qos, "-", pod);
 }
 // The same with the cgroupfs driver (CRI-O, Docker and containerd all use the bare ID).
 std::string CgroupfsContainerCgroup(const std::string& qos, const std::string& uid,
                                     const std::string& id) {
+  if (qos == "guaranteed") return absl::StrCat("kubepods/pod", uid, "/", id);
   return absl::StrCat("kubepods/", qos, "/pod", uid, "/", id);
 }
 
@@ -92,8 +96,7 @@ nlohmann::json PodObject(const PodSpec& p) {
 
 std::string Kubeconfig(const KubeApiServer& api) {
   return absl::StrCat(
-      "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: ",
-      api.url(),
+      "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: ", api.url(),
       "\nusers:\n- name: kmon\n  user:\n    token: s3cret\ncontexts:\n- name: test\n"
       "  context:\n    cluster: test\n    user: kmon\ncurrent-context: test\n");
 }
@@ -134,8 +137,8 @@ class KubeRootTest : public ::testing::Test {
   // The exporter with `yaml` (which names the kubeconfig) as its config file.
   std::unique_ptr<ExporterProcess> Start(const std::string& yaml) {
     config_ = std::make_unique<TempFile>(yaml);
-    auto kmon = std::make_unique<ExporterProcess>(std::vector<std::string>{
-        "--config.file=" + config_->path(), "--log.level=debug"});
+    auto kmon = std::make_unique<ExporterProcess>(
+        std::vector<std::string>{"--config.file=" + config_->path(), "--log.level=debug"});
     EXPECT_TRUE(kmon->WaitReady());
     return kmon;
   }
@@ -197,10 +200,8 @@ TEST_F(KubeRootTest, NamesTargetsAndGraceFollowThePods) {
 
   ASSERT_EQ(testing::RunInCgroup(*cart_cg, [] { Getppid(137); }), 0);
   ASSERT_EQ(testing::RunInCgroup(dns_cg, [] { Getppid(55); }), 0);
-  const std::map<std::string, std::string> cart_labels{{"namespace", "shop"},
-                                                       {"pod", cart.name},
-                                                       {"container", "cart"},
-                                                       {"syscall", "getppid"}};
+  const std::map<std::string, std::string> cart_labels{
+      {"namespace", "shop"}, {"pod", cart.name}, {"container", "cart"}, {"syscall", "getppid"}};
   EXPECT_TRUE(
       Eventually([&] { return Value(*kmon, "kmon_syscalls_total", cart_labels) == 137; }, 3000))
       << kmon->Scrape();
@@ -249,8 +250,8 @@ TEST_F(KubeRootTest, NamesTargetsAndGraceFollowThePods) {
   const auto deleted = Clock::now();
   std::this_thread::sleep_for(std::chrono::milliseconds(1000));
   EXPECT_EQ(Value(*kmon, "kmon_syscalls_total", cart_labels), 137) << kmon->Scrape();
-  EXPECT_TRUE(Eventually([&] { return Value(*kmon, "kmon_syscalls_total", cart_labels) == -1; },
-                         5000))
+  EXPECT_TRUE(
+      Eventually([&] { return Value(*kmon, "kmon_syscalls_total", cart_labels) == -1; }, 5000))
       << kmon->Scrape();
   EXPECT_GE(Clock::now() - deleted, std::chrono::seconds(3));
   EXPECT_EQ(Value(*kmon, "kmon_kubernetes_pods", {{"scope", "node"}}), 2);  // dns and late
@@ -316,7 +317,10 @@ TEST_F(KubeRootTest, CrossNodeClientIsNamedThroughThePodIpIndex) {
   };
   auto kmon = Start(yaml("pod"));
   ASSERT_TRUE(Eventually(
-      [&] { return Value(*kmon, "kmon_kubernetes_pods", {{"scope", "cluster"}}) == 2; }, 5000))
+      [&] {
+        return Value(*kmon, "kmon_kubernetes_pods", {{"scope", "cluster"}}) == 2;
+      },
+      5000))
       << kmon->Scrape();
   // The tcp collector writes the index's addresses into its control map on the change.
   std::this_thread::sleep_for(std::chrono::milliseconds(1000));
@@ -339,17 +343,18 @@ TEST_F(KubeRootTest, CrossNodeClientIsNamedThroughThePodIpIndex) {
       },
       3000))
       << kmon->Scrape();
-  EXPECT_EQ(Value(*kmon, "kmon_topology_requests_total",
-                  {{"client", "external"}, {"server_port", port}}),
-            -1);
+  EXPECT_EQ(
+      Value(*kmon, "kmon_topology_requests_total", {{"client", "external"}, {"server_port", port}}),
+      -1);
 
   // By workload: the Deployments behind both ReplicaSets; the counts carry over.
   config_->Rewrite(yaml("workload"));
   kmon->Signal(SIGHUP);
   EXPECT_TRUE(Eventually(
       [&] {
-        return Value(*kmon, "kmon_topology_requests_total",
-                     {{"client", "web/frontend"}, {"server", "shop/cart"}, {"server_port", port}}) ==
+        return Value(
+                   *kmon, "kmon_topology_requests_total",
+                   {{"client", "web/frontend"}, {"server", "shop/cart"}, {"server_port", port}}) ==
                25;
       },
       3000))
