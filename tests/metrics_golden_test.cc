@@ -44,6 +44,7 @@ std::vector<prometheus::MetricFamily> FixedFamilies() {
   self.last_reload_ok = true;
   self.last_reload_success_unix = 1.7e9;
   self.watched_cgroups = 0;
+  self.kubernetes = {{"node", true, 12, 1.7e9}, {"cluster", false, 3000, 1.69e9}};
   for (auto& f : BuildSelfMetrics(self)) families.push_back(std::move(f));
   return families;
 }
