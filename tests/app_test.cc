@@ -7,11 +7,14 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <chrono>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "collectors/families.h"
+#include "tests/kube_api_server.h"
 #include "tests/test_util.h"
 
 namespace kmon {
@@ -242,6 +245,81 @@ TEST(AppTest, ACollectorWhoseReadFailsIsDownWhileTheOthersServe) {
   ASSERT_NE(FindSample(fams, "kmon_test_read", {}), nullptr);
   EXPECT_EQ(FindSample(fams, "kmon_collector_up", {{"collector", "drops"}})->gauge.value, 1);
   EXPECT_NE(app.LandingPage().find("<td>drops</td><td>up</td>"), std::string::npos);
+}
+
+// The Kubernetes provider never takes kmon down: an unusable kubeconfig leaves it
+// serving with the watch reported down; an API outage keeps the pods it knew.
+double KubeGauge(App& app, const std::string& name, const std::string& scope) {
+  auto fams = app.Gather();
+  const auto* s = FindSample(fams, name, {{"scope", scope}});
+  return s == nullptr ? -1 : s->gauge.value;
+}
+
+bool Eventually(const std::function<bool()>& fn) {
+  const auto end = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  while (std::chrono::steady_clock::now() < end) {
+    if (fn()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  return fn();
+}
+
+TEST(AppKubernetesTest, AnUnusableKubeconfigLeavesKmonServingWithTheWatchDown) {
+  const std::vector<CollectorEntry> table = {
+      {"tcp", true, [](const CollectorDeps& d) { return std::make_unique<AlwaysUpCollector>(d); },
+       Row("tcp")->section},
+  };
+  TempFile file("kubernetes:\n  enabled: true\n  kubeconfig: /nonexistent/kubeconfig\n");
+  Flags flags;
+  flags.listen_address = "127.0.0.1:0";
+  flags.config_file = file.path();
+  App app(flags, AppParts{&table, nullptr});
+  ASSERT_EQ(app.Start(), 0);
+  EXPECT_EQ(Up(app, "tcp"), 1);
+  EXPECT_EQ(KubeGauge(app, "kmon_kubernetes_watch_up", "node"), 0);
+  EXPECT_EQ(KubeGauge(app, "kmon_kubernetes_pods", "node"), 0);
+}
+
+TEST(AppKubernetesTest, AnApiOutageKeepsTheLastKnownPodsAndSaysSo) {
+  KubeApiServer api;
+  ASSERT_TRUE(api.ok());
+  api.Upsert(KubeApiServer::MakePod("shop", "cart-1", "node-a", "10.244.0.5"));
+  api.Upsert(KubeApiServer::MakePod("web", "front-1", "node-b", "10.244.1.5"));
+  TempFile kubeconfig("apiVersion: v1\nclusters:\n- name: c\n  cluster:\n    server: " + api.url() +
+                      "\nusers:\n- name: u\n  user:\n    token: t\ncontexts:\n- name: x\n"
+                      "  context: {cluster: c, user: u}\ncurrent-context: x\n");
+  const std::vector<CollectorEntry> table = {
+      {"tcp", true, [](const CollectorDeps& d) { return std::make_unique<AlwaysUpCollector>(d); },
+       Row("tcp")->section},
+  };
+  TempFile file("kubernetes:\n  enabled: auto\n  node_name: node-a\n  kubeconfig: " +
+                kubeconfig.path() + "\n");
+  Flags flags;
+  flags.listen_address = "127.0.0.1:0";
+  flags.config_file = file.path();
+  App app(flags, AppParts{&table, nullptr});
+  ASSERT_EQ(app.Start(), 0);
+  ASSERT_TRUE(Eventually([&] {
+    return KubeGauge(app, "kmon_kubernetes_watch_up", "node") == 1 &&
+           KubeGauge(app, "kmon_kubernetes_watch_up", "cluster") == 1;
+  }));
+  EXPECT_EQ(KubeGauge(app, "kmon_kubernetes_pods", "node"), 1);
+  EXPECT_EQ(KubeGauge(app, "kmon_kubernetes_pods", "cluster"), 2);
+  EXPECT_GT(KubeGauge(app, "kmon_kubernetes_last_sync_timestamp_seconds", "node"), 1.7e9);
+
+  api.FailRequests(503);
+  api.DropWatches();
+  EXPECT_TRUE(Eventually([&] {
+    return KubeGauge(app, "kmon_kubernetes_watch_up", "node") == 0 &&
+           KubeGauge(app, "kmon_kubernetes_watch_up", "cluster") == 0;
+  }));
+  EXPECT_EQ(KubeGauge(app, "kmon_kubernetes_pods", "node"), 1);
+  EXPECT_EQ(KubeGauge(app, "kmon_kubernetes_pods", "cluster"), 2);
+
+  api.FailRequests(0, 0);
+  api.Upsert(KubeApiServer::MakePod("shop", "cart-2", "node-a", "10.244.0.6"));
+  EXPECT_TRUE(Eventually([&] { return KubeGauge(app, "kmon_kubernetes_pods", "node") == 2; }));
+  EXPECT_EQ(KubeGauge(app, "kmon_kubernetes_watch_up", "node"), 1);
 }
 
 }  // namespace
