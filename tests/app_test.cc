@@ -255,15 +255,6 @@ double KubeGauge(App& app, const std::string& name, const std::string& scope) {
   return s == nullptr ? -1 : s->gauge.value;
 }
 
-bool Eventually(const std::function<bool()>& fn) {
-  const auto end = std::chrono::steady_clock::now() + std::chrono::seconds(5);
-  while (std::chrono::steady_clock::now() < end) {
-    if (fn()) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
-  return fn();
-}
-
 TEST(AppKubernetesTest, AnUnusableKubeconfigLeavesKmonServingWithTheWatchDown) {
   const std::vector<CollectorEntry> table = {
       {"tcp", true, [](const CollectorDeps& d) { return std::make_unique<AlwaysUpCollector>(d); },

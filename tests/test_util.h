@@ -2,21 +2,23 @@
 // on some input (promtool), finding a sample among collected families.
 #pragma once
 
+#include <gtest/gtest.h>
+#include <prometheus/metric_family.h>
 #include <sys/wait.h>
-#include <zlib.h>
 #include <unistd.h>
+#include <zlib.h>
 
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
-#include <sstream>
+#include <functional>
 #include <map>
+#include <sstream>
 #include <string>
+#include <thread>
 #include <unordered_map>
 #include <vector>
-
-#include <gtest/gtest.h>
-#include <prometheus/metric_family.h>
 
 #include "provider/workload.h"
 
@@ -27,14 +29,27 @@ namespace kmon {
 class FixedCgroupPaths : public CgroupPathSource {
  public:
   std::unordered_map<uint64_t, std::string> Scan() override {
-    return {{1, "/"},
-            {100, "/system.slice/nginx.service"},
-            {200,
-             "/kubepods.slice/kubepods-burstable.slice/"
-             "kubepods-burstable-pod0c4b8f6e_1d2a_4c3b_9e8f_123456789abc.slice/"
-             "cri-containerd-4f2a9c1b7d3e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8.scope"}};
+    return {
+        {1, "/"},
+        {100, "/system.slice/nginx.service"},
+        {200,
+         "/kubepods.slice/kubepods-burstable.slice/"
+         "kubepods-burstable-pod0c4b8f6e_1d2a_4c3b_9e8f_123456789abc.slice/"
+         "cri-containerd-4f2a9c1b7d3e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8.scope"}};
   }
 };
+
+/// Polls `pred` every `poll` until it holds or `timeout` passes; its last answer.
+inline bool Eventually(const std::function<bool()>& pred,
+                       std::chrono::milliseconds timeout = std::chrono::milliseconds(5000),
+                       std::chrono::milliseconds poll = std::chrono::milliseconds(5)) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (pred()) return true;
+    std::this_thread::sleep_for(poll);
+  }
+  return pred();
+}
 
 /// A file for one test, removed when it goes out of scope: also when an ASSERT
 /// returns from the test early.

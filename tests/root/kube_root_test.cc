@@ -32,6 +32,9 @@ using testing::TestCgroup;
 using testing::TestNetns;
 
 using Clock = std::chrono::steady_clock;
+using std::chrono::milliseconds;
+// Scrapes are not free: poll the exporter at a gentler pace than the default.
+constexpr milliseconds kPoll{50};
 
 // Distinct per test process, so a leftover of an earlier run never matches.
 std::string Uid(int n) {
@@ -99,16 +102,6 @@ std::string Kubeconfig(const KubeApiServer& api) {
       "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: ", api.url(),
       "\nusers:\n- name: kmon\n  user:\n    token: s3cret\ncontexts:\n- name: test\n"
       "  context:\n    cluster: test\n    user: kmon\ncurrent-context: test\n");
-}
-
-// Polls `fn` every 50 ms until it is true or `ms` passed.
-bool Eventually(const std::function<bool()>& fn, int ms) {
-  const auto end = Clock::now() + std::chrono::milliseconds(ms);
-  while (Clock::now() < end) {
-    if (fn()) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  }
-  return fn();
 }
 
 double Value(const ExporterProcess& kmon, const std::string& name,
@@ -193,17 +186,17 @@ TEST_F(KubeRootTest, NamesTargetsAndGraceFollowThePods) {
                SampleValue(t, "kmon_kubernetes_pods", {{"scope", "node"}}) == 2 &&
                SampleValue(t, "kmon_kubernetes_pods", {{"scope", "cluster"}}) == 3;
       },
-      5000))
+      milliseconds(5000), kPoll))
       << kmon->Scrape();
   // The watched-cgroups map follows a pod event within a second.
-  std::this_thread::sleep_for(std::chrono::milliseconds(1100));
+  std::this_thread::sleep_for(milliseconds(1100));
 
   ASSERT_EQ(testing::RunInCgroup(*cart_cg, [] { Getppid(137); }), 0);
   ASSERT_EQ(testing::RunInCgroup(dns_cg, [] { Getppid(55); }), 0);
   const std::map<std::string, std::string> cart_labels{
       {"namespace", "shop"}, {"pod", cart.name}, {"container", "cart"}, {"syscall", "getppid"}};
-  EXPECT_TRUE(
-      Eventually([&] { return Value(*kmon, "kmon_syscalls_total", cart_labels) == 137; }, 3000))
+  EXPECT_TRUE(Eventually([&] { return Value(*kmon, "kmon_syscalls_total", cart_labels) == 137; },
+                         milliseconds(3000), kPoll))
       << kmon->Scrape();
   // The excluded namespace counts nothing, under no name at all.
   const std::string text = kmon->Scrape();
@@ -222,7 +215,7 @@ TEST_F(KubeRootTest, NamesTargetsAndGraceFollowThePods) {
                      .owner_kind = "StatefulSet",
                      .owner_name = "late"};
   TestCgroup late_cg(CgroupfsContainerCgroup("burstable", late.uid, late.container_id));
-  std::this_thread::sleep_for(std::chrono::milliseconds(1500));  // a refresh: watched
+  std::this_thread::sleep_for(milliseconds(1500));  // a refresh: watched
   ASSERT_EQ(testing::RunInCgroup(late_cg, [] { Getppid(42); }), 0);
   EXPECT_TRUE(Eventually(
       [&] {
@@ -231,7 +224,7 @@ TEST_F(KubeRootTest, NamesTargetsAndGraceFollowThePods) {
                       {"pod", late.uid},
                       {"container", late.container_id.substr(0, 12)}}) == 42;
       },
-      3000))
+      milliseconds(3000), kPoll))
       << kmon->Scrape();
   api_.Upsert(PodObject(late));
   const auto told = Clock::now();
@@ -240,7 +233,7 @@ TEST_F(KubeRootTest, NamesTargetsAndGraceFollowThePods) {
         return Value(*kmon, "kmon_syscalls_total",
                      {{"namespace", "shop"}, {"pod", "late-0"}, {"container", "worker"}}) == 42;
       },
-      2000))
+      milliseconds(2000), kPoll))
       << kmon->Scrape();
   EXPECT_LT(Clock::now() - told, std::chrono::seconds(2));
 
@@ -248,10 +241,10 @@ TEST_F(KubeRootTest, NamesTargetsAndGraceFollowThePods) {
   api_.Delete(cart.ns, cart.name);
   cart_cg.reset();
   const auto deleted = Clock::now();
-  std::this_thread::sleep_for(std::chrono::milliseconds(1000));
+  std::this_thread::sleep_for(milliseconds(1000));
   EXPECT_EQ(Value(*kmon, "kmon_syscalls_total", cart_labels), 137) << kmon->Scrape();
-  EXPECT_TRUE(
-      Eventually([&] { return Value(*kmon, "kmon_syscalls_total", cart_labels) == -1; }, 5000))
+  EXPECT_TRUE(Eventually([&] { return Value(*kmon, "kmon_syscalls_total", cart_labels) == -1; },
+                         milliseconds(5000), kPoll))
       << kmon->Scrape();
   EXPECT_GE(Clock::now() - deleted, std::chrono::seconds(3));
   EXPECT_EQ(Value(*kmon, "kmon_kubernetes_pods", {{"scope", "node"}}), 2);  // dns and late
@@ -320,10 +313,10 @@ TEST_F(KubeRootTest, CrossNodeClientIsNamedThroughThePodIpIndex) {
       [&] {
         return Value(*kmon, "kmon_kubernetes_pods", {{"scope", "cluster"}}) == 2;
       },
-      5000))
+      milliseconds(5000), kPoll))
       << kmon->Scrape();
   // The tcp collector writes the index's addresses into its control map on the change.
-  std::this_thread::sleep_for(std::chrono::milliseconds(1000));
+  std::this_thread::sleep_for(milliseconds(1000));
 
   testing::Server s = testing::StartServer(server_cg, AF_INET, "0.0.0.0", 1, srv.name());
   pid_t c = testing::SpawnInCgroup(
@@ -341,7 +334,7 @@ TEST_F(KubeRootTest, CrossNodeClientIsNamedThroughThePodIpIndex) {
                       {"server_namespace", "shop"},
                       {"server_port", port}}) == 25;
       },
-      3000))
+      milliseconds(3000), kPoll))
       << kmon->Scrape();
   EXPECT_EQ(
       Value(*kmon, "kmon_topology_requests_total", {{"client", "external"}, {"server_port", port}}),
@@ -357,7 +350,7 @@ TEST_F(KubeRootTest, CrossNodeClientIsNamedThroughThePodIpIndex) {
                    {{"client", "web/frontend"}, {"server", "shop/cart"}, {"server_port", port}}) ==
                25;
       },
-      3000))
+      milliseconds(3000), kPoll))
       << kmon->Scrape();
   EXPECT_EQ(kmon->Terminate(), 0);
 }
