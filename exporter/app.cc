@@ -16,6 +16,7 @@
 #include "base/log.h"
 #include "base/markup.h"
 #include "collectors/bpf_util.h"
+#include "exporter/privileges.h"
 #include "exporter/self_metrics.h"
 #include "exporter/version.h"
 
@@ -209,9 +210,13 @@ int App::Start() {
   bpf_stats_fd_ = bpf_enable_stats(BPF_STATS_RUN_TIME);
   if (bpf_stats_fd_ >= 0) {
     LogInfo("enabled kernel.bpf_stats_enabled for per-program run counts and time");
+  } else if (BpfStatsEnabled()) {
+    LogInfo("kernel.bpf_stats_enabled is on (set by the node or an init container)");
   } else {
-    LogWarn("could not enable BPF run-time stats; kmon_bpf_program_* stay 0",
-            {{"err", std::strerror(errno)}});
+    LogWarn(
+        "per-program BPF stats unavailable: kmon_bpf_program_* are not exported until "
+        "kernel.bpf_stats_enabled=1 (turning it on takes CAP_SYS_ADMIN, at start only)",
+        {{"err", std::strerror(errno)}});
   }
 
   std::optional<std::string> root = DetectCgroup2Root();
@@ -238,7 +243,11 @@ int App::Start() {
     config_stamp_ = StampOf(flags_.config_file);
     bool any_up = std::any_of(slots_.begin(), slots_.end(), [](const Slot& s) { return s.up; });
     if (!any_up) {
-      LogError("no collector could start");
+      const bool refused = std::any_of(slots_.begin(), slots_.end(), [](const Slot& s) {
+        return s.reason.find(std::strerror(EPERM)) != std::string::npos;
+      });
+      LogError("no collector could start",
+               {{"hint", refused ? PermissionHint(EPERM) : "see each collector's error above"}});
       return 2;
     }
   }
@@ -375,6 +384,7 @@ std::vector<prometheus::MetricFamily> App::Gather() {
     self.last_reload_ok = last_reload_ok_;
     self.last_reload_success_unix = last_reload_success_unix_;
     self.watched_cgroups = watched_->WatchedCount();
+    self.bpf_stats = bpf_stats_fd_ >= 0 || BpfStatsEnabled();
     if (kube_) {
       for (const KubeWatchStatus& w : kube_->Status()) {
         self.kubernetes.push_back({w.scope, w.up, w.pods, w.last_sync_unix});

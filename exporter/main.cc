@@ -1,4 +1,5 @@
 // kmon_exporter: per-node Prometheus exporter of per-pod kernel metrics from eBPF.
+#include <absl/strings/str_join.h>
 #include <signal.h>
 #include <unistd.h>
 
@@ -6,11 +7,12 @@
 #include <string>
 #include <vector>
 
+#include "base/log.h"
 #include "collectors/collector.h"
 #include "exporter/app.h"
 #include "exporter/config.h"
 #include "exporter/flags.h"
-#include "base/log.h"
+#include "exporter/privileges.h"
 #include "exporter/self_metrics.h"
 #include "exporter/version.h"
 
@@ -79,5 +81,13 @@ int main(int argc, char** argv) {
   kmon::App app(flags);
   int rc = app.Start();
   if (rc != 0) return rc;
+  // Loaded, attached and bound: from here on kmon needs only what a reload or a scrape
+  // may do (kmon::KeptCapabilities); whatever else it was started with goes.
+  absl::StatusOr<std::vector<std::string>> kept = kmon::DropUnneededCapabilities();
+  if (kept.ok()) {
+    kmon::LogInfo("capabilities after start", {{"kept", absl::StrJoin(*kept, ",")}});
+  } else {
+    kmon::LogWarn("could not drop capabilities", {{"err", kept.status().ToString()}});
+  }
   return app.Run();
 }

@@ -70,7 +70,7 @@ std::vector<prometheus::MetricFamily> BuildSelfMetrics(const SelfState& s) {
     up.AddGauge({c.name}, c.up && c.collected ? 1 : 0);
     if (!c.up) continue;
     dur.AddGauge({c.name}, c.scrape_seconds);
-    for (const auto& p : ReadProgramStats(c.object)) {
+    for (const auto& p : s.bpf_stats ? ReadProgramStats(c.object) : std::vector<ProgramStats>{}) {
       runs.AddCounter({c.name, p.name}, static_cast<double>(p.run_count));
       run_secs.AddCounter({c.name, p.name}, static_cast<double>(p.run_time_ns) / 1e9);
     }

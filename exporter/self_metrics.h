@@ -40,6 +40,9 @@ struct SelfState {
   bool last_reload_ok = true;
   double last_reload_success_unix = 0;
   uint64_t watched_cgroups = 0;
+  /// The kernel keeps per-program stats: else kmon_bpf_program_* are left out (zeros
+  /// would read as "never ran").
+  bool bpf_stats = true;
   /// Empty when kmon runs without Kubernetes: then no kmon_kubernetes_* series.
   std::vector<KubernetesWatchState> kubernetes;
 };

@@ -8,7 +8,7 @@ PACKAGES=(
   # libraries
   libbpf-dev libelf-dev zlib1g-dev prometheus-cpp-dev libcivetweb-dev libyaml-cpp-dev
   libabsl-dev libseccomp-dev nlohmann-json3-dev libcurl4-openssl-dev libcrypt-dev libssl-dev
-  libprotobuf-dev protobuf-compiler
+  libprotobuf-dev protobuf-compiler libcap-ng-dev
   # tests and benchmarks
   libgtest-dev libgmock-dev prometheus bpftrace openssl python3-prometheus-client iproute2
   nginx-light wrk fio python3-yaml nftables

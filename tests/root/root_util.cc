@@ -224,10 +224,11 @@ std::optional<double> SampleValue(const std::string& text, const std::string& na
   return std::nullopt;
 }
 
-ExporterProcess::ExporterProcess(std::vector<std::string> args) {
+ExporterProcess::ExporterProcess(std::vector<std::string> args, std::vector<std::string> wrapper) {
   port_ = FreePort();
   args.insert(args.begin(), "--web.listen-address=127.0.0.1:" + std::to_string(port_));
   args.insert(args.begin(), KMON_EXPORTER_BIN);
+  args.insert(args.begin(), wrapper.begin(), wrapper.end());
   pid_ = fork();
   if (pid_ == 0) {
     sigset_t none;
@@ -236,7 +237,7 @@ ExporterProcess::ExporterProcess(std::vector<std::string> args) {
     std::vector<char*> argv;
     for (auto& a : args) argv.push_back(a.data());
     argv.push_back(nullptr);
-    execv(argv[0], argv.data());
+    execvp(argv[0], argv.data());
     _exit(127);
   }
 }

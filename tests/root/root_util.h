@@ -96,7 +96,8 @@ std::optional<double> SampleValue(const std::string& text, const std::string& na
 /// kmon_exporter running as a child process; killed (SIGTERM, then SIGKILL) on destruction.
 class ExporterProcess {
  public:
-  explicit ExporterProcess(std::vector<std::string> args);
+  /// `wrapper`: a command the exporter is run under (e.g. setpriv and its options).
+  explicit ExporterProcess(std::vector<std::string> args, std::vector<std::string> wrapper = {});
   ~ExporterProcess();
   /// Waits until /-/ready answers 200; false on timeout or exit.
   bool WaitReady(int timeout_ms = 20000);
