@@ -118,8 +118,10 @@ fi
 # ---- Containerfile
 if [[ -n "$exporter" ]] && ((have_py)); then
   # Library packages of the binary, less what every Debian image has.
-  pkgs=$(ldd "$exporter" | awk '/=>/ {print $3}' | xargs -r readlink -f |
-    xargs -r dpkg -S 2>/dev/null | cut -d: -f1 | sort -u |
+  # dpkg knows a merged-/usr library by the path its package ships (often /lib/...).
+  owner() { dpkg -S "$1" 2>/dev/null || dpkg -S "${1#/usr}" 2>/dev/null; }
+  pkgs=$(for lib in $(ldd "$exporter" | awk '/=>/ {print $3}' | xargs -r readlink -f); do
+      owner "$lib"; done | cut -d: -f1 | sort -u |
     grep -vxE 'libc6|libgcc-s1|libstdc\+\+6' | tr '\n' ' ')
   run "Containerfile runtime stage installs: $pkgs" \
     python3 "$here/check_deploy.py" containerfile deploy/container/Containerfile $pkgs
