@@ -10,7 +10,7 @@ PACKAGES=(
   libabsl-dev libseccomp-dev nlohmann-json3-dev libcurl4-openssl-dev libcrypt-dev libssl-dev
   libprotobuf-dev protobuf-compiler libcap-ng-dev
   # tests and benchmarks
-  libgtest-dev libgmock-dev prometheus bpftrace openssl python3-prometheus-client iproute2
+  libgtest-dev libgmock-dev libclang-rt-14-dev prometheus bpftrace openssl python3-prometheus-client iproute2
   nginx-light wrk fio python3-yaml nftables
 )
 # kubectl renders the Kubernetes manifests offline; Debian ships it as kubernetes-client.
