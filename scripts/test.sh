@@ -16,5 +16,7 @@ if [[ $(id -u) == 0 ]]; then
   build/tests/tcp_overhead 4 3 2>/dev/null || echo "benchmark tcp_overhead failed"
   build/tests/blockio_overhead 2 4 || echo "benchmark blockio_overhead failed"
 fi
+# The parsers of untrusted input under libFuzzer (ASan+UBSan), each for a fixed time.
+scripts/fuzz.sh "${KMON_FUZZ_SECONDS:-10}"
 # Last, so ctest's summary closes the output.
 (cd build && ctest --output-on-failure --timeout 300)
