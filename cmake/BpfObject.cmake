@@ -51,4 +51,8 @@ function(kmon_bpf_skeleton name)
     COMMENT "BPF skeleton ${name}.skel.h"
     VERBATIM)
   add_custom_target(${name}_skel DEPENDS "${skel}")
+  # vmlinux.h is one file that every skeleton's compile depends on: made by one target
+  # before any of them, or parallel builds generate it several times at once and a
+  # compile reads a half-written one (seen: "source file is not valid UTF-8").
+  add_dependencies(${name}_skel kmon_vmlinux_h)
 endfunction()
