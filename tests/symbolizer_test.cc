@@ -207,6 +207,15 @@ TEST(ProcMapsTest, KeepsExecutableMappings) {
   EXPECT_EQ(maps[4].path, "/tmp/a b (deleted)");
 }
 
+// Found by fuzz_proc_text: a reversed or empty range is no mapping.
+TEST(ProcMapsTest, ReversedAndEmptyRangesAreSkipped) {
+  EXPECT_TRUE(ParseProcMaps("2000-1000 r-xp 00000000 fe:00 1 /bin/x
+"
+                            "1000-1000 r-xp 00000000 fe:00 1 /bin/y
+")
+                  .empty());
+}
+
 TEST(DemangleTest, CxxNamesOnly) {
   EXPECT_EQ(Demangle("_ZN4kmon7fixture10CxxFixtureEi"), "kmon::fixture::CxxFixture(int)");
   EXPECT_EQ(Demangle("nanosleep"), "nanosleep");

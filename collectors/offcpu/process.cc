@@ -65,7 +65,9 @@ std::vector<MapEntry> ParseProcMaps(std::string_view text) {
     if (dash == std::string_view::npos) continue;
     MapEntry m;
     if (!ParseHex(range.substr(0, dash), &m.start) || !ParseHex(range.substr(dash + 1), &m.end) ||
-        !ParseHex(offset, &m.offset)) {
+        !ParseHex(offset, &m.offset) || m.end <= m.start) {
+      // An empty or reversed range is not a mapping (the fuzzer made one): its size
+      // would wrap, and an address lookup would match far more than it holds.
       continue;
     }
     m.inode = std::strtoull(std::string(inode).c_str(), nullptr, 10);
