@@ -535,7 +535,7 @@ TEST(DashboardRootTest, EveryQueryRunsAndPanelsShowTheKnownWorkload) {
   for (const auto& [collector, up] : ByLabel(results["Collectors up/A"], "collector")) {
     EXPECT_EQ(up, 1) << "collector " << collector;
   }
-  EXPECT_EQ(ByLabel(results["Collectors up/A"], "collector").size(), 6u);
+  EXPECT_EQ(ByLabel(results["Collectors up/A"], "collector").size(), 7u);
   EXPECT_EQ(OnlyValue(results["Config reload/A"]), 1);
   for (const auto& [map, fill] : ByLabel(results["BPF map fill/A"], "map")) {
     EXPECT_GE(fill, 0) << map;
