@@ -46,7 +46,9 @@ char LICENSE[] SEC("license") = "GPL";
 
 #define KMON_ETH_P_IP 0x0800
 #define KMON_ETH_P_IPV6 0x86DD
+#define KMON_TCP_FIN 0x01
 #define KMON_TCP_SYN 0x02
+#define KMON_TCP_RST 0x04
 
 KMON_MAP(BPF_MAP_TYPE_ARRAY, 1, __u32, struct dns_config) dns_config SEC(".maps");
 /* port -> 1 when it is a DNS server port (collectors.dns.ports). */
@@ -58,15 +60,16 @@ KMON_MAP(BPF_MAP_TYPE_PERCPU_HASH, KMON_DNS_HIST_MAX, struct dns_hist_key,
 KMON_MAP(BPF_MAP_TYPE_PERCPU_HASH, KMON_DNS_STATS_MAX, __u64, struct dns_stats) stats SEC(".maps");
 KMON_MAP(BPF_MAP_TYPE_PERCPU_ARRAY, DNS_LOST_MAX, __u32, __u64) dns_lost SEC(".maps");
 
-struct {
-  __uint(type, BPF_MAP_TYPE_SK_STORAGE);
-  __uint(map_flags, BPF_F_NO_PREALLOC);
-  __type(key, int);
-  __type(value, struct dns_tcp_state);
-} tcp_state SEC(".maps");
+/* Socket cookie -> its DNS stream positions. An LRU rather than socket storage,
+ * which would free an entry with its socket but has no capacity for
+ * kmon_bpf_map_max_entries to show; entries go with the connection's end, and
+ * the LRU only ever evicts those of connections that ended without a packet
+ * (their netns gone), far below this many live TCP DNS connections. */
+KMON_MAP(BPF_MAP_TYPE_LRU_HASH, KMON_DNS_TCP_MAX, __u64, struct dns_tcp_state) tcp_state SEC(".maps");
 
 static const struct dns_hist zero_hist;
 static const struct dns_stats zero_stats;
+static const struct dns_tcp_state zero_tcp;
 
 /* The headers of one packet, as far as this program needs them. */
 struct pkt {
@@ -280,22 +283,38 @@ unsynced:
   d->synced = 0;
 }
 
+static __always_inline void tcp_stream(struct __sk_buff *skb, const struct pkt *p, __u32 seq,
+                                       struct dns_tcp_state *st, bool egress) {
+  struct tcp_dir d;
+  if (egress) {
+    d = (struct tcp_dir){st->tx_next, st->tx_hdr, st->tx_synced, st->tx_split};
+  } else {
+    d = (struct tcp_dir){st->rx_next, st->rx_hdr, st->rx_synced, st->rx_split};
+  }
+  if (!d.synced) return;
+  tcp_messages(skb, p, seq, p->len, &d, egress);
+  if (egress) {
+    st->tx_next = d.next;
+    st->tx_hdr = d.hdr;
+    st->tx_synced = d.synced;
+    st->tx_split = d.split;
+  } else {
+    st->rx_next = d.next;
+    st->rx_hdr = d.hdr;
+    st->rx_synced = d.synced;
+    st->rx_split = d.split;
+  }
+}
+
 static __always_inline void on_tcp(struct __sk_buff *skb, struct pkt *p, bool egress) {
-  struct bpf_sock *sk = skb->sk;
-  if (!sk) return;
-  sk = bpf_sk_fullsock(sk);
-  if (!sk) return;
+  __u64 cookie = bpf_get_socket_cookie(skb);
   __u32 seq = p->seq;
-  __u32 len = p->len;
   struct dns_tcp_state *st;
   if (p->flags & KMON_TCP_SYN) {
     /* The client's SYN (egress) or the server's SYN-ACK (ingress): the stream
      * starts after it. Data on a SYN (fast open) follows at seq + 1. */
-    st = bpf_sk_storage_get(&tcp_state, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
-    if (!st) {
-      kmon_count_lost(KMON_LOST_MAP_FULL);
-      return;
-    }
+    st = kmon_lookup_or_init(&tcp_state, &cookie, &zero_tcp);
+    if (!st) return;
     seq += 1;
     if (egress) {
       st->tx_next = seq;
@@ -307,29 +326,22 @@ static __always_inline void on_tcp(struct __sk_buff *skb, struct pkt *p, bool eg
       st->rx_split = 0;
     }
   } else {
-    if (len == 0) return;
-    st = bpf_sk_storage_get(&tcp_state, sk, 0, 0);
+    if (p->len == 0 && !(p->flags & (KMON_TCP_FIN | KMON_TCP_RST))) return; /* an ACK */
+    st = bpf_map_lookup_elem(&tcp_state, &cookie);
     if (!st) return; /* opened before kmon started: where messages begin is unknown */
   }
-  if (len == 0) return;
-  struct tcp_dir d;
-  if (egress) {
-    d = (struct tcp_dir){st->tx_next, st->tx_hdr, st->tx_synced, st->tx_split};
-  } else {
-    d = (struct tcp_dir){st->rx_next, st->rx_hdr, st->rx_synced, st->rx_split};
+  if (p->len > 0) tcp_stream(skb, p, seq, st, egress);
+  /* A half-closed connection may still carry answers: the entry goes when both
+   * sides are done, or at once with a reset. */
+  if (p->flags & KMON_TCP_FIN) {
+    if (egress) {
+      st->tx_fin = 1;
+    } else {
+      st->rx_fin = 1;
+    }
   }
-  if (!d.synced) return;
-  tcp_messages(skb, p, seq, len, &d, egress);
-  if (egress) {
-    st->tx_next = d.next;
-    st->tx_hdr = d.hdr;
-    st->tx_synced = d.synced;
-    st->tx_split = d.split;
-  } else {
-    st->rx_next = d.next;
-    st->rx_hdr = d.hdr;
-    st->rx_synced = d.synced;
-    st->rx_split = d.split;
+  if ((p->flags & KMON_TCP_RST) || (st->tx_fin && st->rx_fin)) {
+    bpf_map_delete_elem(&tcp_state, &cookie);
   }
 }
 

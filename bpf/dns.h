@@ -15,6 +15,8 @@
 /* (cgroup, rcode) histograms and per-cgroup counters. */
 #define KMON_DNS_HIST_MAX 8192
 #define KMON_DNS_STATS_MAX 8192
+/* TCP connections to DNS ports followed at once. */
+#define KMON_DNS_TCP_MAX 16384
 /* The `dns_ports` array has one slot per port. */
 #define KMON_DNS_PORTS 65536
 /* DNS messages parsed in one TCP segment (glibc writes its A and AAAA queries
@@ -75,10 +77,12 @@ enum dns_lost_reason {
   DNS_LOST_MAX = 2,
 };
 
-/* Per TCP socket to a DNS port (socket local storage): where in each direction's
+/* Per TCP connection to a DNS port, by socket cookie: where in each direction's
  * byte stream the next DNS message (its 2-byte length) begins, so a segment that
- * continues a message is never read as a header. 0 in `synced`: unknown (the
- * connection began before kmon) or lost; the socket is not parsed. */
+ * continues a message is never read as a header. 0 in `synced`: lost; the
+ * direction is not parsed. A connection without an entry (it began before kmon)
+ * is not parsed either. The entry goes with the connection's RST or its second
+ * FIN. */
 struct dns_tcp_state {
   __u32 tx_next; /* TCP sequence number of the next query's length prefix */
   __u32 rx_next; /* of the next response's */
@@ -88,7 +92,9 @@ struct dns_tcp_state {
   __u8 rx_synced;
   __u8 tx_split;
   __u8 rx_split;
-  __u32 pad;
+  __u8 tx_fin; /* a FIN was sent */
+  __u8 rx_fin; /* a FIN was received */
+  __u16 pad;
 };
 
 /* The length of a DNS message header (RFC 1035 section 4.1.1). */

@@ -175,7 +175,7 @@ DnsCollector::DnsCollector(const CollectorDeps& deps)
                     {"dns_config", sizeof(uint32_t), sizeof(dns_config)},
                     {"dns_ports", sizeof(uint32_t), sizeof(uint8_t)},
                     {"dns_lost", sizeof(uint32_t), sizeof(uint64_t)},
-                    {"tcp_state", sizeof(int), sizeof(dns_tcp_state)}}) {}
+                    {"tcp_state", sizeof(uint64_t), sizeof(dns_tcp_state)}}) {}
 
 absl::Status DnsCollector::Configure(const CollectorConfig& config) {
   const DnsConfig& dc = config.collectors.Get<DnsConfig>();

@@ -15,6 +15,7 @@
 #include <thread>
 #include <vector>
 
+#include "collectors/bpf_util.h"
 #include "collectors/dns.h"
 #include "collectors/watched_cgroups.h"
 #include "exporter/config.h"
@@ -223,6 +224,14 @@ uint64_t AllAnswered(const std::vector<prometheus::MetricFamily>& fams, const Te
   return n;
 }
 
+// Entries in one of the collector's maps now; -1 when it cannot be read.
+int64_t MapEntries(const DnsCollector& c, const char* map) {
+  const bpf_map* m = bpf_object__find_map_by_name(c.BpfObject(), map);
+  if (m == nullptr) return -1;
+  absl::StatusOr<uint64_t> n = CountMapEntries(m);
+  return n.ok() ? static_cast<int64_t>(*n) : -1;
+}
+
 double Timeouts(const std::vector<prometheus::MetricFamily>& fams, const TestCgroup& cg) {
   const auto* m = FindSample(fams, "kmon_dns_timeouts_total", {{"container", cg.name()}});
   return m == nullptr ? -1 : m->counter.value;
@@ -287,6 +296,11 @@ TEST_F(DnsRootTest, PythonClientEverySocketCallShapeOverUdpAndTcp) {
   EXPECT_EQ(collector_->EventsLost().at("tcp_unsynced"), 0u);
   // Counters are cumulative: a second scrape of the same data gives the same numbers.
   EXPECT_EQ(AllAnswered(Scrape(collector_.get()), client_cg_), 25u);
+  // Every answered query left `pending`; each TCP connection's stream state went
+  // with its second FIN.
+  EXPECT_EQ(MapEntries(*collector_, "pending"), 0);
+  EXPECT_TRUE(Eventually([&] { return MapEntries(*collector_, "tcp_state") == 0; }))
+      << MapEntries(*collector_, "tcp_state") << " TCP streams still followed";
 }
 
 TEST_F(DnsRootTest, DigOverUdpAndTcpWithEdns) {
@@ -327,6 +341,7 @@ TEST_F(DnsRootTest, UnansweredAndLateQueriesAreTimeouts) {
   ExpectAnswered(fams, client_cg_, "NOERROR", 1);
   EXPECT_EQ(AllAnswered(fams, client_cg_), 1u);
   EXPECT_EQ(Timeouts(Scrape(collector_.get()), client_cg_), 6);
+  EXPECT_EQ(MapEntries(*collector_, "pending"), 0) << "the sweep took the unanswered ones";
 }
 
 TEST_F(DnsRootTest, GarbageToTheDnsPortIsMalformedNotAQuery) {
