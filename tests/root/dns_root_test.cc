@@ -354,6 +354,48 @@ TEST_F(DnsRootTest, GarbageToTheDnsPortIsMalformedNotAQuery) {
   EXPECT_EQ(Timeouts(fams, client_cg_), -1) << "no query, so no series";
 }
 
+// A reload rewrites the control maps: a port taken out of `ports` is not timed,
+// put back it is again, and new buckets restart the histograms; no program is
+// loaded again.
+TEST_F(DnsRootTest, ReconfigureChangesPortsAndBucketsInPlace) {
+  auto program_id = [&] {
+    const bpf_program* prog =
+        bpf_object__find_program_by_name(collector_->BpfObject(), "kmon_dns_egress");
+    bpf_prog_info info{};
+    uint32_t len = sizeof info;
+    if (prog == nullptr || bpf_obj_get_info_by_fd(bpf_program__fd(prog), &info, &len) != 0) {
+      return 0u;
+    }
+    return info.id;
+  };
+  const uint32_t id = program_id();
+  ASSERT_NE(id, 0u);
+  Config other = DnsTestConfig(port_);
+  other.collectors.Mutable<DnsConfig>().ports = {53};
+  ASSERT_TRUE(collector_->Reconfigure(other).ok());
+  ASSERT_EQ(Python(client_cg_, port_, {"sendto4:3:r0.kmon.test:0"}), 0);
+  EXPECT_EQ(AllAnswered(Scrape(collector_.get()), client_cg_), 0u);
+
+  ASSERT_TRUE(collector_->Reconfigure(DnsTestConfig(port_)).ok());
+  ASSERT_EQ(Python(client_cg_, port_, {"sendto4:2:r0.kmon.test:0"}), 0);
+  ExpectAnswered(Scrape(collector_.get()), client_cg_, "NOERROR", 2);
+
+  Config buckets = DnsTestConfig(port_);
+  buckets.collectors.Mutable<DnsConfig>().latency_buckets = {0.02, 0.2};
+  ASSERT_TRUE(collector_->Reconfigure(buckets).ok());
+  ASSERT_EQ(Python(client_cg_, port_, {"sendto4:1:r0.kmon.test:0"}), 0);
+  auto fams = Scrape(collector_.get());
+  const auto* m = FindSample(fams, "kmon_dns_request_duration_seconds",
+                             {{"container", client_cg_.name()}, {"rcode", "NOERROR"}});
+  ASSERT_NE(m, nullptr);
+  EXPECT_EQ(m->histogram.sample_count, 1u) << "the histogram restarted with its new buckets";
+  ASSERT_EQ(m->histogram.bucket.size(), 3u);
+  EXPECT_EQ(m->histogram.bucket[0].upper_bound, 0.02);
+  EXPECT_EQ(m->histogram.bucket[0].cumulative_count, 0u);
+  EXPECT_EQ(m->histogram.bucket[1].cumulative_count, 1u);
+  EXPECT_EQ(program_id(), id) << "the program was loaded again";
+}
+
 // glibc's stub resolver, through /etc/resolv.conf, which can name no port: the
 // server listens on 53 in a network namespace of the test's own, and the client
 // sees a resolv.conf of its own in a mount namespace. `getent hosts` asks AAAA,
