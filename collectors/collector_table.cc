@@ -6,6 +6,7 @@
 #include "collectors/blockio.h"
 #include "collectors/collector.h"
 #include "collectors/cpu.h"
+#include "collectors/dns.h"
 #include "collectors/drops.h"
 #include "collectors/pending_sections.h"
 #include "collectors/syscalls.h"
@@ -31,7 +32,7 @@ const std::vector<CollectorEntry>& CollectorTable() {
       {"syscalls", true, Make<SyscallsCollector>(),
        SectionOf(ParseSyscallsSection, DefaultSyscallsSection)},
       {"cpu", true, Make<CpuCollector>(), SectionOf(ParseCpuSection)},
-      {"dns", true, nullptr, SectionOf(ParseDnsSection)},
+      {"dns", true, Make<DnsCollector>(), SectionOf(ParseDnsSection)},
       {"pagecache", true, nullptr, SectionOf(ParsePagecacheSection)},
   };
   return table;

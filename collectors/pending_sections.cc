@@ -4,13 +4,6 @@
 
 namespace kmon {
 
-void ParseDnsSection(YamlParser& p, const YamlValue& v, DnsConfig* c) {
-  p.Map(v, {
-               {"enabled", [&](const YamlValue& f) { p.Bool(f, &c->enabled); }},
-               {"ports", [&](const YamlValue& f) { p.PortSet(f, &c->ports); }},
-           });
-}
-
 void ParsePagecacheSection(YamlParser& p, const YamlValue& v, PagecacheConfig* c) {
   ParseEnabledOnlySection(p, v, c);
 }

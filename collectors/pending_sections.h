@@ -11,13 +11,6 @@
 
 namespace kmon {
 
-/// collectors.dns
-struct DnsConfig : CollectorSectionOf<DnsConfig> {
-  static constexpr char kName[] = "dns";
-  std::vector<uint16_t> ports{53};
-};
-void ParseDnsSection(YamlParser& p, const YamlValue& v, DnsConfig* c);
-
 /// collectors.pagecache
 struct PagecacheConfig : CollectorSectionOf<PagecacheConfig> {
   static constexpr char kName[] = "pagecache";

@@ -11,7 +11,7 @@ PACKAGES=(
   libprotobuf-dev protobuf-compiler libcap-ng-dev
   # tests and benchmarks
   libgtest-dev libgmock-dev libclang-rt-14-dev prometheus bpftrace openssl python3-prometheus-client iproute2
-  nginx-light wrk fio python3-yaml nftables
+  nginx-light wrk fio python3-yaml nftables bind9-dnsutils
 )
 # kubectl renders the Kubernetes manifests offline; Debian ships it as kubernetes-client.
 command -v kubectl >/dev/null 2>&1 || PACKAGES+=(kubernetes-client)

@@ -16,6 +16,7 @@
 
 #include "collectors/blockio.h"
 #include "collectors/cpu.h"
+#include "collectors/dns.h"
 #include "collectors/drops.h"
 #include "collectors/pending_sections.h"
 #include "collectors/syscalls.h"
@@ -98,6 +99,8 @@ void ExpectSameConfig(const Config& a, const Config& b) {
   EXPECT_EQ(x.Get<CpuConfig>().stacks, y.Get<CpuConfig>().stacks);
   EXPECT_EQ(x.Get<DnsConfig>().enabled, y.Get<DnsConfig>().enabled);
   EXPECT_EQ(x.Get<DnsConfig>().ports, y.Get<DnsConfig>().ports);
+  EXPECT_EQ(x.Get<DnsConfig>().timeout, y.Get<DnsConfig>().timeout);
+  EXPECT_EQ(x.Get<DnsConfig>().latency_buckets, y.Get<DnsConfig>().latency_buckets);
   EXPECT_EQ(x.Get<PagecacheConfig>().enabled, y.Get<PagecacheConfig>().enabled);
 }
 

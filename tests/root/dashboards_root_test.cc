@@ -41,6 +41,7 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include "tests/root/dns_server.h"
 #include "tests/root/root_util.h"
 
 namespace kmon {
@@ -59,6 +60,8 @@ constexpr int kRequestsPerConnection = 10;
 constexpr int kThinkMs = 15;         // server-side latency: 15 ms and a little
 constexpr int kGetppid = 1000;       // phase 2: getppid calls
 constexpr int kFailingOpenat = 100;  // phase 2: openat calls that fail with ENOENT
+constexpr int kDnsAnswered = 20;     // phase 2: DNS queries answered NOERROR
+constexpr int kDnsFailed = 5;        // phase 2: DNS queries answered SERVFAIL
 // The test's latency_buckets put every request in (0.01, 0.5]: wide enough that a
 // scheduling hiccup on a busy machine keeps a request in it (one in 50 went past 25 ms
 // on a shared 2-CPU machine), so the quantiles are exact. Bucket precision itself is
@@ -145,6 +148,31 @@ void Requests(uint16_t port, int connections, int requests) {
     }
     close(fd);
   }
+}
+
+// `n` DNS queries for <label>.kmon.test over one connected UDP socket to
+// 127.0.0.1:port, each waiting for its answer (tests/root/dns_server.h answers
+// "r2" with SERVFAIL); exits non-zero on error.
+void DnsQueries(uint16_t port, int n, const std::string& label) {
+  int fd = socket(AF_INET, SOCK_DGRAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  a.sin_port = htons(port);
+  if (fd < 0 || connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) _exit(20);
+  timeval tv{.tv_sec = 3, .tv_usec = 0};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  for (int i = 1; i <= n; ++i) {
+    std::string q{static_cast<char>(i >> 8), static_cast<char>(i), 1, 0, 0, 1, 0, 0, 0, 0, 0, 0};
+    for (const std::string& l : {label, std::string("kmon"), std::string("test")}) {
+      q += static_cast<char>(l.size()) + l;
+    }
+    q += std::string{0, 0, 1, 0, 1};  // the root, type A, class IN
+    char r[512];
+    if (send(fd, q.data(), q.size(), 0) != static_cast<ssize_t>(q.size())) _exit(21);
+    if (recv(fd, r, sizeof r, 0) < 4 || r[0] != q[0] || r[1] != q[1]) _exit(22);
+  }
+  close(fd);
 }
 
 void Syscalls(int getppid, int failing_openat) {
@@ -391,6 +419,12 @@ TEST(DashboardRootTest, EveryQueryRunsAndPanelsShowTheKnownWorkload) {
   const std::vector<PanelQuery> queries = PanelQueries(dashboard);
   ASSERT_GE(queries.size(), 30u);
 
+  // The DNS server on a port of the test's own (its answers take 30 ms).
+  TestCgroup dns_server_cg, dns_cg;
+  const uint16_t dns_port = static_cast<uint16_t>(testing::FreePort());
+  testing::DnsServer dns_server(dns_server_cg, dns_port);
+  ASSERT_TRUE(dns_server.ok()) << "the DNS server could not bind " << dns_port;
+
   TempDir dir;
   ASSERT_FALSE(dir.path().empty());
   std::ofstream(dir.path() + "/kmon.yaml")
@@ -399,7 +433,11 @@ TEST(DashboardRootTest, EveryQueryRunsAndPanelsShowTheKnownWorkload) {
          "  tcp:\n"
          "    latency_buckets: [0.005, 0.01, 0.5, 1]\n"
          "  syscalls:\n"
-         "    syscalls: [getppid, openat, read, write, close, futex, accept4, connect]\n";
+         "    syscalls: [getppid, openat, read, write, close, futex, accept4, connect]\n"
+         "  dns:\n"
+         "    latency_buckets: [0.01, 0.5, 1]\n"
+         "    ports: ["
+      << dns_port << "]\n";
   ExporterProcess exporter({"--config.file=" + dir.path() + "/kmon.yaml"});
   ASSERT_TRUE(exporter.WaitReady()) << "kmon_exporter did not get ready; landing page:\n"
                                     << testing::HttpGet(exporter.Url("/")).body;
@@ -423,12 +461,18 @@ TEST(DashboardRootTest, EveryQueryRunsAndPanelsShowTheKnownWorkload) {
       {"getppid", "kmon_syscalls_total{container=\"" + sys_cg.name() + "\",syscall=\"getppid\"}"},
       {"openat",
        "kmon_syscall_errors_total{container=\"" + sys_cg.name() + "\",syscall=\"openat\"}"},
+      {"dns_ok", "kmon_dns_request_duration_seconds_count{container=\"" + dns_cg.name() +
+                     "\",rcode=\"NOERROR\"}"},
+      {"dns_fail", "kmon_dns_request_duration_seconds_count{container=\"" + dns_cg.name() +
+                       "\",rcode=\"SERVFAIL\"}"},
   };
   const std::map<std::string, double> phase2{{"requests", kConnections * kRequestsPerConnection},
                                              {"accepted", kConnections},
                                              {"edge", kConnections * kRequestsPerConnection},
                                              {"getppid", kGetppid},
-                                             {"openat", kFailingOpenat}};
+                                             {"openat", kFailingOpenat},
+                                             {"dns_ok", kDnsAnswered},
+                                             {"dns_fail", kDnsFailed}};
 
   // Phase 1, warm-up: small workloads until Prometheus has scraped every probe series
   // (a new cgroup is watched within kmon's 1 s interval).
@@ -436,6 +480,12 @@ TEST(DashboardRootTest, EveryQueryRunsAndPanelsShowTheKnownWorkload) {
   for (int i = 0; i < 30 && !all; ++i) {
     ASSERT_EQ(RunInCgroup(client_cg, [&] { Requests(server.port(), 1, 2); }), 0);
     ASSERT_EQ(RunInCgroup(sys_cg, [] { Syscalls(3, 3); }), 0);
+    ASSERT_EQ(RunInCgroup(dns_cg,
+                          [&] {
+                            DnsQueries(dns_port, 1, "r0");
+                            DnsQueries(dns_port, 1, "r2");
+                          }),
+              0);
     std::this_thread::sleep_for(std::chrono::milliseconds(1500));
     all = true;
     for (const auto& [name, sel] : probes) all &= OnlyValue(prom.Query(sel)).has_value();
@@ -449,6 +499,12 @@ TEST(DashboardRootTest, EveryQueryRunsAndPanelsShowTheKnownWorkload) {
                         [&] { Requests(server.port(), kConnections, kRequestsPerConnection); }),
             0);
   ASSERT_EQ(RunInCgroup(sys_cg, [] { Syscalls(kGetppid, kFailingOpenat); }), 0);
+  ASSERT_EQ(RunInCgroup(dns_cg,
+                        [&] {
+                          DnsQueries(dns_port, kDnsAnswered, "r0");
+                          DnsQueries(dns_port, kDnsFailed, "r2");
+                        }),
+            0);
 
   // Window start: the last scrape that began at least 300 ms before phase 2 (its drain of
   // the kernel maps was over long before the first request).
@@ -528,14 +584,17 @@ TEST(DashboardRootTest, EveryQueryRunsAndPanelsShowTheKnownWorkload) {
                                 "Scrape duration by collector/A",
                                 "BPF run time per run/A",
                                 "BPF CPU by collector/A",
-                                "BPF map fill/A"}) {
+                                "BPF map fill/A",
+                                "DNS queries by rcode/A",
+                                "DNS latency p95 by pod/A",
+                                "DNS errors by pod/A"}) {
     ASSERT_TRUE(results.count(key)) << "no query " << key;
     EXPECT_FALSE(results[key]["data"]["result"].empty()) << key << " shows nothing";
   }
   for (const auto& [collector, up] : ByLabel(results["Collectors up/A"], "collector")) {
     EXPECT_EQ(up, 1) << "collector " << collector;
   }
-  EXPECT_EQ(ByLabel(results["Collectors up/A"], "collector").size(), 6u);
+  EXPECT_EQ(ByLabel(results["Collectors up/A"], "collector").size(), 7u);
   EXPECT_EQ(OnlyValue(results["Config reload/A"]), 1);
   for (const auto& [map, fill] : ByLabel(results["BPF map fill/A"], "map")) {
     EXPECT_GE(fill, 0) << map;
@@ -639,6 +698,20 @@ TEST(DashboardRootTest, EveryQueryRunsAndPanelsShowTheKnownWorkload) {
   auto top = run("Syscall rate by workload (top 10)", "A", sys_cg);
   ASSERT_EQ(top["data"]["result"].size(), 1u) << top.dump();
   EXPECT_EQ(top["data"]["result"][0]["metric"].value("container", ""), sys_cg.name());
+
+  // DNS: the queries of phase 2 by rcode, every answer in (0.01, 0.5], none timed out.
+  auto rcodes = ByLabel(run("DNS queries by rcode", "A", dns_cg), "rcode");
+  EXPECT_EQ(rcodes.size(), 2u);
+  expect_count(rcodes["NOERROR"], kDnsAnswered, "DNS answers NOERROR");
+  expect_count(rcodes["SERVFAIL"], kDnsFailed, "DNS answers SERVFAIL");
+  EXPECT_EQ(OnlyValue(run("DNS queries by rcode", "B", dns_cg)).value_or(-1), 0) << "timeouts";
+  auto dns_p95 = ByLabel(run("DNS latency p95 by pod", "A", dns_cg), "container");
+  ASSERT_TRUE(dns_p95.count(dns_cg.name())) << "DNS latency p95: no series";
+  EXPECT_NEAR(dns_p95[dns_cg.name()], kBucketLow + (kBucketHigh - kBucketLow) * 0.95, 1e-9);
+  auto dns_errors = ByLabel(run("DNS errors by pod", "A", dns_cg), "rcode");
+  EXPECT_EQ(dns_errors.size(), 1u) << "NOERROR is no error";
+  expect_count(dns_errors["SERVFAIL"], kDnsFailed, "DNS errors");
+  EXPECT_EQ(OnlyValue(run("DNS errors by pod", "B", dns_cg)).value_or(-1), 0) << "timeouts";
 }
 
 }  // namespace
