@@ -7,6 +7,7 @@
 #include "collectors/collector.h"
 #include "collectors/cpu.h"
 #include "collectors/drops.h"
+#include "collectors/pagecache.h"
 #include "collectors/pending_sections.h"
 #include "collectors/syscalls.h"
 #include "collectors/tcp.h"
@@ -32,7 +33,7 @@ const std::vector<CollectorEntry>& CollectorTable() {
        SectionOf(ParseSyscallsSection, DefaultSyscallsSection)},
       {"cpu", true, Make<CpuCollector>(), SectionOf(ParseCpuSection)},
       {"dns", true, nullptr, SectionOf(ParseDnsSection)},
-      {"pagecache", true, nullptr, SectionOf(ParsePagecacheSection)},
+      {"pagecache", true, Make<PagecacheCollector>(), SectionOf(ParsePagecacheSection)},
   };
   return table;
 }

@@ -11,8 +11,4 @@ void ParseDnsSection(YamlParser& p, const YamlValue& v, DnsConfig* c) {
            });
 }
 
-void ParsePagecacheSection(YamlParser& p, const YamlValue& v, PagecacheConfig* c) {
-  ParseEnabledOnlySection(p, v, c);
-}
-
 }  // namespace kmon

@@ -18,10 +18,4 @@ struct DnsConfig : CollectorSectionOf<DnsConfig> {
 };
 void ParseDnsSection(YamlParser& p, const YamlValue& v, DnsConfig* c);
 
-/// collectors.pagecache
-struct PagecacheConfig : CollectorSectionOf<PagecacheConfig> {
-  static constexpr char kName[] = "pagecache";
-};
-void ParsePagecacheSection(YamlParser& p, const YamlValue& v, PagecacheConfig* c);
-
 }  // namespace kmon

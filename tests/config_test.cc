@@ -17,6 +17,7 @@
 #include "collectors/blockio.h"
 #include "collectors/cpu.h"
 #include "collectors/drops.h"
+#include "collectors/pagecache.h"
 #include "collectors/pending_sections.h"
 #include "collectors/syscalls.h"
 #include "collectors/tcp.h"
@@ -99,6 +100,7 @@ void ExpectSameConfig(const Config& a, const Config& b) {
   EXPECT_EQ(x.Get<DnsConfig>().enabled, y.Get<DnsConfig>().enabled);
   EXPECT_EQ(x.Get<DnsConfig>().ports, y.Get<DnsConfig>().ports);
   EXPECT_EQ(x.Get<PagecacheConfig>().enabled, y.Get<PagecacheConfig>().enabled);
+  EXPECT_EQ(x.Get<PagecacheConfig>().hooks, y.Get<PagecacheConfig>().hooks);
 }
 
 TEST(DefaultConfigTest, MatchesSpec) {
