@@ -1,6 +1,6 @@
 // The one table of collectors. A row with a factory is built into this version;
-// a row without one is a name the config and flags know, whose collector has not
-// landed yet: it is skipped with a log line and reports no series. Each row
+// a row without one would be a name the config and flags know, whose collector has
+// not landed yet: it is skipped with a log line and reports no series. Each row
 // carries the collector's config section (defaults and parser), so a collector is
 // added here and nowhere in exporter/.
 #include "collectors/blockio.h"
@@ -8,7 +8,7 @@
 #include "collectors/cpu.h"
 #include "collectors/dns.h"
 #include "collectors/drops.h"
-#include "collectors/pending_sections.h"
+#include "collectors/pagecache.h"
 #include "collectors/syscalls.h"
 #include "collectors/tcp.h"
 #include "collectors/topology.h"
@@ -33,7 +33,7 @@ const std::vector<CollectorEntry>& CollectorTable() {
        SectionOf(ParseSyscallsSection, DefaultSyscallsSection)},
       {"cpu", true, Make<CpuCollector>(), SectionOf(ParseCpuSection)},
       {"dns", true, Make<DnsCollector>(), SectionOf(ParseDnsSection)},
-      {"pagecache", true, nullptr, SectionOf(ParsePagecacheSection)},
+      {"pagecache", true, Make<PagecacheCollector>(), SectionOf(ParsePagecacheSection)},
   };
   return table;
 }

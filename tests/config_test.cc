@@ -18,7 +18,7 @@
 #include "collectors/cpu.h"
 #include "collectors/dns.h"
 #include "collectors/drops.h"
-#include "collectors/pending_sections.h"
+#include "collectors/pagecache.h"
 #include "collectors/syscalls.h"
 #include "collectors/tcp.h"
 #include "collectors/topology.h"
@@ -102,6 +102,7 @@ void ExpectSameConfig(const Config& a, const Config& b) {
   EXPECT_EQ(x.Get<DnsConfig>().timeout, y.Get<DnsConfig>().timeout);
   EXPECT_EQ(x.Get<DnsConfig>().latency_buckets, y.Get<DnsConfig>().latency_buckets);
   EXPECT_EQ(x.Get<PagecacheConfig>().enabled, y.Get<PagecacheConfig>().enabled);
+  EXPECT_EQ(x.Get<PagecacheConfig>().hooks, y.Get<PagecacheConfig>().hooks);
 }
 
 TEST(DefaultConfigTest, MatchesSpec) {

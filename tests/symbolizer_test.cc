@@ -209,10 +209,8 @@ TEST(ProcMapsTest, KeepsExecutableMappings) {
 
 // Found by fuzz_proc_text: a reversed or empty range is no mapping.
 TEST(ProcMapsTest, ReversedAndEmptyRangesAreSkipped) {
-  EXPECT_TRUE(ParseProcMaps("2000-1000 r-xp 00000000 fe:00 1 /bin/x
-"
-                            "1000-1000 r-xp 00000000 fe:00 1 /bin/y
-")
+  EXPECT_TRUE(ParseProcMaps("2000-1000 r-xp 00000000 fe:00 1 /bin/x\n"
+                            "1000-1000 r-xp 00000000 fe:00 1 /bin/y\n")
                   .empty());
 }
 

@@ -1,6 +1,6 @@
 // The Grafana dashboard against a real Prometheus scraping a real kmon: every query of
 // grafana/kmon-overview.json must run, and on a workload of known size in cgroups of
-// the test's own, the TCP, topology and syscall panels must show exactly that workload.
+// the test's own, the TCP, topology, syscall and page-cache panels must show that workload.
 //
 // Exactness through rate(): Prometheus extrapolates rate()/increase() to the ends of
 // the window, by up to ~1.1 scrape intervals at each end, so a window set by wall-clock
@@ -181,6 +181,38 @@ void Syscalls(int getppid, int failing_openat) {
     syscall(SYS_openat, AT_FDCWD, "/nonexistent/kmon-dashboard-test", O_RDONLY);
   }
 }
+
+// Page cache: an 8 MiB file on the build directory's disk (tmpfs reads bypass the
+// page-cache tracepoints), read whole with read(2); removed on destruction.
+constexpr int64_t kCachePages = 2048;
+
+class CachedFile {
+ public:
+  CachedFile()
+      : path_(std::string(KMON_BINARY_DIR) + "/kmon-dash-pagecache-" + std::to_string(getpid())) {
+    std::ofstream(path_) << std::string(kCachePages * 4096, 'k');
+  }
+  ~CachedFile() { unlink(path_.c_str()); }
+  CachedFile(const CachedFile&) = delete;
+  CachedFile& operator=(const CachedFile&) = delete;
+  void Read() const {
+    int fd = open(path_.c_str(), O_RDONLY);
+    std::vector<char> buf(1 << 20);
+    while (fd >= 0 && read(fd, buf.data(), buf.size()) > 0) {
+    }
+    close(fd);
+  }
+  /// Out of the page cache (the pages are clean once synced), for this file only.
+  bool Drop() const {
+    int fd = open(path_.c_str(), O_RDONLY);
+    bool ok = fd >= 0 && fsync(fd) == 0 && posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED) == 0;
+    close(fd);
+    return ok;
+  }
+
+ private:
+  std::string path_;
+};
 
 // ---- Prometheus
 
@@ -444,7 +476,8 @@ TEST(DashboardRootTest, EveryQueryRunsAndPanelsShowTheKnownWorkload) {
   PrometheusProcess prom(*prom_bin, dir.path(), exporter.port());
   ASSERT_TRUE(prom.WaitReady(30000)) << "prometheus did not start:\n" << prom.Log();
 
-  TestCgroup server_cg, client_cg, sys_cg;
+  TestCgroup server_cg, client_cg, sys_cg, cold_cg, hot_cg;
+  const CachedFile cached;
   Server server(server_cg);
   ASSERT_NE(server.port(), 0);
   const std::string port = std::to_string(server.port());
@@ -465,6 +498,10 @@ TEST(DashboardRootTest, EveryQueryRunsAndPanelsShowTheKnownWorkload) {
                      "\",rcode=\"NOERROR\"}"},
       {"dns_fail", "kmon_dns_request_duration_seconds_count{container=\"" + dns_cg.name() +
                        "\",rcode=\"SERVFAIL\"}"},
+      // The cold reader's misses are exact (every page of the file added once, none
+      // of its code: cached); its accesses and the hot reader's also count the code
+      // its child faults in, so they are checked with bounds below.
+      {"cold_misses", "kmon_page_cache_misses_total{container=\"" + cold_cg.name() + "\"}"},
   };
   const std::map<std::string, double> phase2{{"requests", kConnections * kRequestsPerConnection},
                                              {"accepted", kConnections},
@@ -472,7 +509,8 @@ TEST(DashboardRootTest, EveryQueryRunsAndPanelsShowTheKnownWorkload) {
                                              {"getppid", kGetppid},
                                              {"openat", kFailingOpenat},
                                              {"dns_ok", kDnsAnswered},
-                                             {"dns_fail", kDnsFailed}};
+                                             {"dns_fail", kDnsFailed},
+                                             {"cold_misses", kCachePages}};
 
   // Phase 1, warm-up: small workloads until Prometheus has scraped every probe series
   // (a new cgroup is watched within kmon's 1 s interval).
@@ -486,6 +524,8 @@ TEST(DashboardRootTest, EveryQueryRunsAndPanelsShowTheKnownWorkload) {
                             DnsQueries(dns_port, 1, "r2");
                           }),
               0);
+    ASSERT_EQ(RunInCgroup(cold_cg, [&] { cached.Read(); }), 0);  // hot still: no misses
+    ASSERT_EQ(RunInCgroup(hot_cg, [&] { cached.Read(); }), 0);
     std::this_thread::sleep_for(std::chrono::milliseconds(1500));
     all = true;
     for (const auto& [name, sel] : probes) all &= OnlyValue(prom.Query(sel)).has_value();
@@ -494,6 +534,7 @@ TEST(DashboardRootTest, EveryQueryRunsAndPanelsShowTheKnownWorkload) {
   std::this_thread::sleep_for(std::chrono::milliseconds(2500));  // >= 2 scrapes of the plateau
 
   // Phase 2, the workload whose numbers are checked.
+  ASSERT_TRUE(cached.Drop());
   const double phase2_start = Now();
   ASSERT_EQ(RunInCgroup(client_cg,
                         [&] { Requests(server.port(), kConnections, kRequestsPerConnection); }),
@@ -505,6 +546,8 @@ TEST(DashboardRootTest, EveryQueryRunsAndPanelsShowTheKnownWorkload) {
                           DnsQueries(dns_port, kDnsFailed, "r2");
                         }),
             0);
+  ASSERT_EQ(RunInCgroup(cold_cg, [&] { cached.Read(); }), 0);
+  ASSERT_EQ(RunInCgroup(hot_cg, [&] { cached.Read(); }), 0);
 
   // Window start: the last scrape that began at least 300 ms before phase 2 (its drain of
   // the kernel maps was over long before the first request).
@@ -577,6 +620,9 @@ TEST(DashboardRootTest, EveryQueryRunsAndPanelsShowTheKnownWorkload) {
                                 "Syscall errors by syscall/A",
                                 "Syscall error ratio/A",
                                 "Syscall rate by workload (top 10)/A",
+                                "Page cache hit ratio by pod/A",
+                                "Page cache accesses and misses by workload/A",
+                                "Page cache accesses and misses by workload/B",
                                 "Collectors up/A",
                                 "Config reload/A",
                                 "Watched cgroups/A",
@@ -594,7 +640,7 @@ TEST(DashboardRootTest, EveryQueryRunsAndPanelsShowTheKnownWorkload) {
   for (const auto& [collector, up] : ByLabel(results["Collectors up/A"], "collector")) {
     EXPECT_EQ(up, 1) << "collector " << collector;
   }
-  EXPECT_EQ(ByLabel(results["Collectors up/A"], "collector").size(), 7u);
+  EXPECT_EQ(ByLabel(results["Collectors up/A"], "collector").size(), 8u);
   EXPECT_EQ(OnlyValue(results["Config reload/A"]), 1);
   for (const auto& [map, fill] : ByLabel(results["BPF map fill/A"], "map")) {
     EXPECT_GE(fill, 0) << map;
@@ -613,7 +659,7 @@ TEST(DashboardRootTest, EveryQueryRunsAndPanelsShowTheKnownWorkload) {
     ASSERT_EQ(r.value("status", ""), "success") << q << ": " << r.dump();
     if (m[2].str() == "container") {
       std::set<std::string> values(r["data"].begin(), r["data"].end());
-      for (const auto* cg : {&server_cg, &client_cg, &sys_cg}) {
+      for (const auto* cg : {&server_cg, &client_cg, &sys_cg, &cold_cg, &hot_cg}) {
         EXPECT_TRUE(values.count(cg->name())) << "the container variable lacks " << cg->name();
       }
     }
@@ -712,6 +758,27 @@ TEST(DashboardRootTest, EveryQueryRunsAndPanelsShowTheKnownWorkload) {
   EXPECT_EQ(dns_errors.size(), 1u) << "NOERROR is no error";
   expect_count(dns_errors["SERVFAIL"], kDnsFailed, "DNS errors");
   EXPECT_EQ(OnlyValue(run("DNS errors by pod", "B", dns_cg)).value_or(-1), 0) << "timeouts";
+  // Page cache: the cold reader missed every page of the file, the hot one none. Both
+  // accessed the file's 2048 pages and, being forked children, the pages of code and
+  // libraries they first ran (fault-around windows: about 300 pages, measured), which
+  // were cached and hit. So the hot ratio is exactly 1 and the cold one is those hits
+  // over all its accesses: under 0.25 while they stay under 680 pages.
+  auto cold_rates = run("Page cache accesses and misses by workload", "B", cold_cg);
+  expect_count(ByLabel(cold_rates, "container")[cold_cg.name()], kCachePages, "cold misses");
+  auto hot_misses =
+      ByLabel(run("Page cache accesses and misses by workload", "B", hot_cg), "container");
+  EXPECT_EQ(hot_misses[hot_cg.name()], 0) << "the hot reader missed";
+  auto hot_accesses =
+      ByLabel(run("Page cache accesses and misses by workload", "A", hot_cg), "container");
+  EXPECT_GE(hot_accesses[hot_cg.name()] * window_s, kCachePages * (1 - 1e-9));
+  EXPECT_LE(hot_accesses[hot_cg.name()] * window_s, (kCachePages + 1024) * 1.001);
+  auto hot_ratio = ByLabel(run("Page cache hit ratio by pod", "A", hot_cg), "container");
+  ASSERT_TRUE(hot_ratio.count(hot_cg.name())) << "no hit ratio for the hot reader";
+  EXPECT_EQ(hot_ratio[hot_cg.name()], 1);
+  auto cold_ratio = ByLabel(run("Page cache hit ratio by pod", "A", cold_cg), "container");
+  ASSERT_TRUE(cold_ratio.count(cold_cg.name())) << "no hit ratio for the cold reader";
+  EXPECT_GE(cold_ratio[cold_cg.name()], 0);
+  EXPECT_LT(cold_ratio[cold_cg.name()], 0.25);
 }
 
 }  // namespace
