@@ -7,6 +7,7 @@
 #include "collectors/collector.h"
 #include "collectors/cpu.h"
 #include "collectors/drops.h"
+#include "collectors/events.h"
 #include "collectors/pending_sections.h"
 #include "collectors/syscalls.h"
 #include "collectors/tcp.h"
@@ -33,6 +34,8 @@ const std::vector<CollectorEntry>& CollectorTable() {
       {"cpu", true, Make<CpuCollector>(), SectionOf(ParseCpuSection)},
       {"dns", true, nullptr, SectionOf(ParseDnsSection)},
       {"pagecache", true, nullptr, SectionOf(ParsePagecacheSection)},
+      // Off by default: it counts only what the user names.
+      {"events", false, Make<EventsCollector>(), SectionOf(ParseEventsSection)},
   };
   return table;
 }
