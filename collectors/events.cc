@@ -354,9 +354,15 @@ absl::StatusOr<std::unique_ptr<EventHook>> EventsCollector::AttachOwnCopy(const 
   }
   const int err = events_bpf__load(copy);
   if (err != 0) {
-    // fentry loads only where the kernel has BPF trampolines for the function and
-    // permits them (lockdown and some kernel builds refuse with EPERM).
-    return BpfError(kName, absl::StrCat("load ", what), err);
+    absl::Status st = BpfError(kName, absl::StrCat("load ", what), err);
+    if (e.name.function && (err == -EPERM || err == EPERM)) {
+      // The kernel refuses fentry under lockdown and where it has no BPF
+      // trampolines; libbpf's own hint about RLIMIT_MEMLOCK does not apply then.
+      return absl::PermissionDeniedError(
+          absl::StrCat(st.message(), " (this kernel does not let BPF attach to kernel functions: ",
+                       "kernel lockdown, or no BPF trampolines)"));
+    }
+    return st;
   }
   if (raw_tp) {
     const int fd = bpf_raw_tracepoint_open(e.name.tp.name.c_str(), bpf_program__fd(prog));
