@@ -14,6 +14,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <signal.h>
+#include <spawn.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -59,6 +60,7 @@ constexpr int kRequestsPerConnection = 10;
 constexpr int kThinkMs = 15;         // server-side latency: 15 ms and a little
 constexpr int kGetppid = 1000;       // phase 2: getppid calls
 constexpr int kFailingOpenat = 100;  // phase 2: openat calls that fail with ENOENT
+constexpr int kExecs = 12;           // phase 2: children exec'ing /bin/true
 // The test's latency_buckets put every request in (0.01, 0.5]: wide enough that a
 // scheduling hiccup on a busy machine keeps a request in it (one in 50 went past 25 ms
 // on a shared 2-CPU machine), so the quantiles are exact. Bucket precision itself is
@@ -151,6 +153,20 @@ void Syscalls(int getppid, int failing_openat) {
   for (int i = 0; i < getppid; ++i) syscall(SYS_getppid);
   for (int i = 0; i < failing_openat; ++i) {
     syscall(SYS_openat, AT_FDCWD, "/nonexistent/kmon-dashboard-test", O_RDONLY);
+  }
+}
+
+// `n` children, one after the other, each spawned as /bin/true: n sched_process_exec.
+void Execs(int n) {
+  for (int i = 0; i < n; ++i) {
+    char name[] = "true";
+    char* argv[] = {name, nullptr};
+    pid_t pid = 0;
+    int status = 0;
+    if (posix_spawn(&pid, "/bin/true", nullptr, nullptr, argv, environ) != 0 ||
+        waitpid(pid, &status, 0) != pid || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+      _exit(12);
+    }
   }
 }
 
@@ -399,14 +415,17 @@ TEST(DashboardRootTest, EveryQueryRunsAndPanelsShowTheKnownWorkload) {
          "  tcp:\n"
          "    latency_buckets: [0.005, 0.01, 0.5, 1]\n"
          "  syscalls:\n"
-         "    syscalls: [getppid, openat, read, write, close, futex, accept4, connect]\n";
+         "    syscalls: [getppid, openat, read, write, close, futex, accept4, connect]\n"
+         "  events:\n"
+         "    enabled: true\n"
+         "    tracepoints: [\"sched:sched_process_exec\"]\n";
   ExporterProcess exporter({"--config.file=" + dir.path() + "/kmon.yaml"});
   ASSERT_TRUE(exporter.WaitReady()) << "kmon_exporter did not get ready; landing page:\n"
                                     << testing::HttpGet(exporter.Url("/")).body;
   PrometheusProcess prom(*prom_bin, dir.path(), exporter.port());
   ASSERT_TRUE(prom.WaitReady(30000)) << "prometheus did not start:\n" << prom.Log();
 
-  TestCgroup server_cg, client_cg, sys_cg;
+  TestCgroup server_cg, client_cg, sys_cg, exec_cg;
   Server server(server_cg);
   ASSERT_NE(server.port(), 0);
   const std::string port = std::to_string(server.port());
@@ -423,12 +442,15 @@ TEST(DashboardRootTest, EveryQueryRunsAndPanelsShowTheKnownWorkload) {
       {"getppid", "kmon_syscalls_total{container=\"" + sys_cg.name() + "\",syscall=\"getppid\"}"},
       {"openat",
        "kmon_syscall_errors_total{container=\"" + sys_cg.name() + "\",syscall=\"openat\"}"},
+      {"execs", "kmon_kernel_events_total{container=\"" + exec_cg.name() +
+                    "\",event=\"sched:sched_process_exec\"}"},
   };
   const std::map<std::string, double> phase2{{"requests", kConnections * kRequestsPerConnection},
                                              {"accepted", kConnections},
                                              {"edge", kConnections * kRequestsPerConnection},
                                              {"getppid", kGetppid},
-                                             {"openat", kFailingOpenat}};
+                                             {"openat", kFailingOpenat},
+                                             {"execs", kExecs}};
 
   // Phase 1, warm-up: small workloads until Prometheus has scraped every probe series
   // (a new cgroup is watched within kmon's 1 s interval).
@@ -436,6 +458,7 @@ TEST(DashboardRootTest, EveryQueryRunsAndPanelsShowTheKnownWorkload) {
   for (int i = 0; i < 30 && !all; ++i) {
     ASSERT_EQ(RunInCgroup(client_cg, [&] { Requests(server.port(), 1, 2); }), 0);
     ASSERT_EQ(RunInCgroup(sys_cg, [] { Syscalls(3, 3); }), 0);
+    ASSERT_EQ(RunInCgroup(exec_cg, [] { Execs(1); }), 0);
     std::this_thread::sleep_for(std::chrono::milliseconds(1500));
     all = true;
     for (const auto& [name, sel] : probes) all &= OnlyValue(prom.Query(sel)).has_value();
@@ -449,6 +472,7 @@ TEST(DashboardRootTest, EveryQueryRunsAndPanelsShowTheKnownWorkload) {
                         [&] { Requests(server.port(), kConnections, kRequestsPerConnection); }),
             0);
   ASSERT_EQ(RunInCgroup(sys_cg, [] { Syscalls(kGetppid, kFailingOpenat); }), 0);
+  ASSERT_EQ(RunInCgroup(exec_cg, [] { Execs(kExecs); }), 0);
 
   // Window start: the last scrape that began at least 300 ms before phase 2 (its drain of
   // the kernel maps was over long before the first request).
@@ -521,6 +545,8 @@ TEST(DashboardRootTest, EveryQueryRunsAndPanelsShowTheKnownWorkload) {
                                 "Syscall errors by syscall/A",
                                 "Syscall error ratio/A",
                                 "Syscall rate by workload (top 10)/A",
+                                "Event rates/A",
+                                "Events attached/A",
                                 "Collectors up/A",
                                 "Config reload/A",
                                 "Watched cgroups/A",
@@ -535,7 +561,9 @@ TEST(DashboardRootTest, EveryQueryRunsAndPanelsShowTheKnownWorkload) {
   for (const auto& [collector, up] : ByLabel(results["Collectors up/A"], "collector")) {
     EXPECT_EQ(up, 1) << "collector " << collector;
   }
-  EXPECT_EQ(ByLabel(results["Collectors up/A"], "collector").size(), 6u);
+  EXPECT_EQ(ByLabel(results["Collectors up/A"], "collector").size(), 7u);
+  EXPECT_EQ(ByLabel(results["Events attached/A"], "event"),
+            (std::map<std::string, double>{{"sched:sched_process_exec", 1}}));
   EXPECT_EQ(OnlyValue(results["Config reload/A"]), 1);
   for (const auto& [map, fill] : ByLabel(results["BPF map fill/A"], "map")) {
     EXPECT_GE(fill, 0) << map;
@@ -639,6 +667,11 @@ TEST(DashboardRootTest, EveryQueryRunsAndPanelsShowTheKnownWorkload) {
   auto top = run("Syscall rate by workload (top 10)", "A", sys_cg);
   ASSERT_EQ(top["data"]["result"].size(), 1u) << top.dump();
   EXPECT_EQ(top["data"]["result"][0]["metric"].value("container", ""), sys_cg.name());
+
+  // Kernel events: the execs of phase 2 in their cgroup, nothing else configured.
+  auto events = ByLabel(run("Event rates", "A", exec_cg), "event");
+  EXPECT_EQ(events.size(), 1u);
+  expect_count(events["sched:sched_process_exec"], kExecs, "execs");
 }
 
 }  // namespace
