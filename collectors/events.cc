@@ -33,7 +33,6 @@ class EventHook {
   EventHook& operator=(const EventHook&) = delete;
 
   const std::string& how() const { return how_; }
-  events_bpf* own() const { return own_; }
   void set_link_fd(int fd) { link_fd_ = fd; }
   void set_link(bpf_link* link) { link_ = link; }
 

@@ -128,7 +128,7 @@ TEST_F(EventsConfigTest, MalformedTracepointsAreProblemsWithoutAskingTheKernel) 
   EXPECT_EQ(catalog_.asked, 1);  // only the well-formed one
 }
 
-TEST_F(EventsConfigTest, RepeatsWrongTypesAndUnknownKeys) {
+TEST_F(EventsConfigTest, DuplicatesWrongTypesAndUnknownKeys) {
   EXPECT_THAT(Problems("collectors:\n  events:\n    tracepoints: [sched:sched_process_fork, "
                        "sched:sched_process_fork]\n"),
               ElementsAre("line 3: collectors.events.tracepoints[1]: duplicate tracepoint "

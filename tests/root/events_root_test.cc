@@ -11,6 +11,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <fstream>
 #include <map>
@@ -193,6 +194,72 @@ TEST_F(EventsRootTest, CountsForksExecsAndExitsExactlyAndReloadsOneEventAtATime)
   EXPECT_EQ(Count(fams, cg, kFork), 4 * kChildren);
   EXPECT_EQ(RawTpLinks(progs[0]).at("sched_process_fork"), links.at("sched_process_fork"));
   EXPECT_EQ(c.EventsLost().at("map_full"), 0u);
+}
+
+// Tracefs events that are raw tracepoints (a btf_trace_<name> in the kernel's BTF),
+// less the ones the tests count.
+std::vector<std::string> OtherRawTracepoints() {
+  std::vector<std::string> out;
+  btf* vmlinux = btf__load_vmlinux_btf();
+  if (vmlinux == nullptr) return out;
+  std::ifstream in("/sys/kernel/tracing/available_events");
+  for (std::string line; std::getline(in, line);) {
+    const size_t colon = line.find(':');
+    if (colon == std::string::npos || line == kFork || line == kExec || line == kExit ||
+        line == kNewTask) {
+      continue;
+    }
+    const std::string typedef_name = "btf_trace_" + line.substr(colon + 1);
+    if (btf__find_by_name_kind(vmlinux, typedef_name.c_str(), BTF_KIND_TYPEDEF) > 0) {
+      out.push_back(line);
+    }
+  }
+  btf__free(vmlinux);
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+// 60 + 60 + 64 distinct events, more than the 128 event numbers: numbers of
+// removed events are reused oldest first, and only then are their counters lost.
+TEST_F(EventsRootTest, ARemovedEventKeepsItsCountersUntilItsNumberIsNeeded) {
+  const std::vector<std::string> others = OtherRawTracepoints();
+  // A: sched_process_fork and 59 events named after it, so that fork is the
+  // first of A to be removed (events go in name order) and the first number reused.
+  std::vector<std::string> a{kFork}, b{kExit}, c;
+  for (const std::string& e : others) {
+    if (e > kFork && a.size() < 60) {
+      a.push_back(e);
+    } else if (e < kFork && b.size() < 60) {
+      b.push_back(e);
+    } else if (std::find(a.begin(), a.end(), e) == a.end() && c.size() < 64) {
+      c.push_back(e);
+    }
+  }
+  ASSERT_EQ(a.size() + b.size() + c.size(), 184u) << others.size() << " raw tracepoints";
+  EventsCollector col({.workloads = workloads_.get(), .watched = watched_.get()});
+  ASSERT_TRUE(col.Start(EventsConfig(a)).ok());
+  TestCgroup cg;
+  ASSERT_EQ(RunInCgroup(cg, ForkExecChildren), 0);
+  EXPECT_EQ(Count(Scrape(&col), cg, kFork), kChildren);
+
+  ASSERT_TRUE(col.Reconfigure(EventsConfig(b)).ok());  // A removed: 60 numbers kept
+  ASSERT_EQ(RunInCgroup(cg, ForkExecChildren), 0);
+  auto fams = Scrape(&col);
+  EXPECT_EQ(Count(fams, cg, kExit), kChildren + 1);
+  EXPECT_EQ(Count(fams, cg, kFork), -1);
+
+  // C takes the 8 free numbers and 56 of A's, sched_process_fork's first; B's stay.
+  ASSERT_TRUE(col.Reconfigure(EventsConfig(c)).ok());
+  ASSERT_TRUE(col.Reconfigure(EventsConfig({kFork, kExit})).ok());
+  fams = Scrape(&col);
+  EXPECT_EQ(Count(fams, cg, kExit), kChildren + 1);  // kept through C: continues
+  EXPECT_EQ(Count(fams, cg, kFork), -1);             // its counters went with its number
+  ASSERT_EQ(RunInCgroup(cg, ForkExecChildren), 0);
+  fams = Scrape(&col);
+  EXPECT_EQ(Count(fams, cg, kFork), kChildren);  // starts again from 0: a counter reset
+  EXPECT_EQ(Count(fams, cg, kExit), 2 * (kChildren + 1));
+  EXPECT_EQ(Attached(fams, kFork), 1);
+  EXPECT_EQ(Attached(fams, kExit), 1);
 }
 
 TEST_F(EventsRootTest, TracefsEventsThatAreNotRawTracepointsCountThroughPerfLinks) {
