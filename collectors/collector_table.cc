@@ -8,6 +8,7 @@
 #include "collectors/cpu.h"
 #include "collectors/dns.h"
 #include "collectors/drops.h"
+#include "collectors/events.h"
 #include "collectors/pagecache.h"
 #include "collectors/syscalls.h"
 #include "collectors/tcp.h"
@@ -34,6 +35,8 @@ const std::vector<CollectorEntry>& CollectorTable() {
       {"cpu", true, Make<CpuCollector>(), SectionOf(ParseCpuSection)},
       {"dns", true, Make<DnsCollector>(), SectionOf(ParseDnsSection)},
       {"pagecache", true, Make<PagecacheCollector>(), SectionOf(ParsePagecacheSection)},
+      // Off by default: it counts only what the user names.
+      {"events", false, Make<EventsCollector>(), SectionOf(ParseEventsSection)},
   };
   return table;
 }

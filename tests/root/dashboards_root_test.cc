@@ -14,6 +14,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <signal.h>
+#include <spawn.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -62,6 +63,7 @@ constexpr int kGetppid = 1000;       // phase 2: getppid calls
 constexpr int kFailingOpenat = 100;  // phase 2: openat calls that fail with ENOENT
 constexpr int kDnsAnswered = 20;     // phase 2: DNS queries answered NOERROR
 constexpr int kDnsFailed = 5;        // phase 2: DNS queries answered SERVFAIL
+constexpr int kExecs = 12;           // phase 2: children exec'ing /bin/true
 // The test's latency_buckets put every request in (0.01, 0.5]: wide enough that a
 // scheduling hiccup on a busy machine keeps a request in it (one in 50 went past 25 ms
 // on a shared 2-CPU machine), so the quantiles are exact. Bucket precision itself is
@@ -213,6 +215,19 @@ class CachedFile {
  private:
   std::string path_;
 };
+// `n` children, one after the other, each spawned as /bin/true: n sched_process_exec.
+void Execs(int n) {
+  for (int i = 0; i < n; ++i) {
+    char name[] = "true";
+    char* argv[] = {name, nullptr};
+    pid_t pid = 0;
+    int status = 0;
+    if (posix_spawn(&pid, "/bin/true", nullptr, nullptr, argv, environ) != 0 ||
+        waitpid(pid, &status, 0) != pid || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+      _exit(12);
+    }
+  }
+}
 
 // ---- Prometheus
 
@@ -469,14 +484,18 @@ TEST(DashboardRootTest, EveryQueryRunsAndPanelsShowTheKnownWorkload) {
          "  dns:\n"
          "    latency_buckets: [0.01, 0.5, 1]\n"
          "    ports: ["
-      << dns_port << "]\n";
+      << dns_port
+      << "]\n"
+         "  events:\n"
+         "    enabled: true\n"
+         "    tracepoints: [\"sched:sched_process_exec\"]\n";
   ExporterProcess exporter({"--config.file=" + dir.path() + "/kmon.yaml"});
   ASSERT_TRUE(exporter.WaitReady()) << "kmon_exporter did not get ready; landing page:\n"
                                     << testing::HttpGet(exporter.Url("/")).body;
   PrometheusProcess prom(*prom_bin, dir.path(), exporter.port());
   ASSERT_TRUE(prom.WaitReady(30000)) << "prometheus did not start:\n" << prom.Log();
 
-  TestCgroup server_cg, client_cg, sys_cg, cold_cg, hot_cg;
+  TestCgroup server_cg, client_cg, sys_cg, cold_cg, hot_cg, exec_cg;
   const CachedFile cached;
   Server server(server_cg);
   ASSERT_NE(server.port(), 0);
@@ -502,6 +521,8 @@ TEST(DashboardRootTest, EveryQueryRunsAndPanelsShowTheKnownWorkload) {
       // of its code: cached); its accesses and the hot reader's also count the code
       // its child faults in, so they are checked with bounds below.
       {"cold_misses", "kmon_page_cache_misses_total{container=\"" + cold_cg.name() + "\"}"},
+      {"execs", "kmon_kernel_events_total{container=\"" + exec_cg.name() +
+                    "\",event=\"sched:sched_process_exec\"}"},
   };
   const std::map<std::string, double> phase2{{"requests", kConnections * kRequestsPerConnection},
                                              {"accepted", kConnections},
@@ -510,7 +531,8 @@ TEST(DashboardRootTest, EveryQueryRunsAndPanelsShowTheKnownWorkload) {
                                              {"openat", kFailingOpenat},
                                              {"dns_ok", kDnsAnswered},
                                              {"dns_fail", kDnsFailed},
-                                             {"cold_misses", kCachePages}};
+                                             {"cold_misses", kCachePages},
+                                             {"execs", kExecs}};
 
   // Phase 1, warm-up: small workloads until Prometheus has scraped every probe series
   // (a new cgroup is watched within kmon's 1 s interval).
@@ -526,6 +548,7 @@ TEST(DashboardRootTest, EveryQueryRunsAndPanelsShowTheKnownWorkload) {
               0);
     ASSERT_EQ(RunInCgroup(cold_cg, [&] { cached.Read(); }), 0);  // hot still: no misses
     ASSERT_EQ(RunInCgroup(hot_cg, [&] { cached.Read(); }), 0);
+    ASSERT_EQ(RunInCgroup(exec_cg, [] { Execs(1); }), 0);
     std::this_thread::sleep_for(std::chrono::milliseconds(1500));
     all = true;
     for (const auto& [name, sel] : probes) all &= OnlyValue(prom.Query(sel)).has_value();
@@ -548,6 +571,7 @@ TEST(DashboardRootTest, EveryQueryRunsAndPanelsShowTheKnownWorkload) {
             0);
   ASSERT_EQ(RunInCgroup(cold_cg, [&] { cached.Read(); }), 0);
   ASSERT_EQ(RunInCgroup(hot_cg, [&] { cached.Read(); }), 0);
+  ASSERT_EQ(RunInCgroup(exec_cg, [] { Execs(kExecs); }), 0);
 
   // Window start: the last scrape that began at least 300 ms before phase 2 (its drain of
   // the kernel maps was over long before the first request).
@@ -623,6 +647,8 @@ TEST(DashboardRootTest, EveryQueryRunsAndPanelsShowTheKnownWorkload) {
                                 "Page cache hit ratio by pod/A",
                                 "Page cache accesses and misses by workload/A",
                                 "Page cache accesses and misses by workload/B",
+                                "Event rates/A",
+                                "Events attached/A",
                                 "Collectors up/A",
                                 "Config reload/A",
                                 "Watched cgroups/A",
@@ -640,7 +666,9 @@ TEST(DashboardRootTest, EveryQueryRunsAndPanelsShowTheKnownWorkload) {
   for (const auto& [collector, up] : ByLabel(results["Collectors up/A"], "collector")) {
     EXPECT_EQ(up, 1) << "collector " << collector;
   }
-  EXPECT_EQ(ByLabel(results["Collectors up/A"], "collector").size(), 8u);
+  EXPECT_EQ(ByLabel(results["Collectors up/A"], "collector").size(), 9u);
+  EXPECT_EQ(ByLabel(results["Events attached/A"], "event"),
+            (std::map<std::string, double>{{"sched:sched_process_exec", 1}}));
   EXPECT_EQ(OnlyValue(results["Config reload/A"]), 1);
   for (const auto& [map, fill] : ByLabel(results["BPF map fill/A"], "map")) {
     EXPECT_GE(fill, 0) << map;
@@ -779,6 +807,10 @@ TEST(DashboardRootTest, EveryQueryRunsAndPanelsShowTheKnownWorkload) {
   ASSERT_TRUE(cold_ratio.count(cold_cg.name())) << "no hit ratio for the cold reader";
   EXPECT_GE(cold_ratio[cold_cg.name()], 0);
   EXPECT_LT(cold_ratio[cold_cg.name()], 0.25);
+  // Kernel events: the execs of phase 2 in their cgroup, nothing else configured.
+  auto events = ByLabel(run("Event rates", "A", exec_cg), "event");
+  EXPECT_EQ(events.size(), 1u);
+  expect_count(events["sched:sched_process_exec"], kExecs, "execs");
 }
 
 }  // namespace
