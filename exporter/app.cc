@@ -239,6 +239,7 @@ int App::Start() {
   opts.telemetry_path = flags_.telemetry_path;
   opts.web = web;
   opts.enable_lifecycle = flags_.enable_lifecycle;
+  opts.max_requests = flags_.max_requests;
   HttpHooks hooks;
   hooks.gather = [this] { return Gather(); };
   hooks.ready = [this] { return Ready(); };
