@@ -2,6 +2,7 @@
 
 #include <absl/strings/ascii.h>
 #include <absl/strings/match.h>
+#include <absl/strings/numbers.h>
 #include <absl/strings/str_cat.h>
 #include <absl/strings/str_format.h>
 #include <absl/strings/str_join.h>
@@ -290,17 +291,20 @@ class MhdServerImpl final : public MhdServer {
       *req_cls = p;
       ReadRequest(c, url, method, &p->req);
       if (conn != nullptr) self->SetDeadline(conn, Clock::now() + self->options_.header_timeout);
+      // libmicrohttpd takes a response only before the body or after all of it: a declared
+      // length too large is answered now, one that grows too large (chunked) is cut.
+      size_t length = 0;
+      if (absl::SimpleAtoi(Header(p->req, "content-length"), &length) && length > kMaxBody) {
+        p->phase = Pending::Phase::kAnswered;
+        return QueueText(c, 413, "Request body too large");
+      }
       return MHD_YES;
     }
     if (p->phase == Pending::Phase::kBody) {
       if (*upload_data_size != 0) {
         p->body_bytes += *upload_data_size;
         *upload_data_size = 0;
-        if (p->body_bytes > kMaxBody) {
-          p->phase = Pending::Phase::kAnswered;
-          return QueueText(c, 413, "Request body too large");
-        }
-        return MHD_YES;
+        return p->body_bytes > kMaxBody ? MHD_NO : MHD_YES;
       }
       if (conn != nullptr) self->SetDeadline(conn, kNever);  // the handler takes its time
       return self->Dispatch(c, p);

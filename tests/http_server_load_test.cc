@@ -1,6 +1,7 @@
 // The HTTP server under connections that misbehave, over real sockets: idle and half-sent
 // requests, stalled TLS handshakes, more scrapes than --web.max-requests, headers sent a
 // byte at a time, more connections than the cap. Each test times what it promises.
+#include <absl/strings/match.h>
 #include <arpa/inet.h>
 #include <gtest/gtest.h>
 #include <netinet/in.h>
@@ -254,6 +255,54 @@ TEST_F(HttpLoadTest, SlowHeadersAreCutAtTheHeaderTimeout) {
   EXPECT_EQ(ReadToClose(silent), "");
   EXPECT_LT(MillisSince(start), 1500) << "the silent connection went the same way";
   EXPECT_EQ(Fetch(port_, "/-/healthy").status, 200);
+}
+
+// No handler takes a body: one is read and dropped, within the header timeout again and
+// up to 64 KiB.
+TEST_F(HttpLoadTest, BodiesAreBoundedInTimeAndSize) {
+  HttpServerOptions o = LocalOptions();
+  o.header_timeout = std::chrono::milliseconds(500);
+  o.enable_lifecycle = true;
+  StartServer(o);
+  Sockets s;
+  const int slow = s.Add(Connect(port_));
+  ASSERT_GE(slow, 0);
+  ASSERT_TRUE(
+      SendAll(slow, "POST /-/reload HTTP/1.1\r\nHost: kmon\r\nContent-Length: 1000\r\n\r\n"));
+  const Clock::time_point start = Clock::now();
+  double cut_ms = -1;
+  for (int i = 0; i < 30 && cut_ms < 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    if (!StillOpen(slow) || !SendAll(slow, "0123456789")) cut_ms = MillisSince(start);
+  }
+  EXPECT_GE(cut_ms, 450);
+  EXPECT_LT(cut_ms, 1200);
+  EXPECT_EQ(ReadToClose(slow), "");
+  EXPECT_EQ(fake_.reloads.load(), 0) << "a request whose body never came never ran";
+
+  // Too large a declared body is refused before it is sent; one that grows too large as it
+  // comes (chunked) is cut.
+  const int big = s.Add(Connect(port_));
+  ASSERT_GE(big, 0);
+  ASSERT_TRUE(
+      SendAll(big, "POST /-/reload HTTP/1.1\r\nHost: kmon\r\nContent-Length: 100000\r\n\r\n"));
+  const std::string r = ReadToClose(big);
+  EXPECT_EQ(r.substr(0, 12), "HTTP/1.1 413") << r;
+  EXPECT_TRUE(absl::EndsWith(r, "\r\n\r\nRequest body too large")) << r;
+  const int chunked = s.Add(Connect(port_));
+  ASSERT_GE(chunked, 0);
+  ASSERT_TRUE(SendAll(
+      chunked, "POST /-/reload HTTP/1.1\r\nHost: kmon\r\nTransfer-Encoding: chunked\r\n\r\n"));
+  for (int i = 0; i < 20 && SendAll(chunked, "1000\r\n" + std::string(4096, 'x') + "\r\n"); ++i) {
+  }
+  EXPECT_EQ(ReadToClose(chunked), "");
+  EXPECT_EQ(fake_.reloads.load(), 0);
+
+  const int fine = s.Add(Connect(port_));
+  ASSERT_TRUE(
+      SendAll(fine, "POST /-/reload HTTP/1.1\r\nHost: kmon\r\nContent-Length: 5\r\n\r\nhello"));
+  EXPECT_EQ(ReadResponse(fine).substr(0, 15), "HTTP/1.1 200 OK");
+  EXPECT_EQ(fake_.reloads.load(), 1);
 }
 
 TEST_F(HttpLoadTest, KeepAliveServesTwoRequestsOnOneConnection) {
