@@ -99,14 +99,8 @@ class Sockets {
   std::vector<int> fds_;
 };
 
-class HttpLoadTest : public ::testing::Test {
+class HttpLoadTest : public HttpServerFixture {
  protected:
-  void StartServer(HttpServerOptions options = LocalOptions()) {
-    auto s = HttpServer::Start(options, fake_.Hooks());
-    ASSERT_TRUE(s.ok()) << s.status();
-    server_ = std::move(*s);
-    port_ = server_->ListeningPorts().at(0);
-  }
   // A scrape and a probe on fresh connections, each answered within `budget_ms`.
   void ExpectAnswersWithin(double budget_ms, Request req = {}) {
     for (const std::string path : {"/metrics", "/-/healthy"}) {
@@ -118,9 +112,6 @@ class HttpLoadTest : public ::testing::Test {
       std::printf("[ timing ] %s answered in %.1f ms\n", path.c_str(), ms);
     }
   }
-  FakeHooks fake_;
-  std::unique_ptr<HttpServer> server_;
-  int port_ = 0;
 };
 
 // civetweb gave each connection one of its 4 worker threads until the request timed out:

@@ -23,20 +23,7 @@
 namespace kmon {
 namespace {
 
-class HttpServerTest : public ::testing::Test {
- protected:
-  void StartServer(HttpServerOptions options = LocalOptions()) {
-    auto s = HttpServer::Start(options, fake_.Hooks());
-    ASSERT_TRUE(s.ok()) << s.status();
-    server_ = std::move(*s);
-    ASSERT_EQ(server_->ListeningPorts().size(), 1u);
-    port_ = server_->ListeningPorts()[0];
-    ASSERT_GT(port_, 0);
-  }
-  FakeHooks fake_;
-  std::unique_ptr<HttpServer> server_;
-  int port_ = 0;
-};
+class HttpServerTest : public HttpServerFixture {};
 
 std::string Show(const absl::StatusOr<ListenAddress>& a) {
   if (!a.ok()) return a.status().ToString();

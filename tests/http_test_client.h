@@ -12,6 +12,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <stdexcept>
 #include <string>
@@ -164,6 +165,22 @@ inline HttpServerOptions LocalOptions() {
   o.listen_address = "127.0.0.1:0";
   return o;
 }
+
+/// A server on 127.0.0.1:0 with FakeHooks.
+class HttpServerFixture : public ::testing::Test {
+ protected:
+  void StartServer(HttpServerOptions options = LocalOptions()) {
+    auto s = HttpServer::Start(options, fake_.Hooks());
+    ASSERT_TRUE(s.ok()) << s.status();
+    server_ = std::move(*s);
+    ASSERT_EQ(server_->ListeningPorts().size(), 1u);
+    port_ = server_->ListeningPorts()[0];
+    ASSERT_GT(port_, 0);
+  }
+  FakeHooks fake_;
+  std::unique_ptr<HttpServer> server_;
+  int port_ = 0;
+};
 
 inline int RunCommand(const std::string& command) {
   const int status = std::system(command.c_str());
