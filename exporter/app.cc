@@ -27,15 +27,6 @@ double UnixNow() {
   return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
 }
 
-// The compat library is built and installed next to the binary.
-std::string OpenSslCompatPath() {
-  char exe[4096];
-  ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
-  if (n <= 0) return "libkmon_openssl_compat.so";
-  std::string path(exe, n);
-  return path.substr(0, path.rfind('/') + 1) + "libkmon_openssl_compat.so";
-}
-
 }  // namespace
 
 void ApplyCollectorOverrides(const std::map<std::string, bool>& overrides, Config* config) {
@@ -257,7 +248,7 @@ int App::Start() {
   opts.telemetry_path = flags_.telemetry_path;
   opts.web = web;
   opts.enable_lifecycle = flags_.enable_lifecycle;
-  if (web && web->tls()) opts.openssl_compat_library = OpenSslCompatPath();
+  opts.max_requests = flags_.max_requests;
   HttpHooks hooks;
   hooks.gather = [this] { return Gather(); };
   hooks.ready = [this] { return Ready(); };

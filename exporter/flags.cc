@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include <absl/strings/match.h>
+#include <absl/strings/numbers.h>
 #include <absl/strings/str_cat.h>
 
 namespace kmon {
@@ -57,7 +58,7 @@ FlagsResult ParseFlags(const std::vector<std::string>& args,
     // Flags with a value: --name=value or --name value.
     static const std::vector<std::string> kValued = {
         "config.file", "web.listen-address", "web.telemetry-path", "web.config.file",
-        "log.level", "log.format"};
+        "web.max-requests", "log.level", "log.format"};
     if (!Known(kValued, name)) {
       r.problems.push_back(absl::StrCat("unknown flag --", name));
       continue;
@@ -81,6 +82,13 @@ FlagsResult ParseFlags(const std::vector<std::string>& args,
       f.telemetry_path = *value;
     } else if (name == "web.config.file") {
       f.web_config_file = *value;
+    } else if (name == "web.max-requests") {
+      // node_exporter's 0 means "no limit"; kmon always has one (every handler needs a
+      // thread, and the limit is what bounds them), so 0 is refused rather than unbounded.
+      if (!absl::SimpleAtoi(*value, &f.max_requests) || f.max_requests < 1) {
+        r.problems.push_back(absl::StrCat("flag --web.max-requests: \"", *value,
+                                          "\" is not a whole number of at least 1"));
+      }
     } else if (name == "log.level") {
       if (!ParseLogLevel(*value, &f.log_level)) {
         r.problems.push_back(absl::StrCat("flag --log.level: \"", *value,
@@ -109,6 +117,8 @@ std::string UsageText(const std::vector<std::string>& collectors) {
       "  --web.config.file=PATH       TLS and basic auth (exporter-toolkit web config)\n"
       "  --web.enable-lifecycle       allow POST /-/reload (SIGHUP and file changes always\n"
       "                               reload)\n"
+      "  --web.max-requests=N         requests served in parallel; beyond, 503 at once\n"
+      "                               (default 40)\n"
       "  --log.level=LEVEL            debug, info, warn, error (default info)\n"
       "  --log.format=FORMAT          logfmt, json (default logfmt)\n"
       "  --check-config               validate the config, print every problem, exit 0/1\n"

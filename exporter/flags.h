@@ -17,6 +17,7 @@ struct Flags {
   std::string telemetry_path = "/metrics";
   std::string web_config_file;
   bool enable_lifecycle = false;  // POST /-/reload; off as in Prometheus
+  int max_requests = 40;          // --web.max-requests: handlers at once, beyond: 503
   std::map<std::string, bool> collector_overrides;  // name -> enabled
   LogLevel log_level = LogLevel::kInfo;
   LogFormat log_format = LogFormat::kLogfmt;

@@ -1,40 +1,33 @@
 #include "exporter/http_server.h"
 
-#include <CivetServer.h>
 #include <absl/strings/ascii.h>
 #include <absl/strings/match.h>
 #include <absl/strings/numbers.h>
 #include <absl/strings/str_cat.h>
-#include <absl/strings/str_join.h>
 #include <absl/strings/str_split.h>
 #include <arpa/inet.h>
-#include <dlfcn.h>
-#include <stdlib.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <exception>
-#include <filesystem>
 #include <fstream>
 #include <mutex>
 #include <shared_mutex>
 #include <sstream>
-#include <string_view>
 #include <utility>
 
-#include "base/gzip.h"
 #include "base/log.h"
 #include "exporter/exposition.h"
+#include "exporter/mhd_server.h"
 
 namespace kmon {
 namespace {
-
-struct ListenAddress {
-  std::string host;  // empty: every interface
-  int port = 0;
-  bool ipv6 = false;
-};
 
 absl::Status BadAddress(const std::string& address, absl::string_view why) {
   return absl::InvalidArgumentError(absl::StrCat("invalid listen address \"", address, "\": ", why,
@@ -52,6 +45,8 @@ bool IsHostname(absl::string_view host) {
   }
   return true;
 }
+
+}  // namespace
 
 absl::StatusOr<ListenAddress> ParseListenAddress(const std::string& address) {
   ListenAddress out;
@@ -93,19 +88,7 @@ absl::StatusOr<ListenAddress> ParseListenAddress(const std::string& address) {
   return out;
 }
 
-// civetweb reports why mg_start failed only through the log_message callback, while the
-// CivetServer constructor throws a generic "null context" exception. During Start the
-// starting thread points this at a buffer, so the error can carry civetweb's reason.
-thread_local std::vector<std::string>* start_messages = nullptr;
-
-int LogCivetMessage(const mg_connection* /*conn*/, const char* message) {
-  if (start_messages != nullptr) {
-    start_messages->emplace_back(message);
-  } else {
-    LogWarn("civetweb", {{"msg", message}});
-  }
-  return 1;  // handled: civetweb prints nothing itself
-}
+namespace {
 
 HttpResponse TextResponse(int status, std::string body) {
   HttpResponse r;
@@ -127,184 +110,97 @@ std::string Header(const HttpRequest& req, const std::string& lower_name) {
   return it == req.headers.end() ? std::string() : it->second;
 }
 
-HttpRequest ReadRequest(mg_connection* conn) {
-  const mg_request_info* ri = mg_get_request_info(conn);
-  HttpRequest req;
-  req.method = ri->request_method != nullptr ? ri->request_method : "";
-  req.path = ri->local_uri != nullptr ? ri->local_uri : "/";
-  if (ri->query_string != nullptr) {
-    for (absl::string_view pair : absl::StrSplit(ri->query_string, '&', absl::SkipEmpty())) {
-      const size_t eq = pair.find('=');
-      const absl::string_view raw_key = pair.substr(0, eq);
-      const absl::string_view raw_value =
-          eq == absl::string_view::npos ? absl::string_view() : pair.substr(eq + 1);
-      std::string key, value;
-      CivetServer::urlDecode(raw_key.data(), raw_key.size(), key, true);
-      CivetServer::urlDecode(raw_value.data(), raw_value.size(), value, true);
-      req.query.emplace(std::move(key), std::move(value));  // the first one wins
-    }
-  }
-  for (int i = 0; i < ri->num_headers; ++i) {
-    const mg_header& h = ri->http_headers[i];
-    if (h.name == nullptr) continue;
-    std::string name = absl::AsciiStrToLower(h.name);
-    const std::string value = h.value != nullptr ? h.value : "";
-    auto [it, inserted] = req.headers.emplace(std::move(name), value);
-    if (!inserted) absl::StrAppend(&it->second, ", ", value);  // RFC 9110 5.3
-  }
-  return req;
+absl::Status ErrnoError(int err, absl::string_view what) {
+  return absl::Status(absl::ErrnoToStatusCode(err), absl::StrCat(what, ": ", std::strerror(err)));
 }
 
-bool SafeHeaderValue(absl::string_view s) { return s.find_first_of("\r\n") == std::string::npos; }
-
-// Below this a gzip header and trailer (18 bytes) eat most of what deflate saves.
-constexpr size_t kMinGzipBody = 256;
-
-void WriteResponse(mg_connection* conn, const HttpRequest& req, const HttpResponse& resp) {
-  // gzip for clients that take it (Prometheus sends "Accept-Encoding: gzip" on
-  // every scrape): a scrape of 20k series is ~2.5 MB of text, ~10x less gzipped.
-  std::string gzipped;
-  if (resp.compressible && resp.body.size() >= kMinGzipBody &&
-      AcceptsGzip(Header(req, "accept-encoding"))) {
-    absl::StatusOr<std::string> gz = Gzip(resp.body, kGzipFastest);
-    if (gz.ok()) {
-      gzipped = std::move(*gz);
-    } else {
-      LogWarn("gzip failed; sending the response uncompressed", {{"err", gz.status().ToString()}});
-    }
-  }
-  const bool gzip = !gzipped.empty();
-  const std::string& body = gzip ? gzipped : resp.body;
-  mg_response_header_start(conn, resp.status);
-  mg_response_header_add(conn, "Content-Type", resp.content_type.c_str(), -1);
-  for (const auto& [name, value] : resp.headers) {
-    // Content-Length is ours to set; CR/LF in a handler's header would split the response.
-    if (absl::EqualsIgnoreCase(name, "content-length") || !SafeHeaderValue(name) ||
-        !SafeHeaderValue(value)) {
-      continue;
-    }
-    mg_response_header_add(conn, name.c_str(), value.c_str(), -1);
-  }
-  if (resp.compressible) mg_response_header_add(conn, "Vary", "Accept-Encoding", -1);
-  if (gzip) mg_response_header_add(conn, "Content-Encoding", "gzip", -1);
-  const std::string length = std::to_string(body.size());
-  mg_response_header_add(conn, "Content-Length", length.c_str(), -1);
-  mg_response_header_send(conn);
-  if (req.method != "HEAD" && !body.empty()) mg_write(conn, body.data(), body.size());
+absl::Status ReadFile(const std::string& file, absl::string_view what, std::string* out) {
+  std::ifstream in(file, std::ios::binary);
+  if (!in) return ErrnoError(errno, absl::StrCat("reading ", what, " ", file));
+  std::stringstream ss;
+  ss << in.rdbuf();
+  *out = ss.str();
+  return absl::OkStatus();
 }
 
-// Cert and key in one PEM: civetweb 1.15 has no separate key option and reads both from
-// `ssl_certificate`. The file is mode 0600 (mkstemp) and removed once civetweb has read it.
-class CombinedPem {
- public:
-  ~CombinedPem() { Remove(); }
-  absl::Status Write(const std::string& cert_file, const std::string& key_file) {
-    std::string cert, key;
-    if (absl::Status s = ReadAll(cert_file, "cert_file", &cert); !s.ok()) return s;
-    if (absl::Status s = ReadAll(key_file, "key_file", &key); !s.ok()) return s;
-    std::string tmpl = (std::filesystem::temp_directory_path() / "kmon-tls-XXXXXX").string();
-    const int fd = mkstemp(tmpl.data());
-    if (fd < 0) {
-      const int err = errno;
-      return absl::Status(absl::ErrnoToStatusCode(err),
-                          absl::StrCat("creating ", tmpl, ": ", std::strerror(err)));
+// The listening socket is ours: bind errors come back with their errno, hostnames resolve
+// the same way everywhere, and the port is known before libmicrohttpd starts.
+absl::StatusOr<int> Bind(const ListenAddress& a, const std::string& address, int* port) {
+  sockaddr_storage ss{};
+  socklen_t len = 0;
+  auto v4 = reinterpret_cast<sockaddr_in*>(&ss);
+  auto v6 = reinterpret_cast<sockaddr_in6*>(&ss);
+  if (a.host.empty()) {
+    v4->sin_family = AF_INET;
+    v4->sin_addr.s_addr = htonl(INADDR_ANY);
+    len = sizeof *v4;
+  } else if (a.ipv6) {
+    v6->sin6_family = AF_INET6;
+    inet_pton(AF_INET6, a.host.c_str(), &v6->sin6_addr);  // checked by ParseListenAddress
+    len = sizeof *v6;
+  } else {
+    addrinfo hints{};
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    addrinfo* res = nullptr;
+    if (const int rc = getaddrinfo(a.host.c_str(), nullptr, &hints, &res); rc != 0) {
+      return absl::UnavailableError(
+          absl::StrCat("listen address ", address, ": resolving ", a.host, ": ", gai_strerror(rc)));
     }
-    path_ = tmpl;
-    // The certificate (and its chain) first: civetweb takes the first certificate in the
-    // file as the server's, and OpenSSL finds the key wherever it is.
-    const std::string pem =
-        absl::StrCat(cert, cert.empty() || cert.back() == '\n' ? "" : "\n", key);
-    size_t done = 0;
-    while (done < pem.size()) {
-      const ssize_t n = ::write(fd, pem.data() + done, pem.size() - done);
-      if (n < 0 && errno == EINTR) continue;
-      if (n <= 0) {
-        const int err = errno;
-        ::close(fd);
-        return absl::Status(absl::ErrnoToStatusCode(err),
-                            absl::StrCat("writing ", path_, ": ", std::strerror(err)));
-      }
-      done += static_cast<size_t>(n);
-    }
+    std::memcpy(&ss, res->ai_addr, res->ai_addrlen);
+    len = res->ai_addrlen;
+    freeaddrinfo(res);
+  }
+  const bool is_v6 = ss.ss_family == AF_INET6;
+  if (is_v6) {
+    v6->sin6_port = htons(a.port);
+  } else {
+    v4->sin_port = htons(a.port);
+  }
+  const int fd = ::socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) return ErrnoError(errno, absl::StrCat("listen address ", address, ": socket"));
+  const int one = 1;
+  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  if (is_v6) setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
+  if (::bind(fd, reinterpret_cast<sockaddr*>(&ss), len) != 0 || ::listen(fd, SOMAXCONN) != 0) {
+    const int err = errno;
     ::close(fd);
-    return absl::OkStatus();
+    return absl::UnavailableError(
+        absl::StrCat("listen address ", address, ": bind: ", std::strerror(err)));
   }
-  const std::string& path() const { return path_; }
-  void Remove() {
-    if (!path_.empty()) ::unlink(path_.c_str());
-    path_.clear();
-  }
-
- private:
-  static absl::Status ReadAll(const std::string& file, absl::string_view what, std::string* out) {
-    std::ifstream in(file, std::ios::binary);
-    if (!in) {
-      const int err = errno;
-      return absl::Status(absl::ErrnoToStatusCode(err),
-                          absl::StrCat("reading ", what, " ", file, ": ", std::strerror(err)));
-    }
-    std::stringstream ss;
-    ss << in.rdbuf();
-    *out = ss.str();
-    return absl::OkStatus();
-  }
-  std::string path_;
-};
-
-// exporter-toolkit min_version -> civetweb ssl_protocol_version (2: TLS 1.0+, 3: TLS 1.1+,
-// 4: TLS 1.2+, 5: TLS 1.3 only; checked against civetweb 1.15 with openssl s_client).
-const char* CivetProtocolVersion(const std::string& min_version) {
-  if (min_version == "TLS10") return "2";
-  if (min_version == "TLS11") return "3";
-  if (min_version == "TLS13") return "5";
-  return "4";  // TLS12, the exporter-toolkit default
+  sockaddr_storage bound{};
+  socklen_t bound_len = sizeof bound;
+  getsockname(fd, reinterpret_cast<sockaddr*>(&bound), &bound_len);
+  *port = ntohs(is_v6 ? reinterpret_cast<sockaddr_in6*>(&bound)->sin6_port
+                      : reinterpret_cast<sockaddr_in*>(&bound)->sin_port);
+  return fd;
 }
 
-const char* CivetVerifyPeer(const std::string& client_auth_type) {
-  if (client_auth_type == "RequireAndVerifyClientCert") return "yes";
-  if (client_auth_type == "VerifyClientCertIfGiven") return "optional";
-  return "no";
+// Each open connection is a descriptor: make room for max_connections beside what kmon
+// holds already (BPF maps and links, cgroup files), as Go's runtime does for every Go
+// exporter by raising the soft limit to the hard one.
+int FitConnectionLimit(int max_connections) {
+  constexpr rlim_t kReserve = 256;
+  rlimit rl{};
+  if (getrlimit(RLIMIT_NOFILE, &rl) != 0) return max_connections;
+  const rlim_t want = static_cast<rlim_t>(max_connections) + kReserve;
+  if (rl.rlim_cur < want && rl.rlim_cur < rl.rlim_max) {
+    rl.rlim_cur = rl.rlim_max == RLIM_INFINITY ? want : std::min(want, rl.rlim_max);
+    setrlimit(RLIMIT_NOFILE, &rl);
+    getrlimit(RLIMIT_NOFILE, &rl);
+  }
+  if (rl.rlim_cur >= want) return max_connections;
+  const int fit = rl.rlim_cur > 2 * kReserve ? static_cast<int>(rl.rlim_cur - kReserve) : 64;
+  LogWarn("open-file limit too low for the HTTP connection limit; lowering it",
+          {{"nofile", std::to_string(rl.rlim_cur)}, {"max_connections", std::to_string(fit)}});
+  return std::min(fit, max_connections);
 }
-
-class HttpServerImpl;
-
-// The one civetweb handler, on "/" (which civetweb matches for every URI): routing,
-// basic auth and exception containment happen here, where every path gets them alike.
-class Dispatcher final : public CivetHandler {
- public:
-  explicit Dispatcher(HttpServerImpl* server) : server_(server) {}
-
-  using CivetHandler::handleDelete;
-  using CivetHandler::handleGet;
-  using CivetHandler::handleHead;
-  using CivetHandler::handleOptions;
-  using CivetHandler::handlePatch;
-  using CivetHandler::handlePost;
-  using CivetHandler::handlePut;
-  bool handleGet(CivetServer*, mg_connection* c, int* status) override { return Serve(c, status); }
-  bool handlePost(CivetServer*, mg_connection* c, int* status) override { return Serve(c, status); }
-  bool handleHead(CivetServer*, mg_connection* c, int* status) override { return Serve(c, status); }
-  bool handlePut(CivetServer*, mg_connection* c, int* status) override { return Serve(c, status); }
-  bool handleDelete(CivetServer*, mg_connection* c, int* status) override {
-    return Serve(c, status);
-  }
-  bool handleOptions(CivetServer*, mg_connection* c, int* status) override {
-    return Serve(c, status);
-  }
-  bool handlePatch(CivetServer*, mg_connection* c, int* status) override {
-    return Serve(c, status);
-  }
-
- private:
-  bool Serve(mg_connection* conn, int* status);
-  HttpServerImpl* server_;
-};
 
 class HttpServerImpl final : public HttpServer {
  public:
-  explicit HttpServerImpl(std::optional<WebConfig> web) : web_(std::move(web)), dispatcher_(this) {}
+  explicit HttpServerImpl(std::optional<WebConfig> web) : web_(std::move(web)) {}
   ~HttpServerImpl() override {
-    // Stop civetweb (joining its threads) before the routes and dispatcher go away.
+    // Stop serving (waiting for running handlers) before the routes go away.
     server_.reset();
   }
 
@@ -313,27 +209,27 @@ class HttpServerImpl final : public HttpServer {
     routes_[path] = std::move(handler);
   }
 
-  std::vector<int> ListeningPorts() const override { return ports_; }
+  std::vector<int> ListeningPorts() const override { return {port_}; }
 
-  absl::Status Listen(const std::vector<std::string>& options, const std::string& address) {
-    CivetCallbacks callbacks;
-    callbacks.log_message = &LogCivetMessage;
-    std::vector<std::string> messages;
-    start_messages = &messages;
-    try {
-      server_ = std::make_unique<CivetServer>(options, &callbacks);
-    } catch (const CivetException& e) {
-      start_messages = nullptr;
-      if (messages.empty()) messages.emplace_back(e.what());
-      return absl::UnavailableError(
-          absl::StrCat("listen address ", address, ": ", absl::StrJoin(messages, "; ")));
-    }
-    start_messages = nullptr;
-    server_->addHandler("/", dispatcher_);
-    ports_ = server_->getListeningPorts();
-    return absl::OkStatus();
+  void Serving(std::unique_ptr<MhdServer> server, int port) {
+    server_ = std::move(server);
+    port_ = port;
   }
 
+  // On a worker thread. Nothing may escape into libmicrohttpd's C code.
+  HttpResponse Serve(const HttpRequest& req) {
+    try {
+      return Route(req);
+    } catch (const std::exception& e) {
+      LogError("HTTP handler failed", {{"path", req.path}, {"err", e.what()}});
+      return TextResponse(500, absl::StrCat("Internal Server Error: ", e.what()));
+    } catch (...) {
+      LogError("HTTP handler failed", {{"path", req.path}, {"err", "unknown exception"}});
+      return TextResponse(500, "Internal Server Error");
+    }
+  }
+
+ private:
   HttpResponse Route(const HttpRequest& req) {
     if (web_.has_value() && !web_->basic_auth_users.empty() &&
         !CheckBasicAuth(*web_, Header(req, "authorization"))) {
@@ -351,132 +247,33 @@ class HttpServerImpl final : public HttpServer {
     return handler(req);
   }
 
- private:
   std::optional<WebConfig> web_;
   std::shared_mutex routes_mutex_;
   std::map<std::string, HttpHandler> routes_;
-  Dispatcher dispatcher_;
-  std::vector<int> ports_;
-  std::unique_ptr<CivetServer> server_;  // last: destroyed first
+  int port_ = 0;
+  std::unique_ptr<MhdServer> server_;  // last: destroyed first
 };
 
-bool Dispatcher::Serve(mg_connection* conn, int* status) {
-  // Nothing may escape into civetweb's C code: an exception there ends the process.
-  HttpRequest req;
-  HttpResponse resp;
-  try {
-    req = ReadRequest(conn);
-    resp = server_->Route(req);
-  } catch (const std::exception& e) {
-    LogError("HTTP handler failed", {{"path", req.path}, {"err", e.what()}});
-    resp = TextResponse(500, absl::StrCat("Internal Server Error: ", e.what()));
-  } catch (...) {
-    LogError("HTTP handler failed", {{"path", req.path}, {"err", "unknown exception"}});
-    resp = TextResponse(500, "Internal Server Error");
+absl::StatusOr<MhdTls> LoadTls(const WebConfig& web) {
+  MhdTls tls;
+  if (absl::Status s = ReadFile(web.cert_file, "cert_file", &tls.cert_pem); !s.ok()) return s;
+  if (absl::Status s = ReadFile(web.key_file, "key_file", &tls.key_pem); !s.ok()) return s;
+  // Clients are asked for certificates only when the policy looks at them. (The asking
+  // comes with the trust list: a policy that wants a certificate without client_ca_file
+  // never gets one, which is why the web config parser requires the file for them.)
+  if (!web.client_ca_file.empty() && !web.client_auth_type.empty() &&
+      web.client_auth_type != "NoClientCert") {
+    absl::Status s = ReadFile(web.client_ca_file, "client_ca_file", &tls.client_ca_pem);
+    if (!s.ok()) return s;
   }
-  try {
-    WriteResponse(conn, req, resp);
-  } catch (...) {
-    // Out of memory while writing: the client sees a cut connection; civetweb lives on.
-  }
-  *status = resp.status;
-  return true;
+  tls.client_auth_type = web.client_auth_type;
+  tls.min_version = web.min_version;
+  return tls;
 }
 
-absl::Status LoadOpenSslCompat(const std::string& path) {
-  static std::mutex mu;
-  static std::string loaded;
-  std::lock_guard lock(mu);
-  if (loaded == path) return absl::OkStatus();
-  // Never dlclose()d: civetweb keeps function pointers into it for the process lifetime.
-  if (dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL) == nullptr) {
-    const char* err = dlerror();
-    return absl::FailedPreconditionError(
-        absl::StrCat("loading OpenSSL compat library: ", err != nullptr ? err : path));
-  }
-  loaded = path;
-  return absl::OkStatus();
-}
-
-}  // namespace
-
-absl::StatusOr<std::string> CivetListeningPorts(const std::string& listen_address, bool tls) {
-  absl::StatusOr<ListenAddress> a = ParseListenAddress(listen_address);
-  if (!a.ok()) return a.status();
-  std::string out;
-  if (a->host.empty()) {
-    out = std::to_string(a->port);
-  } else if (a->ipv6) {
-    out = absl::StrCat("[", a->host, "]:", a->port);
-  } else {
-    out = absl::StrCat(a->host, ":", a->port);
-  }
-  if (tls) out += 's';
-  return out;
-}
-
-absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(const HttpServerOptions& options,
-                                                              HttpHooks hooks) {
-  if (!hooks.gather || !hooks.ready || !hooks.reload || !hooks.landing_page) {
-    return absl::InvalidArgumentError(
-        "HttpServer::Start: hooks gather, ready, reload and landing_page are all required");
-  }
-  const std::string& metrics_path = options.telemetry_path;
-  if (!absl::StartsWith(metrics_path, "/") || metrics_path == "/" ||
-      absl::StartsWith(metrics_path, "/-/")) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("invalid telemetry path \"", metrics_path,
-                     "\": want an absolute path other than / and /-/*"));
-  }
-  if (options.num_threads < 1) {
-    return absl::InvalidArgumentError("HttpServer::Start: num_threads must be at least 1");
-  }
-
-  const bool tls = options.web.has_value() && options.web->tls();
-  absl::StatusOr<std::string> ports = CivetListeningPorts(options.listen_address, tls);
-  if (!ports.ok()) return ports.status();
-  if (absl::StartsWith(options.listen_address, "[") && mg_check_feature(MG_FEATURES_IPV6) == 0) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("listen address ", options.listen_address,
-                     ": this civetweb was built without IPv6 support"));
-  }
-
-  std::vector<std::string> civet_options = {
-      "listening_ports",
-      *ports,
-      "num_threads",
-      std::to_string(options.num_threads),
-      // civetweb gives each connection a worker thread for as long as it stays open, so
-      // keep-alive would let a few idle scrapers hold every thread; one request each.
-      "enable_keep_alive",
-      "no",
-  };
-  CombinedPem pem;
-  if (tls) {
-    if (mg_check_feature(MG_FEATURES_TLS) == 0) {
-      return absl::FailedPreconditionError(
-          "TLS requested in --web.config.file but civetweb was built without TLS");
-    }
-    if (!options.openssl_compat_library.empty()) {
-      if (absl::Status s = LoadOpenSslCompat(options.openssl_compat_library); !s.ok()) return s;
-    }
-    if (absl::Status s = pem.Write(options.web->cert_file, options.web->key_file); !s.ok()) {
-      return s;
-    }
-    civet_options.insert(civet_options.end(),
-                         {"ssl_certificate", pem.path(), "ssl_protocol_version",
-                          CivetProtocolVersion(options.web->min_version), "ssl_verify_peer",
-                          CivetVerifyPeer(options.web->client_auth_type),
-                          // Trust only client_ca_file, not every CA the system trusts.
-                          "ssl_default_verify_paths", "no"});
-    if (!options.web->client_ca_file.empty()) {
-      civet_options.insert(civet_options.end(), {"ssl_ca_file", options.web->client_ca_file});
-    }
-  }
-
-  // Routes go in before the port opens, so no early request sees a 404.
-  auto server = std::make_unique<HttpServerImpl>(options.web);
-  server->Handle(metrics_path, [gather = hooks.gather](const HttpRequest& req) {
+void AddBuiltinRoutes(const HttpServerOptions& options, const HttpHooks& hooks,
+                      HttpServerImpl* server) {
+  server->Handle(options.telemetry_path, [gather = hooks.gather](const HttpRequest& req) {
     if (!IsGetOrHead(req)) return MethodNotAllowed("GET, HEAD");
     const ExpositionFormat format = NegotiateFormat(Header(req, "accept"));
     HttpResponse r;
@@ -519,20 +316,61 @@ absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(const HttpServerOp
     if (!s.ok()) return TextResponse(500, std::string(s.message()));
     return TextResponse(200, "OK");
   });
-  absl::Status listening = server->Listen(civet_options, options.listen_address);
-  pem.Remove();  // civetweb has read it (or failed); the key need not stay on disk
-  if (!listening.ok()) {
-    if (tls && absl::StrContains(listening.message(), "load_tls_dll")) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          listening.message(),
-          " — civetweb could not use this system's OpenSSL. Debian 12's civetweb 1.15 is "
-          "built for the OpenSSL 1.1 API and needs the OpenSSL 3 compat library "
-          "(HttpServerOptions::openssl_compat_library) and the libssl.so/libcrypto.so "
-          "names from libssl-dev"));
-    }
-    return listening;
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(const HttpServerOptions& options,
+                                                              HttpHooks hooks) {
+  if (!hooks.gather || !hooks.ready || !hooks.reload || !hooks.landing_page) {
+    return absl::InvalidArgumentError(
+        "HttpServer::Start: hooks gather, ready, reload and landing_page are all required");
+  }
+  const std::string& metrics_path = options.telemetry_path;
+  if (!absl::StartsWith(metrics_path, "/") || metrics_path == "/" ||
+      absl::StartsWith(metrics_path, "/-/")) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("invalid telemetry path \"", metrics_path,
+                     "\": want an absolute path other than / and /-/*"));
+  }
+  if (options.max_requests < 1 || options.max_connections < 1) {
+    return absl::InvalidArgumentError(
+        "HttpServer::Start: max_requests and max_connections must be at least 1");
+  }
+  if (options.header_timeout.count() <= 0 || options.idle_timeout.count() <= 0) {
+    return absl::InvalidArgumentError("HttpServer::Start: timeouts must be positive");
+  }
+  absl::StatusOr<ListenAddress> address = ParseListenAddress(options.listen_address);
+  if (!address.ok()) return address.status();
+
+  MhdServerOptions mhd;
+  mhd.ipv6 = address->ipv6;
+  mhd.max_requests = options.max_requests;
+  mhd.max_connections = FitConnectionLimit(options.max_connections);
+  mhd.header_timeout = options.header_timeout;
+  mhd.idle_timeout = options.idle_timeout;
+  mhd.probe_paths = {"/-/healthy", "/-/ready"};
+  if (options.web.has_value() && options.web->tls()) {
+    absl::StatusOr<MhdTls> tls = LoadTls(*options.web);
+    if (!tls.ok()) return tls.status();
+    mhd.tls = std::move(*tls);
   }
 
+  // Routes go in before the port opens, so no early request sees a 404.
+  auto server = std::make_unique<HttpServerImpl>(options.web);
+  AddBuiltinRoutes(options, hooks, server.get());
+  int port = 0;
+  absl::StatusOr<int> fd = Bind(*address, options.listen_address, &port);
+  if (!fd.ok()) return fd.status();
+  mhd.listen_fd = *fd;
+  absl::StatusOr<std::unique_ptr<MhdServer>> mhd_server = MhdServer::Start(
+      std::move(mhd), [impl = server.get()](const HttpRequest& req) { return impl->Serve(req); });
+  if (!mhd_server.ok()) {
+    return absl::Status(mhd_server.status().code(),
+                        absl::StrCat("listen address ", options.listen_address, ": ",
+                                     mhd_server.status().message()));
+  }
+  server->Serving(std::move(*mhd_server), port);
   return std::unique_ptr<HttpServer>(std::move(server));
 }
 

@@ -1,13 +1,15 @@
-// The HTTP side of the exporter, on civetweb: /metrics (text or OpenMetrics),
-// the landing page, health and readiness, reload, and extra handlers that later
-// collectors register (/api/v1/topology, /debug/offcpu). TLS and basic auth come
-// from --web.config.file (exporter-toolkit format).
+// The HTTP side of the exporter: /metrics (text or OpenMetrics), the landing page, health
+// and readiness, reload, and extra handlers that later collectors register
+// (/api/v1/topology, /debug/offcpu). TLS and basic auth come from --web.config.file
+// (exporter-toolkit format). Served by libmicrohttpd on one event thread (exporter/
+// mhd_server.h): idle or stalled connections hold no thread, handlers run on a bounded pool.
 #pragma once
 
 #include <absl/status/status.h>
 #include <absl/status/statusor.h>
 #include <prometheus/metric_family.h>
 
+#include <chrono>
 #include <functional>
 #include <map>
 #include <memory>
@@ -27,15 +29,18 @@ struct HttpServerOptions {
   /// --web.enable-lifecycle: POST /-/reload calls the reload hook. Off (the default, as in
   /// Prometheus) it answers 403: whoever may scrape need not be able to make kmon act.
   bool enable_lifecycle = false;
-  int num_threads = 4;
-  /// With TLS: a library loaded before civetweb first reaches for OpenSSL. Debian 12's
-  /// civetweb 1.15 is built for the OpenSSL 1.1 API: it dlopen()s "libssl.so" and looks up
-  /// SSL_get_peer_certificate, which OpenSSL 3 renamed, so HTTPS cannot start. A tiny
-  /// library whose SONAME is "libssl.so", linked to libssl.so.3 and defining that one
-  /// function, fixes it: glibc's dlopen() matches the name against the SONAMEs of loaded
-  /// objects and hands civetweb the compat library, whose dependencies supply the rest.
-  /// Empty: load nothing.
-  std::string openssl_compat_library;
+  /// --web.max-requests: handlers running at once; one more request is answered 503 at
+  /// once, unqueued. /-/healthy and /-/ready have a reserve of their own beside it, so the
+  /// probes answer while max_requests scrapes are in flight.
+  int max_requests = 40;
+  /// Open connections, idle ones included; one more is closed as soon as it is accepted.
+  int max_connections = 1024;
+  /// The request line and headers (TLS handshake included) must be in this long after the
+  /// connection opens, and the body as long again after them; else the connection is closed.
+  std::chrono::milliseconds header_timeout = std::chrono::seconds(10);
+  /// Keep-alive: how long a connection waits for its next request; also the longest silence
+  /// while reading a request or writing a response.
+  std::chrono::milliseconds idle_timeout = std::chrono::seconds(60);
 };
 
 struct HttpHooks {
@@ -53,8 +58,9 @@ struct HttpHooks {
 class HttpServer {
  public:
   /// Binds and starts serving; an error names the address and the reason (InvalidArgument
-  /// for a malformed address or option, Unavailable when civetweb cannot bind, e.g. the
-  /// port is taken; FailedPrecondition when TLS or IPv6 is missing). Every hook is required.
+  /// for a malformed address or option, Unavailable when the address cannot be bound, e.g.
+  /// the port is taken; NotFound and the like for an unreadable TLS file; FailedPrecondition
+  /// when GnuTLS refuses the key pair). Every hook is required.
   static absl::StatusOr<std::unique_ptr<HttpServer>> Start(const HttpServerOptions& options,
                                                            HttpHooks hooks);
   virtual ~HttpServer() = default;
@@ -66,8 +72,13 @@ class HttpServer {
   virtual std::vector<int> ListeningPorts() const = 0;
 };
 
-/// Translates "host:port" / ":port" / "[v6]:port" into civetweb's listening_ports
-/// syntax, with the 's' suffix when `tls` is set. Error for a malformed address.
-absl::StatusOr<std::string> CivetListeningPorts(const std::string& listen_address, bool tls);
+struct ListenAddress {
+  std::string host;  // empty: every IPv4 interface
+  int port = 0;
+  bool ipv6 = false;  // host is an IPv6 address ("[::1]:port")
+};
+
+/// Parses "host:port" / ":port" / "[v6]:port". InvalidArgument for a malformed address.
+absl::StatusOr<ListenAddress> ParseListenAddress(const std::string& listen_address);
 
 }  // namespace kmon

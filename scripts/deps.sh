@@ -7,7 +7,8 @@ PACKAGES=(
   cmake g++ make pkg-config clang llvm bpftool git
   # libraries
   libbpf-dev libelf-dev zlib1g-dev prometheus-cpp-dev libcivetweb-dev libyaml-cpp-dev
-  libabsl-dev libseccomp-dev nlohmann-json3-dev libcurl4-openssl-dev libcrypt-dev libssl-dev
+  libmicrohttpd-dev libgnutls28-dev
+  libabsl-dev libseccomp-dev nlohmann-json3-dev libcurl4-openssl-dev libcrypt-dev
   libprotobuf-dev protobuf-compiler libcap-ng-dev
   # tests and benchmarks
   libgtest-dev libgmock-dev libclang-rt-14-dev prometheus bpftrace openssl python3-prometheus-client iproute2

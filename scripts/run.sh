@@ -4,6 +4,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/deps.sh
-# Only what runs: the exporter and the TLS compat library beside it, not the tests.
-scripts/build.sh kmon_exporter kmon_openssl_compat
+# Only what runs: the exporter, not the tests.
+scripts/build.sh kmon_exporter
 exec build/kmon_exporter "$@"

@@ -43,6 +43,23 @@ TEST(FlagsTest, BothValueSpellings) {
   EXPECT_EQ(r.flags.web_config_file, "/w.yml");
 }
 
+TEST(FlagsTest, MaxRequests) {
+  EXPECT_EQ(ParseFlags({}, kCollectors).flags.max_requests, 40);  // SPEC default
+  FlagsResult r = ParseFlags({"--web.max-requests=5"}, kCollectors);
+  ASSERT_TRUE(r.problems.empty()) << r.problems[0];
+  EXPECT_EQ(r.flags.max_requests, 5);
+  r = ParseFlags({"--web.max-requests", "1"}, kCollectors);
+  ASSERT_TRUE(r.problems.empty()) << r.problems[0];
+  EXPECT_EQ(r.flags.max_requests, 1);
+  for (const std::string bad : {"0", "-3", "many", "4.5", "", "99999999999"}) {
+    r = ParseFlags({"--web.max-requests=" + bad}, kCollectors);
+    ASSERT_EQ(r.problems.size(), 1u) << bad;
+    EXPECT_EQ(r.problems[0],
+              "flag --web.max-requests: \"" + bad + "\" is not a whole number of at least 1");
+  }
+  EXPECT_NE(UsageText(kCollectors).find("--web.max-requests=N"), std::string::npos);
+}
+
 TEST(FlagsTest, CollectorOverridesComeFromTheTable) {
   FlagsResult r = ParseFlags({"--no-collector.tcp", "--collector.syscalls"}, kCollectors);
   ASSERT_TRUE(r.problems.empty());
