@@ -64,15 +64,10 @@ void ParseTls(YamlParser& p, const YamlValue& section, WebConfig& cfg) {
          auth_line = f.line;
          std::string t;
          if (!p.String(f, &t) || t.empty()) return;
-         if (t == "RequestClientCert" || t == "RequireAnyClientCert" || t == "RequireClientCert") {
-           p.Report(f.key, f.line,
-                    absl::StrCat(t,
-                                 " is not supported by kmon: civetweb verifies every client "
-                                 "certificate it asks for (use VerifyClientCertIfGiven or "
-                                 "RequireAndVerifyClientCert)"));
-           return;
-         }
-         p.OneOf(f, {"NoClientCert", "VerifyClientCertIfGiven", "RequireAndVerifyClientCert"},
+         // The exporter-toolkit's (Go's crypto/tls) five policies.
+         p.OneOf(f,
+                 {"NoClientCert", "RequestClientCert", "RequireAnyClientCert",
+                  "VerifyClientCertIfGiven", "RequireAndVerifyClientCert"},
                  &cfg.client_auth_type);
        }},
       {"min_version",
@@ -142,7 +137,7 @@ void ParseUsers(YamlParser& p, const YamlValue& v, WebConfig& cfg) {
 }
 
 void ParseHttp(YamlParser& p, const YamlValue& v) {
-  bool http2 = false;  // accepted for compatibility and ignored: civetweb speaks HTTP/1.1 only
+  bool http2 = false;  // accepted for compatibility and ignored: kmon speaks HTTP/1.1 only
   p.Map(v, {
                {"http2", [&](const YamlValue& f) { p.Bool(f, &http2); }},
                {"headers",

@@ -440,8 +440,7 @@ TEST_F(TlsTest, RequireAndVerifyClientCert) {
 
 // Every client_auth_type, as the exporter-toolkit means it: the statuses seen by a client
 // without a certificate, with one client_ca_file does not vouch for, and with a good one
-// (0: no HTTP answer at all). RequireAnyClientCert and RequestClientCert are refused by
-// the web config parser today; the server already knows them.
+// (0: no HTTP answer at all).
 TEST_F(TlsTest, ClientAuthTypes) {
   auto statuses = [&](const std::string& type) {
     WebConfig web = ServerCert();

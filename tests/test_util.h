@@ -41,7 +41,7 @@ class FixedCgroupPaths : public CgroupPathSource {
 
 /// Polls `pred` every `poll` until it holds or `timeout` passes; its last answer.
 inline bool Eventually(const std::function<bool()>& pred,
-                       std::chrono::milliseconds timeout = std::chrono::milliseconds(5000),
+                       std::chrono::milliseconds timeout = std::chrono::milliseconds(10000),
                        std::chrono::milliseconds poll = std::chrono::milliseconds(5)) {
   const auto deadline = std::chrono::steady_clock::now() + timeout;
   while (std::chrono::steady_clock::now() < deadline) {

@@ -133,19 +133,19 @@ TEST(ParseWebConfig, ClientAuthRules) {
             "line 4: tls_server_config.client_auth_type: VerifyClientCertIfGiven needs "
             "client_ca_file to verify client certificates");
 
-  auto unsupported = ParseWebConfig(base + "  client_auth_type: RequireAnyClientCert\n");
-  ASSERT_FALSE(unsupported.ok());
-  EXPECT_NE(
-      unsupported.status().message().find(
-          "line 4: tls_server_config.client_auth_type: RequireAnyClientCert is not supported"),
-      absl::string_view::npos)
-      << unsupported.status();
+  // Policies that ask for a certificate without verifying it need no CA.
+  for (const char* t : {"RequestClientCert", "RequireAnyClientCert"}) {
+    auto unverified = ParseWebConfig(base + "  client_auth_type: " + t + "\n");
+    ASSERT_TRUE(unverified.ok()) << t << ": " << unverified.status();
+    EXPECT_EQ(unverified->client_auth_type, t);
+  }
 
   auto invalid = ParseWebConfig(base + "  client_auth_type: Sometimes\n  min_version: TLS9\n");
   ASSERT_FALSE(invalid.ok());
   EXPECT_EQ(std::string(invalid.status().message()),
             "line 4: tls_server_config.client_auth_type: must be one of NoClientCert, "
-            "VerifyClientCertIfGiven, RequireAndVerifyClientCert; got \"Sometimes\"\n"
+            "RequestClientCert, RequireAnyClientCert, VerifyClientCertIfGiven, "
+            "RequireAndVerifyClientCert; got \"Sometimes\"\n"
             "line 5: tls_server_config.min_version: must be one of TLS10, TLS11, TLS12, TLS13; "
             "got \"TLS9\"");
 }
@@ -170,12 +170,14 @@ TEST(ParseWebConfig, PasswordsMustBeBcryptHashes) {
 TEST(ParseWebConfig, StructuralErrors) {
   auto not_map = ParseWebConfig("- a\n- b\n");
   ASSERT_FALSE(not_map.ok());
-  EXPECT_EQ(std::string(not_map.status().message()), "line 1: the config must be a map of keys, got a list");
+  EXPECT_EQ(std::string(not_map.status().message()),
+            "line 1: the config must be a map of keys, got a list");
 
   auto dup = ParseWebConfig(std::string("basic_auth_users:\n  a: ") + kHashS3cr3t +
                             "\n  a: " + kHashS3cr3t + "\n");
   ASSERT_FALSE(dup.ok());
-  EXPECT_EQ(std::string(dup.status().message()), "line 3: basic_auth_users.a: duplicate key (first set on line 2)");
+  EXPECT_EQ(std::string(dup.status().message()),
+            "line 3: basic_auth_users.a: duplicate key (first set on line 2)");
 
   auto list_value = ParseWebConfig("tls_server_config:\n  cert_file: [a, b]\n  key_file: k\n");
   ASSERT_FALSE(list_value.ok());
