@@ -21,6 +21,9 @@ const std::vector<KeptCapability>& KeptCapabilities() {
        "load and attach BPF programs and maps; a reload may start a collector anew"},
       {CAP_PERFMON, "CAP_PERFMON",
        "tracing programs (tp_btf, raw_tp) and reading kernel memory through BPF"},
+      {CAP_NET_ADMIN, "CAP_NET_ADMIN",
+       "attach cgroup_skb programs to the cgroup root (the dns collector sees every "
+       "workload's DNS packets there)"},
       {CAP_SYS_PTRACE, "CAP_SYS_PTRACE",
        "read other processes' /proc/<pid>/{maps,root,net/tcp*}: off-CPU user frames, "
        "listening ports of other network namespaces"},

@@ -8,8 +8,8 @@
 #include <absl/strings/str_join.h>
 #include <absl/strings/str_split.h>
 #include <cap-ng.h>
-#include <unistd.h>
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <fstream>
 #include <map>
@@ -61,7 +61,8 @@ uint64_t KeptMask() {
   return mask;
 }
 
-const char* const kDefaultCollectors[] = {"tcp", "topology", "drops", "blockio", "syscalls", "cpu"};
+const char* const kDefaultCollectors[] = {"tcp",      "topology", "drops", "blockio",
+                                          "syscalls", "cpu",      "dns",   "pagecache"};
 
 TEST(PrivilegesRootTest, TheDaemonSetsCapabilitiesStartEveryDefaultCollector) {
   KMON_REQUIRE_ROOT();
