@@ -4,8 +4,8 @@
 #include <cstdarg>
 #include <cstdio>
 
-#include "bpf/kmon_common.h"
 #include "base/log.h"
+#include "bpf/kmon_common.h"
 
 namespace kmon {
 namespace {
@@ -51,17 +51,17 @@ absl::Status BpfError(std::string_view collector, std::string_view what, int err
   if (err < 0) err = -err;
   return absl::Status(err == EPERM || err == EACCES ? absl::StatusCode::kPermissionDenied
                                                     : absl::StatusCode::kInternal,
-                      absl::StrCat("collector=", std::string(collector), " ", std::string(what), ": ",
-                                   std::strerror(err)));
+                      absl::StrCat("collector=", std::string(collector), " ", std::string(what),
+                                   ": ", std::strerror(err)));
 }
 
 absl::Status CheckMapLayout(std::string_view collector, const bpf_map* map, size_t key_size,
                             size_t value_size) {
   if (bpf_map__key_size(map) != key_size || bpf_map__value_size(map) != value_size) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "collector=", std::string(collector), " map=", bpf_map__name(map), ": key/value sizes ",
-        bpf_map__key_size(map), "/", bpf_map__value_size(map), " differ from the header's ",
-        key_size, "/", value_size));
+    return absl::FailedPreconditionError(
+        absl::StrCat("collector=", std::string(collector), " map=", bpf_map__name(map),
+                     ": key/value sizes ", bpf_map__key_size(map), "/", bpf_map__value_size(map),
+                     " differ from the header's ", key_size, "/", value_size));
   }
   return absl::OkStatus();
 }
@@ -87,8 +87,7 @@ absl::Status ReadHashRaw(int map_fd, uint32_t max_entries, size_t key_size, size
     LIBBPF_OPTS(bpf_map_batch_opts, opts);
     int err = bpf_map_lookup_batch(map_fd, first ? nullptr : in_batch.data(), out_batch.data(),
                                    keys->data() + static_cast<size_t>(total) * key_size,
-                                   values->data() + static_cast<size_t>(total) * stride, &n,
-                                   &opts);
+                                   values->data() + static_cast<size_t>(total) * stride, &n, &opts);
     int e = err < 0 ? errno : 0;
     if (err < 0 && e == ENOSPC && chunk < (1u << 16)) {  // one bucket holds more than a chunk
       chunk *= 2;
@@ -154,8 +153,11 @@ absl::StatusOr<std::vector<uint64_t>> ReadPerCpuU64Array(int map_fd, uint32_t en
 
 absl::StatusOr<uint64_t> CountMapEntries(const bpf_map* map) {
   if (!IsHashType(bpf_map__type(map))) return bpf_map__max_entries(map);
-  int fd = bpf_map__fd(map);
-  std::vector<uint8_t> prev(bpf_map__key_size(map)), next(bpf_map__key_size(map));
+  return CountHashEntries(bpf_map__fd(map), bpf_map__key_size(map));
+}
+
+absl::StatusOr<uint64_t> CountHashEntries(int fd, size_t key_size) {
+  std::vector<uint8_t> prev(key_size), next(key_size);
   uint64_t n = 0;
   bool have_prev = false;
   while (bpf_map_get_next_key(fd, have_prev ? prev.data() : nullptr, next.data()) == 0) {

@@ -1,0 +1,401 @@
+// Benchmark: what a scrape costs the exporter at 1k, 10k and 50k series. Recorded
+// map contents (rows as the cpu, syscalls and tcp collectors read them from their
+// data maps) go through the real decoders (BuildCpuFamilies, BuildSyscallFamilies,
+// BuildTcpFamilies, each collector with its own labeler over one resolver), the real
+// HTTP server and exposition, text and gzip, scraped over loopback like Prometheus.
+// The workloads are pods of a Kubernetes node with their API names.
+//
+//   build/tests/series_scale [--sizes=1000,10000,50000] [--scrapes=N]
+//
+// Per size: scrape time (median over the scrapes, from request to last byte) plain
+// and gzipped, bytes on the wire, and the process's RSS (/proc/self/statm) per
+// series: at its peak during the scrapes (VmHWM, reset before), and what stays
+// after them (after malloc_trim). As root it also reads a syscalls-shaped per-CPU
+// hash map holding the same entries at two max_entries, to show the read costs what
+// the map holds and not its size.
+// Lines starting with "BENCH " are for tests/bench/run.
+#include <absl/strings/numbers.h>
+#include <absl/strings/str_split.h>
+#include <arpa/inet.h>
+#include <bpf/bpf.h>
+#include <malloc.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "base/log.h"
+#include "bpf/syscalls.h"
+#include "collectors/bpf_util.h"
+#include "collectors/cpu.h"
+#include "collectors/syscalls.h"
+#include "collectors/tcp.h"
+#include "collectors/workload_labeler.h"
+#include "exporter/http_server.h"
+#include "provider/workload.h"
+
+namespace kmon {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double Ms(Clock::duration d) { return std::chrono::duration<double, std::milli>(d).count(); }
+
+double Median(std::vector<double> v) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+// Pages -> bytes of the resident set now.
+long RssBytes() {
+  long size = 0, resident = 0;
+  std::ifstream("/proc/self/statm") >> size >> resident;
+  return resident * sysconf(_SC_PAGESIZE);
+}
+
+long StatusKb(const char* field) {
+  std::ifstream in("/proc/self/status");
+  std::string line;
+  const size_t n = std::strlen(field);
+  while (std::getline(in, line)) {
+    if (line.compare(0, n, field) == 0) return std::atol(line.c_str() + n + 1);
+  }
+  return 0;
+}
+
+// Resets VmHWM to the current RSS (Linux 4.0+).
+void ResetPeak() { std::ofstream("/proc/self/clear_refs") << "5"; }
+
+// A node's pods, one container each: cgroup paths as kubelet's systemd driver with
+// containerd makes them, and the API's names for them.
+class Node : public CgroupPathSource, public PodMetadataSource {
+ public:
+  explicit Node(int pods) {
+    for (int i = 0; i < pods; ++i) {
+      char uid[40], cid[72];
+      std::snprintf(uid, sizeof uid, "%08x-1d2a-4c3b-9e8f-%012x", 0x5eed0000 + i, i);
+      std::snprintf(cid, sizeof cid, "%016x%016x%016x%016x", i, i * 7 + 1, i * 13 + 2, i + 3);
+      std::string uid_path = uid;
+      std::replace(uid_path.begin(), uid_path.end(), '-', '_');
+      paths_[Id(i)] = "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod" + uid_path +
+                      ".slice/cri-containerd-" + cid + ".scope";
+      PodMeta meta;
+      meta.namespace_ = "shop-" + std::to_string(i % 7);
+      meta.workload = "checkout-" + std::to_string(i);
+      meta.name = meta.workload + "-7d9f8b6c5-x2x9k";
+      meta.containers[cid] = "server";
+      pods_[uid] = std::move(meta);
+    }
+  }
+  static uint64_t Id(int i) { return 10000 + static_cast<uint64_t>(i); }
+  std::unordered_map<uint64_t, std::string> Scan() override { return paths_; }
+  std::optional<PodMeta> PodByUid(const std::string& uid) const override {
+    auto it = pods_.find(uid);
+    if (it == pods_.end()) return std::nullopt;
+    return it->second;
+  }
+  uint64_t Generation() const override { return 1; }
+
+ private:
+  std::unordered_map<uint64_t, std::string> paths_;
+  std::map<std::string, PodMeta> pods_;
+};
+
+// What the data maps of three collectors hold for `pods` workloads, each of which
+// ran on a CPU, slept, waited for I/O, made 8 kinds of syscall and served TCP on one
+// port while connecting out: 93 cpu + 16 syscalls + 50 tcp = 159 series.
+struct Recorded {
+  std::vector<CpuCounters> counters;
+  std::vector<CpuHistogram> hists;
+  std::vector<SyscallCount> syscalls;
+  std::map<int, std::string> syscall_names{{0, "read"},         {1, "write"},     {3, "close"},
+                                           {44, "sendto"},      {45, "recvfrom"}, {202, "futex"},
+                                           {232, "epoll_wait"}, {257, "openat"}};
+  TcpData tcp;
+  std::vector<double> tcp_bounds = TcpConfig().latency_buckets;
+
+  explicit Recorded(int pods) {
+    for (int i = 0; i < pods; ++i) {
+      const uint64_t cg = Node::Id(i);
+      counters.push_back({cg, 1000000000ULL * (i + 1), 500ULL + i, 20ULL + i});
+      for (uint32_t kind : {KMON_CPU_KIND_RUNQ, KMON_CPU_KIND_SLEEP, KMON_CPU_KIND_IO}) {
+        CpuHistogram h{.cgroup_id = cg, .kind = kind};
+        for (int s = 0; s < KMON_CPU_HIST_SLOTS; ++s) h.slots[s] = (s * 31 + i) % 97;
+        h.sum_ns = 123456789ULL * (i + 1);
+        hists.push_back(h);
+      }
+      for (const auto& [nr, name] : syscall_names) {
+        syscalls.push_back({cg, nr, 1000ULL * (i + 1) + nr, static_cast<uint64_t>(nr % 5)});
+      }
+      EdgeHist e{.client_cgroup = 0, .server_cgroup = cg, .server_port = 8080};
+      e.slots.assign(tcp_bounds.size() + 1, 0);
+      for (size_t s = 0; s < e.slots.size(); ++s) e.slots[s] = (s * 17 + i) % 53;
+      e.count = 1000;
+      e.sum_seconds = 0.25 * (i + 1);
+      tcp.edges.push_back(e);
+      TcpConnectHist c{.cgroup_id = cg, .slots = e.slots, .sum_ns = 987654ULL * (i + 1)};
+      tcp.connects.push_back(c);
+      tcp_stats s{};
+      s.opened_inbound = 100 + i;
+      s.opened_outbound = 50 + i;
+      s.tcp_bytes_sent = 123456789ULL * (i + 1);
+      s.tcp_bytes_received = 23456789ULL * (i + 1);
+      tcp.stats.push_back({cg, s});
+      tcp.conns.push_back({cg, TCP_ROLE_SERVER, 8080, 0, 0});
+      tcp.conns.push_back({cg, TCP_ROLE_CLIENT, 40000, 0, 0});
+    }
+  }
+};
+
+// The collectors' Read(): this scrape's rows (a copy, as a map read makes them)
+// through the real decoders, one labeler per collector.
+class Gatherer {
+ public:
+  explicit Gatherer(const Recorded& rec, WorkloadResolver* workloads)
+      : rec_(rec),
+        cpu_(workloads, kNoLimit),
+        syscalls_(workloads, kNoLimit),
+        tcp_(workloads, kNoLimit) {}
+
+  std::vector<prometheus::MetricFamily> Gather() {
+    std::vector<prometheus::MetricFamily> out;
+    auto append = [&](std::vector<prometheus::MetricFamily> fs) {
+      for (auto& f : fs) out.push_back(std::move(f));
+    };
+    {
+      std::vector<CpuCounters> counters = rec_.counters;
+      std::vector<CpuHistogram> hists = rec_.hists;
+      cpu_.BeginPass();
+      append(BuildCpuFamilies(counters, hists, &cpu_));
+      cpu_.EndPass();
+    }
+    {
+      std::vector<SyscallCount> counts = rec_.syscalls;
+      syscalls_.BeginPass();
+      append(BuildSyscallFamilies(counts, rec_.syscall_names, &syscalls_));
+      syscalls_.EndPass();
+    }
+    {
+      TcpData data = rec_.tcp;
+      tcp_.BeginPass();
+      append(BuildTcpFamilies(data, rec_.tcp_bounds, &tcp_));
+      tcp_.EndPass();
+    }
+    return out;
+  }
+
+ private:
+  static constexpr int64_t kNoLimit = 1 << 30;  // measure the series, not the budget
+  const Recorded& rec_;
+  WorkloadLabeler cpu_, syscalls_, tcp_;
+};
+
+struct Reply {
+  bool ok = false;
+  size_t body_bytes = 0;
+  size_t series = 0;  // sample lines (plain text only)
+  double ms = 0;
+};
+
+// One GET over loopback, read to the end (Connection: close), like a scraper.
+Reply Scrape(int port, bool gzip) {
+  Reply r;
+  const auto t0 = Clock::now();
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(static_cast<uint16_t>(port));
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
+    close(fd);
+    return r;
+  }
+  std::string req = "GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n";
+  if (gzip) req += "Accept-Encoding: gzip\r\n";
+  req += "\r\n";
+  if (write(fd, req.data(), req.size()) != static_cast<ssize_t>(req.size())) {
+    close(fd);
+    return r;
+  }
+  // Keeps only the header and counts the body (a scraper's memory is not ours).
+  std::string head;
+  bool in_body = false;
+  char buf[65536];
+  char last = '\n';
+  for (;;) {
+    ssize_t n = read(fd, buf, sizeof buf);
+    if (n <= 0) break;
+    size_t from = 0;
+    if (!in_body) {
+      head.append(buf, n);
+      const size_t end = head.find("\r\n\r\n");
+      if (end == std::string::npos) continue;
+      in_body = true;
+      const size_t body_in_buf = head.size() - (end + 4);
+      from = static_cast<size_t>(n) - body_in_buf;
+      head.resize(end);
+    }
+    r.body_bytes += static_cast<size_t>(n) - from;
+    if (!gzip) {
+      for (size_t i = from; i < static_cast<size_t>(n); ++i) {
+        if (last == '\n' && buf[i] != '#') ++r.series;
+        last = buf[i];
+      }
+    }
+  }
+  close(fd);
+  r.ms = Ms(Clock::now() - t0);
+  r.ok = head.rfind("HTTP/1.1 200", 0) == 0 &&
+         (!gzip || head.find("Content-Encoding: gzip") != std::string::npos);
+  return r;
+}
+
+void Print(const std::string& key, double value, const char* unit) {
+  std::printf("BENCH %s %.6g %s\n", key.c_str(), value, unit);
+}
+
+bool RunSize(int target_series, int scrapes) {
+  constexpr int kSeriesPerPod = 159;
+  const int pods = std::max(1, (target_series + kSeriesPerPod / 2) / kSeriesPerPod);
+  const Recorded rec(pods);
+  Node node(pods);
+  WorkloadResolver workloads(std::unique_ptr<CgroupPathSource>(new Node(pods)), &node,
+                             std::chrono::milliseconds(0));
+  Gatherer gatherer(rec, &workloads);
+  HttpHooks hooks;
+  hooks.gather = [&] { return gatherer.Gather(); };
+  hooks.ready = [] { return true; };
+  hooks.reload = [] { return absl::OkStatus(); };
+  hooks.landing_page = [] { return std::string("kmon"); };
+  HttpServerOptions options;
+  options.listen_address = "127.0.0.1:0";
+  auto server = HttpServer::Start(options, std::move(hooks));
+  if (!server.ok()) {
+    std::fprintf(stderr, "series_scale: %s\n", server.status().ToString().c_str());
+    return false;
+  }
+  const int port = (*server)->ListeningPorts().at(0);
+
+  malloc_trim(0);
+  const long base = RssBytes();
+  ResetPeak();
+  std::vector<double> plain_ms, gzip_ms;
+  Reply plain, gz;
+  bool ok = true;
+  for (int i = 0; i < scrapes; ++i) {
+    plain = Scrape(port, false);
+    gz = Scrape(port, true);
+    ok = ok && plain.ok && gz.ok;
+    plain_ms.push_back(plain.ms);
+    gzip_ms.push_back(gz.ms);
+  }
+  const long peak = StatusKb("VmHWM:") * 1024;
+  const long after = RssBytes();
+  malloc_trim(0);
+  const long trimmed = RssBytes();
+  const double series = static_cast<double>(plain.series);
+  const double per10k = 1e4 / std::max(1.0, series);
+  std::printf(
+      "%6.0f series (%d pods): scrape %6.1f ms plain, %6.1f ms gzip (%5.1f / %5.1f ms per 10k); "
+      "%8.0f / %7.0f bytes on the wire; RSS per series: peak %5.0f B, after %5.0f B, after "
+      "malloc_trim %5.0f B%s\n",
+      series, pods, Median(plain_ms), Median(gzip_ms), Median(plain_ms) * per10k,
+      Median(gzip_ms) * per10k, static_cast<double>(plain.body_bytes),
+      static_cast<double>(gz.body_bytes), (peak - base) / std::max(1.0, series),
+      (after - base) / std::max(1.0, series), (trimmed - base) / std::max(1.0, series),
+      ok ? "" : "  FAILED SCRAPES");
+  const std::string k = "series_scale." + std::to_string(target_series / 1000) + "k.";
+  Print(k + "series", series, "series");
+  Print(k + "scrape_ms", Median(plain_ms), "ms");
+  Print(k + "scrape_gzip_ms", Median(gzip_ms), "ms");
+  Print(k + "scrape_ms_per_10k", Median(plain_ms) * per10k, "ms");
+  Print(k + "scrape_gzip_ms_per_10k", Median(gzip_ms) * per10k, "ms");
+  Print(k + "wire_bytes", static_cast<double>(plain.body_bytes), "B");
+  Print(k + "wire_gzip_bytes", static_cast<double>(gz.body_bytes), "B");
+  Print(k + "peak_rss_per_series", (peak - base) / std::max(1.0, series), "B");
+  Print(k + "rss_after_per_series", (after - base) / std::max(1.0, series), "B");
+  Print(k + "rss_trimmed_per_series", (trimmed - base) / std::max(1.0, series), "B");
+  return ok;
+}
+
+// A per-CPU hash of the syscalls layout holding `entries`, read whole: the map read
+// and the entry count of the self-metrics, at two capacities.
+void MapReadCost(int entries, int reps) {
+  for (uint32_t max_entries : {16384u, 262144u}) {
+    int fd = bpf_map_create(BPF_MAP_TYPE_PERCPU_HASH, "kmon_bench", sizeof(syscall_key),
+                            sizeof(syscall_value), max_entries, nullptr);
+    if (fd < 0) {
+      std::printf("map read: bpf_map_create: %s (skipped; needs root)\n", std::strerror(errno));
+      return;
+    }
+    std::vector<syscall_value> per_cpu(PossibleCpus(), syscall_value{1, 0});
+    for (int i = 0; i < entries; ++i) {
+      syscall_key k{.cgroup_id = static_cast<uint64_t>(i / 8), .nr = static_cast<uint32_t>(i % 8)};
+      bpf_map_update_elem(fd, &k, per_cpu.data(), BPF_ANY);
+    }
+    std::vector<double> read_ms, count_ms;
+    for (int r = 0; r < reps; ++r) {
+      std::vector<SyscallCount> rows;
+      auto t0 = Clock::now();
+      absl::Status st = ReadPerCpuHashAs<syscall_key, syscall_value>(
+          fd, max_entries,
+          [](const syscall_key& k, std::span<const syscall_value> v) {
+            SyscallCount c{.cgroup_id = k.cgroup_id, .nr = static_cast<int>(k.nr)};
+            for (const auto& x : v) c.count += x.count;
+            return c;
+          },
+          &rows);
+      read_ms.push_back(Ms(Clock::now() - t0));
+      if (!st.ok() || rows.size() != static_cast<size_t>(entries)) {
+        std::printf("map read: %s, %zu rows\n", st.ToString().c_str(), rows.size());
+      }
+      t0 = Clock::now();
+      CountHashEntries(fd, sizeof(syscall_key)).IgnoreError();
+      count_ms.push_back(Ms(Clock::now() - t0));
+    }
+    close(fd);
+    std::printf("map read: %d entries in a map of %u: read %.2f ms, count %.2f ms\n", entries,
+                max_entries, Median(read_ms), Median(count_ms));
+    const std::string k = "map_read." + std::to_string(max_entries / 1024) + "k_max.";
+    Print(k + "read_ms", Median(read_ms), "ms");
+    Print(k + "count_ms", Median(count_ms), "ms");
+  }
+}
+
+}  // namespace
+}  // namespace kmon
+
+int main(int argc, char** argv) {
+  std::vector<int> sizes{1000, 10000, 50000};
+  int scrapes = 10;
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    if (a.rfind("--sizes=", 0) == 0) {
+      sizes.clear();
+      for (absl::string_view s : absl::StrSplit(a.substr(8), ',')) {
+        int n = 0;
+        if (absl::SimpleAtoi(s, &n) && n > 0) sizes.push_back(n);
+      }
+    } else if (a.rfind("--scrapes=", 0) == 0) {
+      scrapes = std::max(1, std::atoi(a.c_str() + 10));
+    } else {
+      std::fprintf(stderr, "usage: %s [--sizes=1000,10000,50000] [--scrapes=N]\n", argv[0]);
+      return 2;
+    }
+  }
+  kmon::ConfigureLogging(kmon::LogLevel::kWarn, kmon::LogFormat::kLogfmt);
+  bool ok = true;
+  for (int n : sizes) ok = kmon::RunSize(n, scrapes) && ok;
+  kmon::MapReadCost(8000, 20);
+  return ok ? 0 : 1;
+}
