@@ -4,7 +4,6 @@
 #include <absl/strings/match.h>
 #include <absl/strings/numbers.h>
 #include <absl/strings/str_split.h>
-#include <prometheus/text_serializer.h>
 
 #include <algorithm>
 #include <array>
@@ -38,58 +37,26 @@ double QValue(const std::vector<absl::string_view>& params) {
 void Put(std::string& out, absl::string_view s) { out.append(s.data(), s.size()); }
 
 // Label values and OpenMetrics HELP text: backslash, double quote and newline escaped.
+// Runs of plain characters are appended whole: most values have nothing to escape.
 void AppendEscaped(std::string& out, absl::string_view s) {
-  for (char c : s) {
-    switch (c) {
-      case '\\':
-        out += "\\\\";
-        break;
-      case '"':
-        out += "\\\"";
-        break;
-      case '\n':
-        out += "\\n";
-        break;
-      default:
-        out += c;
-    }
+  size_t plain = 0;
+  for (size_t i = 0; i < s.size(); ++i) {
+    const char c = s[i];
+    if (c != '\\' && c != '"' && c != '\n') continue;
+    out.append(s.data() + plain, i - plain);
+    out += '\\';
+    out += c == '\n' ? 'n' : c;
+    plain = i + 1;
   }
+  out.append(s.data() + plain, s.size() - plain);
 }
 
-// Text 0.0.4 HELP escaping: only backslash and newline.
-std::string EscapeTextHelp(absl::string_view s) {
-  std::string out;
-  out.reserve(s.size());
-  for (char c : s) {
-    if (c == '\\') {
-      out += "\\\\";
-    } else if (c == '\n') {
-      out += "\\n";
-    } else {
-      out += c;
-    }
-  }
-  return out;
-}
-
-// prometheus-cpp 1.0.1's TextSerializer writes HELP verbatim, so a newline in a help
-// string breaks the exposition. Later releases escape it themselves; probe once which
-// kind we are linked against, so that we neither leave it raw nor escape it twice.
-bool TextSerializerEscapesHelp() {
-  static const bool escapes = [] {
-    prometheus::MetricFamily probe;
-    probe.name = "probe";
-    probe.help = "\\";
-    probe.type = prometheus::MetricType::Gauge;
-    const std::string out = prometheus::TextSerializer().Serialize({probe});
-    return absl::StrContains(out, "# HELP probe \\\\");
-  }();
-  return escapes;
-}
-
-void AppendChars(std::string& out, double v, std::chars_format fmt) {
+// `precision` < 0: the shortest text that reads back to the same double.
+void AppendChars(std::string& out, double v, std::chars_format fmt, int precision = -1) {
   std::array<char, 64> buf;
-  auto [end, ec] = std::to_chars(buf.data(), buf.data() + buf.size(), v, fmt);
+  auto [end, ec] = precision < 0
+                       ? std::to_chars(buf.data(), buf.data() + buf.size(), v, fmt)
+                       : std::to_chars(buf.data(), buf.data() + buf.size(), v, fmt, precision);
   if (ec == std::errc()) out.append(buf.data(), end);
 }
 
@@ -297,20 +264,177 @@ void WriteOpenMetricsFamily(std::string& out, const prometheus::MetricFamily& fa
   }
 }
 
-std::string SerializeText(const std::vector<prometheus::MetricFamily>& families) {
-  const prometheus::TextSerializer serializer;
-  if (TextSerializerEscapesHelp()) return serializer.Serialize(families);
-  bool needs_escape = false;
-  for (const auto& f : families) {
-    if (f.help.find_first_of("\\\n") != std::string::npos) {
-      needs_escape = true;
-      break;
+// ---- Text 0.0.4 ----
+// Byte for byte what prometheus-cpp 1.0.1's TextSerializer writes (the golden files
+// were made with it; tests/exposition_test.cc compares the two on random input),
+// without its ostream: that one formatted every number through the locale machinery
+// and grew a stringbuf that was then copied whole, three times the text at its peak.
+// HELP is escaped (backslash, newline) as the format says; 1.0.1 wrote it verbatim.
+
+// A double as 1.0.1 prints it: printf's %.16g, "Nan", "+Inf", "-Inf".
+void AppendTextValue(std::string& out, double v) {
+  if (std::isnan(v)) {
+    out += "Nan";
+    return;
+  }
+  if (std::isinf(v)) {
+    out += v > 0 ? "+Inf" : "-Inf";
+    return;
+  }
+  // Most values are whole (counts, bytes, bucket bounds above 1): %.16g prints an
+  // integer below 1e16 as its digits.
+  if (std::trunc(v) == v && std::fabs(v) < 1e16 && !(v == 0 && std::signbit(v))) {
+    std::array<char, 24> buf;
+    auto [end, ec] = std::to_chars(buf.data(), buf.data() + buf.size(), static_cast<int64_t>(v));
+    if (ec == std::errc()) out.append(buf.data(), end);
+    return;
+  }
+  AppendChars(out, v, std::chars_format::general, 16);
+}
+
+void AppendTextHelp(std::string& out, absl::string_view s) {
+  for (char c : s) {
+    if (c == '\\') {
+      out += "\\\\";
+    } else if (c == '\n') {
+      out += "\\n";
+    } else {
+      out += c;
     }
   }
-  if (!needs_escape) return serializer.Serialize(families);
-  std::vector<prometheus::MetricFamily> escaped = families;
-  for (auto& f : escaped) f.help = EscapeTextHelp(f.help);
-  return serializer.Serialize(escaped);
+}
+
+void AppendTextHead(std::string& out, const prometheus::MetricFamily& family,
+                    const prometheus::ClientMetric& metric, absl::string_view suffix,
+                    absl::string_view extra_name = {}, const double* extra_value = nullptr) {
+  Put(out, family.name);
+  Put(out, suffix);
+  if (!metric.label.empty() || !extra_name.empty()) {
+    out += '{';
+    const char* sep = "";
+    for (const auto& label : metric.label) {
+      out += sep;
+      out += label.name;
+      out += "=\"";
+      AppendEscaped(out, label.value);
+      out += '"';
+      sep = ",";
+    }
+    if (!extra_name.empty()) {
+      out += sep;
+      Put(out, extra_name);
+      out += "=\"";
+      if (extra_value != nullptr) {
+        AppendTextValue(out, *extra_value);
+      } else {
+        out += "+Inf";
+      }
+      out += '"';
+    }
+    out += '}';
+  }
+  out += ' ';
+}
+
+void AppendTextTail(std::string& out, const prometheus::ClientMetric& metric) {
+  if (metric.timestamp_ms != 0) {
+    out += ' ';
+    std::array<char, 24> buf;
+    auto [end, ec] = std::to_chars(buf.data(), buf.data() + buf.size(), metric.timestamp_ms);
+    if (ec == std::errc()) out.append(buf.data(), end);
+  }
+  out += '\n';
+}
+
+absl::string_view TextType(prometheus::MetricType type) {
+  switch (type) {
+    case prometheus::MetricType::Counter:
+      return "counter";
+    case prometheus::MetricType::Gauge:
+      return "gauge";
+    case prometheus::MetricType::Summary:
+      return "summary";
+    case prometheus::MetricType::Histogram:
+      return "histogram";
+    case prometheus::MetricType::Untyped:
+      break;
+  }
+  return "untyped";
+}
+
+void WriteTextFamily(std::string& out, const prometheus::MetricFamily& family) {
+  using prometheus::MetricType;
+  if (!family.help.empty()) {
+    out += "# HELP ";
+    Put(out, family.name);
+    out += ' ';
+    AppendTextHelp(out, family.help);
+    out += '\n';
+  }
+  out += "# TYPE ";
+  Put(out, family.name);
+  out += ' ';
+  Put(out, TextType(family.type));
+  out += '\n';
+  for (const auto& metric : family.metric) {
+    switch (family.type) {
+      case MetricType::Counter:
+      case MetricType::Gauge:
+      case MetricType::Untyped:
+        AppendTextHead(out, family, metric, "");
+        AppendTextValue(out, family.type == MetricType::Counter ? metric.counter.value
+                             : family.type == MetricType::Gauge ? metric.gauge.value
+                                                                : metric.untyped.value);
+        AppendTextTail(out, metric);
+        break;
+      case MetricType::Summary: {
+        const auto& sum = metric.summary;
+        AppendTextHead(out, family, metric, "_count");
+        AppendUint(out, sum.sample_count);
+        AppendTextTail(out, metric);
+        AppendTextHead(out, family, metric, "_sum");
+        AppendTextValue(out, sum.sample_sum);
+        AppendTextTail(out, metric);
+        for (const auto& q : sum.quantile) {
+          AppendTextHead(out, family, metric, "", "quantile", &q.quantile);
+          AppendTextValue(out, q.value);
+          AppendTextTail(out, metric);
+        }
+        break;
+      }
+      case MetricType::Histogram: {
+        const auto& hist = metric.histogram;
+        AppendTextHead(out, family, metric, "_count");
+        AppendUint(out, hist.sample_count);
+        AppendTextTail(out, metric);
+        AppendTextHead(out, family, metric, "_sum");
+        AppendTextValue(out, hist.sample_sum);
+        AppendTextTail(out, metric);
+        double last = -HUGE_VAL;
+        for (const auto& b : hist.bucket) {
+          AppendTextHead(out, family, metric, "_bucket", "le", &b.upper_bound);
+          last = b.upper_bound;
+          AppendUint(out, b.cumulative_count);
+          AppendTextTail(out, metric);
+        }
+        if (last != HUGE_VAL) {
+          AppendTextHead(out, family, metric, "_bucket", "le");
+          AppendUint(out, hist.sample_count);
+          AppendTextTail(out, metric);
+        }
+        break;
+      }
+    }
+  }
+}
+
+void WriteFamily(std::string& out, const prometheus::MetricFamily& family,
+                 ExpositionFormat format) {
+  if (format == ExpositionFormat::kText004) {
+    WriteTextFamily(out, family);
+  } else {
+    WriteOpenMetricsFamily(out, family);
+  }
 }
 
 }  // namespace
@@ -349,11 +473,21 @@ std::string_view ContentType(ExpositionFormat format) {
 
 std::string Serialize(const std::vector<prometheus::MetricFamily>& families,
                       ExpositionFormat format) {
-  if (format == ExpositionFormat::kText004) return SerializeText(families);
   std::string out;
-  for (const auto& family : families) WriteOpenMetricsFamily(out, family);
-  out += "# EOF\n";
+  for (const auto& family : families) WriteFamily(out, family, format);
+  if (format == ExpositionFormat::kOpenMetrics100) out += "# EOF\n";
   return out;
+}
+
+void SerializeInto(std::vector<prometheus::MetricFamily>&& families, ExpositionFormat format,
+                   std::string* out) {
+  out->clear();
+  for (auto& family : families) {
+    WriteFamily(*out, family, format);
+    // Written: its samples go now, so the text grows as the families shrink.
+    std::vector<prometheus::ClientMetric>().swap(family.metric);
+  }
+  if (format == ExpositionFormat::kOpenMetrics100) *out += "# EOF\n";
 }
 
 }  // namespace kmon
