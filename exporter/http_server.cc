@@ -23,6 +23,7 @@
 #include <string_view>
 #include <utility>
 
+#include "base/buffer_pool.h"
 #include "base/gzip.h"
 #include "base/log.h"
 #include "exporter/exposition.h"
@@ -160,17 +161,23 @@ bool SafeHeaderValue(absl::string_view s) { return s.find_first_of("\r\n") == st
 // Below this a gzip header and trailer (18 bytes) eat most of what deflate saves.
 constexpr size_t kMinGzipBody = 256;
 
-void WriteResponse(mg_connection* conn, const HttpRequest& req, const HttpResponse& resp) {
+// Bodies of this size or more are scrapes worth giving memory back after (about 4k
+// series of text); below, what they leave in the heap is not worth the walk.
+constexpr size_t kTrimAfterBody = 512 * 1024;
+
+// `gzip_buffers` lends the compressed body's buffer.
+void WriteResponse(mg_connection* conn, const HttpRequest& req, const HttpResponse& resp,
+                   BufferPool* gzip_buffers) {
   // gzip for clients that take it (Prometheus sends "Accept-Encoding: gzip" on
   // every scrape): a scrape of 20k series is ~2.5 MB of text, ~10x less gzipped.
   std::string gzipped;
   if (resp.compressible && resp.body.size() >= kMinGzipBody &&
       AcceptsGzip(Header(req, "accept-encoding"))) {
-    absl::StatusOr<std::string> gz = Gzip(resp.body, kGzipFastest);
-    if (gz.ok()) {
-      gzipped = std::move(*gz);
-    } else {
-      LogWarn("gzip failed; sending the response uncompressed", {{"err", gz.status().ToString()}});
+    gzipped = gzip_buffers->Take();
+    absl::Status gz = GzipInto(resp.body, kGzipFastest, &gzipped);
+    if (!gz.ok()) {
+      gzipped.clear();
+      LogWarn("gzip failed; sending the response uncompressed", {{"err", gz.ToString()}});
     }
   }
   const bool gzip = !gzipped.empty();
@@ -191,6 +198,7 @@ void WriteResponse(mg_connection* conn, const HttpRequest& req, const HttpRespon
   mg_response_header_add(conn, "Content-Length", length.c_str(), -1);
   mg_response_header_send(conn);
   if (req.method != "HEAD" && !body.empty()) mg_write(conn, body.data(), body.size());
+  if (gzip) gzip_buffers->Give(std::move(gzipped));
 }
 
 // Cert and key in one PEM: civetweb 1.15 has no separate key option and reads both from
@@ -302,7 +310,8 @@ class Dispatcher final : public CivetHandler {
 
 class HttpServerImpl final : public HttpServer {
  public:
-  explicit HttpServerImpl(std::optional<WebConfig> web) : web_(std::move(web)), dispatcher_(this) {}
+  HttpServerImpl(std::optional<WebConfig> web, std::string metrics_path)
+      : web_(std::move(web)), metrics_path_(std::move(metrics_path)), dispatcher_(this) {}
   ~HttpServerImpl() override {
     // Stop civetweb (joining its threads) before the routes and dispatcher go away.
     server_.reset();
@@ -334,6 +343,20 @@ class HttpServerImpl final : public HttpServer {
     return absl::OkStatus();
   }
 
+  /// A scrape's text buffer, lent by the pool.
+  std::string TakeMetricsBuffer() { return metrics_buffers_.Take(); }
+  BufferPool* gzip_buffers() { return &gzip_buffers_; }
+
+  /// After a response went out: a scrape's buffer goes back to the pool, and after a
+  /// large one the heap's free pages go back to the kernel (the families and the
+  /// labels of thousands of series were freed in this worker's arena).
+  void Sent(const HttpRequest& req, HttpResponse* resp) {
+    if (req.path != metrics_path_ || resp->status != 200) return;
+    const bool large = resp->body.size() >= kTrimAfterBody;
+    metrics_buffers_.Give(std::move(resp->body));
+    if (large) ReturnFreeMemory();
+  }
+
   HttpResponse Route(const HttpRequest& req) {
     if (web_.has_value() && !web_->basic_auth_users.empty() &&
         !CheckBasicAuth(*web_, Header(req, "authorization"))) {
@@ -353,6 +376,8 @@ class HttpServerImpl final : public HttpServer {
 
  private:
   std::optional<WebConfig> web_;
+  const std::string metrics_path_;
+  BufferPool metrics_buffers_, gzip_buffers_;
   std::shared_mutex routes_mutex_;
   std::map<std::string, HttpHandler> routes_;
   Dispatcher dispatcher_;
@@ -375,7 +400,8 @@ bool Dispatcher::Serve(mg_connection* conn, int* status) {
     resp = TextResponse(500, "Internal Server Error");
   }
   try {
-    WriteResponse(conn, req, resp);
+    WriteResponse(conn, req, resp, server_->gzip_buffers());
+    server_->Sent(req, &resp);
   } catch (...) {
     // Out of memory while writing: the client sees a cut connection; civetweb lives on.
   }
@@ -475,22 +501,26 @@ absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(const HttpServerOp
   }
 
   // Routes go in before the port opens, so no early request sees a 404.
-  auto server = std::make_unique<HttpServerImpl>(options.web);
-  server->Handle(metrics_path, [gather = hooks.gather](const HttpRequest& req) {
-    if (!IsGetOrHead(req)) return MethodNotAllowed("GET, HEAD");
-    const ExpositionFormat format = NegotiateFormat(Header(req, "accept"));
-    HttpResponse r;
-    try {
-      r.body = Serialize(gather(), format);
-    } catch (const std::exception& e) {
-      LogError("gathering metrics failed", {{"err", e.what()}});
-      return TextResponse(
-          500, absl::StrCat("An error has occurred while serving metrics:\n\n", e.what()));
-    }
-    r.content_type = std::string(ContentType(format));
-    r.compressible = true;
-    return r;
-  });
+  auto server = std::make_unique<HttpServerImpl>(options.web, metrics_path);
+  // The server owns its routes, so the pointer outlives the handler.
+  server->Handle(
+      metrics_path, [gather = hooks.gather, impl = server.get()](const HttpRequest& req) {
+        if (!IsGetOrHead(req)) return MethodNotAllowed("GET, HEAD");
+        const ExpositionFormat format = NegotiateFormat(Header(req, "accept"));
+        HttpResponse r;
+        try {
+          // One pass from the families to the text, into last scrape's buffer.
+          r.body = impl->TakeMetricsBuffer();
+          SerializeInto(gather(), format, &r.body);
+        } catch (const std::exception& e) {
+          LogError("gathering metrics failed", {{"err", e.what()}});
+          return TextResponse(
+              500, absl::StrCat("An error has occurred while serving metrics:\n\n", e.what()));
+        }
+        r.content_type = std::string(ContentType(format));
+        r.compressible = true;
+        return r;
+      });
   server->Handle("/", [landing = hooks.landing_page](const HttpRequest& req) {
     if (!IsGetOrHead(req)) return MethodNotAllowed("GET, HEAD");
     HttpResponse r;

@@ -33,6 +33,7 @@
 #include <string>
 #include <vector>
 
+#include "base/buffer_pool.h"
 #include "base/log.h"
 #include "bpf/syscalls.h"
 #include "collectors/bpf_util.h"
@@ -394,6 +395,7 @@ int main(int argc, char** argv) {
     }
   }
   kmon::ConfigureLogging(kmon::LogLevel::kWarn, kmon::LogFormat::kLogfmt);
+  kmon::UseOneMallocArena();  // as kmon_exporter does
   bool ok = true;
   for (int n : sizes) ok = kmon::RunSize(n, scrapes) && ok;
   kmon::MapReadCost(8000, 20);
