@@ -232,7 +232,7 @@ std::vector<prometheus::MetricFamily> BuildCpuFamilies(const std::vector<CpuCoun
     auto it = admitted.find(h.cgroup_id);
     if (it == admitted.end() || h.kind >= KMON_CPU_KIND_MAX) continue;
     const WorkloadLabels& l = it->second;
-    std::vector<uint64_t> counts(h.slots.begin(), h.slots.end());
+    const std::span<const uint64_t> counts(h.slots);
     if (h.kind == KMON_CPU_KIND_RUNQ) {
       runq.AddHistogram({l.namespace_, l.pod, l.container}, bounds, counts, h.sum_ns / 1e9);
     } else {
@@ -240,7 +240,7 @@ std::vector<prometheus::MetricFamily> BuildCpuFamilies(const std::vector<CpuCoun
                           h.sum_ns / 1e9);
     }
   }
-  return {oncpu.Build(), switches.Build(), offcpu.Build(), runq.Build()};
+  return BuildAll({&oncpu, &switches, &offcpu, &runq});
 }
 
 void ParseCpuSection(YamlParser& p, const YamlValue& v, CpuConfig* c) {

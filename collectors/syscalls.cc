@@ -137,7 +137,7 @@ std::vector<prometheus::MetricFamily> BuildSyscallFamilies(const std::vector<Sys
     calls.AddCounter(values, static_cast<double>(c->count));
     errors.AddCounter(values, static_cast<double>(c->errors));
   }
-  return {calls.Build(), errors.Build()};
+  return BuildAll({&calls, &errors});
 }
 
 SyscallsCollector::SyscallsCollector(const CollectorDeps& deps)
