@@ -146,15 +146,19 @@ std::vector<prometheus::MetricFamily> BuildAll(
 void SeriesBudget::Begin(int64_t max_series) {
   max_ = max_series;
   used_ = 0;
-  seen_this_scrape_.clear();
+  ++scrape_;
+  for (auto it = answers_.begin(); it != answers_.end();) {
+    it = it->second.scrape + 1 < scrape_ ? answers_.erase(it) : std::next(it);
+  }
 }
 
 bool SeriesBudget::Fits(const std::string& key, int64_t series) {
-  auto it = seen_this_scrape_.find(key);
-  if (it != seen_this_scrape_.end()) return it->second;
+  auto it = answers_.find(key);
+  if (it != answers_.end() && it->second.scrape == scrape_) return it->second.admitted;
   const bool admitted = used_ + series <= max_;
   if (admitted) used_ += series;
-  seen_this_scrape_.emplace(key, admitted);
+  if (it == answers_.end()) it = answers_.emplace(key, Answer{}).first;
+  it->second = {scrape_, admitted};
   // Remember folded keys (bounded) so each is counted once, not per scrape.
   if (!admitted && folded_ever_.size() < 100000 && folded_ever_.insert(key).second) {
     overflowed_ += static_cast<uint64_t>(series);
@@ -162,10 +166,12 @@ bool SeriesBudget::Fits(const std::string& key, int64_t series) {
   return admitted;
 }
 
+std::string SeriesBudget::KeyOf(const WorkloadLabels& labels) {
+  return labels.namespace_ + '\x1f' + labels.pod + '\x1f' + labels.container;
+}
+
 WorkloadLabels SeriesBudget::Admit(const WorkloadLabels& labels, int64_t series) {
-  if (Fits(labels.namespace_ + '\x1f' + labels.pod + '\x1f' + labels.container, series)) {
-    return labels;
-  }
+  if (Fits(KeyOf(labels), series)) return labels;
   return WorkloadLabels{kOverflowLabel, kOverflowLabel, kOverflowLabel};
 }
 

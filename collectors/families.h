@@ -112,11 +112,20 @@ class SeriesBudget {
   /// scrape gets the first answer and costs nothing more.
   bool Fits(const std::string& key, int64_t series);
   uint64_t Overflowed() const { return overflowed_; }
+  /// The key Admit charges a workload under.
+  static std::string KeyOf(const WorkloadLabels& labels);
 
  private:
+  struct Answer {
+    uint64_t scrape;  // the scrape it was given in
+    bool admitted;
+  };
   int64_t max_ = 0;
   int64_t used_ = 0;
-  std::map<std::string, bool> seen_this_scrape_;
+  uint64_t scrape_ = 0;
+  // Kept across scrapes (a key asked every scrape is not copied anew each time);
+  // keys not asked in the last scrape are dropped at the next Begin.
+  std::unordered_map<std::string, Answer> answers_;
   std::unordered_set<std::string> folded_ever_;
   uint64_t overflowed_ = 0;
 };
