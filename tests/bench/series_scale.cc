@@ -8,18 +8,19 @@
 //   build/tests/series_scale [--sizes=1000,10000,50000] [--scrapes=N]
 //
 // Per size: scrape time (median over the scrapes, from request to last byte) plain
-// and gzipped, bytes on the wire, and the process's RSS (/proc/self/statm) per
-// series: at its peak during the scrapes (VmHWM, reset before), and what stays
-// after them (after malloc_trim). As root it also reads a syscalls-shaped per-CPU
-// hash map holding the same entries at two max_entries, to show the read costs what
-// the map holds and not its size.
-// Lines starting with "BENCH " are for tests/bench/run.
+// and gzipped, the CPU time a scrape costs (the process's, both ends: robust where
+// the wall clock is not, on a shared machine), bytes on the wire, and the process's RSS
+// (/proc/self/statm) per series: at its peak during the scrapes (VmHWM, reset before), and what
+// stays after them (after malloc_trim). As root it also reads a syscalls-shaped per-CPU hash map
+// holding the same entries at two max_entries, to show the read costs what the map holds and not
+// its size. Lines starting with "BENCH " are for tests/bench/run.
 #include <absl/strings/numbers.h>
 #include <absl/strings/str_split.h>
 #include <arpa/inet.h>
 #include <bpf/bpf.h>
 #include <malloc.h>
 #include <netinet/in.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -72,6 +73,14 @@ long StatusKb(const char* field) {
     if (line.compare(0, n, field) == 0) return std::atol(line.c_str() + n + 1);
   }
   return 0;
+}
+
+// CPU time of the whole process (server and client threads), in ms.
+double CpuMs() {
+  rusage ru{};
+  getrusage(RUSAGE_SELF, &ru);
+  return (ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1e3 +
+         (ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e3;
 }
 
 // Resets VmHWM to the current RSS (Linux 4.0+).
@@ -290,15 +299,20 @@ bool RunSize(int target_series, int scrapes) {
   malloc_trim(0);
   const long base = RssBytes();
   ResetPeak();
-  std::vector<double> plain_ms, gzip_ms;
+  std::vector<double> plain_ms, gzip_ms, plain_cpu, gzip_cpu;
   Reply plain, gz;
   bool ok = true;
   for (int i = 0; i < scrapes; ++i) {
+    double cpu0 = CpuMs();
     plain = Scrape(port, false);
+    double cpu1 = CpuMs();
     gz = Scrape(port, true);
+    double cpu2 = CpuMs();
     ok = ok && plain.ok && gz.ok;
     plain_ms.push_back(plain.ms);
     gzip_ms.push_back(gz.ms);
+    plain_cpu.push_back(cpu1 - cpu0);
+    gzip_cpu.push_back(cpu2 - cpu1);
   }
   const long peak = StatusKb("VmHWM:") * 1024;
   const long after = RssBytes();
@@ -307,20 +321,22 @@ bool RunSize(int target_series, int scrapes) {
   const double series = static_cast<double>(plain.series);
   const double per10k = 1e4 / std::max(1.0, series);
   std::printf(
-      "%6.0f series (%d pods): scrape %6.1f ms plain, %6.1f ms gzip (%5.1f / %5.1f ms per 10k); "
-      "%8.0f / %7.0f bytes on the wire; RSS per series: peak %5.0f B, after %5.0f B, after "
-      "malloc_trim %5.0f B%s\n",
+      "%6.0f series (%d pods): scrape %6.1f ms plain, %6.1f ms gzip (%5.1f / %5.1f ms per 10k; "
+      "CPU %5.1f / %5.1f ms per 10k); %8.0f / %7.0f bytes on the wire; RSS per series: peak "
+      "%5.0f B, after %5.0f B, after malloc_trim %5.0f B%s\n",
       series, pods, Median(plain_ms), Median(gzip_ms), Median(plain_ms) * per10k,
-      Median(gzip_ms) * per10k, static_cast<double>(plain.body_bytes),
-      static_cast<double>(gz.body_bytes), (peak - base) / std::max(1.0, series),
-      (after - base) / std::max(1.0, series), (trimmed - base) / std::max(1.0, series),
-      ok ? "" : "  FAILED SCRAPES");
+      Median(gzip_ms) * per10k, Median(plain_cpu) * per10k, Median(gzip_cpu) * per10k,
+      static_cast<double>(plain.body_bytes), static_cast<double>(gz.body_bytes),
+      (peak - base) / std::max(1.0, series), (after - base) / std::max(1.0, series),
+      (trimmed - base) / std::max(1.0, series), ok ? "" : "  FAILED SCRAPES");
   const std::string k = "series_scale." + std::to_string(target_series / 1000) + "k.";
   Print(k + "series", series, "series");
   Print(k + "scrape_ms", Median(plain_ms), "ms");
   Print(k + "scrape_gzip_ms", Median(gzip_ms), "ms");
   Print(k + "scrape_ms_per_10k", Median(plain_ms) * per10k, "ms");
   Print(k + "scrape_gzip_ms_per_10k", Median(gzip_ms) * per10k, "ms");
+  Print(k + "scrape_cpu_ms_per_10k", Median(plain_cpu) * per10k, "ms");
+  Print(k + "scrape_gzip_cpu_ms_per_10k", Median(gzip_cpu) * per10k, "ms");
   Print(k + "wire_bytes", static_cast<double>(plain.body_bytes), "B");
   Print(k + "wire_gzip_bytes", static_cast<double>(gz.body_bytes), "B");
   Print(k + "peak_rss_per_series", (peak - base) / std::max(1.0, series), "B");
