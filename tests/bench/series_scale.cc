@@ -7,21 +7,18 @@
 //
 //   build/tests/series_scale [--sizes=1000,10000,50000] [--scrapes=N]
 //
-// Per size: scrape time (median over the scrapes, from request to last byte) plain
-// and gzipped, the CPU time a scrape costs (the process's, both ends: robust where
-// the wall clock is not, on a shared machine), bytes on the wire, and the process's RSS
-// (/proc/self/statm) per series: at its peak during the scrapes (VmHWM, reset before), and what
-// stays after them (after malloc_trim). As root it also reads a syscalls-shaped per-CPU hash map
-// holding the same entries at two max_entries, to show the read costs what the map holds and not
-// its size. Lines starting with "BENCH " are for tests/bench/run.
+// Per size: scrape time (from request to last byte) plain and gzipped; the CPU time
+// a scrape costs (the process's, both ends: robust where the wall clock is not, on a
+// shared machine); bytes on the wire; and the process's RSS (/proc/self/statm) per
+// series, at its peak during the scrapes (VmHWM, reset before) and what stays after
+// them (after malloc_trim). As root it also reads a syscalls-shaped per-CPU hash map
+// holding the same entries at two max_entries: the read costs what the map holds.
+// Lines starting with "BENCH " are for tests/bench/run.
 #include <absl/strings/numbers.h>
 #include <absl/strings/str_split.h>
-#include <arpa/inet.h>
 #include <bpf/bpf.h>
 #include <malloc.h>
-#include <netinet/in.h>
 #include <sys/resource.h>
-#include <sys/socket.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -44,19 +41,16 @@
 #include "collectors/workload_labeler.h"
 #include "exporter/http_server.h"
 #include "provider/workload.h"
+#include "tests/bench/bench_util.h"
 
 namespace kmon {
 namespace {
 
+using bench::Median;
+using bench::Report;
 using Clock = std::chrono::steady_clock;
 
 double Ms(Clock::duration d) { return std::chrono::duration<double, std::milli>(d).count(); }
-
-double Median(std::vector<double> v) {
-  if (v.empty()) return 0;
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
 
 // Pages -> bytes of the resident set now.
 long RssBytes() {
@@ -210,68 +204,11 @@ class Gatherer {
   WorkloadLabeler cpu_, syscalls_, tcp_;
 };
 
-struct Reply {
-  bool ok = false;
-  size_t body_bytes = 0;
-  size_t series = 0;  // sample lines (plain text only)
-  double ms = 0;
-};
-
-// One GET over loopback, read to the end (Connection: close), like a scraper.
-Reply Scrape(int port, bool gzip) {
-  Reply r;
-  const auto t0 = Clock::now();
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_port = htons(static_cast<uint16_t>(port));
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
-    close(fd);
-    return r;
-  }
-  std::string req = "GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n";
-  if (gzip) req += "Accept-Encoding: gzip\r\n";
-  req += "\r\n";
-  if (write(fd, req.data(), req.size()) != static_cast<ssize_t>(req.size())) {
-    close(fd);
-    return r;
-  }
-  // Keeps only the header and counts the body (a scraper's memory is not ours).
-  std::string head;
-  bool in_body = false;
-  char buf[65536];
-  char last = '\n';
-  for (;;) {
-    ssize_t n = read(fd, buf, sizeof buf);
-    if (n <= 0) break;
-    size_t from = 0;
-    if (!in_body) {
-      head.append(buf, n);
-      const size_t end = head.find("\r\n\r\n");
-      if (end == std::string::npos) continue;
-      in_body = true;
-      const size_t body_in_buf = head.size() - (end + 4);
-      from = static_cast<size_t>(n) - body_in_buf;
-      head.resize(end);
-    }
-    r.body_bytes += static_cast<size_t>(n) - from;
-    if (!gzip) {
-      for (size_t i = from; i < static_cast<size_t>(n); ++i) {
-        if (last == '\n' && buf[i] != '#') ++r.series;
-        last = buf[i];
-      }
-    }
-  }
-  close(fd);
-  r.ms = Ms(Clock::now() - t0);
-  r.ok = head.rfind("HTTP/1.1 200", 0) == 0 &&
-         (!gzip || head.find("Content-Encoding: gzip") != std::string::npos);
-  return r;
-}
-
-void Print(const std::string& key, double value, const char* unit) {
-  std::printf("BENCH %s %.6g %s\n", key.c_str(), value, unit);
+// A scrape as Prometheus makes it, plain or gzipped.
+bench::Reply Scrape(int port, bool gzip) {
+  std::vector<std::string> headers;
+  if (gzip) headers.push_back("Accept-Encoding: gzip");
+  return bench::HttpGet(port, "/metrics", headers);
 }
 
 bool RunSize(int target_series, int scrapes) {
@@ -300,7 +237,7 @@ bool RunSize(int target_series, int scrapes) {
   const long base = RssBytes();
   ResetPeak();
   std::vector<double> plain_ms, gzip_ms, plain_cpu, gzip_cpu;
-  Reply plain, gz;
+  bench::Reply plain, gz;
   bool ok = true;
   for (int i = 0; i < scrapes; ++i) {
     double cpu0 = CpuMs();
@@ -318,7 +255,7 @@ bool RunSize(int target_series, int scrapes) {
   const long after = RssBytes();
   malloc_trim(0);
   const long trimmed = RssBytes();
-  const double series = static_cast<double>(plain.series);
+  const double series = static_cast<double>(plain.samples);
   const double per10k = 1e4 / std::max(1.0, series);
   std::printf(
       "%6.0f series (%d pods): scrape %6.1f ms plain, %6.1f ms gzip (%5.1f / %5.1f ms per 10k; "
@@ -330,18 +267,17 @@ bool RunSize(int target_series, int scrapes) {
       (peak - base) / std::max(1.0, series), (after - base) / std::max(1.0, series),
       (trimmed - base) / std::max(1.0, series), ok ? "" : "  FAILED SCRAPES");
   const std::string k = "series_scale." + std::to_string(target_series / 1000) + "k.";
-  Print(k + "series", series, "series");
-  Print(k + "scrape_ms", Median(plain_ms), "ms");
-  Print(k + "scrape_gzip_ms", Median(gzip_ms), "ms");
-  Print(k + "scrape_ms_per_10k", Median(plain_ms) * per10k, "ms");
-  Print(k + "scrape_gzip_ms_per_10k", Median(gzip_ms) * per10k, "ms");
-  Print(k + "scrape_cpu_ms_per_10k", Median(plain_cpu) * per10k, "ms");
-  Print(k + "scrape_gzip_cpu_ms_per_10k", Median(gzip_cpu) * per10k, "ms");
-  Print(k + "wire_bytes", static_cast<double>(plain.body_bytes), "B");
-  Print(k + "wire_gzip_bytes", static_cast<double>(gz.body_bytes), "B");
-  Print(k + "peak_rss_per_series", (peak - base) / std::max(1.0, series), "B");
-  Print(k + "rss_after_per_series", (after - base) / std::max(1.0, series), "B");
-  Print(k + "rss_trimmed_per_series", (trimmed - base) / std::max(1.0, series), "B");
+  Report(k + "series", series, "series");
+  for (size_t i = 0; i < plain_ms.size(); ++i) {  // every scrape: run reports min/median/max
+    Report(k + "scrape_ms", plain_ms[i], "ms");
+    Report(k + "scrape_gzip_ms", gzip_ms[i], "ms");
+    Report(k + "cpu_ms_per_10k", plain_cpu[i] * per10k, "ms");
+    Report(k + "cpu_gzip_ms_per_10k", gzip_cpu[i] * per10k, "ms");
+  }
+  Report(k + "wire_bytes", static_cast<double>(plain.body_bytes), "B");
+  Report(k + "wire_gzip_bytes", static_cast<double>(gz.body_bytes), "B");
+  Report(k + "peak_rss_per_series", (peak - base) / std::max(1.0, series), "B");
+  Report(k + "rss_after_per_series", (trimmed - base) / std::max(1.0, series), "B");
   return ok;
 }
 
@@ -377,15 +313,18 @@ void MapReadCost(int entries, int reps) {
         std::printf("map read: %s, %zu rows\n", st.ToString().c_str(), rows.size());
       }
       t0 = Clock::now();
-      CountHashEntries(fd, sizeof(syscall_key)).IgnoreError();
+      CountHashEntries(fd, max_entries, sizeof(syscall_key), sizeof(syscall_value) * PossibleCpus())
+          .IgnoreError();
       count_ms.push_back(Ms(Clock::now() - t0));
     }
     close(fd);
     std::printf("map read: %d entries in a map of %u: read %.2f ms, count %.2f ms\n", entries,
                 max_entries, Median(read_ms), Median(count_ms));
     const std::string k = "map_read." + std::to_string(max_entries / 1024) + "k_max.";
-    Print(k + "read_ms", Median(read_ms), "ms");
-    Print(k + "count_ms", Median(count_ms), "ms");
+    for (size_t i = 0; i < read_ms.size(); ++i) {
+      Report(k + "read_ms", read_ms[i], "ms");
+      Report(k + "count_ms", count_ms[i], "ms");
+    }
   }
 }
 
