@@ -11,8 +11,9 @@
 // a scrape costs (the process's, both ends: robust where the wall clock is not, on a
 // shared machine); bytes on the wire; and the process's RSS (/proc/self/statm) per
 // series, at its peak during the scrapes (VmHWM, reset before) and what stays after
-// them (after malloc_trim). As root it also reads a syscalls-shaped per-CPU hash map
-// holding the same entries at two max_entries: the read costs what the map holds.
+// them (after malloc_trim); then a burst (1k -> 50k -> 1k series) and the RSS it
+// leaves. As root it also reads a syscalls-shaped per-CPU hash map holding the same
+// entries at two max_entries: the read costs what the map holds.
 // Lines starting with "BENCH " are for tests/bench/run.
 #include <absl/strings/numbers.h>
 #include <absl/strings/str_split.h>
@@ -165,34 +166,38 @@ struct Recorded {
 // through the real decoders, one labeler per collector.
 class Gatherer {
  public:
-  explicit Gatherer(const Recorded& rec, WorkloadResolver* workloads)
+  explicit Gatherer(const Recorded* rec, WorkloadResolver* workloads)
       : rec_(rec),
         cpu_(workloads, kNoLimit),
         syscalls_(workloads, kNoLimit),
         tcp_(workloads, kNoLimit) {}
 
+  /// What the maps hold from now on.
+  void Use(const Recorded* rec) { rec_ = rec; }
+
   std::vector<prometheus::MetricFamily> Gather() {
+    const Recorded& rec = *rec_;
     std::vector<prometheus::MetricFamily> out;
     auto append = [&](std::vector<prometheus::MetricFamily> fs) {
       for (auto& f : fs) out.push_back(std::move(f));
     };
     {
-      std::vector<CpuCounters> counters = rec_.counters;
-      std::vector<CpuHistogram> hists = rec_.hists;
+      std::vector<CpuCounters> counters = rec.counters;
+      std::vector<CpuHistogram> hists = rec.hists;
       cpu_.BeginPass();
       append(BuildCpuFamilies(counters, hists, &cpu_));
       cpu_.EndPass();
     }
     {
-      std::vector<SyscallCount> counts = rec_.syscalls;
+      std::vector<SyscallCount> counts = rec.syscalls;
       syscalls_.BeginPass();
-      append(BuildSyscallFamilies(counts, rec_.syscall_names, &syscalls_));
+      append(BuildSyscallFamilies(counts, rec.syscall_names, &syscalls_));
       syscalls_.EndPass();
     }
     {
-      TcpData data = rec_.tcp;
+      TcpData data = rec.tcp;
       tcp_.BeginPass();
-      append(BuildTcpFamilies(data, rec_.tcp_bounds, &tcp_));
+      append(BuildTcpFamilies(data, rec.tcp_bounds, &tcp_));
       tcp_.EndPass();
     }
     return out;
@@ -200,7 +205,7 @@ class Gatherer {
 
  private:
   static constexpr int64_t kNoLimit = 1 << 30;  // measure the series, not the budget
-  const Recorded& rec_;
+  const Recorded* rec_;
   WorkloadLabeler cpu_, syscalls_, tcp_;
 };
 
@@ -211,27 +216,47 @@ bench::Reply Scrape(int port, bool gzip) {
   return bench::HttpGet(port, "/metrics", headers);
 }
 
-bool RunSize(int target_series, int scrapes) {
-  constexpr int kSeriesPerPod = 159;
-  const int pods = std::max(1, (target_series + kSeriesPerPod / 2) / kSeriesPerPod);
-  const Recorded rec(pods);
-  Node node(pods);
-  WorkloadResolver workloads(std::unique_ptr<CgroupPathSource>(new Node(pods)), &node,
-                             std::chrono::milliseconds(0));
-  Gatherer gatherer(rec, &workloads);
-  HttpHooks hooks;
-  hooks.gather = [&] { return gatherer.Gather(); };
-  hooks.ready = [] { return true; };
-  hooks.reload = [] { return absl::OkStatus(); };
-  hooks.landing_page = [] { return std::string("kmon"); };
-  HttpServerOptions options;
-  options.listen_address = "127.0.0.1:0";
-  auto server = HttpServer::Start(options, std::move(hooks));
-  if (!server.ok()) {
-    std::fprintf(stderr, "series_scale: %s\n", server.status().ToString().c_str());
-    return false;
+// The real HTTP server over a Gatherer of `pods` pods' rows.
+class Exporter {
+ public:
+  explicit Exporter(int pods)
+      : rec_(pods),
+        node_(pods),
+        workloads_(std::make_unique<Node>(pods), &node_, std::chrono::milliseconds(0)),
+        gatherer_(&rec_, &workloads_) {
+    HttpHooks hooks;
+    hooks.gather = [this] { return gatherer_.Gather(); };
+    hooks.ready = [] { return true; };
+    hooks.reload = [] { return absl::OkStatus(); };
+    hooks.landing_page = [] { return std::string("kmon"); };
+    HttpServerOptions options;
+    options.listen_address = "127.0.0.1:0";
+    auto server = HttpServer::Start(options, std::move(hooks));
+    if (!server.ok()) {
+      std::fprintf(stderr, "series_scale: %s\n", server.status().ToString().c_str());
+      return;
+    }
+    server_ = std::move(*server);
   }
-  const int port = (*server)->ListeningPorts().at(0);
+  bool ok() const { return server_ != nullptr; }
+  int port() const { return server_->ListeningPorts().at(0); }
+  Gatherer& gatherer() { return gatherer_; }
+
+ private:
+  const Recorded rec_;
+  Node node_;
+  WorkloadResolver workloads_;
+  Gatherer gatherer_;
+  std::unique_ptr<HttpServer> server_;
+};
+
+constexpr int kSeriesPerPod = 159;
+
+bool RunSize(int target_series, int scrapes) {
+  const int pods = std::max(1, (target_series + kSeriesPerPod / 2) / kSeriesPerPod);
+  Exporter exporter(pods);
+  if (!exporter.ok()) return false;
+  const int port = exporter.port();
 
   malloc_trim(0);
   const long base = RssBytes();
@@ -278,6 +303,37 @@ bool RunSize(int target_series, int scrapes) {
   Report(k + "wire_gzip_bytes", static_cast<double>(gz.body_bytes), "B");
   Report(k + "peak_rss_per_series", (peak - base) / std::max(1.0, series), "B");
   Report(k + "rss_after_per_series", (trimmed - base) / std::max(1.0, series), "B");
+  return ok;
+}
+
+// A burst: an exporter that serves 1k series serves 50k for a few scrapes (a node
+// filled up, a cardinality bug), then 1k again. What the burst made resident must go
+// back: the RSS after it, as the exporter leaves it (no malloc_trim by the benchmark).
+bool Burst(int scrapes) {
+  constexpr int kSmallPods = 6, kBigPods = 314;
+  Exporter exporter(kBigPods);
+  if (!exporter.ok()) return false;
+  const Recorded small(kSmallPods);
+  Recorded big(kBigPods);
+  exporter.gatherer().Use(&small);
+  bool ok = true;
+  for (int i = 0; i < scrapes; ++i) ok = Scrape(exporter.port(), i % 2 == 1).ok && ok;
+  const long before = RssBytes();
+  ResetPeak();
+  exporter.gatherer().Use(&big);
+  for (int i = 0; i < scrapes; ++i) ok = Scrape(exporter.port(), i % 2 == 1).ok && ok;
+  const long peak = StatusKb("VmHWM:") * 1024;
+  exporter.gatherer().Use(&small);
+  for (int i = 0; i < scrapes; ++i) ok = Scrape(exporter.port(), i % 2 == 1).ok && ok;
+  const long after = RssBytes();
+  std::printf(
+      "burst 1k -> 50k -> 1k series: RSS %.1f MiB before, %.1f MiB at the peak, %.1f MiB "
+      "after (%+.1f MiB)%s\n",
+      before / 1048576.0, peak / 1048576.0, after / 1048576.0, (after - before) / 1048576.0,
+      ok ? "" : "  FAILED SCRAPES");
+  Report("burst.rss_before_mib", before / 1048576.0, "MiB");
+  Report("burst.rss_peak_mib", peak / 1048576.0, "MiB");
+  Report("burst.rss_after_mib", after / 1048576.0, "MiB");
   return ok;
 }
 
@@ -353,6 +409,7 @@ int main(int argc, char** argv) {
   kmon::UseOneMallocArena();  // as kmon_exporter does
   bool ok = true;
   for (int n : sizes) ok = kmon::RunSize(n, scrapes) && ok;
+  ok = kmon::Burst(std::max(2, scrapes / 2)) && ok;
   kmon::MapReadCost(8000, 20);
   return ok ? 0 : 1;
 }
