@@ -88,6 +88,12 @@ void AppendValue(std::string& out, double v) {
   if (ec == std::errc()) out.append(buf.data(), end);
 }
 
+void AppendInt(std::string& out, int64_t v) {
+  std::array<char, 24> buf;
+  auto [end, ec] = std::to_chars(buf.data(), buf.data() + buf.size(), v);
+  if (ec == std::errc()) out.append(buf.data(), end);
+}
+
 void AppendUint(std::string& out, uint64_t v) {
   std::array<char, 24> buf;
   auto [end, ec] = std::to_chars(buf.data(), buf.data() + buf.size(), v);
@@ -172,7 +178,8 @@ void EndSample(std::string& out, const prometheus::ClientMetric& metric) {
   out += '\n';
 }
 
-absl::string_view OpenMetricsType(prometheus::MetricType type) {
+// The TYPE line's word; text 0.0.4 says "untyped" where OpenMetrics says "unknown".
+absl::string_view TypeName(prometheus::MetricType type, absl::string_view untyped) {
   switch (type) {
     case prometheus::MetricType::Counter:
       return "counter";
@@ -185,7 +192,7 @@ absl::string_view OpenMetricsType(prometheus::MetricType type) {
     case prometheus::MetricType::Untyped:
       break;
   }
-  return "unknown";
+  return untyped;
 }
 
 void WriteOpenMetricsFamily(std::string& out, const prometheus::MetricFamily& family) {
@@ -198,7 +205,7 @@ void WriteOpenMetricsFamily(std::string& out, const prometheus::MetricFamily& fa
   out += "# TYPE ";
   Put(out, name);
   out += ' ';
-  Put(out, OpenMetricsType(family.type));
+  Put(out, TypeName(family.type, "unknown"));
   out += '\n';
   if (!family.help.empty()) {  // an empty HELP means "no HELP" in OpenMetrics
     out += "# HELP ";
@@ -284,9 +291,7 @@ void AppendTextValue(std::string& out, double v) {
   // Most values are whole (counts, bytes, bucket bounds above 1): %.16g prints an
   // integer below 1e16 as its digits.
   if (std::trunc(v) == v && std::fabs(v) < 1e16 && !(v == 0 && std::signbit(v))) {
-    std::array<char, 24> buf;
-    auto [end, ec] = std::to_chars(buf.data(), buf.data() + buf.size(), static_cast<int64_t>(v));
-    if (ec == std::errc()) out.append(buf.data(), end);
+    AppendInt(out, static_cast<int64_t>(v));
     return;
   }
   AppendChars(out, v, std::chars_format::general, 16);
@@ -339,27 +344,9 @@ void AppendTextHead(std::string& out, const prometheus::MetricFamily& family,
 void AppendTextTail(std::string& out, const prometheus::ClientMetric& metric) {
   if (metric.timestamp_ms != 0) {
     out += ' ';
-    std::array<char, 24> buf;
-    auto [end, ec] = std::to_chars(buf.data(), buf.data() + buf.size(), metric.timestamp_ms);
-    if (ec == std::errc()) out.append(buf.data(), end);
+    AppendInt(out, metric.timestamp_ms);
   }
   out += '\n';
-}
-
-absl::string_view TextType(prometheus::MetricType type) {
-  switch (type) {
-    case prometheus::MetricType::Counter:
-      return "counter";
-    case prometheus::MetricType::Gauge:
-      return "gauge";
-    case prometheus::MetricType::Summary:
-      return "summary";
-    case prometheus::MetricType::Histogram:
-      return "histogram";
-    case prometheus::MetricType::Untyped:
-      break;
-  }
-  return "untyped";
 }
 
 void WriteTextFamily(std::string& out, const prometheus::MetricFamily& family) {
@@ -374,7 +361,7 @@ void WriteTextFamily(std::string& out, const prometheus::MetricFamily& family) {
   out += "# TYPE ";
   Put(out, family.name);
   out += ' ';
-  Put(out, TextType(family.type));
+  Put(out, TypeName(family.type, "untyped"));
   out += '\n';
   for (const auto& metric : family.metric) {
     switch (family.type) {
