@@ -138,13 +138,38 @@ void AppendTimestampSeconds(std::string& out, int64_t ms) {
   out += digits;
 }
 
+// A double as 1.0.1 prints it: printf's %.16g, "Nan", "+Inf", "-Inf".
+void AppendTextValue(std::string& out, double v) {
+  if (std::isnan(v)) {
+    out += "Nan";
+    return;
+  }
+  if (std::isinf(v)) {
+    out += v > 0 ? "+Inf" : "-Inf";
+    return;
+  }
+  // Most values are whole (counts, bytes, bucket bounds above 1): %.16g prints an
+  // integer below 1e16 as its digits.
+  if (std::trunc(v) == v && std::fabs(v) < 1e16 && !(v == 0 && std::signbit(v))) {
+    AppendInt(out, static_cast<int64_t>(v));
+    return;
+  }
+  AppendChars(out, v, std::chars_format::general, 16);
+}
+
+constexpr ExpositionFormat kText = ExpositionFormat::kText004;
+constexpr ExpositionFormat kOm = ExpositionFormat::kOpenMetrics100;
+
 struct ExtraLabel {
   absl::string_view name;
   double value;
 };
 
+// A sample's name and labels, up to its value. The formats differ only in how the
+// "le" and "quantile" values and the timestamp are written.
 void AppendSample(std::string& out, absl::string_view name, absl::string_view suffix,
-                  const prometheus::ClientMetric& metric, const ExtraLabel* extra) {
+                  const prometheus::ClientMetric& metric, const ExtraLabel* extra,
+                  ExpositionFormat format) {
   Put(out, name);
   Put(out, suffix);
   if (!metric.label.empty() || extra != nullptr) {
@@ -162,7 +187,11 @@ void AppendSample(std::string& out, absl::string_view name, absl::string_view su
       if (!first) out += ',';
       Put(out, extra->name);
       out += "=\"";
-      AppendCanonical(out, extra->value);
+      if (format == ExpositionFormat::kText004) {
+        AppendTextValue(out, extra->value);
+      } else {
+        AppendCanonical(out, extra->value);
+      }
       out += '"';
     }
     out += '}';
@@ -170,10 +199,15 @@ void AppendSample(std::string& out, absl::string_view name, absl::string_view su
   out += ' ';
 }
 
-void EndSample(std::string& out, const prometheus::ClientMetric& metric) {
+// Text 0.0.4 timestamps are milliseconds, OpenMetrics ones seconds.
+void EndSample(std::string& out, const prometheus::ClientMetric& metric, ExpositionFormat format) {
   if (metric.timestamp_ms != 0) {
     out += ' ';
-    AppendTimestampSeconds(out, metric.timestamp_ms);
+    if (format == ExpositionFormat::kText004) {
+      AppendInt(out, metric.timestamp_ms);
+    } else {
+      AppendTimestampSeconds(out, metric.timestamp_ms);
+    }
   }
   out += '\n';
 }
@@ -217,35 +251,35 @@ void WriteOpenMetricsFamily(std::string& out, const prometheus::MetricFamily& fa
   for (const auto& metric : family.metric) {
     // The _count and _sum samples of a summary or histogram.
     const auto count_and_sum = [&](uint64_t count, double sum) {
-      AppendSample(out, name, "_count", metric, nullptr);
+      AppendSample(out, name, "_count", metric, nullptr, kOm);
       AppendUint(out, count);
-      EndSample(out, metric);
-      AppendSample(out, name, "_sum", metric, nullptr);
+      EndSample(out, metric, kOm);
+      AppendSample(out, name, "_sum", metric, nullptr, kOm);
       AppendValue(out, sum);
-      EndSample(out, metric);
+      EndSample(out, metric, kOm);
     };
     switch (family.type) {
       case MetricType::Counter:
-        AppendSample(out, name, "_total", metric, nullptr);
+        AppendSample(out, name, "_total", metric, nullptr, kOm);
         AppendValue(out, metric.counter.value);
-        EndSample(out, metric);
+        EndSample(out, metric, kOm);
         break;
       case MetricType::Gauge:
-        AppendSample(out, name, "", metric, nullptr);
+        AppendSample(out, name, "", metric, nullptr, kOm);
         AppendValue(out, metric.gauge.value);
-        EndSample(out, metric);
+        EndSample(out, metric, kOm);
         break;
       case MetricType::Untyped:
-        AppendSample(out, name, "", metric, nullptr);
+        AppendSample(out, name, "", metric, nullptr, kOm);
         AppendValue(out, metric.untyped.value);
-        EndSample(out, metric);
+        EndSample(out, metric, kOm);
         break;
       case MetricType::Summary:
         for (const auto& q : metric.summary.quantile) {
           const ExtraLabel quantile{"quantile", q.quantile};
-          AppendSample(out, name, "", metric, &quantile);
+          AppendSample(out, name, "", metric, &quantile, kOm);
           AppendValue(out, q.value);
-          EndSample(out, metric);
+          EndSample(out, metric, kOm);
         }
         count_and_sum(metric.summary.sample_count, metric.summary.sample_sum);
         break;
@@ -253,16 +287,16 @@ void WriteOpenMetricsFamily(std::string& out, const prometheus::MetricFamily& fa
         bool has_inf = false;
         for (const auto& b : metric.histogram.bucket) {
           const ExtraLabel le{"le", b.upper_bound};
-          AppendSample(out, name, "_bucket", metric, &le);
+          AppendSample(out, name, "_bucket", metric, &le, kOm);
           AppendUint(out, b.cumulative_count);
-          EndSample(out, metric);
+          EndSample(out, metric, kOm);
           has_inf = has_inf || (std::isinf(b.upper_bound) && b.upper_bound > 0);
         }
         if (!has_inf) {  // OpenMetrics requires the +Inf bucket; it holds every event
           const ExtraLabel le{"le", HUGE_VAL};
-          AppendSample(out, name, "_bucket", metric, &le);
+          AppendSample(out, name, "_bucket", metric, &le, kOm);
           AppendUint(out, metric.histogram.sample_count);
-          EndSample(out, metric);
+          EndSample(out, metric, kOm);
         }
         count_and_sum(metric.histogram.sample_count, metric.histogram.sample_sum);
         break;
@@ -278,25 +312,6 @@ void WriteOpenMetricsFamily(std::string& out, const prometheus::MetricFamily& fa
 // and grew a stringbuf that was then copied whole, three times the text at its peak.
 // HELP is escaped (backslash, newline) as the format says; 1.0.1 wrote it verbatim.
 
-// A double as 1.0.1 prints it: printf's %.16g, "Nan", "+Inf", "-Inf".
-void AppendTextValue(std::string& out, double v) {
-  if (std::isnan(v)) {
-    out += "Nan";
-    return;
-  }
-  if (std::isinf(v)) {
-    out += v > 0 ? "+Inf" : "-Inf";
-    return;
-  }
-  // Most values are whole (counts, bytes, bucket bounds above 1): %.16g prints an
-  // integer below 1e16 as its digits.
-  if (std::trunc(v) == v && std::fabs(v) < 1e16 && !(v == 0 && std::signbit(v))) {
-    AppendInt(out, static_cast<int64_t>(v));
-    return;
-  }
-  AppendChars(out, v, std::chars_format::general, 16);
-}
-
 void AppendTextHelp(std::string& out, absl::string_view s) {
   for (char c : s) {
     if (c == '\\') {
@@ -307,46 +322,6 @@ void AppendTextHelp(std::string& out, absl::string_view s) {
       out += c;
     }
   }
-}
-
-void AppendTextHead(std::string& out, const prometheus::MetricFamily& family,
-                    const prometheus::ClientMetric& metric, absl::string_view suffix,
-                    absl::string_view extra_name = {}, const double* extra_value = nullptr) {
-  Put(out, family.name);
-  Put(out, suffix);
-  if (!metric.label.empty() || !extra_name.empty()) {
-    out += '{';
-    const char* sep = "";
-    for (const auto& label : metric.label) {
-      out += sep;
-      out += label.name;
-      out += "=\"";
-      AppendEscaped(out, label.value);
-      out += '"';
-      sep = ",";
-    }
-    if (!extra_name.empty()) {
-      out += sep;
-      Put(out, extra_name);
-      out += "=\"";
-      if (extra_value != nullptr) {
-        AppendTextValue(out, *extra_value);
-      } else {
-        out += "+Inf";
-      }
-      out += '"';
-    }
-    out += '}';
-  }
-  out += ' ';
-}
-
-void AppendTextTail(std::string& out, const prometheus::ClientMetric& metric) {
-  if (metric.timestamp_ms != 0) {
-    out += ' ';
-    AppendInt(out, metric.timestamp_ms);
-  }
-  out += '\n';
 }
 
 void WriteTextFamily(std::string& out, const prometheus::MetricFamily& family) {
@@ -364,50 +339,50 @@ void WriteTextFamily(std::string& out, const prometheus::MetricFamily& family) {
   Put(out, TypeName(family.type, "untyped"));
   out += '\n';
   for (const auto& metric : family.metric) {
+    // Text 0.0.4 puts a summary's and a histogram's _count and _sum first.
+    const auto count_and_sum = [&](uint64_t count, double sum) {
+      AppendSample(out, family.name, "_count", metric, nullptr, kText);
+      AppendUint(out, count);
+      EndSample(out, metric, kText);
+      AppendSample(out, family.name, "_sum", metric, nullptr, kText);
+      AppendTextValue(out, sum);
+      EndSample(out, metric, kText);
+    };
     switch (family.type) {
       case MetricType::Counter:
       case MetricType::Gauge:
       case MetricType::Untyped:
-        AppendTextHead(out, family, metric, "");
+        AppendSample(out, family.name, "", metric, nullptr, kText);
         AppendTextValue(out, family.type == MetricType::Counter ? metric.counter.value
                              : family.type == MetricType::Gauge ? metric.gauge.value
                                                                 : metric.untyped.value);
-        AppendTextTail(out, metric);
+        EndSample(out, metric, kText);
         break;
-      case MetricType::Summary: {
-        const auto& sum = metric.summary;
-        AppendTextHead(out, family, metric, "_count");
-        AppendUint(out, sum.sample_count);
-        AppendTextTail(out, metric);
-        AppendTextHead(out, family, metric, "_sum");
-        AppendTextValue(out, sum.sample_sum);
-        AppendTextTail(out, metric);
-        for (const auto& q : sum.quantile) {
-          AppendTextHead(out, family, metric, "", "quantile", &q.quantile);
+      case MetricType::Summary:
+        count_and_sum(metric.summary.sample_count, metric.summary.sample_sum);
+        for (const auto& q : metric.summary.quantile) {
+          const ExtraLabel quantile{"quantile", q.quantile};
+          AppendSample(out, family.name, "", metric, &quantile, kText);
           AppendTextValue(out, q.value);
-          AppendTextTail(out, metric);
+          EndSample(out, metric, kText);
         }
         break;
-      }
       case MetricType::Histogram: {
         const auto& hist = metric.histogram;
-        AppendTextHead(out, family, metric, "_count");
-        AppendUint(out, hist.sample_count);
-        AppendTextTail(out, metric);
-        AppendTextHead(out, family, metric, "_sum");
-        AppendTextValue(out, hist.sample_sum);
-        AppendTextTail(out, metric);
+        count_and_sum(hist.sample_count, hist.sample_sum);
         double last = -HUGE_VAL;
         for (const auto& b : hist.bucket) {
-          AppendTextHead(out, family, metric, "_bucket", "le", &b.upper_bound);
+          const ExtraLabel le{"le", b.upper_bound};
+          AppendSample(out, family.name, "_bucket", metric, &le, kText);
           last = b.upper_bound;
           AppendUint(out, b.cumulative_count);
-          AppendTextTail(out, metric);
+          EndSample(out, metric, kText);
         }
         if (last != HUGE_VAL) {
-          AppendTextHead(out, family, metric, "_bucket", "le");
+          const ExtraLabel le{"le", HUGE_VAL};
+          AppendSample(out, family.name, "_bucket", metric, &le, kText);
           AppendUint(out, hist.sample_count);
-          AppendTextTail(out, metric);
+          EndSample(out, metric, kText);
         }
         break;
       }
