@@ -16,12 +16,14 @@ std::string BufferPool::Take() {
   return buffer;
 }
 
-void BufferPool::Give(std::string buffer) {
-  if (buffer.capacity() > 2 * std::max(buffer.size(), min_keep_)) return;  // freed here
+size_t BufferPool::Give(std::string buffer) {
+  const size_t capacity = buffer.capacity();
+  if (capacity > 2 * std::max(buffer.size(), min_keep_)) return capacity;  // freed here
   buffer.clear();
   std::lock_guard<std::mutex> lock(mu_);
-  if (idle_.size() >= max_idle_) return;
+  if (idle_.size() >= max_idle_) return capacity;
   idle_.push_back(std::move(buffer));
+  return 0;
 }
 
 size_t BufferPool::IdleBytes() const {

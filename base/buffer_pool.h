@@ -20,8 +20,9 @@ class BufferPool {
 
   /// An idle buffer (empty, with its capacity), or a new one.
   std::string Take();
-  /// Takes a buffer back; its size is what it was used for this time.
-  void Give(std::string buffer);
+  /// Takes a buffer back; its size is what it was used for this time. Returns the
+  /// capacity it freed instead of keeping it (0 when kept).
+  size_t Give(std::string buffer);
   /// Capacity of the idle buffers, in bytes.
   size_t IdleBytes() const;
 

@@ -441,9 +441,33 @@ std::string Serialize(const std::vector<prometheus::MetricFamily>& families,
   return out;
 }
 
+size_t EstimateSize(const std::vector<prometheus::MetricFamily>& families) {
+  // Per line: the name and a suffix, the labels, an le or quantile label, a value
+  // and maybe a timestamp; a few bytes over rather than under.
+  size_t bytes = 0;
+  for (const auto& family : families) {
+    bytes += 2 * family.name.size() + family.help.size() + 32;
+    for (const auto& metric : family.metric) {
+      size_t line = family.name.size() + 64;
+      for (const auto& label : metric.label) line += label.name.size() + label.value.size() + 4;
+      const size_t lines = 1 + metric.histogram.bucket.size() + metric.summary.quantile.size() +
+                           (family.type == prometheus::MetricType::Histogram ||
+                                    family.type == prometheus::MetricType::Summary
+                                ? 3
+                                : 0);
+      bytes += line * lines;
+    }
+  }
+  return bytes;
+}
+
 void SerializeInto(std::vector<prometheus::MetricFamily>&& families, ExpositionFormat format,
                    std::string* out) {
   out->clear();
+  // Room for all of it first: a buffer that doubled as it filled would copy itself
+  // and hold old and new at once (a fresh one, after a burst or at start). Reserved
+  // pages cost nothing until written.
+  out->reserve(EstimateSize(families));
   for (auto& family : families) {
     WriteFamily(*out, family, format);
     // Written: its samples go now, so the text grows as the families shrink.

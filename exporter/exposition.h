@@ -24,6 +24,10 @@ std::string_view ContentType(ExpositionFormat format);
 std::string Serialize(const std::vector<prometheus::MetricFamily>& families,
                       ExpositionFormat format);
 
+/// A little more than the bytes the text of `families` takes in either format: what
+/// SerializeInto reserves before it writes.
+size_t EstimateSize(const std::vector<prometheus::MetricFamily>& families);
+
 /// The same text into `out`, which is cleared first and keeps its capacity (a buffer
 /// reused from scrape to scrape). Each family's samples are freed once written, so a
 /// scrape never holds all its families and all their text at once.

@@ -348,13 +348,13 @@ class HttpServerImpl final : public HttpServer {
   BufferPool* gzip_buffers() { return &gzip_buffers_; }
 
   /// After a response went out: a scrape's buffer goes back to the pool, and after a
-  /// large one the heap's free pages go back to the kernel (the families and the
-  /// labels of thousands of series were freed in this worker's arena).
+  /// large one, or one that freed a buffer a burst had grown, the heap's free pages
+  /// go back to the kernel (the families and labels of thousands of series, freed).
   void Sent(const HttpRequest& req, HttpResponse* resp) {
     if (req.path != metrics_path_ || resp->status != 200) return;
     const bool large = resp->body.size() >= kTrimAfterBody;
-    metrics_buffers_.Give(std::move(resp->body));
-    if (large) ReturnFreeMemory();
+    const size_t freed = metrics_buffers_.Give(std::move(resp->body));
+    if (large || freed >= kTrimAfterBody) ReturnFreeMemory();
   }
 
   HttpResponse Route(const HttpRequest& req) {

@@ -400,6 +400,9 @@ TEST(Text, SameBytesAsPrometheusCppTextSerializer) {
     }
     families.push_back(std::move(f));
   }
+  for (ExpositionFormat format : {ExpositionFormat::kText004, ExpositionFormat::kOpenMetrics100}) {
+    EXPECT_GE(EstimateSize(families), Serialize(families, format).size());  // never regrows
+  }
   const std::string theirs = prometheus::TextSerializer().Serialize(families);
   EXPECT_EQ(Serialize(families, ExpositionFormat::kText004), theirs);
   std::string into = "left over from the last scrape";
