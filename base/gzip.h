@@ -2,10 +2,11 @@
 // accept the gzip content coding (Prometheus always does).
 #pragma once
 
+#include <absl/status/status.h>
+#include <absl/status/statusor.h>
+
 #include <string>
 #include <string_view>
-
-#include <absl/status/statusor.h>
 
 namespace kmon {
 
@@ -16,6 +17,12 @@ inline constexpr int kGzipDefault = -1;
 
 /// `data` as one gzip member.
 absl::StatusOr<std::string> Gzip(std::string_view data, int level = kGzipDefault);
+
+/// The same into `out`, replaced, whose capacity is reused (a buffer kept from one
+/// response to the next). It grows as deflate fills it rather than being sized for
+/// the worst case up front: zeroing a bound as large as the input would make every
+/// page of it resident for output that is a tenth of it.
+absl::Status GzipInto(std::string_view data, int level, std::string* out);
 
 /// Whether an Accept-Encoding value (RFC 9110 12.5.3) accepts gzip: "gzip" (or its
 /// alias "x-gzip") with a q-value above 0, or "*" above 0 when gzip is not named.

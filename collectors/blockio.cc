@@ -192,7 +192,7 @@ std::vector<prometheus::MetricFamily> BuildBlockIoFamilies(
     bytes.AddCounter(values, static_cast<double>(r.count->bytes));
     requests.AddCounter(values, static_cast<double>(r.count->requests));
   }
-  return {duration.Build(), bytes.Build(), requests.Build(), errors.Build()};
+  return BuildAll({&duration, &bytes, &requests, &errors});
 }
 
 void ParseBlockioSection(YamlParser& p, const YamlValue& v, BlockioConfig* c) {

@@ -4,8 +4,8 @@
 #include <cstdarg>
 #include <cstdio>
 
-#include "bpf/kmon_common.h"
 #include "base/log.h"
+#include "bpf/kmon_common.h"
 
 namespace kmon {
 namespace {
@@ -51,17 +51,17 @@ absl::Status BpfError(std::string_view collector, std::string_view what, int err
   if (err < 0) err = -err;
   return absl::Status(err == EPERM || err == EACCES ? absl::StatusCode::kPermissionDenied
                                                     : absl::StatusCode::kInternal,
-                      absl::StrCat("collector=", std::string(collector), " ", std::string(what), ": ",
-                                   std::strerror(err)));
+                      absl::StrCat("collector=", std::string(collector), " ", std::string(what),
+                                   ": ", std::strerror(err)));
 }
 
 absl::Status CheckMapLayout(std::string_view collector, const bpf_map* map, size_t key_size,
                             size_t value_size) {
   if (bpf_map__key_size(map) != key_size || bpf_map__value_size(map) != value_size) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "collector=", std::string(collector), " map=", bpf_map__name(map), ": key/value sizes ",
-        bpf_map__key_size(map), "/", bpf_map__value_size(map), " differ from the header's ",
-        key_size, "/", value_size));
+    return absl::FailedPreconditionError(
+        absl::StrCat("collector=", std::string(collector), " map=", bpf_map__name(map),
+                     ": key/value sizes ", bpf_map__key_size(map), "/", bpf_map__value_size(map),
+                     " differ from the header's ", key_size, "/", value_size));
   }
   return absl::OkStatus();
 }
@@ -69,26 +69,27 @@ absl::Status CheckMapLayout(std::string_view collector, const bpf_map* map, size
 namespace internal {
 
 absl::Status ReadHashRaw(int map_fd, uint32_t max_entries, size_t key_size, size_t stride,
-                         std::vector<uint8_t>* keys, std::vector<uint8_t>* values,
-                         uint32_t* count) {
+                         std::vector<uint8_t>* keys, std::vector<uint8_t>* values, uint32_t* count,
+                         bool keep) {
   // Batch lookup in chunks, so a scrape costs what the map holds rather than its
   // max_entries (16384 histograms of a few hundred bytes would be megabytes).
   keys->clear();
   values->clear();
   *count = 0;
-  uint32_t chunk = std::min<uint32_t>(256, std::max<uint32_t>(max_entries, 1));
+  uint32_t chunk = std::min<uint32_t>(1024, std::max<uint32_t>(max_entries, 1));
   std::vector<uint8_t> in_batch(std::max<size_t>(key_size, 8)), out_batch(in_batch.size());
-  bool first = true;
+  bool first = true, batched = false;
   uint32_t total = 0;
   while (total < max_entries) {
     uint32_t n = std::min(chunk, max_entries - total);
-    keys->resize((static_cast<size_t>(total) + n) * key_size);
-    values->resize((static_cast<size_t>(total) + n) * stride);
+    // Not kept (counting): every batch lands at the start of the buffers.
+    const size_t at = keep ? total : 0;
+    keys->resize((at + n) * key_size);
+    values->resize((at + n) * stride);
     LIBBPF_OPTS(bpf_map_batch_opts, opts);
-    int err = bpf_map_lookup_batch(map_fd, first ? nullptr : in_batch.data(), out_batch.data(),
-                                   keys->data() + static_cast<size_t>(total) * key_size,
-                                   values->data() + static_cast<size_t>(total) * stride, &n,
-                                   &opts);
+    int err =
+        bpf_map_lookup_batch(map_fd, first ? nullptr : in_batch.data(), out_batch.data(),
+                             keys->data() + at * key_size, values->data() + at * stride, &n, &opts);
     int e = err < 0 ? errno : 0;
     if (err < 0 && e == ENOSPC && chunk < (1u << 16)) {  // one bucket holds more than a chunk
       chunk *= 2;
@@ -98,14 +99,16 @@ absl::Status ReadHashRaw(int map_fd, uint32_t max_entries, size_t key_size, size
       if (first && (e == EINVAL || e == ENOTSUP || e == EOPNOTSUPP)) break;  // fall back below
       return absl::InternalError(absl::StrCat("bpf_map_lookup_batch: ", std::strerror(e)));
     }
+    batched = true;
     total += n;
-    if (err < 0) break;  // ENOENT: the end of the map
+    if (err < 0) break;  // ENOENT: the end of the map (a map that fits one chunk ends here)
     in_batch = out_batch;
     first = false;
   }
-  if (!first || total >= max_entries) {
-    keys->resize(static_cast<size_t>(total) * key_size);
-    values->resize(static_cast<size_t>(total) * stride);
+  if (batched || total >= max_entries) {
+    const size_t kept = keep ? total : 0;
+    keys->resize(kept * key_size);
+    values->resize(kept * stride);
     *count = total;
     return absl::OkStatus();
   }
@@ -119,8 +122,10 @@ absl::Status ReadHashRaw(int map_fd, uint32_t max_entries, size_t key_size, size
   while (total < max_entries &&
          bpf_map_get_next_key(map_fd, have_prev ? prev.data() : nullptr, next.data()) == 0) {
     if (bpf_map_lookup_elem(map_fd, next.data(), value.data()) == 0) {
-      keys->insert(keys->end(), next.begin(), next.end());
-      values->insert(values->end(), value.begin(), value.end());
+      if (keep) {
+        keys->insert(keys->end(), next.begin(), next.end());
+        values->insert(values->end(), value.begin(), value.end());
+      }
       ++total;
     }
     prev.swap(next);
@@ -153,17 +158,26 @@ absl::StatusOr<std::vector<uint64_t>> ReadPerCpuU64Array(int map_fd, uint32_t en
 }
 
 absl::StatusOr<uint64_t> CountMapEntries(const bpf_map* map) {
-  if (!IsHashType(bpf_map__type(map))) return bpf_map__max_entries(map);
-  int fd = bpf_map__fd(map);
-  std::vector<uint8_t> prev(bpf_map__key_size(map)), next(bpf_map__key_size(map));
-  uint64_t n = 0;
-  bool have_prev = false;
-  while (bpf_map_get_next_key(fd, have_prev ? prev.data() : nullptr, next.data()) == 0) {
-    ++n;
-    prev.swap(next);
-    have_prev = true;
-  }
-  return n;
+  const bpf_map_type type = bpf_map__type(map);
+  if (!IsHashType(type)) return bpf_map__max_entries(map);
+  const bool per_cpu = type == BPF_MAP_TYPE_PERCPU_HASH || type == BPF_MAP_TYPE_LRU_PERCPU_HASH;
+  // A per-CPU value is one 8-byte aligned slot per possible CPU.
+  const size_t stride =
+      per_cpu ? (bpf_map__value_size(map) + 7) / 8 * 8 * PossibleCpus() : bpf_map__value_size(map);
+  return CountHashEntries(bpf_map__fd(map), bpf_map__max_entries(map), bpf_map__key_size(map),
+                          stride);
+}
+
+absl::StatusOr<uint64_t> CountHashEntries(int map_fd, uint32_t max_entries, size_t key_size,
+                                          size_t value_stride) {
+  // In batches, into buffers of one batch: a syscall per key (get_next_key) cost three
+  // times the collector's own read of the map.
+  std::vector<uint8_t> keys, values;
+  uint32_t count = 0;
+  absl::Status st = internal::ReadHashRaw(map_fd, max_entries, key_size, value_stride, &keys,
+                                          &values, &count, /*keep=*/false);
+  if (!st.ok()) return st;
+  return count;
 }
 
 }  // namespace kmon

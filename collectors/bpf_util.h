@@ -1,6 +1,12 @@
 // Small helpers every collector uses to talk to its BPF maps from user space.
 #pragma once
 
+#include <absl/status/status.h>
+#include <absl/status/statusor.h>
+#include <absl/strings/str_cat.h>
+#include <bpf/bpf.h>
+#include <bpf/libbpf.h>
+
 #include <cerrno>
 #include <cstdint>
 #include <cstring>
@@ -9,12 +15,6 @@
 #include <string>
 #include <utility>
 #include <vector>
-
-#include <absl/status/status.h>
-#include <absl/status/statusor.h>
-#include <absl/strings/str_cat.h>
-#include <bpf/bpf.h>
-#include <bpf/libbpf.h>
 
 namespace kmon {
 
@@ -60,16 +60,22 @@ void ClearHash(int map_fd, size_t key_size);
 /// Sum over CPUs of every slot of a per-CPU u64 array.
 absl::StatusOr<std::vector<uint64_t>> ReadPerCpuU64Array(int map_fd, uint32_t entries);
 
-/// Number of keys in a hash-type map (iterates keys); max_entries for arrays.
+/// Number of keys in a hash-type map (CountHashEntries); max_entries for arrays.
 absl::StatusOr<uint64_t> CountMapEntries(const bpf_map* map);
+/// Number of keys in a hash map: its entries read in batches and counted, with
+/// buffers for one batch. `value_stride`: bytes per key's value (value size x CPUs,
+/// each rounded up to 8 bytes, for per-CPU maps).
+absl::StatusOr<uint64_t> CountHashEntries(int map_fd, uint32_t max_entries, size_t key_size,
+                                          size_t value_stride);
 
 // ---- implementation of the template ----
 
 namespace internal {
 /// `value_stride`: bytes per key in the value buffer (value size x CPUs for per-CPU maps).
+/// `keep` false: only counted, `keys` and `values` hold one batch at a time.
 absl::Status ReadHashRaw(int map_fd, uint32_t max_entries, size_t key_size, size_t value_stride,
-                         std::vector<uint8_t>* keys, std::vector<uint8_t>* values,
-                         uint32_t* count);
+                         std::vector<uint8_t>* keys, std::vector<uint8_t>* values, uint32_t* count,
+                         bool keep = true);
 }  // namespace internal
 
 template <typename K, typename V, typename Out, typename Fold>

@@ -206,11 +206,11 @@ std::vector<prometheus::MetricFamily> BuildCpuFamilies(const std::vector<CpuCoun
   for (const auto& [cg, n] : series) cgroups.push_back(cg);
   std::sort(cgroups.begin(), cgroups.end());  // the same workloads win the budget every scrape
 
-  std::unordered_map<uint64_t, WorkloadLabels> admitted;
+  std::unordered_map<uint64_t, const WorkloadLabels*> admitted;
   for (uint64_t cg : cgroups) {
-    std::optional<WorkloadLabels> l = labeler->LabelsFor(cg, series[cg]);
-    if (!l) continue;  // the cgroup is gone; its entries are dropped by the collector
-    admitted[cg] = std::move(*l);
+    const WorkloadLabels* l = labeler->Labels(cg, series[cg]);
+    if (l == nullptr) continue;  // the cgroup is gone; its entries are dropped by the collector
+    admitted[cg] = l;
   }
 
   std::vector<const CpuCounters*> sc;
@@ -220,7 +220,7 @@ std::vector<prometheus::MetricFamily> BuildCpuFamilies(const std::vector<CpuCoun
   for (const CpuCounters* c : sc) {
     auto it = admitted.find(c->cgroup_id);
     if (it == admitted.end()) continue;
-    const WorkloadLabels& l = it->second;
+    const WorkloadLabels& l = *it->second;
     oncpu.AddCounter({l.namespace_, l.pod, l.container}, c->oncpu_ns / 1e9);
     switches.AddCounter({l.namespace_, l.pod, l.container, "voluntary"},
                         static_cast<double>(c->voluntary));
@@ -231,8 +231,8 @@ std::vector<prometheus::MetricFamily> BuildCpuFamilies(const std::vector<CpuCoun
   for (const auto& h : hists) {
     auto it = admitted.find(h.cgroup_id);
     if (it == admitted.end() || h.kind >= KMON_CPU_KIND_MAX) continue;
-    const WorkloadLabels& l = it->second;
-    std::vector<uint64_t> counts(h.slots.begin(), h.slots.end());
+    const WorkloadLabels& l = *it->second;
+    const std::span<const uint64_t> counts(h.slots);
     if (h.kind == KMON_CPU_KIND_RUNQ) {
       runq.AddHistogram({l.namespace_, l.pod, l.container}, bounds, counts, h.sum_ns / 1e9);
     } else {
@@ -240,7 +240,7 @@ std::vector<prometheus::MetricFamily> BuildCpuFamilies(const std::vector<CpuCoun
                           h.sum_ns / 1e9);
     }
   }
-  return {oncpu.Build(), switches.Build(), offcpu.Build(), runq.Build()};
+  return BuildAll({&oncpu, &switches, &offcpu, &runq});
 }
 
 void ParseCpuSection(YamlParser& p, const YamlValue& v, CpuConfig* c) {

@@ -19,7 +19,8 @@ class KernelFeatures {
   /// Release().
   virtual absl::StatusOr<const btf*> VmlinuxBtf() = 0;
   /// Frees what the probes loaded (the vmlinux BTF is several MB parsed): called
-  /// once collectors have started.
+  /// before each BPF object loads (libbpf parses its own copy) and once collectors
+  /// have started; the next probe loads it again.
   virtual void Release() = 0;
 };
 

@@ -130,14 +130,13 @@ std::vector<prometheus::MetricFamily> BuildSyscallFamilies(const std::vector<Sys
     return std::tie(a->cgroup_id, a->nr) < std::tie(b->cgroup_id, b->nr);
   });
   for (const SyscallCount* c : sorted) {
-    std::optional<WorkloadLabels> l =
-        labeler->LabelsFor(c->cgroup_id, series_per_cgroup[c->cgroup_id]);
-    if (!l) continue;  // the cgroup is gone; its entries are dropped by the collector
-    std::vector<std::string> values{l->namespace_, l->pod, l->container, names.at(c->nr)};
+    const WorkloadLabels* l = labeler->Labels(c->cgroup_id, series_per_cgroup[c->cgroup_id]);
+    if (l == nullptr) continue;  // the cgroup is gone; its entries are dropped by the collector
+    const LabelValues values{l->namespace_, l->pod, l->container, names.at(c->nr)};
     calls.AddCounter(values, static_cast<double>(c->count));
     errors.AddCounter(values, static_cast<double>(c->errors));
   }
-  return {calls.Build(), errors.Build()};
+  return BuildAll({&calls, &errors});
 }
 
 SyscallsCollector::SyscallsCollector(const CollectorDeps& deps)

@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <unordered_map>
 #include <unordered_set>
 
 #include "collectors/families.h"
@@ -42,6 +43,12 @@ class WorkloadLabeler {
   /// Labels of a cgroup id: all empty (node level) for 0, nullopt when no live
   /// cgroup has the id (see Gone).
   std::optional<WorkloadLabels> Lookup(uint64_t cgroup_id);
+  /// The same without a copy: the labeler's own, valid until EndPass; null when gone.
+  /// A cgroup is asked of the resolver once per pass, however many rows name it, and
+  /// its labels (and its budget key) are kept from pass to pass while they stay the same.
+  const WorkloadLabels* Find(uint64_t cgroup_id);
+  /// Find, then the budget: the labels, the "__overflow__" labels, or null when gone.
+  const WorkloadLabels* Labels(uint64_t cgroup_id, int64_t series);
   /// `labels` when `series` more fit the budget, else the "__overflow__" labels.
   /// A workload is charged once per pass, however many of its cgroups ask.
   WorkloadLabels Admit(const WorkloadLabels& labels, int64_t series);
@@ -59,8 +66,18 @@ class WorkloadLabeler {
   uint64_t Overflowed() const { return budget_.Overflowed(); }
 
  private:
+  struct Known {
+    WorkloadLabels labels;
+    std::string budget_key;  // the workload's key in the series budget
+    uint64_t pass = 0;       // the pass it was last asked of the resolver in
+    bool found = false;      // whether the resolver knew it then
+  };
+  Known* Resolve(uint64_t cgroup_id);
+
   WorkloadResolver* workloads_;
   int64_t max_series_;
+  uint64_t pass_ = 0;
+  std::unordered_map<uint64_t, Known> known_;  // cgroups asked for in this pass or the last
   SeriesBudget budget_;
   MissingSince<uint64_t> missing_;
   std::unordered_set<uint64_t> gone_;

@@ -4,7 +4,6 @@
 #include <absl/strings/match.h>
 #include <absl/strings/numbers.h>
 #include <absl/strings/str_split.h>
-#include <prometheus/text_serializer.h>
 
 #include <algorithm>
 #include <array>
@@ -38,58 +37,26 @@ double QValue(const std::vector<absl::string_view>& params) {
 void Put(std::string& out, absl::string_view s) { out.append(s.data(), s.size()); }
 
 // Label values and OpenMetrics HELP text: backslash, double quote and newline escaped.
+// Runs of plain characters are appended whole: most values have nothing to escape.
 void AppendEscaped(std::string& out, absl::string_view s) {
-  for (char c : s) {
-    switch (c) {
-      case '\\':
-        out += "\\\\";
-        break;
-      case '"':
-        out += "\\\"";
-        break;
-      case '\n':
-        out += "\\n";
-        break;
-      default:
-        out += c;
-    }
+  size_t plain = 0;
+  for (size_t i = 0; i < s.size(); ++i) {
+    const char c = s[i];
+    if (c != '\\' && c != '"' && c != '\n') continue;
+    out.append(s.data() + plain, i - plain);
+    out += '\\';
+    out += c == '\n' ? 'n' : c;
+    plain = i + 1;
   }
+  out.append(s.data() + plain, s.size() - plain);
 }
 
-// Text 0.0.4 HELP escaping: only backslash and newline.
-std::string EscapeTextHelp(absl::string_view s) {
-  std::string out;
-  out.reserve(s.size());
-  for (char c : s) {
-    if (c == '\\') {
-      out += "\\\\";
-    } else if (c == '\n') {
-      out += "\\n";
-    } else {
-      out += c;
-    }
-  }
-  return out;
-}
-
-// prometheus-cpp 1.0.1's TextSerializer writes HELP verbatim, so a newline in a help
-// string breaks the exposition. Later releases escape it themselves; probe once which
-// kind we are linked against, so that we neither leave it raw nor escape it twice.
-bool TextSerializerEscapesHelp() {
-  static const bool escapes = [] {
-    prometheus::MetricFamily probe;
-    probe.name = "probe";
-    probe.help = "\\";
-    probe.type = prometheus::MetricType::Gauge;
-    const std::string out = prometheus::TextSerializer().Serialize({probe});
-    return absl::StrContains(out, "# HELP probe \\\\");
-  }();
-  return escapes;
-}
-
-void AppendChars(std::string& out, double v, std::chars_format fmt) {
+// `precision` < 0: the shortest text that reads back to the same double.
+void AppendChars(std::string& out, double v, std::chars_format fmt, int precision = -1) {
   std::array<char, 64> buf;
-  auto [end, ec] = std::to_chars(buf.data(), buf.data() + buf.size(), v, fmt);
+  auto [end, ec] = precision < 0
+                       ? std::to_chars(buf.data(), buf.data() + buf.size(), v, fmt)
+                       : std::to_chars(buf.data(), buf.data() + buf.size(), v, fmt, precision);
   if (ec == std::errc()) out.append(buf.data(), end);
 }
 
@@ -117,6 +84,12 @@ void AppendValue(std::string& out, double v) {
     return;
   }
   std::array<char, 64> buf;
+  auto [end, ec] = std::to_chars(buf.data(), buf.data() + buf.size(), v);
+  if (ec == std::errc()) out.append(buf.data(), end);
+}
+
+void AppendInt(std::string& out, int64_t v) {
+  std::array<char, 24> buf;
   auto [end, ec] = std::to_chars(buf.data(), buf.data() + buf.size(), v);
   if (ec == std::errc()) out.append(buf.data(), end);
 }
@@ -165,13 +138,38 @@ void AppendTimestampSeconds(std::string& out, int64_t ms) {
   out += digits;
 }
 
+// A double as 1.0.1 prints it: printf's %.16g, "Nan", "+Inf", "-Inf".
+void AppendTextValue(std::string& out, double v) {
+  if (std::isnan(v)) {
+    out += "Nan";
+    return;
+  }
+  if (std::isinf(v)) {
+    out += v > 0 ? "+Inf" : "-Inf";
+    return;
+  }
+  // Most values are whole (counts, bytes, bucket bounds above 1): %.16g prints an
+  // integer below 1e16 as its digits.
+  if (std::trunc(v) == v && std::fabs(v) < 1e16 && !(v == 0 && std::signbit(v))) {
+    AppendInt(out, static_cast<int64_t>(v));
+    return;
+  }
+  AppendChars(out, v, std::chars_format::general, 16);
+}
+
+constexpr ExpositionFormat kText = ExpositionFormat::kText004;
+constexpr ExpositionFormat kOm = ExpositionFormat::kOpenMetrics100;
+
 struct ExtraLabel {
   absl::string_view name;
   double value;
 };
 
+// A sample's name and labels, up to its value. The formats differ only in how the
+// "le" and "quantile" values and the timestamp are written.
 void AppendSample(std::string& out, absl::string_view name, absl::string_view suffix,
-                  const prometheus::ClientMetric& metric, const ExtraLabel* extra) {
+                  const prometheus::ClientMetric& metric, const ExtraLabel* extra,
+                  ExpositionFormat format) {
   Put(out, name);
   Put(out, suffix);
   if (!metric.label.empty() || extra != nullptr) {
@@ -189,7 +187,11 @@ void AppendSample(std::string& out, absl::string_view name, absl::string_view su
       if (!first) out += ',';
       Put(out, extra->name);
       out += "=\"";
-      AppendCanonical(out, extra->value);
+      if (format == ExpositionFormat::kText004) {
+        AppendTextValue(out, extra->value);
+      } else {
+        AppendCanonical(out, extra->value);
+      }
       out += '"';
     }
     out += '}';
@@ -197,15 +199,21 @@ void AppendSample(std::string& out, absl::string_view name, absl::string_view su
   out += ' ';
 }
 
-void EndSample(std::string& out, const prometheus::ClientMetric& metric) {
+// Text 0.0.4 timestamps are milliseconds, OpenMetrics ones seconds.
+void EndSample(std::string& out, const prometheus::ClientMetric& metric, ExpositionFormat format) {
   if (metric.timestamp_ms != 0) {
     out += ' ';
-    AppendTimestampSeconds(out, metric.timestamp_ms);
+    if (format == ExpositionFormat::kText004) {
+      AppendInt(out, metric.timestamp_ms);
+    } else {
+      AppendTimestampSeconds(out, metric.timestamp_ms);
+    }
   }
   out += '\n';
 }
 
-absl::string_view OpenMetricsType(prometheus::MetricType type) {
+// The TYPE line's word; text 0.0.4 says "untyped" where OpenMetrics says "unknown".
+absl::string_view TypeName(prometheus::MetricType type, absl::string_view untyped) {
   switch (type) {
     case prometheus::MetricType::Counter:
       return "counter";
@@ -218,7 +226,7 @@ absl::string_view OpenMetricsType(prometheus::MetricType type) {
     case prometheus::MetricType::Untyped:
       break;
   }
-  return "unknown";
+  return untyped;
 }
 
 void WriteOpenMetricsFamily(std::string& out, const prometheus::MetricFamily& family) {
@@ -231,7 +239,7 @@ void WriteOpenMetricsFamily(std::string& out, const prometheus::MetricFamily& fa
   out += "# TYPE ";
   Put(out, name);
   out += ' ';
-  Put(out, OpenMetricsType(family.type));
+  Put(out, TypeName(family.type, "unknown"));
   out += '\n';
   if (!family.help.empty()) {  // an empty HELP means "no HELP" in OpenMetrics
     out += "# HELP ";
@@ -243,35 +251,35 @@ void WriteOpenMetricsFamily(std::string& out, const prometheus::MetricFamily& fa
   for (const auto& metric : family.metric) {
     // The _count and _sum samples of a summary or histogram.
     const auto count_and_sum = [&](uint64_t count, double sum) {
-      AppendSample(out, name, "_count", metric, nullptr);
+      AppendSample(out, name, "_count", metric, nullptr, kOm);
       AppendUint(out, count);
-      EndSample(out, metric);
-      AppendSample(out, name, "_sum", metric, nullptr);
+      EndSample(out, metric, kOm);
+      AppendSample(out, name, "_sum", metric, nullptr, kOm);
       AppendValue(out, sum);
-      EndSample(out, metric);
+      EndSample(out, metric, kOm);
     };
     switch (family.type) {
       case MetricType::Counter:
-        AppendSample(out, name, "_total", metric, nullptr);
+        AppendSample(out, name, "_total", metric, nullptr, kOm);
         AppendValue(out, metric.counter.value);
-        EndSample(out, metric);
+        EndSample(out, metric, kOm);
         break;
       case MetricType::Gauge:
-        AppendSample(out, name, "", metric, nullptr);
+        AppendSample(out, name, "", metric, nullptr, kOm);
         AppendValue(out, metric.gauge.value);
-        EndSample(out, metric);
+        EndSample(out, metric, kOm);
         break;
       case MetricType::Untyped:
-        AppendSample(out, name, "", metric, nullptr);
+        AppendSample(out, name, "", metric, nullptr, kOm);
         AppendValue(out, metric.untyped.value);
-        EndSample(out, metric);
+        EndSample(out, metric, kOm);
         break;
       case MetricType::Summary:
         for (const auto& q : metric.summary.quantile) {
           const ExtraLabel quantile{"quantile", q.quantile};
-          AppendSample(out, name, "", metric, &quantile);
+          AppendSample(out, name, "", metric, &quantile, kOm);
           AppendValue(out, q.value);
-          EndSample(out, metric);
+          EndSample(out, metric, kOm);
         }
         count_and_sum(metric.summary.sample_count, metric.summary.sample_sum);
         break;
@@ -279,16 +287,16 @@ void WriteOpenMetricsFamily(std::string& out, const prometheus::MetricFamily& fa
         bool has_inf = false;
         for (const auto& b : metric.histogram.bucket) {
           const ExtraLabel le{"le", b.upper_bound};
-          AppendSample(out, name, "_bucket", metric, &le);
+          AppendSample(out, name, "_bucket", metric, &le, kOm);
           AppendUint(out, b.cumulative_count);
-          EndSample(out, metric);
+          EndSample(out, metric, kOm);
           has_inf = has_inf || (std::isinf(b.upper_bound) && b.upper_bound > 0);
         }
         if (!has_inf) {  // OpenMetrics requires the +Inf bucket; it holds every event
           const ExtraLabel le{"le", HUGE_VAL};
-          AppendSample(out, name, "_bucket", metric, &le);
+          AppendSample(out, name, "_bucket", metric, &le, kOm);
           AppendUint(out, metric.histogram.sample_count);
-          EndSample(out, metric);
+          EndSample(out, metric, kOm);
         }
         count_and_sum(metric.histogram.sample_count, metric.histogram.sample_sum);
         break;
@@ -297,20 +305,98 @@ void WriteOpenMetricsFamily(std::string& out, const prometheus::MetricFamily& fa
   }
 }
 
-std::string SerializeText(const std::vector<prometheus::MetricFamily>& families) {
-  const prometheus::TextSerializer serializer;
-  if (TextSerializerEscapesHelp()) return serializer.Serialize(families);
-  bool needs_escape = false;
-  for (const auto& f : families) {
-    if (f.help.find_first_of("\\\n") != std::string::npos) {
-      needs_escape = true;
-      break;
+// ---- Text 0.0.4 ----
+// Byte for byte what prometheus-cpp 1.0.1's TextSerializer writes (the golden files
+// were made with it; tests/exposition_test.cc compares the two on random input),
+// without its ostream: that one formatted every number through the locale machinery
+// and grew a stringbuf that was then copied whole, three times the text at its peak.
+// HELP is escaped (backslash, newline) as the format says; 1.0.1 wrote it verbatim.
+
+void AppendTextHelp(std::string& out, absl::string_view s) {
+  for (char c : s) {
+    if (c == '\\') {
+      out += "\\\\";
+    } else if (c == '\n') {
+      out += "\\n";
+    } else {
+      out += c;
     }
   }
-  if (!needs_escape) return serializer.Serialize(families);
-  std::vector<prometheus::MetricFamily> escaped = families;
-  for (auto& f : escaped) f.help = EscapeTextHelp(f.help);
-  return serializer.Serialize(escaped);
+}
+
+void WriteTextFamily(std::string& out, const prometheus::MetricFamily& family) {
+  using prometheus::MetricType;
+  if (!family.help.empty()) {
+    out += "# HELP ";
+    Put(out, family.name);
+    out += ' ';
+    AppendTextHelp(out, family.help);
+    out += '\n';
+  }
+  out += "# TYPE ";
+  Put(out, family.name);
+  out += ' ';
+  Put(out, TypeName(family.type, "untyped"));
+  out += '\n';
+  for (const auto& metric : family.metric) {
+    // Text 0.0.4 puts a summary's and a histogram's _count and _sum first.
+    const auto count_and_sum = [&](uint64_t count, double sum) {
+      AppendSample(out, family.name, "_count", metric, nullptr, kText);
+      AppendUint(out, count);
+      EndSample(out, metric, kText);
+      AppendSample(out, family.name, "_sum", metric, nullptr, kText);
+      AppendTextValue(out, sum);
+      EndSample(out, metric, kText);
+    };
+    switch (family.type) {
+      case MetricType::Counter:
+      case MetricType::Gauge:
+      case MetricType::Untyped:
+        AppendSample(out, family.name, "", metric, nullptr, kText);
+        AppendTextValue(out, family.type == MetricType::Counter ? metric.counter.value
+                             : family.type == MetricType::Gauge ? metric.gauge.value
+                                                                : metric.untyped.value);
+        EndSample(out, metric, kText);
+        break;
+      case MetricType::Summary:
+        count_and_sum(metric.summary.sample_count, metric.summary.sample_sum);
+        for (const auto& q : metric.summary.quantile) {
+          const ExtraLabel quantile{"quantile", q.quantile};
+          AppendSample(out, family.name, "", metric, &quantile, kText);
+          AppendTextValue(out, q.value);
+          EndSample(out, metric, kText);
+        }
+        break;
+      case MetricType::Histogram: {
+        const auto& hist = metric.histogram;
+        count_and_sum(hist.sample_count, hist.sample_sum);
+        double last = -HUGE_VAL;
+        for (const auto& b : hist.bucket) {
+          const ExtraLabel le{"le", b.upper_bound};
+          AppendSample(out, family.name, "_bucket", metric, &le, kText);
+          last = b.upper_bound;
+          AppendUint(out, b.cumulative_count);
+          EndSample(out, metric, kText);
+        }
+        if (last != HUGE_VAL) {
+          const ExtraLabel le{"le", HUGE_VAL};
+          AppendSample(out, family.name, "_bucket", metric, &le, kText);
+          AppendUint(out, hist.sample_count);
+          EndSample(out, metric, kText);
+        }
+        break;
+      }
+    }
+  }
+}
+
+void WriteFamily(std::string& out, const prometheus::MetricFamily& family,
+                 ExpositionFormat format) {
+  if (format == ExpositionFormat::kText004) {
+    WriteTextFamily(out, family);
+  } else {
+    WriteOpenMetricsFamily(out, family);
+  }
 }
 
 }  // namespace
@@ -349,11 +435,45 @@ std::string_view ContentType(ExpositionFormat format) {
 
 std::string Serialize(const std::vector<prometheus::MetricFamily>& families,
                       ExpositionFormat format) {
-  if (format == ExpositionFormat::kText004) return SerializeText(families);
   std::string out;
-  for (const auto& family : families) WriteOpenMetricsFamily(out, family);
-  out += "# EOF\n";
+  for (const auto& family : families) WriteFamily(out, family, format);
+  if (format == ExpositionFormat::kOpenMetrics100) out += "# EOF\n";
   return out;
+}
+
+size_t EstimateSize(const std::vector<prometheus::MetricFamily>& families) {
+  // Per line: the name and a suffix, the labels, an le or quantile label, a value
+  // and maybe a timestamp; a few bytes over rather than under.
+  size_t bytes = 0;
+  for (const auto& family : families) {
+    bytes += 2 * family.name.size() + family.help.size() + 32;
+    for (const auto& metric : family.metric) {
+      size_t line = family.name.size() + 64;
+      for (const auto& label : metric.label) line += label.name.size() + label.value.size() + 4;
+      const size_t lines = 1 + metric.histogram.bucket.size() + metric.summary.quantile.size() +
+                           (family.type == prometheus::MetricType::Histogram ||
+                                    family.type == prometheus::MetricType::Summary
+                                ? 3
+                                : 0);
+      bytes += line * lines;
+    }
+  }
+  return bytes;
+}
+
+void SerializeInto(std::vector<prometheus::MetricFamily>&& families, ExpositionFormat format,
+                   std::string* out) {
+  out->clear();
+  // Room for all of it first: a buffer that doubled as it filled would copy itself
+  // and hold old and new at once (a fresh one, after a burst or at start). Reserved
+  // pages cost nothing until written.
+  out->reserve(EstimateSize(families));
+  for (auto& family : families) {
+    WriteFamily(*out, family, format);
+    // Written: its samples go now, so the text grows as the families shrink.
+    std::vector<prometheus::ClientMetric>().swap(family.metric);
+  }
+  if (format == ExpositionFormat::kOpenMetrics100) *out += "# EOF\n";
 }
 
 }  // namespace kmon

@@ -278,7 +278,9 @@ void AddBuiltinRoutes(const HttpServerOptions& options, const HttpHooks& hooks,
     const ExpositionFormat format = NegotiateFormat(Header(req, "accept"));
     HttpResponse r;
     try {
-      r.body = Serialize(gather(), format);
+      // One pass from the families to the text, into a buffer an earlier scrape grew.
+      r.body = ResponseBuffers().Take();
+      SerializeInto(gather(), format, &r.body);
     } catch (const std::exception& e) {
       LogError("gathering metrics failed", {{"err", e.what()}});
       return TextResponse(

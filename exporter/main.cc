@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "base/buffer_pool.h"
 #include "base/log.h"
 #include "collectors/collector.h"
 #include "exporter/app.h"
@@ -65,6 +66,7 @@ int main(int argc, char** argv) {
   if (flags.check_config) return CheckConfig(flags);
 
   kmon::ConfigureLogging(flags.log_level, flags.log_format);
+  kmon::UseOneMallocArena();  // before any thread: see base/buffer_pool.h
   // Signals are taken synchronously by App::Run; block them before any thread
   // starts so every thread inherits the mask.
   sigset_t set;

@@ -21,6 +21,7 @@
 #include <utility>
 #include <vector>
 
+#include "base/buffer_pool.h"
 #include "base/gzip.h"
 #include "base/log.h"
 #include "exporter/worker_pool.h"
@@ -91,27 +92,66 @@ struct Pending {
   MHD_Response* response = nullptr;  // built by the worker, queued by the event thread
 };
 
+// Bodies of this size or more are scrapes worth giving memory back after (about 4k
+// series of text); below, what they leave in the heap is not worth the walk.
+constexpr size_t kTrimAfterBody = 512 * 1024;
+
+// A response body on its way out, and the pool its buffer goes back to once sent.
+struct OwnedBody {
+  std::string text;
+  BufferPool* pool;
+};
+
+// After a body went out: its buffer back to its pool, and after a large one, or one
+// that freed a buffer a burst had grown, the heap's free pages back to the kernel (the
+// families and labels of thousands of series, freed by then).
+void BodySent(void* cls) {
+  auto* owned = static_cast<OwnedBody*>(cls);
+  const bool large = owned->text.size() >= kTrimAfterBody;
+  const size_t freed = owned->pool->Give(std::move(owned->text));
+  delete owned;
+  if (large || freed >= kTrimAfterBody) ReturnFreeMemory();
+}
+
+}  // namespace
+
+BufferPool& ResponseBuffers() {
+  static BufferPool* pool = new BufferPool();  // never destroyed: responses may outlive main
+  return *pool;
+}
+
+namespace {
+
+BufferPool& GzipBuffers() {
+  static BufferPool* pool = new BufferPool();
+  return *pool;
+}
+
 // The finished response, gzipped for a client that takes it (Prometheus sends
-// "Accept-Encoding: gzip" on every scrape: 20k series are ~2.5 MB of text, ~10x less gzipped).
+// "Accept-Encoding: gzip" on every scrape: 20k series are ~2.5 MB of text, ~10x less
+// gzipped), into buffers kept from one scrape to the next.
 MHD_Response* BuildResponse(const HttpRequest& req, HttpResponse resp) {
-  std::string body = std::move(resp.body);
+  auto* owned = new OwnedBody{std::move(resp.body), &ResponseBuffers()};
   bool gzip = false;
-  if (resp.compressible && body.size() >= kMinGzipBody &&
+  if (resp.compressible && owned->text.size() >= kMinGzipBody &&
       AcceptsGzip(Header(req, "accept-encoding"))) {
-    absl::StatusOr<std::string> gz = Gzip(body, kGzipFastest);
-    if (gz.ok()) {
-      body = std::move(*gz);
+    std::string gz = GzipBuffers().Take();
+    absl::Status st = GzipInto(owned->text, kGzipFastest, &gz);
+    if (st.ok()) {
+      ResponseBuffers().Give(std::move(owned->text));
+      owned->text = std::move(gz);
+      owned->pool = &GzipBuffers();
       gzip = true;
     } else {
-      LogWarn("gzip failed; sending the response uncompressed", {{"err", gz.status().ToString()}});
+      GzipBuffers().Give(std::move(gz));
+      LogWarn("gzip failed; sending the response uncompressed", {{"err", st.ToString()}});
     }
   }
-  // The body moves into the response, which frees it once sent: no copy of a scrape.
-  auto* owned = new std::string(std::move(body));
+  // The body moves into the response, which hands it back once sent: no copy of a scrape.
   MHD_Response* r = MHD_create_response_from_buffer_with_free_callback_cls(
-      owned->size(), owned->data(), [](void* s) { delete static_cast<std::string*>(s); }, owned);
+      owned->text.size(), owned->text.data(), &BodySent, owned);
   if (r == nullptr) {
-    delete owned;
+    BodySent(owned);
     return nullptr;
   }
   MHD_add_response_header(r, "Content-Type", resp.content_type.c_str());

@@ -14,6 +14,7 @@
 #include <set>
 #include <string>
 
+#include "base/buffer_pool.h"
 #include "base/http_types.h"
 
 namespace kmon {
@@ -54,6 +55,10 @@ class MhdServer {
   /// Stops accepting, waits for running handlers, closes every connection.
   virtual ~MhdServer() = default;
 };
+
+/// Buffers for response bodies, kept from one scrape to the next: a handler that builds
+/// a large body (/metrics) takes one here; the server gives it back once it is sent.
+BufferPool& ResponseBuffers();
 
 /// Decodes %XX escapes, and '+' as a space when `form` is set (query strings). A malformed
 /// escape is kept as it is.

@@ -12,9 +12,7 @@ if [[ ! -e /sys/kernel/tracing/events ]] && [[ $(id -u) == 0 ]]; then
 fi
 if [[ $(id -u) == 0 ]]; then
   echo "== benchmarks (figures, not pass/fail) =="
-  build/tests/syscall_overhead 1000000 || echo "benchmark syscall_overhead failed"
-  build/tests/tcp_overhead 4 3 2>/dev/null || echo "benchmark tcp_overhead failed"
-  build/tests/blockio_overhead 2 4 || echo "benchmark blockio_overhead failed"
+  tests/bench/run --quick --no-write || echo "a benchmark failed (see above)"
 fi
 # The parsers of untrusted input under libFuzzer (ASan+UBSan), each for a fixed time.
 scripts/fuzz.sh "${KMON_FUZZ_SECONDS:-10}"

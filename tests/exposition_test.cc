@@ -1,10 +1,10 @@
 // Text 0.0.4 and OpenMetrics 1.0 serialization: golden files for a fixed set of
 // families (checked by promtool too), content negotiation, and the number formats.
 #include "exporter/exposition.h"
-#include "tests/test_util.h"
 
 #include <gtest/gtest.h>
 #include <prometheus/metric_family.h>
+#include <prometheus/text_serializer.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -13,9 +13,12 @@
 #include <cstdlib>
 #include <fstream>
 #include <limits>
+#include <random>
 #include <sstream>
 #include <string>
 #include <vector>
+
+#include "tests/test_util.h"
 
 namespace kmon {
 namespace {
@@ -325,6 +328,100 @@ TEST(Text, HelpIsEscaped) {
   f.metric.push_back(Gauge({}, 1));
   EXPECT_EQ(Serialize({f}, ExpositionFormat::kText004),
             "# HELP x a\\\\b\\nc\n# TYPE x gauge\nx 1\n");
+}
+
+// Random families of every type, with values of every kind (whole, fractional, tiny,
+// huge, -0, NaN, infinities), labels that need escaping and timestamps: kmon's text
+// writer must give exactly what prometheus-cpp 1.0.1's TextSerializer gives (the
+// golden files were made with it), HELP apart, which 1.0.1 does not escape.
+TEST(Text, SameBytesAsPrometheusCppTextSerializer) {
+  std::mt19937_64 rng(42);
+  const std::vector<double> special{0,
+                                    -0.0,
+                                    1,
+                                    -1,
+                                    0.1,
+                                    1.0 / 3,
+                                    1e-7,
+                                    1e15,
+                                    1e16,
+                                    1e21,
+                                    2.5e-5,
+                                    123456789.123,
+                                    9007199254740993.0,
+                                    5e-324,
+                                    1.7976931348623157e308,
+                                    std::nan(""),
+                                    kInf,
+                                    -kInf};
+  auto value = [&]() -> double {
+    switch (rng() % 4) {
+      case 0:
+        return special[rng() % special.size()];
+      case 1:
+        return static_cast<double>(rng() % 100000000000ULL);
+      case 2:
+        return std::ldexp(static_cast<double>(rng() % 1000000) - 500000,
+                          -static_cast<int>(rng() % 40));
+      default:
+        return std::ldexp(static_cast<double>(rng()), static_cast<int>(rng() % 200) - 100);
+    }
+  };
+  const std::vector<std::string> texts{
+      "", "a", "nginx.service", "x\"q\"", "C:\\d\nn", "\n", "0c4b8f6e-1d2a-4c3b-9e8f-123456789abc"};
+  const MetricType types[] = {MetricType::Counter, MetricType::Gauge, MetricType::Summary,
+                              MetricType::Untyped, MetricType::Histogram};
+  std::vector<MetricFamily> families;
+  for (int i = 0; i < 200; ++i) {
+    MetricFamily f;
+    f.name = "kmon_random_" + std::to_string(i);
+    f.help = i % 5 == 0 ? "" : "Help text " + std::to_string(i) + ".";
+    f.type = types[i % 5];
+    const int labels = static_cast<int>(rng() % 4);
+    for (int s = 0; s < 1 + static_cast<int>(rng() % 5); ++s) {
+      ClientMetric m;
+      for (int l = 0; l < labels; ++l) {
+        m.label.push_back(L("l" + std::to_string(l), texts[rng() % texts.size()]));
+      }
+      m.counter.value = value();
+      m.gauge.value = value();
+      m.untyped.value = value();
+      m.summary.sample_count = rng() % 1000;
+      m.summary.sample_sum = value();
+      m.histogram.sample_count = rng();
+      m.histogram.sample_sum = value();
+      for (int b = 0; b < static_cast<int>(rng() % 4); ++b) {
+        m.summary.quantile.push_back({value(), value()});
+        m.histogram.bucket.push_back({rng() % 5000, value()});
+      }
+      if (rng() % 3 == 0) m.histogram.bucket.push_back({7, kInf});
+      if (rng() % 4 == 0) m.timestamp_ms = static_cast<int64_t>(rng() % 2000000000000ULL) - 1000;
+      f.metric.push_back(std::move(m));
+    }
+    families.push_back(std::move(f));
+  }
+  for (ExpositionFormat format : {ExpositionFormat::kText004, ExpositionFormat::kOpenMetrics100}) {
+    EXPECT_GE(EstimateSize(families), Serialize(families, format).size());  // never regrows
+  }
+  const std::string theirs = prometheus::TextSerializer().Serialize(families);
+  EXPECT_EQ(Serialize(families, ExpositionFormat::kText004), theirs);
+  std::string into = "left over from the last scrape";
+  SerializeInto(std::vector<MetricFamily>(families), ExpositionFormat::kText004, &into);
+  EXPECT_EQ(into, theirs);
+}
+
+TEST(SerializeInto, FreesEachFamilyAndMatchesSerialize) {
+  std::vector<MetricFamily> families = GoldenFamilies();
+  for (ExpositionFormat format : {ExpositionFormat::kText004, ExpositionFormat::kOpenMetrics100}) {
+    std::vector<MetricFamily> consumed = families;
+    std::string out;
+    SerializeInto(std::move(consumed), format, &out);
+    EXPECT_EQ(out, Serialize(families, format));
+  }
+  std::vector<MetricFamily> consumed = families;
+  std::string out;
+  SerializeInto(std::move(consumed), ExpositionFormat::kText004, &out);
+  for (const MetricFamily& f : consumed) EXPECT_TRUE(f.metric.empty()) << f.name;
 }
 
 }  // namespace

@@ -1,8 +1,11 @@
 #include "collectors/families.h"
 
-#include <cmath>
-
 #include <gtest/gtest.h>
+
+#include <cmath>
+#include <span>
+#include <string>
+#include <vector>
 
 namespace kmon {
 namespace {
@@ -34,6 +37,44 @@ TEST(FamilyBuilderTest, HistogramIsCumulativeWithInf) {
   EXPECT_TRUE(std::isinf(h.bucket[2].upper_bound));
   EXPECT_EQ(h.sample_count, 7u);
   EXPECT_DOUBLE_EQ(h.sample_sum, 4.55);
+}
+
+TEST(FamilyBuilderTest, TakesViewsOrVectorsAndSortsLikeTheValueLists) {
+  FamilyBuilder b("x_total", "help", prometheus::MetricType::Counter, {"a", "b"});
+  const std::string pod = "checkout-7d9f8b6c5-x2x9k";
+  b.AddCounter({pod, "z"}, 1);
+  b.AddCounter(std::vector<std::string>{pod, "z"}, 2);  // the same series
+  b.AddCounter({"", "q"}, 3);
+  b.AddCounter({pod}, 4);  // fewer values than names: the label is left out, sorted first
+  auto f = b.Build();
+  ASSERT_EQ(f.metric.size(), 3u);
+  EXPECT_EQ(f.metric[0].label.size(), 2u);
+  EXPECT_EQ(f.metric[0].label[1].value, "q");
+  ASSERT_EQ(f.metric[1].label.size(), 1u);
+  EXPECT_EQ(f.metric[1].label[0].name, "a");
+  EXPECT_EQ(f.metric[1].counter.value, 4);
+  EXPECT_EQ(f.metric[2].label[0].value, pod);
+  EXPECT_EQ(f.metric[2].counter.value, 3);
+}
+
+TEST(FamilyBuilderTest, HistogramsSummedKeepTheFirstBoundsAndSlots) {
+  FamilyBuilder b("h_seconds", "help", prometheus::MetricType::Histogram, {"p"});
+  const std::vector<uint64_t> three{1, 1, 1};
+  b.AddHistogram({"b"}, {0.5, 1}, std::span<const uint64_t>(three), 1);
+  b.AddHistogram({"a"}, {0.1}, {2, 2}, 1);
+  b.AddHistogram({"b"}, {0.1}, {5, 5}, 2);  // shorter: adds to the first two slots
+  auto f = b.Build();
+  ASSERT_EQ(f.metric.size(), 2u);
+  EXPECT_EQ(f.metric[0].label[0].value, "a");
+  ASSERT_EQ(f.metric[0].histogram.bucket.size(), 2u);
+  EXPECT_EQ(f.metric[0].histogram.bucket[0].upper_bound, 0.1);
+  const auto& h = f.metric[1].histogram;
+  ASSERT_EQ(h.bucket.size(), 3u);
+  EXPECT_EQ(h.bucket[0].upper_bound, 0.5);
+  EXPECT_EQ(h.bucket[0].cumulative_count, 6u);
+  EXPECT_EQ(h.bucket[1].cumulative_count, 12u);
+  EXPECT_EQ(h.bucket[2].cumulative_count, 13u);
+  EXPECT_EQ(h.sample_sum, 3);
 }
 
 TEST(SeriesBudgetTest, FoldsBeyondTheLimitAndCountsOnce) {

@@ -5,7 +5,9 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <unordered_map>
 
@@ -123,6 +125,62 @@ TEST_F(WorkloadLabelerTest, ACgroupFoundAgainStartsItsGraceAfresh) {
   labeler.BeginPass(t0 + seconds(13));
   EXPECT_FALSE(labeler.Lookup(30).has_value());
   EXPECT_FALSE(labeler.Gone(30));
+  labeler.EndPass();
+}
+
+// Pod metadata that a test can change, as the Kubernetes watcher does.
+class MutablePods : public PodMetadataSource {
+ public:
+  std::optional<PodMeta> PodByUid(const std::string& uid) const override {
+    auto it = pods.find(uid);
+    if (it == pods.end()) return std::nullopt;
+    return it->second;
+  }
+  uint64_t Generation() const override { return generation; }
+  std::map<std::string, PodMeta> pods;
+  uint64_t generation = 1;
+};
+
+TEST_F(WorkloadLabelerTest, KeepsLabelsAcrossPassesAndFollowsRenames) {
+  const std::string uid = "0c4b8f6e-1d2a-4c3b-9e8f-123456789abc";
+  const std::string cid = "4f2a9c1b7d3e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8";
+  live_[40] =
+      "/kubepods.slice/kubepods-pod0c4b8f6e_1d2a_4c3b_9e8f_123456789abc.slice/"
+      "cri-containerd-" +
+      cid + ".scope";
+  MutablePods pods;
+  WorkloadResolver resolver(std::make_unique<MutableCgroupPaths>(&live_), &pods,
+                            std::chrono::milliseconds(0));
+  WorkloadLabeler labeler(&resolver, /*max_series=*/100);
+  labeler.BeginPass();
+  const WorkloadLabels* before = labeler.Labels(40, 10);
+  ASSERT_NE(before, nullptr);
+  EXPECT_EQ(before->pod, uid);                // no metadata yet: the UID
+  EXPECT_EQ(labeler.Labels(40, 10), before);  // the same labels, charged once
+  EXPECT_EQ(labeler.Find(10)->container, "a.service");
+  EXPECT_EQ(labeler.Labels(999, 1), nullptr);
+  labeler.EndPass();
+  labeler.BeginPass();
+  EXPECT_EQ(labeler.Labels(40, 10), before) << "unchanged: kept, not rebuilt";
+  labeler.EndPass();
+
+  PodMeta meta;
+  meta.namespace_ = "shop";
+  meta.name = "checkout-7d9f8b6c5-x2x9k";
+  meta.containers[cid] = "server";
+  pods.pods[uid] = meta;
+  ++pods.generation;
+  labeler.BeginPass();
+  const WorkloadLabels* after = labeler.Labels(40, 10);
+  ASSERT_NE(after, nullptr);
+  EXPECT_EQ(*after, (WorkloadLabels{"shop", "checkout-7d9f8b6c5-x2x9k", "server", ""}));
+  labeler.EndPass();
+  // The budget charges the workload by its new name.
+  labeler.SetMaxSeries(15);
+  labeler.BeginPass();
+  EXPECT_EQ(labeler.Labels(40, 10)->pod, "checkout-7d9f8b6c5-x2x9k");
+  EXPECT_EQ(labeler.Labels(10, 10)->pod, "__overflow__");
+  EXPECT_EQ(labeler.Labels(0, 5)->container, "");  // node level, within the budget
   labeler.EndPass();
 }
 

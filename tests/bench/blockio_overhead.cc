@@ -20,6 +20,8 @@
 // longer than kMaxSeconds in total are refused. Its files and loop device are
 // removed at exit. Exit status 1 when something failed to run, not when the ratio
 // misses its target (a shared machine is too noisy for that to be a verdict).
+#include <bpf/bpf.h>
+#include <bpf/libbpf.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/stat.h>
@@ -31,19 +33,19 @@
 #include <cstdio>
 #include <cstdlib>
 #include <map>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
-
-#include <bpf/bpf.h>
-#include <bpf/libbpf.h>
-#include <nlohmann/json.hpp>
 
 #include "collectors/blockio.h"
 #include "collectors/watched_cgroups.h"
 #include "exporter/config.h"
 #include "provider/workload.h"
+#include "tests/bench/bench_util.h"
 
 namespace {
+
+using kmon::bench::Report;
 
 // Upper bound of the whole run: fio time plus some for setup.
 constexpr int kMaxSeconds = 60;
@@ -223,6 +225,13 @@ bool Measure(const Setup& s, const std::string& label, const std::string& target
               ratio >= 0.98 ? "met" : "NOT met");
   for (double r : ratios) std::printf(" %.3f", r);
   std::printf("\n");
+  const std::string key =
+      "blockio_overhead." + std::string(target.rfind("/dev/loop", 0) == 0 ? "loop" : "disk");
+  for (size_t r = 0; r < ratios.size(); ++r) {
+    Report(key + ".iops_without", without[r], "IOPS");
+    Report(key + ".ratio_with_without", ratios[r], "x");
+  }
+  if (ns_per_io > 0) Report(key + ".bpf_ns_per_request", ns_per_io, "ns");
   if (ns_per_io > 0) {
     std::printf("  kernel side     : %.0f ns of BPF per request = %.2f%% of a request's time\n",
                 ns_per_io, 100.0 * ns_per_io / (1e9 / b));

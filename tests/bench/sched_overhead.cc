@@ -4,7 +4,7 @@
 // needs no perf binary matching the kernel, and pinned so it measures switches
 // rather than cross-CPU wakeups). Needs root.
 //
-//   build/tests/sched_overhead [round_trips]
+//   build/tests/sched_overhead [round_trips] [rounds]
 //
 // Rounds interleave nothing / cpu collector (stacks on, the default) / cpu collector
 // (stacks off) so drift on a shared machine hits all alike; medians are reported,
@@ -22,13 +22,17 @@
 #include <string>
 #include <vector>
 
+#include "base/log.h"
 #include "collectors/cpu.h"
 #include "collectors/watched_cgroups.h"
 #include "exporter/config.h"
-#include "base/log.h"
 #include "provider/workload.h"
+#include "tests/bench/bench_util.h"
 
 namespace {
+
+using kmon::bench::Median;
+using kmon::bench::Report;
 
 double NowSeconds() {
   timespec ts{};
@@ -69,16 +73,11 @@ double PingPong(long n, int cpu) {
   return n / dt;
 }
 
-double Median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
   const long n = argc > 1 ? std::atol(argv[1]) : 200000;
-  const int rounds = 7;
+  const int rounds = argc > 2 ? std::max(1, std::atoi(argv[2])) : 7;
   const int cpu = 0;
   if (geteuid() != 0) {
     std::fprintf(stderr, "sched_overhead: needs root\n");
@@ -120,5 +119,10 @@ int main(int argc, char** argv) {
   std::printf("  cpu collector, no stacks: %9.0f round trips/s (%.2f us each)\n", wo, 1e6 / wo);
   std::printf("  ratio with/without, stacks on  = %.3f (target >= 0.90)\n", ws / b);
   std::printf("  ratio with/without, stacks off = %.3f\n", wo / b);
+  for (int r = 0; r < rounds; ++r) {
+    Report("sched_overhead.round_trip_us_without", 1e6 / base[r], "us");
+    Report("sched_overhead.ratio_stacks_on", with_stacks[r] / base[r], "x");
+    Report("sched_overhead.ratio_stacks_off", without_stacks[r] / base[r], "x");
+  }
   return 0;
 }

@@ -2,15 +2,15 @@
 // side in one run with bpftrace doing the same counting job (per cgroup and
 // syscall number, on sys_exit) and with nothing attached. Needs root.
 //
-//   build/tests/syscall_overhead [iterations]
+//   build/tests/syscall_overhead [iterations] [rounds]
 //
 // Rounds interleave the three setups so drift on a shared machine hits all of them
 // alike; the median of each is reported.
 #include <sched.h>
 #include <signal.h>
-#include <time.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -25,8 +25,12 @@
 #include "collectors/watched_cgroups.h"
 #include "exporter/config.h"
 #include "provider/workload.h"
+#include "tests/bench/bench_util.h"
 
 namespace {
+
+using kmon::bench::Median;
+using kmon::bench::Report;
 
 // This thread's CPU time, so being preempted by other work does not count.
 double ThreadCpuNs() {
@@ -39,11 +43,6 @@ double NsPerCall(long iterations) {
   double t0 = ThreadCpuNs();
   for (long i = 0; i < iterations; ++i) syscall(SYS_getppid);
   return (ThreadCpuNs() - t0) / iterations;
-}
-
-double Median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
 }
 
 // Starts bpftrace counting every syscall exit per cgroup and number; returns its pid
@@ -81,7 +80,7 @@ pid_t StartBpftrace() {
 
 int main(int argc, char** argv) {
   long iterations = argc > 1 ? std::atol(argv[1]) : 2000000;
-  const int rounds = 7;
+  const int rounds = argc > 2 ? std::max(1, std::atoi(argv[2])) : 7;
   if (geteuid() != 0) {
     std::fprintf(stderr, "syscall_overhead: needs root\n");
     return 1;
@@ -151,6 +150,14 @@ int main(int argc, char** argv) {
     }
   } else {
     std::printf("  bpftrace         : not measured (bpftrace did not start)\n");
+  }
+  for (size_t r = 0; r < kmon_added.size(); ++r) {
+    Report("syscall_overhead.kmon_added_ns", kmon_added[r], "ns");
+    if (r >= bpftrace_added.size()) continue;
+    Report("syscall_overhead.bpftrace_added_ns", bpftrace_added[r], "ns");
+    if (bpftrace_added[r] > 0) {
+      Report("syscall_overhead.kmon_over_bpftrace", kmon_added[r] / bpftrace_added[r], "x");
+    }
   }
   return 0;
 }

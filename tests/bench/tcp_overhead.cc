@@ -5,6 +5,7 @@
 // nginx and wrk.
 //
 //   build/tests/tcp_overhead [rounds] [seconds per round]
+#include <bpf/bpf.h>
 #include <signal.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -19,45 +20,17 @@
 #include <thread>
 #include <vector>
 
-#include <bpf/bpf.h>
-
 #include "collectors/tcp.h"
 #include "collectors/topology_feed.h"
 #include "collectors/watched_cgroups.h"
 #include "exporter/config.h"
 #include "exporter/self_metrics.h"
 #include "provider/workload.h"
+#include "tests/bench/bench_util.h"
 
-namespace {
-
-std::string Run(const std::string& cmd) {
-  std::string out;
-  FILE* p = popen(cmd.c_str(), "r");
-  if (p == nullptr) return out;
-  char buf[512];
-  while (fgets(buf, sizeof buf, p)) out += buf;
-  pclose(p);
-  return out;
-}
-
-// Requests/s from wrk's summary, or 0.
-double Wrk(int port, int seconds) {
-  std::string out = Run("taskset -c 0 wrk -t1 -c16 -d" + std::to_string(seconds) +
-                        "s http://127.0.0.1:" + std::to_string(port) + "/ 2>&1");
-  auto at = out.find("Requests/sec:");
-  if (at == std::string::npos) {
-    std::fprintf(stderr, "wrk: %s\n", out.c_str());
-    return 0;
-  }
-  return std::atof(out.c_str() + at + 13);
-}
-
-double Median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v.empty() ? 0 : v[v.size() / 2];
-}
-
-}  // namespace
+using kmon::bench::Median;
+using kmon::bench::Report;
+using kmon::bench::Wrk;
 
 int main(int argc, char** argv) {
   const int rounds = argc > 1 ? std::atoi(argv[1]) : 6;
@@ -66,27 +39,9 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "tcp_overhead: needs root\n");
     return 1;
   }
-  char dir_tmpl[] = "/tmp/kmon-nginx-XXXXXX";
-  const std::string dir = mkdtemp(dir_tmpl);
-  const int port = 18000 + getpid() % 1000;
-  std::ofstream(dir + "/nginx.conf")
-      << "daemon off;\nmaster_process off;\nworker_processes 1;\npid " << dir << "/nginx.pid;\n"
-      << "error_log " << dir << "/error.log;\nevents { worker_connections 1024; }\n"
-      << "http { access_log off; client_body_temp_path " << dir << ";\n"
-      << "  server { listen 127.0.0.1:" << port << "; keepalive_requests 1000000;\n"
-      << "    location / { return 200 \"ok\\n\"; } } }\n";
-  pid_t nginx = fork();
-  if (nginx == 0) {
-    execlp("taskset", "taskset", "-c", "1", "nginx", "-p", dir.c_str(), "-c",
-           (dir + "/nginx.conf").c_str(), nullptr);
-    _exit(127);
-  }
-  std::this_thread::sleep_for(std::chrono::milliseconds(500));
-  if (Wrk(port, 1) <= 0) {
-    std::fprintf(stderr, "nginx did not answer on port %d (see %s/error.log)\n", port, dir.c_str());
-    kill(nginx, SIGTERM);
-    return 1;
-  }
+  kmon::bench::Nginx nginx(/*cpu=*/1);
+  if (!nginx.ok()) return 1;
+  const int port = nginx.port();
 
   auto root = kmon::DetectCgroup2Root();
   kmon::WorkloadResolver workloads(
@@ -130,21 +85,24 @@ int main(int argc, char** argv) {
     c.Stop();
     if (stats_fd >= 0) close(stats_fd);
   }
-  kill(nginx, SIGTERM);
-  waitpid(nginx, nullptr, 0);
-  Run("rm -rf " + dir);
 
   const double a = Median(off), b = Median(on);
   std::printf("nginx + wrk on loopback, %d rounds x %d s (median requests/s)\n", rounds, seconds);
   std::printf("  without kmon : %10.0f req/s\n", a);
   std::printf("  with kmon tcp: %10.0f req/s\n", b);
   if (a > 0) std::printf("  ratio        : %10.4f (target >= 0.98)\n", b / a);
+  for (size_t r = 0; r < off.size() && r < on.size(); ++r) {
+    Report("tcp_overhead.requests_per_s_without", off[r], "req/s");
+    Report("tcp_overhead.requests_per_s_with", on[r], "req/s");
+    if (off[r] > 0) Report("tcp_overhead.ratio_with_without", on[r] / off[r], "x");
+  }
   std::printf("BPF cost per event (bpf_stats):\n");
   for (const auto& p : stats) {
     if (p.run_count == 0) continue;
+    const double ns = static_cast<double>(p.run_time_ns) / static_cast<double>(p.run_count);
     std::printf("  %-22s %10llu runs  %7.1f ns/run\n", p.name.c_str(),
-                static_cast<unsigned long long>(p.run_count),
-                static_cast<double>(p.run_time_ns) / static_cast<double>(p.run_count));
+                static_cast<unsigned long long>(p.run_count), ns);
+    Report("tcp_overhead.bpf_ns_per_run." + p.name, ns, "ns");
   }
   return 0;
 }
