@@ -33,9 +33,10 @@ size_t BufferPool::IdleBytes() const {
   return n;
 }
 
-void UseOneMallocArena() {
+void TuneMallocForExporter() {
 #ifdef __GLIBC__
   mallopt(M_ARENA_MAX, 1);
+  mallopt(M_MMAP_THRESHOLD, 256 * 1024);
 #endif
 }
 

@@ -86,6 +86,7 @@ prometheus::MetricFamily FamilyBuilder::Build() const {
   f.name = name_;
   f.help = help_;
   f.type = type_;
+  f.metric.reserve(values_.size() + hists_.size());  // at most: equal labels merge
   const std::vector<uint32_t> values = Sorted(value_ids_, values_.size());
   for (size_t i = 0; i < values.size();) {
     double v = 0;

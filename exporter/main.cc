@@ -66,7 +66,7 @@ int main(int argc, char** argv) {
   if (flags.check_config) return CheckConfig(flags);
 
   kmon::ConfigureLogging(flags.log_level, flags.log_format);
-  kmon::UseOneMallocArena();  // before any thread: see base/buffer_pool.h
+  kmon::TuneMallocForExporter();  // before any thread: see base/buffer_pool.h
   // Signals are taken synchronously by App::Run; block them before any thread
   // starts so every thread inherits the mask.
   sigset_t set;
@@ -91,5 +91,7 @@ int main(int argc, char** argv) {
   } else {
     kmon::LogWarn("could not drop capabilities", {{"err", kept.status().ToString()}});
   }
+  // Starting parsed the kernel's BTF for every BPF object: what the heap kept of it goes.
+  kmon::ReturnFreeMemory();
   return app.Run();
 }

@@ -128,7 +128,13 @@ int main(int argc, char** argv) {
   const long load_hwm_kb = StatusKb(pid, "VmHWM");
   const long life_hwm_kb = std::max(start_hwm_kb, load_hwm_kb);
   const long rss_kb = StatusKb(pid, "VmRSS");
+  const long anon_kb = StatusKb(pid, "RssAnon"), file_kb = StatusKb(pid, "RssFile");
   samples = kmon::bench::HttpGet(port, "/metrics", {}).samples;
+  if (std::getenv("KMON_BENCH_HOLD") != nullptr) {  // to look at /proc/PID/smaps
+    std::printf("holding exporter pid %d for 30 s\n", pid);
+    std::fflush(stdout);
+    std::this_thread::sleep_for(std::chrono::seconds(30));
+  }
   kill(pid, SIGTERM);
   int status = 0;
   waitpid(pid, &status, 0);
@@ -138,10 +144,10 @@ int main(int argc, char** argv) {
   std::printf("nginx + wrk on loopback for %d s, kmon_exporter at defaults scraped every second\n",
               seconds);
   std::printf("  series served       : %zu\n", samples);
-  std::printf(
-      "  peak RSS (VmHWM)    : %.1f MiB over its life, %.1f MiB under load (RSS at the end "
-      "%.1f MiB)\n",
-      life_hwm_kb / 1024.0, load_hwm_kb / 1024.0, rss_kb / 1024.0);
+  std::printf("  peak RSS (VmHWM)    : %.1f MiB over its life, %.1f MiB under load\n",
+              life_hwm_kb / 1024.0, load_hwm_kb / 1024.0);
+  std::printf("  RSS at the end      : %.1f MiB (%.1f MiB anonymous, %.1f MiB of mapped files)\n",
+              rss_kb / 1024.0, anon_kb / 1024.0, file_kb / 1024.0);
   std::printf("  exporter CPU        : %.2f%% of one core (target <= 1%%)\n", cpu_pct);
   std::printf("  scrapes             : %d, %d failed; median %.1f ms, slowest %.1f ms\n", scrapes,
               failed, kmon::bench::Median(ms), slowest);
@@ -149,6 +155,8 @@ int main(int argc, char** argv) {
   Report("exporter_load.series", static_cast<double>(samples), "series");
   Report("exporter_load.peak_rss_life_mib", life_hwm_kb / 1024.0, "MiB");
   Report("exporter_load.peak_rss_load_mib", load_hwm_kb / 1024.0, "MiB");
+  Report("exporter_load.rss_end_anon_mib", anon_kb / 1024.0, "MiB");
+  Report("exporter_load.rss_end_file_mib", file_kb / 1024.0, "MiB");
   Report("exporter_load.cpu_pct_of_core", cpu_pct, "%");
   Report("exporter_load.scrapes_failed", failed, "scrapes");
   for (double m : ms) Report("exporter_load.scrape_ms", m, "ms");

@@ -410,7 +410,7 @@ int main(int argc, char** argv) {
     }
   }
   kmon::ConfigureLogging(kmon::LogLevel::kWarn, kmon::LogFormat::kLogfmt);
-  kmon::UseOneMallocArena();  // as kmon_exporter does
+  kmon::TuneMallocForExporter();  // as kmon_exporter does
   bool ok = true;
   for (int n : sizes) ok = kmon::RunSize(n, scrapes) && ok;
   if (burst) ok = kmon::Burst(std::max(2, scrapes / 2)) && ok;
