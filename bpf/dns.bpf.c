@@ -55,9 +55,10 @@ KMON_MAP(BPF_MAP_TYPE_ARRAY, 1, __u32, struct dns_config) dns_config SEC(".maps"
 KMON_MAP(BPF_MAP_TYPE_ARRAY, KMON_DNS_PORTS, __u32, __u8) dns_ports SEC(".maps");
 KMON_MAP(BPF_MAP_TYPE_HASH, KMON_DNS_PENDING_MAX, struct dns_pending_key,
          struct dns_pending) pending SEC(".maps");
-KMON_MAP(BPF_MAP_TYPE_PERCPU_HASH, KMON_DNS_HIST_MAX, struct dns_hist_key,
-         struct dns_hist) hists SEC(".maps");
-KMON_MAP(BPF_MAP_TYPE_PERCPU_HASH, KMON_DNS_STATS_MAX, __u64, struct dns_stats) stats SEC(".maps");
+KMON_MAP_FLAGS(BPF_MAP_TYPE_PERCPU_HASH, KMON_DNS_HIST_MAX, struct dns_hist_key,
+               struct dns_hist, BPF_F_NO_PREALLOC) hists SEC(".maps");
+KMON_MAP_FLAGS(BPF_MAP_TYPE_PERCPU_HASH, KMON_DNS_STATS_MAX, __u64, struct dns_stats,
+               BPF_F_NO_PREALLOC) stats SEC(".maps");
 KMON_MAP(BPF_MAP_TYPE_PERCPU_ARRAY, DNS_LOST_MAX, __u32, __u64) dns_lost SEC(".maps");
 
 /* Socket cookie -> its DNS stream positions. An LRU rather than socket storage,

@@ -36,8 +36,8 @@ char LICENSE[] SEC("license") = "GPL";
 /* IPv6 extension headers walked before giving up and saying "other". */
 #define KMON_MAX_IPV6_EXT 4
 
-KMON_MAP(BPF_MAP_TYPE_PERCPU_HASH, KMON_DROP_COUNTS_MAX, struct drop_key,
-         struct drop_value) counts SEC(".maps");
+KMON_MAP_FLAGS(BPF_MAP_TYPE_PERCPU_HASH, KMON_DROP_COUNTS_MAX, struct drop_key,
+               struct drop_value, BPF_F_NO_PREALLOC) counts SEC(".maps");
 
 static __always_inline __u32 proto_of(__u8 l4) {
   switch (l4) {

@@ -27,8 +27,8 @@
 
 char LICENSE[] SEC("license") = "GPL";
 
-KMON_MAP(BPF_MAP_TYPE_PERCPU_HASH, KMON_EVENT_COUNTS_MAX, struct event_key,
-         struct event_value) counts SEC(".maps");
+KMON_MAP_FLAGS(BPF_MAP_TYPE_PERCPU_HASH, KMON_EVENT_COUNTS_MAX, struct event_key,
+               struct event_value, BPF_F_NO_PREALLOC) counts SEC(".maps");
 
 /* The event a per-event copy counts; set by user space before that copy loads. */
 const volatile __u32 event_slot = 0;

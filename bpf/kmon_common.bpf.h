@@ -20,10 +20,27 @@
     __type(value, _value);                          \
   }
 
+/* The same with map_flags. Data maps keyed by workload use BPF_F_NO_PREALLOC: the
+ * kernel then holds only the keys present (a per-CPU value x possible CPUs each),
+ * where a preallocated per-CPU hash holds max_entries x value x CPUs from the start
+ * (16384 x 48 B x 128 CPUs = 96 MiB for one map on a big node). Inserts allocate
+ * (bpf_mem_alloc, usable from any context); they happen once per new key. */
+#define KMON_MAP_FLAGS(_type, _max_entries, _key, _value, _flags) \
+  struct {                                                        \
+    __uint(type, _type);                                          \
+    __uint(max_entries, _max_entries);                            \
+    __uint(map_flags, _flags);                                    \
+    __type(key, _key);                                            \
+    __type(value, _value);                                        \
+  }
+
 KMON_MAP(BPF_MAP_TYPE_ARRAY, 1, __u32, struct kmon_filter_config) filter_config SEC(".maps");
 
-/* cgroup v2 id -> 1. Consulted only while filter_config.filter_cgroups is set. */
-KMON_MAP(BPF_MAP_TYPE_HASH, KMON_MAX_WATCHED_CGROUPS, __u64, __u8) watched_cgroups SEC(".maps");
+/* cgroup v2 id -> 1. Consulted only while filter_config.filter_cgroups is set.
+ * The exporter gives every object the same pair (collectors/watched_cgroups.h);
+ * not preallocated, as it is written only when targets or cgroups change. */
+KMON_MAP_FLAGS(BPF_MAP_TYPE_HASH, KMON_MAX_WATCHED_CGROUPS, __u64, __u8, BPF_F_NO_PREALLOC)
+    watched_cgroups SEC(".maps");
 
 KMON_MAP(BPF_MAP_TYPE_PERCPU_ARRAY, KMON_LOST_MAX, __u32, __u64) lost SEC(".maps");
 

@@ -33,8 +33,8 @@ char LICENSE[] SEC("license") = "GPL";
  * use 16 or 64 KiB pages; PAGE_SHIFT is a #define, not in BTF). */
 const volatile __u32 page_shift = 12;
 
-KMON_MAP(BPF_MAP_TYPE_PERCPU_HASH, KMON_PC_COUNTS_MAX, struct pc_key, struct pc_value)
-    counts SEC(".maps");
+KMON_MAP_FLAGS(BPF_MAP_TYPE_PERCPU_HASH, KMON_PC_COUNTS_MAX, struct pc_key, struct pc_value,
+               BPF_F_NO_PREALLOC) counts SEC(".maps");
 
 struct pc_task {
   struct pc_range read;

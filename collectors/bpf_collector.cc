@@ -16,7 +16,6 @@ namespace kmon {
 BpfCollector::~BpfCollector() {
   // The subclass (its hooks, its typed pointer) is gone by now; what is left is
   // the object itself.
-  if (filter_fd_ >= 0 && deps().watched != nullptr) deps().watched->Unregister(filter_fd_);
   DestroySkeleton();
 }
 
@@ -68,6 +67,10 @@ absl::Status BpfCollector::DoStart(const CollectorConfig& config) {
   }
   absl::Status st = BeforeLoad(config);
   if (!st.ok()) return st;
+  if (deps().watched != nullptr) {
+    st = deps().watched->ShareWith(*skeleton_->obj);
+    if (!st.ok()) return st;
+  }
   // The load parses the vmlinux BTF itself (5.5 MB on 6.18, read and then copied):
   // the probes' parsed copy goes first, so that three never coexist. That was the
   // exporter's peak RSS (29 MiB, twice what it runs at); the next collector that
@@ -77,12 +80,6 @@ absl::Status BpfCollector::DoStart(const CollectorConfig& config) {
   if (err) return BpfError(name(), "load", err);
   st = Configure(config);
   if (!st.ok()) return st;
-  const int filter_fd = MapFd("filter_config");
-  if (deps().watched != nullptr && filter_fd >= 0) {
-    st = deps().watched->Register(filter_fd, MapFd("watched_cgroups"));
-    if (!st.ok()) return st;
-    filter_fd_ = filter_fd;
-  }
   err = bpf_object__attach_skeleton(skeleton_);
   if (err) return BpfError(name(), absl::StrCat("attach ", AttachPoints()), err);
   st = AfterAttach(config);
@@ -96,8 +93,6 @@ void BpfCollector::DoStop() {
   std::lock_guard<std::mutex> lock(mu_);
   running_ = false;
   if (skeleton_ == nullptr) return;
-  if (filter_fd_ >= 0 && deps().watched != nullptr) deps().watched->Unregister(filter_fd_);
-  filter_fd_ = -1;
   DestroySkeleton();
   forget_();
 }

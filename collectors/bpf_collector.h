@@ -3,8 +3,8 @@
 // (bpf_object__{open,load,attach,destroy}_skeleton), so the start sequence is
 // written once (libbpf-bootstrap's bootstrap.c shows it):
 //   open -> check map layouts against the shared header -> BeforeLoad (feature
-//   probes, set_autoload) -> load -> Configure (control maps) -> register the
-//   watched-cgroups maps -> attach -> AfterAttach (data sources, threads, routes)
+//   probes, set_autoload) -> share the watched-cgroups maps -> load -> Configure
+//   (control maps) -> attach -> AfterAttach (data sources, threads, routes)
 // and Stop reverses it. Every object carries kmon_common.bpf.h's maps: the
 // `lost` counters become kmon_events_lost_total{reason="map_full"} here.
 #pragma once
@@ -84,7 +84,6 @@ class BpfCollector : public Collector {
   std::function<void()> forget_;  // nulls the subclass's typed pointer
   bpf_object_skeleton* skeleton_ = nullptr;
   void* skel_struct_ = nullptr;
-  int filter_fd_ = -1;  // registered with the watched-cgroups keeper
   std::atomic<bool> running_{false};
 };
 

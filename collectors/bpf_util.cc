@@ -157,6 +157,20 @@ absl::StatusOr<std::vector<uint64_t>> ReadPerCpuU64Array(int map_fd, uint32_t en
   return sums;
 }
 
+uint64_t MapMemoryBytes(int map_fd) {
+  char path[64];
+  std::snprintf(path, sizeof path, "/proc/self/fdinfo/%d", map_fd);
+  FILE* f = std::fopen(path, "re");
+  if (f == nullptr) return 0;
+  char line[128];
+  unsigned long long bytes = 0;
+  while (std::fgets(line, sizeof line, f) != nullptr) {
+    if (std::sscanf(line, "memlock: %llu", &bytes) == 1) break;
+  }
+  std::fclose(f);
+  return bytes;
+}
+
 absl::StatusOr<uint64_t> CountMapEntries(const bpf_map* map) {
   const bpf_map_type type = bpf_map__type(map);
   if (!IsHashType(type)) return bpf_map__max_entries(map);

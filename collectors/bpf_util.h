@@ -60,6 +60,10 @@ void ClearHash(int map_fd, size_t key_size);
 /// Sum over CPUs of every slot of a per-CPU u64 array.
 absl::StatusOr<std::vector<uint64_t>> ReadPerCpuU64Array(int map_fd, uint32_t entries);
 
+/// The memory the kernel says the map holds: fdinfo's "memlock", which is the map's
+/// own accounting (bpf_map_memory_usage) since Linux 6.4; 0 when it cannot be read.
+uint64_t MapMemoryBytes(int map_fd);
+
 /// Number of keys in a hash-type map (CountHashEntries); max_entries for arrays.
 absl::StatusOr<uint64_t> CountMapEntries(const bpf_map* map);
 /// Number of keys in a hash map: its entries read in batches and counted, with

@@ -1,11 +1,13 @@
 #include "collectors/watched_cgroups.h"
 
+#include <absl/strings/str_cat.h>
+#include <bpf/bpf.h>
+#include <bpf/libbpf.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
-
-#include <absl/strings/str_cat.h>
-#include <bpf/bpf.h>
 
 #include "bpf/kmon_common.h"
 
@@ -28,23 +30,66 @@ bool TargetSelects(const TargetsConfig& targets, const CgroupIdentity& id, const
   return true;
 }
 
-absl::Status WatchedCgroups::Register(int filter_config_fd, int watched_cgroups_fd) {
-  std::lock_guard<std::mutex> lock(mu_);
-  pairs_.emplace_back(filter_config_fd, watched_cgroups_fd);
-  return WritePair(filter_config_fd, watched_cgroups_fd, {});
+WatchedCgroups::~WatchedCgroups() {
+  if (filter_fd_ >= 0) close(filter_fd_);
+  if (set_fd_ >= 0) close(set_fd_);
 }
 
-void WatchedCgroups::Unregister(int filter_config_fd) {
+absl::Status WatchedCgroups::CreateLocked() {
+  if (filter_fd_ >= 0) return absl::OkStatus();
+  filter_fd_ = bpf_map_create(BPF_MAP_TYPE_ARRAY, "filter_config", sizeof(uint32_t),
+                              sizeof(kmon_filter_config), 1, nullptr);
+  if (filter_fd_ < 0) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("map=filter_config: creating: ", std::strerror(errno)));
+  }
+  // Not preallocated: the kernel holds what the set holds, and it is written only
+  // when targets or cgroups change.
+  LIBBPF_OPTS(bpf_map_create_opts, opts, .map_flags = BPF_F_NO_PREALLOC);
+  set_fd_ = bpf_map_create(BPF_MAP_TYPE_HASH, "watched_cgroups", sizeof(uint64_t), sizeof(uint8_t),
+                           KMON_MAX_WATCHED_CGROUPS, &opts);
+  if (set_fd_ < 0) {
+    absl::Status st = absl::ResourceExhaustedError(
+        absl::StrCat("map=watched_cgroups: creating: ", std::strerror(errno)));
+    close(filter_fd_);
+    filter_fd_ = -1;
+    return st;
+  }
+  return WriteLocked({}, false);
+}
+
+absl::Status WatchedCgroups::ShareWith(bpf_object* obj) {
   std::lock_guard<std::mutex> lock(mu_);
-  std::erase_if(pairs_, [&](const auto& p) { return p.first == filter_config_fd; });
+  bpf_map* filter = bpf_object__find_map_by_name(obj, "filter_config");
+  bpf_map* set = bpf_object__find_map_by_name(obj, "watched_cgroups");
+  if (filter == nullptr || set == nullptr) return absl::OkStatus();  // filters nothing
+  absl::Status st = CreateLocked();
+  if (!st.ok()) return st;
+  for (auto [map, fd] : {std::pair{filter, filter_fd_}, std::pair{set, set_fd_}}) {
+    int err = bpf_map__reuse_fd(map, fd);
+    if (err != 0) {
+      return absl::InternalError(
+          absl::StrCat("map=", bpf_map__name(map), ": sharing: ", std::strerror(-err)));
+    }
+  }
+  return absl::OkStatus();
+}
+
+int WatchedCgroups::FilterFd() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return filter_fd_;
+}
+
+int WatchedCgroups::SetFd() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return set_fd_;
 }
 
 absl::Status WatchedCgroups::Update(const TargetsConfig& targets) {
   std::set<uint64_t> next;
   // Exclusion by namespace only bites with pod metadata; without any, the map is
   // left unused and BPF keeps its fast path of counting everything.
-  bool filtering =
-      targets.Filters() || (pods_ != nullptr && !targets.exclude_namespaces.empty());
+  bool filtering = targets.Filters() || (pods_ != nullptr && !targets.exclude_namespaces.empty());
   if (filtering) {
     for (const auto& [cgid, identity] : workloads_->Refresh()) {
       std::optional<PodMeta> meta;
@@ -53,39 +98,42 @@ absl::Status WatchedCgroups::Update(const TargetsConfig& targets) {
     }
   }
   std::lock_guard<std::mutex> lock(mu_);
-  std::set<uint64_t> old = current_;
+  std::set<uint64_t> old = std::move(current_);
+  const bool old_filtering = filtering_;
   filtering_ = filtering;
   current_ = std::move(next);
-  absl::Status result = absl::OkStatus();
-  for (const auto& [filter_fd, set_fd] : pairs_) {
-    absl::Status st = WritePair(filter_fd, set_fd, old);
-    if (!st.ok() && result.ok()) result = st;
-  }
-  return result;
+  if (filter_fd_ < 0) return absl::OkStatus();  // no object yet: written at creation
+  return WriteLocked(old, old_filtering);
 }
 
-absl::Status WatchedCgroups::WritePair(int filter_fd, int set_fd,
-                                       const std::set<uint64_t>& old_set) {
-  // Add new members before switching the filter on, and switch it off before
-  // removing members, so a reconfiguration never drops events of a kept cgroup.
+absl::Status WatchedCgroups::WriteLocked(const std::set<uint64_t>& old_set, bool old_filtering) {
+  // New members go in before the filter switches on, and the filter switches off
+  // before members go, so a reconfiguration never drops events of a kept cgroup.
+  uint32_t zero = 0;
+  kmon_filter_config cfg{};
+  cfg.filter_cgroups = filtering_ ? 1 : 0;
+  auto write_filter = [&]() -> absl::Status {
+    if (bpf_map_update_elem(filter_fd_, &zero, &cfg, BPF_ANY) != 0) {
+      return absl::InternalError(absl::StrCat("map=filter_config: ", std::strerror(errno)));
+    }
+    return absl::OkStatus();
+  };
   uint8_t one = 1;
   for (uint64_t id : current_) {
     if (old_set.count(id)) continue;
-    if (bpf_map_update_elem(set_fd, &id, &one, BPF_ANY) != 0) {
+    if (bpf_map_update_elem(set_fd_, &id, &one, BPF_ANY) != 0) {
       return absl::ResourceExhaustedError(
           absl::StrCat("map=watched_cgroups: adding cgroup ", id, ": ", std::strerror(errno)));
     }
   }
+  if (old_filtering && !filtering_) {
+    absl::Status st = write_filter();
+    if (!st.ok()) return st;
+  }
   for (uint64_t id : old_set) {
-    if (!current_.count(id)) bpf_map_delete_elem(set_fd, &id);
+    if (!current_.count(id)) bpf_map_delete_elem(set_fd_, &id);
   }
-  uint32_t zero = 0;
-  kmon_filter_config cfg{};
-  cfg.filter_cgroups = filtering_ ? 1 : 0;
-  if (bpf_map_update_elem(filter_fd, &zero, &cfg, BPF_ANY) != 0) {
-    return absl::InternalError(absl::StrCat("map=filter_config: ", std::strerror(errno)));
-  }
-  return absl::OkStatus();
+  return old_filtering && !filtering_ ? absl::OkStatus() : write_filter();
 }
 
 size_t WatchedCgroups::WatchedCount() const {

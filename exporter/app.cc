@@ -375,6 +375,14 @@ std::vector<prometheus::MetricFamily> App::Gather() {
     self.last_reload_ok = last_reload_ok_;
     self.last_reload_success_unix = last_reload_success_unix_;
     self.watched_cgroups = watched_->WatchedCount();
+    for (auto [name, fd] : {std::pair{"filter_config", watched_->FilterFd()},
+                            std::pair{"watched_cgroups", watched_->SetFd()}}) {
+      uint32_t id = 0;
+      if (auto m = ReadMapFillFd(name, fd, &id)) {
+        self.shared_maps.push_back(std::move(*m));
+        self.shared_map_ids.push_back(id);
+      }
+    }
     self.bpf_stats = bpf_stats_fd_ >= 0 || BpfStatsEnabled();
     if (kube_) {
       for (const KubeWatchStatus& w : kube_->Status()) {

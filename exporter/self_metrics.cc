@@ -5,6 +5,8 @@
 #include <bpf/libbpf.h>
 #include <sys/utsname.h>
 
+#include <algorithm>
+
 #include "collectors/bpf_util.h"
 #include "collectors/families.h"
 
@@ -25,15 +27,47 @@ std::vector<ProgramStats> ReadProgramStats(const bpf_object* obj) {
   return out;
 }
 
-std::vector<MapFill> ReadMapFill(const bpf_object* obj) {
+namespace {
+
+bool IsLocalStorage(uint32_t type) {
+  return type == BPF_MAP_TYPE_SK_STORAGE || type == BPF_MAP_TYPE_TASK_STORAGE ||
+         type == BPF_MAP_TYPE_INODE_STORAGE;
+}
+
+}  // namespace
+
+std::optional<MapFill> ReadMapFillFd(const std::string& name, int fd, uint32_t* id) {
+  bpf_map_info info{};
+  uint32_t len = sizeof info;
+  if (fd < 0 || bpf_obj_get_info_by_fd(fd, &info, &len) != 0) return std::nullopt;
+  if (id != nullptr) *id = info.id;
+  MapFill m{name, 0, info.max_entries, !IsLocalStorage(info.type), MapMemoryBytes(fd)};
+  if (!m.has_entries) return m;
+  const bpf_map_type type = static_cast<bpf_map_type>(info.type);
+  if (type == BPF_MAP_TYPE_HASH || type == BPF_MAP_TYPE_LRU_HASH ||
+      type == BPF_MAP_TYPE_PERCPU_HASH || type == BPF_MAP_TYPE_LRU_PERCPU_HASH) {
+    const bool per_cpu = type == BPF_MAP_TYPE_PERCPU_HASH || type == BPF_MAP_TYPE_LRU_PERCPU_HASH;
+    const size_t stride =
+        per_cpu ? (info.value_size + 7) / 8 * 8 * PossibleCpus() : info.value_size;
+    auto n = CountHashEntries(fd, info.max_entries, info.key_size, stride);
+    m.entries = n.ok() ? *n : 0;
+  } else {
+    m.entries = info.max_entries;
+  }
+  return m;
+}
+
+std::vector<MapFill> ReadMapFill(const bpf_object* obj, const std::vector<uint32_t>& skip) {
   std::vector<MapFill> out;
   if (obj == nullptr) return out;
   bpf_map* map;
   bpf_object__for_each_map(map, obj) {
     // .rodata/.bss and friends are libbpf's internal maps, not ours to report.
     if (bpf_map__is_internal(map) || bpf_map__fd(map) < 0) continue;
-    auto n = CountMapEntries(map);
-    out.push_back({bpf_map__name(map), n.ok() ? *n : 0, bpf_map__max_entries(map)});
+    uint32_t id = 0;
+    auto m = ReadMapFillFd(bpf_map__name(map), bpf_map__fd(map), &id);
+    if (!m || std::find(skip.begin(), skip.end(), id) != skip.end()) continue;
+    out.push_back(std::move(*m));
   }
   return out;
 }
@@ -61,6 +95,19 @@ std::vector<prometheus::MetricFamily> BuildSelfMetrics(const SelfState& s) {
                         {"collector", "map"});
   FamilyBuilder max_entries("kmon_bpf_map_max_entries", "Capacity of the BPF map.",
                             MetricType::Gauge, {"collector", "map"});
+  FamilyBuilder memory(
+      "kmon_bpf_map_memory_bytes",
+      "Kernel memory the BPF map holds, as the kernel reports it (fdinfo memlock).",
+      MetricType::Gauge, {"collector", "map"});
+  auto add_maps = [&](const std::string& collector, const std::vector<MapFill>& maps) {
+    for (const auto& m : maps) {
+      if (m.has_entries) {
+        entries.AddGauge({collector, m.name}, static_cast<double>(m.entries));
+        max_entries.AddGauge({collector, m.name}, static_cast<double>(m.max_entries));
+      }
+      memory.AddGauge({collector, m.name}, static_cast<double>(m.memory_bytes));
+    }
+  };
   FamilyBuilder lost("kmon_events_lost_total", "Events the collector could not record, by reason.",
                      MetricType::Counter, {"collector", "reason"});
   FamilyBuilder overflow("kmon_series_overflow_total",
@@ -74,14 +121,12 @@ std::vector<prometheus::MetricFamily> BuildSelfMetrics(const SelfState& s) {
       runs.AddCounter({c.name, p.name}, static_cast<double>(p.run_count));
       run_secs.AddCounter({c.name, p.name}, static_cast<double>(p.run_time_ns) / 1e9);
     }
-    for (const auto& m : ReadMapFill(c.object)) {
-      entries.AddGauge({c.name, m.name}, static_cast<double>(m.entries));
-      max_entries.AddGauge({c.name, m.name}, static_cast<double>(m.max_entries));
-    }
+    add_maps(c.name, ReadMapFill(c.object, s.shared_map_ids));
     for (const auto& [reason, n] : c.lost)
       lost.AddCounter({c.name, reason}, static_cast<double>(n));
     overflow.AddCounter({c.name}, static_cast<double>(c.series_overflow));
   }
+  add_maps("shared", s.shared_maps);
   FamilyBuilder reload_ok("kmon_config_last_reload_successful",
                           "1 when the last config (re)load succeeded.", MetricType::Gauge, {});
   reload_ok.AddGauge({}, s.last_reload_ok ? 1 : 0);
@@ -110,7 +155,7 @@ std::vector<prometheus::MetricFamily> BuildSelfMetrics(const SelfState& s) {
 
   std::vector<prometheus::MetricFamily> out;
   for (const FamilyBuilder* b :
-       {&build_info, &up, &dur, &runs, &run_secs, &entries, &max_entries, &lost, &overflow,
+       {&build_info, &up, &dur, &runs, &run_secs, &entries, &max_entries, &memory, &lost, &overflow,
         &reload_ok, &reload_ts, &watched, &kube_up, &kube_pods, &kube_sync}) {
     prometheus::MetricFamily f = b->Build();
     if (!f.metric.empty()) out.push_back(std::move(f));  // no bare HELP/TYPE lines

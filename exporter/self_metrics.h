@@ -6,12 +6,29 @@
 
 #include <cstdint>
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
 struct bpf_object;
 
 namespace kmon {
+
+/// One BPF program's counters as the kernel reports them with bpf_stats enabled.
+struct ProgramStats {
+  std::string name;
+  uint64_t run_count = 0;
+  uint64_t run_time_ns = 0;
+};
+struct MapFill {
+  std::string name;
+  uint64_t entries = 0;
+  uint64_t max_entries = 0;
+  /// False for local-storage maps (per socket or task): they have no key walk and
+  /// no capacity, only memory.
+  bool has_entries = true;
+  uint64_t memory_bytes = 0;  // as the kernel reports it
+};
 
 struct CollectorSelfState {
   std::string name;
@@ -43,25 +60,20 @@ struct SelfState {
   /// The kernel keeps per-program stats: else kmon_bpf_program_* are left out (zeros
   /// would read as "never ran").
   bool bpf_stats = true;
+  /// Maps every collector's object uses (the watched-cgroups pair), reported once
+  /// under collector="shared".
+  std::vector<MapFill> shared_maps;
+  std::vector<uint32_t> shared_map_ids;  // their kernel ids, left out of the collectors' rows
   /// Empty when kmon runs without Kubernetes: then no kmon_kubernetes_* series.
   std::vector<KubernetesWatchState> kubernetes;
 };
 
-/// One BPF program's counters as the kernel reports them with bpf_stats enabled.
-struct ProgramStats {
-  std::string name;
-  uint64_t run_count = 0;
-  uint64_t run_time_ns = 0;
-};
-struct MapFill {
-  std::string name;
-  uint64_t entries = 0;
-  uint64_t max_entries = 0;
-};
-
-/// Reads the kernel's counters of every program and map of a loaded object.
+/// Reads the kernel's counters of every program and map of a loaded object; maps
+/// whose kernel id is in `skip` (the shared ones, reported once) are left out.
 std::vector<ProgramStats> ReadProgramStats(const bpf_object* obj);
-std::vector<MapFill> ReadMapFill(const bpf_object* obj);
+std::vector<MapFill> ReadMapFill(const bpf_object* obj, const std::vector<uint32_t>& skip = {});
+/// The same for one map by its fd ({} when the kernel does not answer).
+std::optional<MapFill> ReadMapFillFd(const std::string& name, int fd, uint32_t* id = nullptr);
 
 std::vector<prometheus::MetricFamily> BuildSelfMetrics(const SelfState& state);
 

@@ -44,6 +44,9 @@ std::vector<prometheus::MetricFamily> FixedFamilies() {
   self.last_reload_ok = true;
   self.last_reload_success_unix = 1.7e9;
   self.watched_cgroups = 0;
+  self.shared_maps = {{"filter_config", 1, 1, true, 352},
+                      {"watched_cgroups", 0, 16384, true, 2112},
+                      {"task_state", 0, 0, false, 4096}};  // a local-storage map: memory only
   self.kubernetes = {{"node", true, 12, 1.7e9}, {"cluster", false, 3000, 1.69e9}};
   for (auto& f : BuildSelfMetrics(self)) families.push_back(std::move(f));
   return families;
