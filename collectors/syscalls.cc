@@ -335,6 +335,9 @@ absl::Status SyscallsCollector::BeforeLoad(const CollectorConfig& config) {
       plan.reason = std::string(vmlinux.status().message());
     }
     if (plan.ok) {
+      // The plan holds the names now: the parsed BTF (5.5 MB) goes before the trial
+      // object's libbpf parses its own copy.
+      Features().Release();
       absl::Status st = ProbeFexit(plan);
       if (!st.ok()) {
         plan.ok = false;
