@@ -1,13 +1,21 @@
 // SPDX-License-Identifier: GPL-2.0
 /* Counts chosen syscalls and their failures per cgroup.
  *
- * One hook sees everything: sys_exit carries the syscall number (in pt_regs) and
- * the return value, so one program run per syscall gives both count and error.
- * tp_btf is used rather than the classic raw_syscalls tracepoint: it skips the
- * perf buffer setup of classic tracepoints, which is most of their cost.
+ * Two ways in, chosen by user space at load:
+ * - fexit on each chosen syscall's kernel function (`__x64_sys_read`, ...): only
+ *   the chosen syscalls pay. kmon_sc_fx0..31 are slots: user space gives each its
+ *   target (bpf_program__set_attach_target) and its syscall number (`slot_nr`,
+ *   rodata) before load, and loads only the slots it uses.
+ * - kmon_sys_exit on tp_btf/sys_exit, where the kernel refuses fexit (lockdown) or
+ *   lacks one of the functions: it runs for every syscall on the node, reads the
+ *   number from pt_regs and drops the ones not chosen. tp_btf rather than the
+ *   classic raw_syscalls tracepoint: it skips the perf buffer setup, most of the
+ *   classic tracepoint's cost.
+ * Both hand the return value over (fexit reads it after the function's argument).
  *
- * Control maps: `syscall_set` (which numbers to count) and the common
- * `filter_config`/`watched_cgroups`. Data map: `counts` (per-CPU, cumulative). */
+ * Control maps: `syscall_set` (which numbers count, and by which hook) and the
+ * common `filter_config`/`watched_cgroups`. Data map: `counts` (per-CPU,
+ * cumulative). */
 #include "vmlinux.h"
 #include <bpf/bpf_core_read.h>
 #include <bpf/bpf_helpers.h>
@@ -18,11 +26,41 @@
 
 char LICENSE[] SEC("license") = "GPL";
 
-/* syscall number -> 1 when counted. An array so the verifier inlines the lookup. */
+/* syscall number -> KMON_SYSCALL_BY_* of the hook that counts it. An array so the
+ * verifier inlines the lookup. */
 KMON_MAP(BPF_MAP_TYPE_ARRAY, KMON_MAX_SYSCALL_NR, __u32, __u8) syscall_set SEC(".maps");
 
-KMON_MAP(BPF_MAP_TYPE_PERCPU_HASH, KMON_SYSCALL_COUNTS_MAX, struct syscall_key,
-         struct syscall_value) counts SEC(".maps");
+/* Not preallocated: a preallocated per-CPU hash costs max_entries x 16 B x possible
+ * CPUs (32 MiB at 128 CPUs) whether used or not; this one costs its entries. An
+ * entry is made once per (cgroup, syscall), so the allocation is off the hot path. */
+struct {
+  __uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+  __uint(max_entries, KMON_SYSCALL_COUNTS_MAX);
+  __uint(map_flags, BPF_F_NO_PREALLOC);
+  __type(key, struct syscall_key);
+  __type(value, struct syscall_value);
+} counts SEC(".maps");
+
+/* The syscall number each fexit slot counts; set before load. */
+const volatile __u32 slot_nr[KMON_SYSCALL_FEXIT_SLOTS] = {};
+
+static __always_inline int count_syscall(__u32 nr, long ret, __u8 hook) {
+  __u8 *by = bpf_map_lookup_elem(&syscall_set, &nr);
+  if (!by || *by != hook) return 0;
+
+  __u64 cgroup_id = bpf_get_current_cgroup_id();
+  if (!kmon_cgroup_watched(cgroup_id)) return 0;
+
+  /* Errors are returned as -4095..-1; larger "negative" values (mmap addresses) are not. */
+  __u64 failed = ret < 0 && ret >= -4095;
+  struct syscall_key key = {.cgroup_id = cgroup_id, .nr = nr};
+  static const struct syscall_value zero;
+  struct syscall_value *v = kmon_lookup_or_init(&counts, &key, &zero);
+  if (!v) return 0;
+  v->count += 1;
+  v->errors += failed;
+  return 0;
+}
 
 /* tp_btf arguments are trusted BTF pointers: a direct (CO-RE relocated) load, no
  * bpf_probe_read_kernel helper call on this hottest of paths. */
@@ -40,20 +78,22 @@ SEC("tp_btf/sys_exit")
 int BPF_PROG(kmon_sys_exit, struct pt_regs *regs, long ret) {
   long nr = syscall_nr(regs);
   if (nr < 0 || nr >= KMON_MAX_SYSCALL_NR) return 0;
-  __u32 idx = (__u32)nr;
-  __u8 *on = bpf_map_lookup_elem(&syscall_set, &idx);
-  if (!on || !*on) return 0;
-
-  __u64 cgroup_id = bpf_get_current_cgroup_id();
-  if (!kmon_cgroup_watched(cgroup_id)) return 0;
-
-  /* Errors are returned as -4095..-1; larger "negative" values (mmap addresses) are not. */
-  __u64 failed = ret < 0 && ret >= -4095;
-  struct syscall_key key = {.cgroup_id = cgroup_id, .nr = idx};
-  static const struct syscall_value zero;
-  struct syscall_value *v = kmon_lookup_or_init(&counts, &key, &zero);
-  if (!v) return 0;
-  v->count += 1;
-  v->errors += failed;
-  return 0;
+  return count_syscall((__u32)nr, ret, KMON_SYSCALL_BY_TRACEPOINT);
 }
+
+/* Every __<arch>_sys_<name> takes one argument (the pt_regs): the return value is
+ * ctx[1]. No target in the section: user space sets it. */
+#define KMON_FEXIT_SLOT(i)                                               \
+  SEC("fexit")                                                           \
+  int kmon_sc_fx##i(unsigned long long *ctx) {                           \
+    return count_syscall(slot_nr[i], (long)ctx[1], KMON_SYSCALL_BY_FEXIT); \
+  }
+
+KMON_FEXIT_SLOT(0) KMON_FEXIT_SLOT(1) KMON_FEXIT_SLOT(2) KMON_FEXIT_SLOT(3)
+KMON_FEXIT_SLOT(4) KMON_FEXIT_SLOT(5) KMON_FEXIT_SLOT(6) KMON_FEXIT_SLOT(7)
+KMON_FEXIT_SLOT(8) KMON_FEXIT_SLOT(9) KMON_FEXIT_SLOT(10) KMON_FEXIT_SLOT(11)
+KMON_FEXIT_SLOT(12) KMON_FEXIT_SLOT(13) KMON_FEXIT_SLOT(14) KMON_FEXIT_SLOT(15)
+KMON_FEXIT_SLOT(16) KMON_FEXIT_SLOT(17) KMON_FEXIT_SLOT(18) KMON_FEXIT_SLOT(19)
+KMON_FEXIT_SLOT(20) KMON_FEXIT_SLOT(21) KMON_FEXIT_SLOT(22) KMON_FEXIT_SLOT(23)
+KMON_FEXIT_SLOT(24) KMON_FEXIT_SLOT(25) KMON_FEXIT_SLOT(26) KMON_FEXIT_SLOT(27)
+KMON_FEXIT_SLOT(28) KMON_FEXIT_SLOT(29) KMON_FEXIT_SLOT(30) KMON_FEXIT_SLOT(31)

@@ -8,8 +8,18 @@
 
 /* Syscall numbers at or above this are never counted (x86-64 has ~470). */
 #define KMON_MAX_SYSCALL_NR 1024
-/* (cgroup, syscall) pairs the data map can hold. */
+/* (cgroup, syscall) pairs the data map can hold. The map is not preallocated
+ * (BPF_F_NO_PREALLOC): it costs what it holds, not 16384 x 16 B x possible CPUs. */
 #define KMON_SYSCALL_COUNTS_MAX 16384
+/* fexit programs in the object, one per hooked syscall (kmon_sc_fx0..31). */
+#define KMON_SYSCALL_FEXIT_SLOTS 32
+
+/* Values of the `syscall_set` control map: which hook counts that number. Each
+ * program counts only the numbers marked with its own hook, so a switch from fexit
+ * to the tracepoint flips every number at once, atomically per slot. */
+#define KMON_SYSCALL_OFF 0
+#define KMON_SYSCALL_BY_TRACEPOINT 1
+#define KMON_SYSCALL_BY_FEXIT 2
 
 struct syscall_key {
   __u64 cgroup_id;

@@ -10,12 +10,15 @@
 namespace kmon {
 namespace {
 
+// libbpf prints on the thread that called it.
+thread_local int quiet_depth = 0;
+
 int LibbpfPrint(enum libbpf_print_level level, const char* fmt, va_list args) {
   char buf[1024];
   int n = std::vsnprintf(buf, sizeof buf, fmt, args);
   std::string msg(buf, n > 0 ? std::min<size_t>(n, sizeof buf - 1) : 0);
   while (!msg.empty() && msg.back() == '\n') msg.pop_back();
-  if (level == LIBBPF_WARN) {
+  if (level == LIBBPF_WARN && quiet_depth == 0) {
     LogWarn("libbpf", {{"detail", msg}});
   } else {
     LogDebug("libbpf", {{"detail", msg}});
@@ -38,6 +41,9 @@ bool IsHashType(bpf_map_type t) {
 }  // namespace
 
 void InstallLibbpfLogger() { libbpf_set_print(LibbpfPrint); }
+
+LibbpfWarningsAsDebug::LibbpfWarningsAsDebug() { ++quiet_depth; }
+LibbpfWarningsAsDebug::~LibbpfWarningsAsDebug() { --quiet_depth; }
 
 int PossibleCpus() {
   static const int n = [] {

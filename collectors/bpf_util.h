@@ -21,6 +21,17 @@ namespace kmon {
 /// Routes libbpf's own messages into kmon's log (warnings as warn, the rest as debug).
 void InstallLibbpfLogger();
 
+/// While one lives, libbpf's warnings on this thread go to the debug log: for a
+/// probe whose refusal is an answer rather than a problem (the caller logs it in
+/// one line of its own).
+class LibbpfWarningsAsDebug {
+ public:
+  LibbpfWarningsAsDebug();
+  ~LibbpfWarningsAsDebug();
+  LibbpfWarningsAsDebug(const LibbpfWarningsAsDebug&) = delete;
+  LibbpfWarningsAsDebug& operator=(const LibbpfWarningsAsDebug&) = delete;
+};
+
 /// Number of possible CPUs: the stride of per-CPU map values.
 int PossibleCpus();
 

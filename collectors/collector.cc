@@ -108,6 +108,23 @@ absl::Status Collector::LastCollect() const noexcept {
   }
 }
 
+std::string Collector::Detail() const noexcept {
+  try {
+    std::lock_guard<std::mutex> lock(last_mu_);
+    return detail_;
+  } catch (...) {
+    return "";
+  }
+}
+
+void Collector::SetDetail(std::string detail) noexcept {
+  try {
+    std::lock_guard<std::mutex> lock(last_mu_);
+    detail_ = std::move(detail);
+  } catch (...) {
+  }
+}
+
 void Collector::Stop() noexcept {
   try {
     DoStop();

@@ -82,6 +82,10 @@ class Collector {
   /// collector is reported down, as node_exporter's scrape_collector_success says
   /// a failed collection, until a collection succeeds again).
   absl::Status LastCollect() const noexcept;
+  /// One line on how the collector runs, for the log and `/` (which hook it chose
+  /// and why: "hook: tp_btf/sys_exit (fexit refused by this kernel: ...)"); empty
+  /// when it has nothing to say. Kept from the last start until the next.
+  std::string Detail() const noexcept;
 
  protected:
   /// The collector's own start; called with mu_ held.
@@ -106,6 +110,8 @@ class Collector {
   WorkloadLabeler& labeler() { return labeler_; }
   /// deps().features, or the running kernel's when none was given.
   KernelFeatures& Features() const;
+  /// Sets what Detail() says; any thread.
+  void SetDetail(std::string detail) noexcept;
 
   /// Guards the collector's state against a reload and its own HTTP routes.
   mutable std::mutex mu_;
@@ -118,6 +124,7 @@ class Collector {
   std::atomic<double> scrape_seconds_{0};
   mutable std::mutex last_mu_;
   absl::Status last_collect_;  // guarded by last_mu_
+  std::string detail_;         // guarded by last_mu_
 };
 
 /// Makes one collector. `deps` outlive it.

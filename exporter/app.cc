@@ -127,7 +127,12 @@ void App::StartSlot(Slot* slot, const Config& config) {
     std::unique_lock<std::shared_mutex> routes(routes_mu_);
     slot->serving = true;
   }
-  LogInfo("collector started", {{"collector", slot->entry->name}});
+  const std::string detail = slot->collector->Detail();
+  if (detail.empty()) {
+    LogInfo("collector started", {{"collector", slot->entry->name}});
+  } else {
+    LogInfo("collector started", {{"collector", slot->entry->name}, {"detail", detail}});
+  }
 }
 
 void App::StopSlot(Slot* slot) {
@@ -415,8 +420,9 @@ std::string App::LandingPage() {
     std::string state = !s.enabled ? "disabled" : up ? "up" : "down";
     const std::string reason =
         collected.ok() ? s.reason : absl::StrCat("last collection failed: ", collected.ToString());
+    const std::string detail = s.collector ? s.collector->Detail() : "";
     rows += absl::StrCat("<tr><td>", s.entry->name, "</td><td>", state, "</td><td>",
-                         MarkupEscape(reason), "</td></tr>\n");
+                         MarkupEscape(reason), "</td><td>", MarkupEscape(detail), "</td></tr>\n");
   }
   const std::string path = MarkupEscape(flags_.telemetry_path);
   return absl::StrCat(
@@ -426,7 +432,7 @@ std::string App::LandingPage() {
       "\">Metrics</a></li>",
       "<li><a href=\"/-/healthy\">Health</a></li><li><a href=\"/-/ready\">Readiness</a></li>"
       "</ul>\n<h2>Collectors</h2>\n<table border=\"1\"><tr><th>collector</th><th>state</th>"
-      "<th>reason</th></tr>\n",
+      "<th>reason</th><th>detail</th></tr>\n",
       rows, "</table>\n</body></html>\n");
 }
 

@@ -94,6 +94,7 @@ void ExpectSameConfig(const Config& a, const Config& b) {
   EXPECT_EQ(x.Get<SyscallsConfig>().syscalls, y.Get<SyscallsConfig>().syscalls);
   EXPECT_EQ(x.Get<SyscallsConfig>().numbers, y.Get<SyscallsConfig>().numbers);
   EXPECT_EQ(x.Get<SyscallsConfig>().unavailable, y.Get<SyscallsConfig>().unavailable);
+  EXPECT_EQ(x.Get<SyscallsConfig>().hook, y.Get<SyscallsConfig>().hook);
   EXPECT_EQ(x.Get<CpuConfig>().enabled, y.Get<CpuConfig>().enabled);
   EXPECT_EQ(x.Get<CpuConfig>().offcpu_min, y.Get<CpuConfig>().offcpu_min);
   EXPECT_EQ(x.Get<CpuConfig>().stacks, y.Get<CpuConfig>().stacks);
@@ -127,7 +128,7 @@ TEST(DefaultConfigTest, MatchesSpec) {
   EXPECT_TRUE(c.collectors.Get<DropsConfig>().enabled);
   EXPECT_TRUE(c.collectors.Get<BlockioConfig>().enabled);
   EXPECT_THAT(c.collectors.Get<BlockioConfig>().devices, IsEmpty());
-  EXPECT_TRUE(c.collectors.Get<SyscallsConfig>().enabled);
+  EXPECT_FALSE(c.collectors.Get<SyscallsConfig>().enabled);  // SPEC: off by default
   EXPECT_TRUE(c.collectors.Get<CpuConfig>().enabled);
   EXPECT_EQ(c.collectors.Get<CpuConfig>().offcpu_min, milliseconds(1));
   EXPECT_TRUE(c.collectors.Get<CpuConfig>().stacks);
@@ -270,7 +271,7 @@ collectors:
   topology: {enabled: true, granularity: pod, external_peers: aggregate, service_graph_metrics: false}   # pod|workload; aggregate|address
   drops:    {enabled: true}
   blockio:  {enabled: true, devices: []}
-  syscalls: {enabled: true, syscalls: [read, write, sendto, recvfrom, sendmsg, recvmsg, openat, close, futex, epoll_wait, connect, accept4]}
+  syscalls: {enabled: false, syscalls: [read, write, sendto, recvfrom, sendmsg, recvmsg, openat, close, futex, epoll_wait, connect, accept4]}
   cpu:      {enabled: true, offcpu_min: 1ms, stacks: true}
   dns:      {enabled: true, ports: [53]}
   pagecache: {enabled: true}

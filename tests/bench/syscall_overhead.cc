@@ -1,11 +1,14 @@
-// Benchmark: nanoseconds added to each syscall by the syscalls collector, side by
-// side in one run with bpftrace doing the same counting job (per cgroup and
-// syscall number, on sys_exit) and with nothing attached. Needs root.
+// Benchmark: nanoseconds added to each getppid by (a) the floor, an empty program
+// on tp_btf/sys_exit (bpf/floor.bpf.c: the cost of hooking every syscall at all),
+// (b) the syscalls collector counting getppid on the hook it chose (fexit on
+// getppid's function where the kernel allows it, else tp_btf/sys_exit), and
+// (c) bpftrace doing the same job (getppid per cgroup, calls and errors, on
+// raw_syscalls:sys_exit). Needs root.
 //
 //   build/tests/syscall_overhead [iterations] [rounds]
 //
-// Rounds interleave the three setups so drift on a shared machine hits all of them
-// alike; the median of each is reported.
+// Rounds interleave the setups, each next to a baseline with nothing attached, so
+// drift on a shared machine hits all of them alike; the median of each is reported.
 #include <sched.h>
 #include <signal.h>
 #include <sys/syscall.h>
@@ -26,6 +29,7 @@
 #include "exporter/config.h"
 #include "provider/workload.h"
 #include "tests/bench/bench_util.h"
+#include "tests/bench/floor.h"
 
 namespace {
 
@@ -45,9 +49,13 @@ double NsPerCall(long iterations) {
   return (ThreadCpuNs() - t0) / iterations;
 }
 
-// Starts bpftrace counting every syscall exit per cgroup and number; returns its pid
-// once its probes are attached (it prints "Attaching" first).
+// Starts bpftrace counting getppid calls and errors per cgroup on the exit
+// tracepoint; returns its pid once its probes are attached (it prints "Attaching").
 pid_t StartBpftrace() {
+  const std::string script =
+      "tracepoint:raw_syscalls:sys_exit /args->id == " + std::to_string(SYS_getppid) +
+      "/ { @calls[cgroup] = count(); "
+      "if (args->ret < 0 && args->ret >= -4095) { @errors[cgroup] = count(); } }";
   int out[2];
   if (pipe(out) != 0) return -1;
   pid_t pid = fork();
@@ -55,8 +63,7 @@ pid_t StartBpftrace() {
     dup2(out[1], 1);
     dup2(out[1], 2);
     close(out[0]);
-    execlp("bpftrace", "bpftrace", "-e",
-           "tracepoint:raw_syscalls:sys_exit { @[cgroup, args->id] = count(); }", nullptr);
+    execlp("bpftrace", "bpftrace", "-e", script.c_str(), nullptr);
     _exit(127);
   }
   close(out[1]);
@@ -97,20 +104,26 @@ int main(int argc, char** argv) {
       std::make_unique<kmon::CgroupFsPathSource>(root.value_or("/sys/fs/cgroup")), nullptr);
   kmon::WatchedCgroups watched(&workloads);
   auto parsed = kmon::ParseConfig(
-      "collectors:\n  syscalls:\n    syscalls: [getppid, read, write, futex]\n",
-      kmon::ProcessEnv());
+      "collectors:\n  syscalls:\n    enabled: true\n    syscalls: [getppid]\n", kmon::ProcessEnv());
   if (!parsed.config) {
     std::fprintf(stderr, "bad built-in benchmark config\n");
     return 1;
   }
 
-  // Each round measures nothing / kmon / nothing / bpftrace back to back, and the
-  // added cost is the difference to the neighbouring baseline: drift on a shared
-  // machine then cancels out. kmon and bpftrace are attached for their slot only.
-  std::vector<double> base, kmon_added, bpftrace_added;
+  // Each round measures nothing / floor / nothing / kmon / nothing / bpftrace back
+  // to back, and each added cost is the difference to the baseline just before it:
+  // drift on a shared machine then cancels out. Each is attached for its slot only.
+  std::vector<double> base, floor_added, kmon_added, bpftrace_added;
+  std::string hook;
   bool bpftrace_ok = true;
   for (int r = 0; r < rounds; ++r) {
-    double b1 = NsPerCall(iterations);
+    const double b1 = NsPerCall(iterations);
+    {
+      kmon::bench::Floor floor({"floor_sys_exit"});
+      if (!floor.ok()) return 1;
+      floor_added.push_back(NsPerCall(iterations) - b1);
+    }
+    const double b2 = NsPerCall(iterations);
     {
       kmon::SyscallsCollector c({.workloads = &workloads, .watched = &watched});
       absl::Status st = c.Start(*parsed.config);
@@ -118,33 +131,36 @@ int main(int argc, char** argv) {
         std::fprintf(stderr, "syscalls collector: %s\n", st.ToString().c_str());
         return 1;
       }
-      kmon_added.push_back(NsPerCall(iterations) - b1);
+      hook = c.Detail();
+      kmon_added.push_back(NsPerCall(iterations) - b2);
       c.Stop();
     }
-    double b2 = NsPerCall(iterations);
-    base.push_back(b1);
-    base.push_back(b2);
+    const double b3 = NsPerCall(iterations);
+    base.insert(base.end(), {b1, b2, b3});
     if (!bpftrace_ok) continue;
     pid_t bt = StartBpftrace();
     if (bt <= 0) {
       bpftrace_ok = false;
       continue;
     }
-    bpftrace_added.push_back(NsPerCall(iterations) - b2);
+    bpftrace_added.push_back(NsPerCall(iterations) - b3);
     kill(bt, SIGINT);
     int status;
     waitpid(bt, &status, 0);
   }
 
   const double b = Median(base);
+  const double f = Median(floor_added);
   const double k = Median(kmon_added);
   std::printf("getppid loop, %ld calls x %d rounds, thread CPU time (medians)\n", iterations,
               rounds);
   std::printf("  nothing attached : %8.1f ns per call\n", b);
-  std::printf("  kmon syscalls    : +%7.1f ns per call\n", k);
+  std::printf("  floor (empty tp_btf/sys_exit program) : +%7.1f ns per call\n", f);
+  std::printf("  kmon syscalls    : +%7.1f ns per call  [%s]\n", k, hook.c_str());
+  if (f > 0) std::printf("  kmon added cost / floor = %.2f (target <= 1.25)\n", k / f);
   if (!bpftrace_added.empty()) {
     const double t = Median(bpftrace_added);
-    std::printf("  bpftrace         : +%7.1f ns per call\n", t);
+    std::printf("  bpftrace (raw_syscalls:sys_exit) : +%7.1f ns per call\n", t);
     if (t > 0) {
       std::printf("  kmon added cost / bpftrace added cost = %.2f (target <= 0.60)\n", k / t);
     }
@@ -152,7 +168,11 @@ int main(int argc, char** argv) {
     std::printf("  bpftrace         : not measured (bpftrace did not start)\n");
   }
   for (size_t r = 0; r < kmon_added.size(); ++r) {
+    Report("syscall_overhead.floor_added_ns", floor_added[r], "ns");
     Report("syscall_overhead.kmon_added_ns", kmon_added[r], "ns");
+    if (floor_added[r] > 0) {
+      Report("syscall_overhead.kmon_over_floor", kmon_added[r] / floor_added[r], "x");
+    }
     if (r >= bpftrace_added.size()) continue;
     Report("syscall_overhead.bpftrace_added_ns", bpftrace_added[r], "ns");
     if (bpftrace_added[r] > 0) {

@@ -480,6 +480,7 @@ TEST(DashboardRootTest, EveryQueryRunsAndPanelsShowTheKnownWorkload) {
          "  tcp:\n"
          "    latency_buckets: [0.005, 0.01, 0.5, 1]\n"
          "  syscalls:\n"
+         "    enabled: true\n"
          "    syscalls: [getppid, openat, read, write, close, futex, accept4, connect]\n"
          "  dns:\n"
          "    latency_buckets: [0.01, 0.5, 1]\n"

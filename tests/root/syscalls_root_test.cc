@@ -1,17 +1,27 @@
 // The syscalls collector against the running kernel: a workload in a cgroup of its
-// own makes known numbers of syscalls, and kmon must count exactly those.
+// own makes known numbers of syscalls, and kmon must count exactly those, on
+// whichever hook the kernel allows (fexit on each syscall's function, else
+// tp_btf/sys_exit): each test branches on the probe's answer and asserts in both.
+#include <bpf/bpf.h>
+#include <bpf/btf.h>
 #include <fcntl.h>
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
+#include <cstdio>
+#include <cstring>
 #include <fstream>
+#include <sstream>
 #include <thread>
 
-#include <gtest/gtest.h>
-
+#include "base/log.h"
+#include "bpf/syscalls.h"
+#include "collectors/bpf_util.h"
 #include "collectors/syscalls.h"
 #include "collectors/watched_cgroups.h"
 #include "exporter/config.h"
@@ -50,8 +60,9 @@ double Find(const std::vector<prometheus::MetricFamily>& fams, const std::string
   return -1;
 }
 
-Config SyscallConfig(std::vector<std::string> names) {
-  std::string yaml = "collectors:\n  syscalls:\n    syscalls: [";
+Config SyscallConfig(std::vector<std::string> names, const std::string& hook = "auto") {
+  std::string yaml =
+      "collectors:\n  syscalls:\n    enabled: true\n    hook: " + hook + "\n    syscalls: [";
   for (size_t i = 0; i < names.size(); ++i) yaml += (i ? ", " : "") + names[i];
   yaml += "]\n";
   ConfigResult r = ParseConfig(yaml, ProcessEnv());
@@ -59,7 +70,158 @@ Config SyscallConfig(std::vector<std::string> names) {
   return r.config.value_or(DefaultConfig());
 }
 
+// The kernel's own answer, without kmon's code: can an (empty) fexit program on
+// getppid's function load? OK, or the errno of the refusal.
+int RawFexitLoadErrno() {
+  btf* vmlinux = btf__parse("/sys/kernel/btf/vmlinux", nullptr);
+  if (vmlinux == nullptr) return ENOENT;
+  // The function as the planner names it (unit-tested against this BTF too).
+  const FexitPlan plan =
+      PlanFexitSlots(vmlinux, SyscallFunctionPrefix(), {"getppid"}, {SYS_getppid}, 1);
+  const int id =
+      plan.ok ? btf__find_by_name_kind(vmlinux, plan.functions[0].c_str(), BTF_KIND_FUNC) : -1;
+  btf__free(vmlinux);
+  if (id <= 0) return ENOENT;
+  const bpf_insn insns[] = {
+      {.code = BPF_ALU64 | BPF_MOV | BPF_K, .dst_reg = BPF_REG_0, .imm = 0},
+      {.code = BPF_JMP | BPF_EXIT},
+  };
+  LIBBPF_OPTS(bpf_prog_load_opts, opts, .expected_attach_type = BPF_TRACE_FEXIT,
+              .attach_btf_id = static_cast<__u32>(id));
+  const int fd = bpf_prog_load(BPF_PROG_TYPE_TRACING, "kmon_t_fexit", "GPL", insns, 2, &opts);
+  if (fd < 0) return -fd;
+  close(fd);
+  return 0;
+}
+
+// Everything written to stderr (kmon's log) while it lives.
+class StderrCapture {
+ public:
+  StderrCapture() {
+    std::fflush(stderr);
+    saved_ = dup(2);
+    std::FILE* f = std::tmpfile();
+    fd_ = dup(fileno(f));
+    std::fclose(f);
+    dup2(fd_, 2);
+  }
+  ~StderrCapture() { Restore(); }
+  std::string Text() {
+    Restore();
+    std::string out;
+    char buf[4096];
+    ssize_t n;
+    lseek(fd_, 0, SEEK_SET);
+    while ((n = read(fd_, buf, sizeof buf)) > 0) out.append(buf, n);
+    return out;
+  }
+
+ private:
+  void Restore() {
+    if (saved_ < 0) return;
+    std::fflush(stderr);
+    dup2(saved_, 2);
+    close(saved_);
+    saved_ = -1;
+  }
+  int saved_ = -1;
+  int fd_ = -1;
+};
+
+std::vector<std::string> LinesWith(const std::string& text, const std::string& what) {
+  std::vector<std::string> out;
+  std::istringstream in(text);
+  for (std::string line; std::getline(in, line);) {
+    if (line.find(what) != std::string::npos) out.push_back(line);
+  }
+  return out;
+}
+
+// A workload in a cgroup of its own makes `getppid` and `getpid` calls (which
+// never fail): the collector, counting both, must count exactly those.
+void ExpectCountsExactly(SyscallsCollector* c, int getppid, int getpid) {
+  TestCgroup cg;
+  ASSERT_EQ(RunInCgroup(cg, [&] { MakeCalls(getppid, getpid, 0); }), 0);
+  std::vector<prometheus::MetricFamily> fams;
+  c->Collect(&fams);
+  EXPECT_EQ(Find(fams, "kmon_syscalls_total", cg.name(), "getppid"), getppid);
+  EXPECT_EQ(Find(fams, "kmon_syscalls_total", cg.name(), "getpid"), getpid > 0 ? getpid : -1);
+  EXPECT_EQ(Find(fams, "kmon_syscall_errors_total", cg.name(), "getppid"), 0);
+}
+
 using SyscallsRootTest = testing::CollectorRootTest;
+
+TEST_F(SyscallsRootTest, ProbeChoosesFexitWhereTheKernelAllowsItAndFailsCleanlyElsewhere) {
+  InstallLibbpfLogger();
+  ConfigureLogging(LogLevel::kInfo, LogFormat::kLogfmt);
+  const int raw = RawFexitLoadErrno();
+  SyscallsCollector c({.workloads = workloads_.get(), .watched = watched_.get()});
+  const uint32_t before = testing::MaxBpfProgramId();
+  StderrCapture log;
+  absl::Status st = c.Start(SyscallConfig({"getppid", "openat"}));
+  const std::string text = log.Text();
+  ASSERT_TRUE(st.ok()) << st;
+  const SyscallHookState hook = c.hook();
+  EXPECT_EQ(c.Detail(), hook.Describe());
+  // No libbpf warning reaches the log, whichever way the probe went.
+  EXPECT_TRUE(LinesWith(text, "libbpf").empty()) << text;
+  if (raw == 0) {
+    // The kernel loads fexit: kmon hooks getppid's and openat's functions only.
+    EXPECT_TRUE(hook.fexit) << hook.reason;
+    EXPECT_THAT(hook.hooked, ::testing::ElementsAre(SYS_getppid, SYS_openat));
+    EXPECT_EQ(c.Detail(),
+              "hook: fexit on 2 syscall functions (the kernel lets BPF attach to "
+              "each chosen syscall function)");
+    EXPECT_TRUE(LinesWith(text, "level=warn").empty()) << text;
+    EXPECT_FALSE(testing::BpfProgramIds("kmon_sc_fx1", before).empty());
+  } else {
+    // Refused (this kernel: lockdown, EPERM): one clear warning, the tracepoint counts.
+    EXPECT_FALSE(hook.fexit);
+    EXPECT_EQ(hook.reason,
+              absl::StrCat("fexit refused by this kernel: load: ", std::strerror(raw)));
+    EXPECT_EQ(c.Detail(),
+              absl::StrCat("hook: tp_btf/sys_exit (fexit refused by this kernel: load: ",
+                           std::strerror(raw), ")"));
+    const auto warnings = LinesWith(text, "level=warn");
+    ASSERT_EQ(warnings.size(), 1u) << text;
+    EXPECT_NE(warnings[0].find("tp_btf/sys_exit"), std::string::npos) << warnings[0];
+    EXPECT_NE(warnings[0].find(std::strerror(raw)), std::string::npos) << warnings[0];
+    EXPECT_TRUE(testing::BpfProgramIds("kmon_sc_fx0", before).empty());
+  }
+  EXPECT_EQ(testing::BpfProgramIds("kmon_sys_exit", before).size(), 1u);
+  ExpectCountsExactly(&c, kGetppid, 0);
+}
+
+TEST_F(SyscallsRootTest, TracepointHookCountsExactlyOnEveryKernel) {
+  SyscallsCollector c({.workloads = workloads_.get(), .watched = watched_.get()});
+  const uint32_t before = testing::MaxBpfProgramId();
+  ASSERT_TRUE(c.Start(SyscallConfig({"getppid", "getpid"}, "tracepoint")).ok());
+  EXPECT_FALSE(c.hook().fexit);
+  EXPECT_EQ(c.Detail(), "hook: tp_btf/sys_exit (collectors.syscalls.hook: tracepoint)");
+  EXPECT_TRUE(testing::BpfProgramIds("kmon_sc_fx0", before).empty());
+  ExpectCountsExactly(&c, kGetppid, 333);
+}
+
+TEST_F(SyscallsRootTest, FexitHookCountsExactlyOrRefusesToStartWithTheReason) {
+  const int raw = RawFexitLoadErrno();
+  SyscallsCollector c({.workloads = workloads_.get(), .watched = watched_.get()});
+  const uint32_t before = testing::MaxBpfProgramId();
+  absl::Status st = c.Start(SyscallConfig({"getppid", "getpid"}, "fexit"));
+  if (raw != 0) {
+    EXPECT_EQ(st.message(), absl::StrCat("collector=syscalls: collectors.syscalls.hook is fexit, "
+                                         "but fexit refused by this kernel: load: ",
+                                         std::strerror(raw)));
+    // Nothing stays loaded (the kernel frees programs shortly after their last fd).
+    for (int i = 0; i < 100 && !testing::BpfProgramIds("kmon_sys_exit", before).empty(); ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    EXPECT_TRUE(testing::BpfProgramIds("kmon_sys_exit", before).empty());
+    return;
+  }
+  ASSERT_TRUE(st.ok()) << st;
+  EXPECT_TRUE(c.hook().fexit);
+  ExpectCountsExactly(&c, kGetppid, 333);
+}
 
 TEST_F(SyscallsRootTest, CountsExactlyWhatTheWorkloadDid) {
   SyscallsCollector c({.workloads = workloads_.get(), .watched = watched_.get()});
@@ -127,12 +289,46 @@ TEST_F(SyscallsRootTest, ReconfigureChangesTheSetInPlace) {
   EXPECT_EQ(Find(fams, "kmon_syscalls_total", cg.name(), "getppid"), 20);
   EXPECT_EQ(Find(fams, "kmon_syscalls_total", cg.name(), "getpid"), 20);  // only after reload
   EXPECT_EQ(testing::BpfProgramIds("kmon_sys_exit", before), ids);
+  // getpid has no fexit slot: where getppid was on fexit, the tracepoint took over
+  // both (exactly: no call lost or counted twice above); it was the tracepoint anyway
+  // where the kernel refuses fexit.
+  EXPECT_FALSE(c.hook().fexit);
+  if (RawFexitLoadErrno() == 0) {
+    EXPECT_EQ(c.Detail(),
+              "hook: tp_btf/sys_exit (a reload chose getpid, which no fexit slot "
+              "hooks; fexit again when the collector restarts)");
+  }
+  // Dropping a syscall again stops its count at once, on either hook.
+  ASSERT_TRUE(c.Reconfigure(SyscallConfig({"getpid"})).ok());
+  ASSERT_EQ(RunInCgroup(cg, [] { MakeCalls(10, 5, 0); }), 0);
+  fams.clear();
+  c.Collect(&fams);
+  EXPECT_EQ(Find(fams, "kmon_syscalls_total", cg.name(), "getpid"), 25);
+  EXPECT_EQ(Find(fams, "kmon_syscalls_total", cg.name(), "getppid"), -1);  // not counted now
+}
+
+TEST_F(SyscallsRootTest, AReloadWithinTheHookedSetStaysOnItsHook) {
+  SyscallsCollector c({.workloads = workloads_.get(), .watched = watched_.get()});
+  ASSERT_TRUE(c.Start(SyscallConfig({"getppid", "getpid"})).ok());
+  const bool fexit = c.hook().fexit;
+  EXPECT_EQ(fexit, RawFexitLoadErrno() == 0);
+  TestCgroup cg;
+  ASSERT_TRUE(c.Reconfigure(SyscallConfig({"getppid"})).ok());
+  ASSERT_EQ(RunInCgroup(cg, [] { MakeCalls(40, 30, 0); }), 0);
+  ASSERT_TRUE(c.Reconfigure(SyscallConfig({"getpid", "getppid"})).ok());
+  ASSERT_EQ(RunInCgroup(cg, [] { MakeCalls(2, 3, 0); }), 0);
+  EXPECT_EQ(c.hook().fexit, fexit);
+  std::vector<prometheus::MetricFamily> fams;
+  c.Collect(&fams);
+  EXPECT_EQ(Find(fams, "kmon_syscalls_total", cg.name(), "getppid"), 42);
+  EXPECT_EQ(Find(fams, "kmon_syscalls_total", cg.name(), "getpid"), 3);
 }
 
 // --- the real exporter process ---
 
 std::string ConfigYaml(const std::string& syscalls) {
-  return "interval: 1s\ncollectors:\n  syscalls:\n    syscalls: [" + syscalls + "]\n";
+  return "interval: 1s\ncollectors:\n  syscalls:\n    enabled: true\n    syscalls: [" + syscalls +
+         "]\n";
 }
 
 // Polls until `pred(scrape)` holds; returns the last scrape.
@@ -167,13 +363,24 @@ TEST(ExporterRootTest, ReloadsBySighupHttpAndFileChangeKeepingPrograms) {
   std::string text = WaitFor(exporter, [&](const std::string& t) {
     return SampleValue(t, "kmon_syscalls_total", {{"container", cg1.name()}}).has_value();
   });
-  EXPECT_EQ(SampleValue(text, "kmon_syscalls_total",
-                        {{"container", cg1.name()}, {"syscall", "getppid"}}),
-            kGetppid);
-  EXPECT_FALSE(SampleValue(text, "kmon_syscalls_total",
-                           {{"container", cg1.name()}, {"syscall", "getpid"}}));
+  EXPECT_EQ(
+      SampleValue(text, "kmon_syscalls_total", {{"container", cg1.name()}, {"syscall", "getppid"}}),
+      kGetppid);
+  EXPECT_FALSE(
+      SampleValue(text, "kmon_syscalls_total", {{"container", cg1.name()}, {"syscall", "getpid"}}));
   EXPECT_EQ(SampleValue(text, "kmon_collector_up", {{"collector", "syscalls"}}), 1);
   EXPECT_EQ(SampleValue(text, "kmon_config_last_reload_successful", {}), 1);
+  // `/` says which hook counts and why.
+  const std::string landing = testing::HttpGet(exporter.Url("/")).body;
+  const int raw = RawFexitLoadErrno();
+  const std::string hook =
+      raw == 0 ? "hook: fexit on 1 syscall function (the kernel lets BPF attach to each chosen "
+                 "syscall function)"
+               : absl::StrCat("hook: tp_btf/sys_exit (fexit refused by this kernel: load: ",
+                              std::strerror(raw), ")");
+  EXPECT_NE(landing.find("<td>syscalls</td><td>up</td><td></td><td>" + hook + "</td>"),
+            std::string::npos)
+      << landing;
   double stamp = ReloadStamp(text);
 
   // SIGHUP with getpid added: counted from then on, same program.
@@ -185,9 +392,9 @@ TEST(ExporterRootTest, ReloadsBySighupHttpAndFileChangeKeepingPrograms) {
   text = WaitFor(exporter, [&](const std::string& t) {
     return SampleValue(t, "kmon_syscalls_total", {{"container", cg2.name()}}).has_value();
   });
-  EXPECT_EQ(SampleValue(text, "kmon_syscalls_total",
-                        {{"container", cg2.name()}, {"syscall", "getpid"}}),
-            11);
+  EXPECT_EQ(
+      SampleValue(text, "kmon_syscalls_total", {{"container", cg2.name()}, {"syscall", "getpid"}}),
+      11);
   EXPECT_EQ(testing::BpfProgramIds("kmon_sys_exit", before), ids);
   stamp = ReloadStamp(text);
 
@@ -204,9 +411,9 @@ TEST(ExporterRootTest, ReloadsBySighupHttpAndFileChangeKeepingPrograms) {
   text = WaitFor(exporter, [&](const std::string& t) {
     return SampleValue(t, "kmon_syscalls_total", {{"container", cg3.name()}}).has_value();
   });
-  EXPECT_EQ(SampleValue(text, "kmon_syscalls_total",
-                        {{"container", cg3.name()}, {"syscall", "getpid"}}),
-            13);
+  EXPECT_EQ(
+      SampleValue(text, "kmon_syscalls_total", {{"container", cg3.name()}, {"syscall", "getpid"}}),
+      13);
 
   // POST /-/reload: 500 while the file is broken, 200 once it is fixed.
   EXPECT_EQ(testing::HttpPost(exporter.Url("/-/reload")).status, 500);
@@ -228,11 +435,11 @@ TEST(ExporterRootTest, ReloadsBySighupHttpAndFileChangeKeepingPrograms) {
   text = WaitFor(exporter, [&](const std::string& t) {
     return SampleValue(t, "kmon_syscalls_total", {{"container", cg4.name()}}).has_value();
   });
-  EXPECT_EQ(SampleValue(text, "kmon_syscalls_total",
-                        {{"container", cg4.name()}, {"syscall", "getppid"}}),
-            5);
-  EXPECT_FALSE(SampleValue(text, "kmon_syscalls_total",
-                           {{"container", cg4.name()}, {"syscall", "getpid"}}));
+  EXPECT_EQ(
+      SampleValue(text, "kmon_syscalls_total", {{"container", cg4.name()}, {"syscall", "getppid"}}),
+      5);
+  EXPECT_FALSE(
+      SampleValue(text, "kmon_syscalls_total", {{"container", cg4.name()}, {"syscall", "getpid"}}));
   EXPECT_EQ(testing::BpfProgramIds("kmon_sys_exit", before), ids);
 
   EXPECT_EQ(exporter.Terminate(), 0);  // clean shutdown on SIGTERM
@@ -247,8 +454,8 @@ TEST(ExporterRootTest, BadConfigAtStartExitsOneNamingKeyAndLine) {
   const TempFile cfg_file(
       "interval: soon\ncollectors:\n  syscalls:\n    syscalls: [getppid, not_a_syscall]\n");
   const std::string& cfg_path = cfg_file.path();
-  std::string cmd = std::string(KMON_EXPORTER_BIN) + " --check-config --config.file=" + cfg_path +
-                    " 2>&1";
+  std::string cmd =
+      std::string(KMON_EXPORTER_BIN) + " --check-config --config.file=" + cfg_path + " 2>&1";
   FILE* p = popen(cmd.c_str(), "r");
   ASSERT_NE(p, nullptr);
   std::string out;
