@@ -472,7 +472,7 @@ int64_t MapEntries(uint32_t prog_id, const std::string& name) {
   pinfo.nr_map_ids = 64;
   pinfo.map_ids = reinterpret_cast<uint64_t>(map_ids);
   uint32_t plen = sizeof pinfo;
-  const int rc = bpf_prog_get_info_by_fd(prog, &pinfo, &plen);
+  const int rc = bpf_obj_get_info_by_fd(prog, &pinfo, &plen);
   close(prog);
   if (rc != 0) return -1;
   for (uint32_t i = 0; i < std::min<uint32_t>(pinfo.nr_map_ids, 64); ++i) {
@@ -481,7 +481,7 @@ int64_t MapEntries(uint32_t prog_id, const std::string& name) {
     bpf_map_info info{};
     uint32_t len = sizeof info;
     int64_t n = -1;
-    if (bpf_map_get_info_by_fd(fd, &info, &len) == 0 && name == info.name) {
+    if (bpf_obj_get_info_by_fd(fd, &info, &len) == 0 && name == info.name) {
       std::vector<char> key(info.key_size), next(info.key_size);
       n = 0;
       for (void* k = nullptr; bpf_map_get_next_key(fd, k, next.data()) == 0; k = key.data()) {
