@@ -10,9 +10,12 @@
  * switch-out): sleep (TASK_INTERRUPTIBLE), io (TASK_UNINTERRUPTIBLE), other.
  *
  * sched_switch is the hottest hook on a machine, so its path is one array lookup
- * (config), one hash lookup per thread (the per-task state), one per-CPU counter
- * update and one histogram update; stacks (two bpf_get_stackid) are taken only when a thread
- * blocks while stacks are on, and aggregated only for episodes >= offcpu_min.
+ * (config), two task-local storage lookups (the per-task state of prev and next:
+ * a pointer in the task, no hashing), one per-CPU counter update and one histogram
+ * update; stacks (two bpf_get_stackid) are taken only when a thread blocks while
+ * stacks are on (cpu_config.stacks, checked before anything else of stacks: with
+ * `stacks: on_demand` it is on only while /debug/offcpu profiles), and aggregated
+ * only for episodes >= offcpu_min that started and ended while it was on.
  *
  * On-CPU time is added at switch-out, and also by `kmon_cpu_flush`, which user space
  * runs on every CPU before it reads the counters (BPF_PROG_TEST_RUN with
@@ -20,10 +23,12 @@
  * the slice's start to now, so a thread that never leaves its CPU is counted as it
  * runs, not in one jump when it finally switches out.
  *
- * Control maps: `cpu_config` (offcpu_min, stacks) and the common
- * `filter_config`/`watched_cgroups`. Data maps (cumulative): `cg_counters`
+ * Control maps: `cpu_config` (offcpu_min, stacks, the stack generation) and the
+ * common `filter_config`/`watched_cgroups`. Data maps (cumulative): `cg_counters`
  * (per-CPU), `cg_hists`, `offcpu_stacks`, `stacks` (the stack traces), and `cpu_lost`
- * (per-CPU, reasons of its own beside the common `lost`). */
+ * (per-CPU, reasons of its own beside the common `lost`). The per-thread state is
+ * task-local storage (`task_state`), freed with the task; `kmon_cpu_held`, a task
+ * iterator, lists the stack ids threads off CPU hold. */
 #include "vmlinux.h"
 #include <bpf/bpf_core_read.h>
 #include <bpf/bpf_helpers.h>
@@ -39,22 +44,35 @@ char LICENSE[] SEC("license") = "GPL";
 
 KMON_MAP(BPF_MAP_TYPE_ARRAY, 1, __u32, struct cpu_config) cpu_config SEC(".maps");
 
-/* Preallocated: threads come and go all the time, and a preallocated hash never
- * allocates on this path. Entries leave at a thread's final switch (TASK_DEAD). */
-KMON_MAP(BPF_MAP_TYPE_HASH, KMON_CPU_TASKS_MAX, __u32,
-         struct cpu_task_state) task_state SEC(".maps");
+/* Task-local storage: made at a thread's first switch seen, freed with the task, so
+ * nothing is preallocated and nothing outlives its thread. */
+struct {
+  __uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+  __uint(map_flags, BPF_F_NO_PREALLOC);
+  __type(key, int);
+  __type(value, struct cpu_task_state);
+} task_state SEC(".maps");
 
-/* Every data map is preallocated: a map without preallocation allocates new keys
- * from a per-CPU cache that holds a single element for per-CPU values and refills
- * only once interrupts are back on, so the second new key in one sched_switch run
- * (a new cgroup's first run-queue wait and first sleep) would fail.
+/* A map without preallocation allocates new keys from a per-CPU cache that refills
+ * only once interrupts are back on: for per-CPU values it holds 1 to 3 elements,
+ * for elements above 256 bytes it starts with a single one. One new key per
+ * sched_switch run is always served; a second may not be.
  *
- * The counters, touched on every switch, are per-CPU (24 bytes x CPUs per cgroup).
+ * The counters, touched on every switch, are per-CPU (24 bytes x CPUs per cgroup)
+ * and not preallocated: at most one new key per run (the cgroup of prev), and
+ * preallocated they would cost 4096 x 24 x CPUs (12 MiB at 128 CPUs) on every node.
  * The histograms, 232 bytes each, are shared and updated with atomic adds, so their
- * memory does not grow with the number of CPUs; a cgroup's threads contend on them
- * only when they end episodes on several CPUs at the same moment. */
-KMON_MAP(BPF_MAP_TYPE_PERCPU_HASH, KMON_CPU_CGROUPS_MAX, __u64,
-         struct cpu_counters) cg_counters SEC(".maps");
+ * memory does not grow with the number of CPUs (a cgroup's threads contend on them
+ * only when they end episodes on several CPUs at the same moment); they stay
+ * preallocated, as one switch-in can add two of a new cgroup (its first run-queue
+ * wait and its first sleep). */
+struct {
+  __uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+  __uint(map_flags, BPF_F_NO_PREALLOC);
+  __uint(max_entries, KMON_CPU_CGROUPS_MAX);
+  __type(key, __u64);
+  __type(value, struct cpu_counters);
+} cg_counters SEC(".maps");
 
 KMON_MAP(BPF_MAP_TYPE_HASH, KMON_CPU_HISTS_MAX, struct cpu_hist_key,
          struct cpu_hist) cg_hists SEC(".maps");
@@ -66,9 +84,16 @@ struct {
   __uint(value_size, KMON_CPU_STACK_DEPTH * sizeof(__u64));
 } stacks SEC(".maps");
 
-/* Shared, atomic adds: one update per episode of at least offcpu_min is rare. */
-KMON_MAP(BPF_MAP_TYPE_HASH, KMON_CPU_OFFCPU_STACKS_MAX, struct offcpu_stack_key,
-         struct offcpu_stack_value) offcpu_stacks SEC(".maps");
+/* Shared, atomic adds: one update per episode of at least offcpu_min is rare. Not
+ * preallocated: empty while nobody profiles (`stacks: on_demand`), and at most one
+ * new key per switch. */
+struct {
+  __uint(type, BPF_MAP_TYPE_HASH);
+  __uint(map_flags, BPF_F_NO_PREALLOC);
+  __uint(max_entries, KMON_CPU_OFFCPU_STACKS_MAX);
+  __type(key, struct offcpu_stack_key);
+  __type(value, struct offcpu_stack_value);
+} offcpu_stacks SEC(".maps");
 
 /* Reasons beyond the common `lost` array's map_full (enum kmon_cpu_lost_reason). */
 KMON_MAP(BPF_MAP_TYPE_PERCPU_ARRAY, KMON_CPU_LOST_MAX, __u32, __u64) cpu_lost SEC(".maps");
@@ -119,11 +144,13 @@ static __always_inline void count_lost_stacks(const struct cpu_task_state *st) {
 static __always_inline void stack_add(struct task_struct *t, const struct cpu_task_state *st,
                                       __u64 ns) {
   /* The process's start time tells a reused PID from the process that had it. */
+  struct task_struct *leader = t->group_leader;
   struct offcpu_stack_key key = {.cgroup_id = st->cgroup_id,
-                                 .start_ns = t->group_leader->start_boottime,
+                                 .start_ns = leader->start_boottime,
                                  .tgid = st->tgid,
                                  .kstack = st->kstack,
                                  .ustack = st->ustack};
+  bpf_probe_read_kernel(key.comm, sizeof(key.comm), leader->comm);
   static const struct offcpu_stack_value zero;
   struct offcpu_stack_value *v = kmon_lookup_or_init(&offcpu_stacks, &key, &zero);
   if (!v) return;
@@ -147,18 +174,31 @@ static __always_inline __u32 blocked_kind(unsigned int state) {
   return KMON_CPU_KIND_OTHER;
 }
 
-static __always_inline void switch_out(void *ctx, struct task_struct *prev, __u32 pid,
-                                       bool preempt, unsigned int prev_state, __u64 now,
+static __always_inline struct cpu_task_state *state_of(struct task_struct *t) {
+  return bpf_task_storage_get(&task_state, t, 0, 0);
+}
+
+static __always_inline void switch_out(void *ctx, struct task_struct *prev, bool preempt,
+                                       unsigned int prev_state, __u64 now,
                                        const struct cpu_config *cfg) {
   /* `prev` is still current here, so this is its cgroup: one helper call. */
   __u64 cgroup_id = bpf_get_current_cgroup_id();
   if (!kmon_cgroup_watched(cgroup_id)) {
-    /* Not (or no longer) watched: forget it, so a stale state never yields an episode. */
-    bpf_map_delete_elem(&task_state, &pid);
+    /* Not (or no longer) watched: a stale state must never yield an episode, so it
+     * is marked as seen for the first time (cheaper than deleting it here). */
+    struct cpu_task_state *old = state_of(prev);
+    if (old) {
+      old->oncpu_ts = 0;
+      old->offcpu_ts = 0;
+    }
     return;
   }
   bool voluntary = !preempt && prev_state != KMON_TASK_RUNNING;
-  struct cpu_task_state *st = bpf_map_lookup_elem(&task_state, &pid);
+  /* The thread's last switch (TASK_DEAD): it never comes back, and its storage goes
+   * with it; no state is made for it. */
+  bool dead = prev_state & KMON_TASK_DEAD;
+  struct cpu_task_state *st =
+      bpf_task_storage_get(&task_state, prev, 0, dead ? 0 : BPF_LOCAL_STORAGE_GET_F_CREATE);
 
   struct cpu_counters *c = counters_of(cgroup_id);
   if (c) {
@@ -168,23 +208,11 @@ static __always_inline void switch_out(void *ctx, struct task_struct *prev, __u3
     else
       c->involuntary += 1;
   }
-
-  if (prev_state & KMON_TASK_DEAD) {
-    /* The thread's last switch: it never comes back. */
-    if (st) bpf_map_delete_elem(&task_state, &pid);
-    return;
-  }
+  if (dead) return;
   if (!st) {
-    /* Not kmon_lookup_or_init: the lookup it starts with was made above, and on a
-     * full map repeating it would cost every switch-out of an untracked thread. */
-    struct cpu_task_state init = {.kstack = KMON_CPU_NO_STACK, .ustack = KMON_CPU_NO_STACK};
-    long err = bpf_map_update_elem(&task_state, &pid, &init, BPF_NOEXIST);
-    if (err && err != -KMON_EEXIST) {
-      kmon_count_lost(KMON_LOST_MAP_FULL);
-      return;
-    }
-    st = bpf_map_lookup_elem(&task_state, &pid);
-    if (!st) return;
+    /* No memory for the storage (or the storage is busy on this CPU). */
+    kmon_count_lost(KMON_LOST_MAP_FULL);
+    return;
   }
   st->cgroup_id = cgroup_id;
   st->oncpu_ts = 0;
@@ -200,29 +228,42 @@ static __always_inline void switch_out(void *ctx, struct task_struct *prev, __u3
   st->kind = blocked_kind(prev_state);
   if (!cfg->stacks) return;
   st->tgid = prev->tgid;
+  st->gen = cfg->gen;
   st->kstack = stack_id_or_lost(bpf_get_stackid(ctx, &stacks, 0));
   st->ustack = stack_id_or_lost(bpf_get_stackid(ctx, &stacks, BPF_F_USER_STACK));
 }
 
-/* First sight of a running thread: its state starts with its on-CPU clock at `now`.
- * A state found made already (-EEXIST) is left as it is. */
-static __always_inline void start_oncpu(__u32 pid, __u64 cgroup_id, __u64 now) {
-  struct cpu_task_state init = {.oncpu_ts = now,
-                                .cgroup_id = cgroup_id,
-                                .kstack = KMON_CPU_NO_STACK,
-                                .ustack = KMON_CPU_NO_STACK};
-  long err = bpf_map_update_elem(&task_state, &pid, &init, BPF_NOEXIST);
-  if (err && err != -KMON_EEXIST) kmon_count_lost(KMON_LOST_MAP_FULL);
+/* First sight of a running thread (or its first since it was unwatched): its state
+ * starts with its on-CPU clock at `now`. */
+static __always_inline void start_oncpu(struct task_struct *t, struct cpu_task_state *st,
+                                        __u64 cgroup_id, __u64 now) {
+  if (!st) st = bpf_task_storage_get(&task_state, t, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+  if (!st) {
+    kmon_count_lost(KMON_LOST_MAP_FULL);
+    return;
+  }
+  st->oncpu_ts = now;
+  st->offcpu_ts = 0;
+  st->wakeup_ts = 0;
+  st->cgroup_id = cgroup_id;
+  st->kstack = KMON_CPU_NO_STACK;
+  st->ustack = KMON_CPU_NO_STACK;
 }
 
-static __always_inline void switch_in(struct task_struct *next, __u32 pid, __u64 now,
+/* A state with neither clock running: made but never switched out watched, or
+ * marked when its thread left unwatched. */
+static __always_inline bool fresh(const struct cpu_task_state *st) {
+  return !st || (!st->oncpu_ts && !st->offcpu_ts);
+}
+
+static __always_inline void switch_in(struct task_struct *next, __u64 now,
                                       const struct cpu_config *cfg) {
-  struct cpu_task_state *st = bpf_map_lookup_elem(&task_state, &pid);
-  if (!st) {
+  struct cpu_task_state *st = state_of(next);
+  if (fresh(st)) {
     /* First sight of this thread (or it is not watched): start its on-CPU clock. */
     __u64 cgroup_id = task_cgroup_id(next);
     if (!kmon_cgroup_watched(cgroup_id)) return;
-    start_oncpu(pid, cgroup_id, now);
+    start_oncpu(next, st, cgroup_id, now);
     return;
   }
   __u64 off_ts = st->offcpu_ts;
@@ -240,7 +281,8 @@ static __always_inline void switch_in(struct task_struct *next, __u32 pid, __u64
         __u32 kind = st->kind;
         if (kind >= KMON_CPU_KIND_MAX) kind = KMON_CPU_KIND_OTHER;
         hist_add(cgroup_id, kind, blocked);
-        if (cfg->stacks &&
+        /* Only stacks of this generation: the map may have been emptied since. */
+        if (cfg->stacks && st->gen == cfg->gen &&
             (st->kstack != KMON_CPU_NO_STACK || st->ustack != KMON_CPU_NO_STACK)) {
           stack_add(next, st, blocked);
         }
@@ -264,17 +306,14 @@ int BPF_PROG(kmon_cpu_switch, bool preempt, struct task_struct *prev, struct tas
   if (!cfg) return 0;
   __u64 now = bpf_ktime_get_ns();
   /* pid 0 is the idle task of each CPU: neither its "running" nor its leaving counts. */
-  __u32 prev_pid = prev->pid;
-  if (prev_pid != 0) switch_out(ctx, prev, prev_pid, preempt, prev_state, now, cfg);
-  __u32 next_pid = next->pid;
-  if (next_pid != 0) switch_in(next, next_pid, now, cfg);
+  if (prev->pid != 0) switch_out(ctx, prev, preempt, prev_state, now, cfg);
+  if (next->pid != 0) switch_in(next, now, cfg);
   return 0;
 }
 
 /* A blocked thread became runnable: its off-CPU episode ends, its run-queue wait begins. */
 static __always_inline void woken(struct task_struct *p) {
-  __u32 pid = p->pid;
-  struct cpu_task_state *st = bpf_map_lookup_elem(&task_state, &pid);
+  struct cpu_task_state *st = state_of(p);
   if (!st || !st->offcpu_ts || st->wakeup_ts || st->kind == KMON_CPU_KIND_RUNQ) return;
   st->wakeup_ts = bpf_ktime_get_ns();
 }
@@ -290,16 +329,20 @@ SEC("tp_btf/sched_wakeup_new")
 int BPF_PROG(kmon_cpu_forked, struct task_struct *p) {
   __u64 cgroup_id = task_cgroup_id(p);
   if (!kmon_cgroup_watched(cgroup_id)) return 0;
-  __u32 pid = p->pid;
-  struct cpu_task_state init = {.offcpu_ts = bpf_ktime_get_ns(),
-                                .cgroup_id = cgroup_id,
-                                .kstack = KMON_CPU_NO_STACK,
-                                .ustack = KMON_CPU_NO_STACK,
-                                .tgid = p->tgid,
-                                .kind = KMON_CPU_KIND_RUNQ};
-  /* BPF_ANY: a state left by an earlier thread of the same id is stale. */
-  long err = bpf_map_update_elem(&task_state, &pid, &init, BPF_ANY);
-  if (err) kmon_count_lost(KMON_LOST_MAP_FULL);
+  struct cpu_task_state *st =
+      bpf_task_storage_get(&task_state, p, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+  if (!st) {
+    kmon_count_lost(KMON_LOST_MAP_FULL);
+    return 0;
+  }
+  st->oncpu_ts = 0;
+  st->offcpu_ts = bpf_ktime_get_ns();
+  st->wakeup_ts = 0;
+  st->cgroup_id = cgroup_id;
+  st->kstack = KMON_CPU_NO_STACK;
+  st->ustack = KMON_CPU_NO_STACK;
+  st->tgid = p->tgid;
+  st->kind = KMON_CPU_KIND_RUNQ;
   return 0;
 }
 
@@ -312,14 +355,14 @@ int BPF_PROG(kmon_cpu_forked, struct task_struct *p) {
  * has no state yet: its time counts from its first flush. */
 SEC("raw_tp")
 int kmon_cpu_flush(void *ctx) {
-  __u32 pid = (__u32)bpf_get_current_pid_tgid();
-  if (pid == 0) return 0; /* idle */
+  struct task_struct *cur = bpf_get_current_task_btf();
+  if (cur->pid == 0) return 0; /* idle */
   __u64 cgroup_id = bpf_get_current_cgroup_id();
   if (!kmon_cgroup_watched(cgroup_id)) return 0;
   __u64 now = bpf_ktime_get_ns();
-  struct cpu_task_state *st = bpf_map_lookup_elem(&task_state, &pid);
-  if (!st) {
-    start_oncpu(pid, cgroup_id, now);
+  struct cpu_task_state *st = state_of(cur);
+  if (fresh(st)) {
+    start_oncpu(cur, st, cgroup_id, now);
     return 0;
   }
   if (!st->oncpu_ts) {
@@ -334,5 +377,18 @@ int kmon_cpu_flush(void *ctx) {
   if (!c) return 0;
   c->oncpu_ns += now - st->oncpu_ts;
   st->oncpu_ts = now;
+  return 0;
+}
+
+/* Run by user space through an iterator fd before it sweeps the stack map: the stack
+ * ids of every thread off CPU now (two __s32 each), which the sweep must keep. */
+SEC("iter/task")
+int kmon_cpu_held(struct bpf_iter__task *ctx) {
+  struct task_struct *task = ctx->task;
+  if (!task) return 0;
+  struct cpu_task_state *st = bpf_task_storage_get(&task_state, task, 0, 0);
+  if (!st || !st->offcpu_ts) return 0;
+  __s32 ids[2] = {st->kstack, st->ustack};
+  bpf_seq_write(ctx->meta->seq, ids, sizeof(ids));
   return 0;
 }

@@ -8,17 +8,21 @@
 
 #include "bpf/kmon_common.h"
 
-/* Threads whose scheduling state is tracked at once (the per-task state map). */
-#define KMON_CPU_TASKS_MAX 32768
-/* Cgroups with counters (a node with 250 pods of 3 containers has ~1000 cgroups);
- * histograms get one entry per (cgroup, kind). */
+/* Cgroups with counters (a node with 250 pods of 3 containers has ~1000 cgroups).
+ * The per-CPU counters are not preallocated: a cgroup's entry (24 bytes per
+ * possible CPU) exists once it has run. Histograms get one entry per (cgroup, kind)
+ * seen; a cgroup has two on average (run queue, sleep; io and other are rarer), and
+ * they stay preallocated (see bpf/cpu.bpf.c): 8192 x ~300 bytes = 2.4 MiB, whatever
+ * the number of CPUs. The per-thread state is task-local storage: no entries to size. */
 #define KMON_CPU_CGROUPS_MAX 4096
-#define KMON_CPU_HISTS_MAX (4 * KMON_CPU_CGROUPS_MAX)
+#define KMON_CPU_HISTS_MAX (2 * KMON_CPU_CGROUPS_MAX)
 /* Distinct stacks the stack-trace map holds, and frames kept per stack (the innermost
  * ones: a deeper stack loses its outermost frames).
  *
  * A stack-trace map is always preallocated: 16384 x (64 x 8 + 16) bytes = 8.3 MiB of
- * kernel memory. Its hash has one stack per bucket (the stack id is the bucket, and
+ * kernel memory with `stacks: always`; with `on_demand` (and `off`) the collector sizes
+ * it to KMON_CPU_STACKS_ON_DEMAND at load (4.2 MiB): it is emptied before each
+ * profiling window and holds only that window's stacks. Its hash has one stack per bucket (the stack id is the bucket, and
  * there are as many buckets as entries), so a new stack whose bucket holds another is
  * refused with -EEXIST: with n stacks held, a new one collides with probability
  * n/16384, and n distinct stacks in a row collide about n^2/32768 times. So the
@@ -31,9 +35,12 @@
  * BPF_F_REUSE_STACKID would avoid collisions by overwriting, which would name an
  * aggregate's time after a stack it never had. */
 #define KMON_CPU_STACKS_MAX 16384
+#define KMON_CPU_STACKS_ON_DEMAND 8192
 #define KMON_CPU_STACK_DEPTH 64
-/* (cgroup, process, kernel stack, user stack) aggregates of off-CPU time. */
+/* (cgroup, process, kernel stack, user stack) aggregates of off-CPU time; not
+ * preallocated (an entry exists once an episode was recorded with stacks on). */
 #define KMON_CPU_OFFCPU_STACKS_MAX 16384
+#define KMON_CPU_COMM_LEN 16
 
 /* Histogram buckets: upper bounds 2^i microseconds for i = 0..26 (1 us .. 67.1 s),
  * then +Inf. Fixed, so a heatmap over the buckets is stable across kmon versions. */
@@ -75,15 +82,19 @@ enum kmon_cpu_lost_reason {
   KMON_CPU_LOST_MAX = 1,
 };
 
-/* Value of the one-entry `cpu_config` control map. Rewritten on reload. */
+/* Value of the one-entry `cpu_config` control map. Rewritten on reload, and by
+ * /debug/offcpu with `stacks: on_demand` (stacks on for the profiling window). */
 struct cpu_config {
   __u64 offcpu_min_ns; /* shorter off-CPU episodes are not recorded */
   __u32 stacks;        /* 1: capture stacks at switch-out, aggregate at switch-in */
-  __u32 pad;
+  /* The stack generation: a stack taken under another generation (before the stack
+   * map was emptied for a new window) is never aggregated. */
+  __u32 gen;
 };
 
-/* Per-thread scheduling state, keyed by thread id. Kernel-internal; user space
- * only counts its entries. */
+/* Per-thread scheduling state, in task-local storage (freed with the task).
+ * Kernel-internal; the `kmon_cpu_held` iterator reads the stack ids of threads off
+ * CPU. */
 struct cpu_task_state {
   __u64 oncpu_ts;  /* when it last went on a CPU; 0 while off */
   __u64 offcpu_ts; /* when it last left a CPU; 0 while on */
@@ -93,6 +104,8 @@ struct cpu_task_state {
   __s32 ustack;
   __u32 tgid;
   __u32 kind; /* enum kmon_cpu_kind of the episode since offcpu_ts */
+  __u32 gen;  /* cpu_config.gen when the stacks were taken */
+  __u32 pad;
 };
 
 /* Per-CPU, cumulative: counters of one cgroup. */
@@ -125,6 +138,7 @@ struct offcpu_stack_key {
   __s32 kstack;
   __s32 ustack;
   __u32 pad;
+  char comm[KMON_CPU_COMM_LEN]; /* the process's name (its leader's comm) */
 };
 
 /* Cumulative, shared by all CPUs: off-CPU time (blocked, switch-out to wakeup) and
@@ -141,11 +155,11 @@ KMON_INLINE __u32 kmon_cpu_hist_slot(__u64 ns) {
 
 #ifdef __cplusplus
 static_assert(sizeof(struct cpu_config) == 16, "BPF ABI");
-static_assert(sizeof(struct cpu_task_state) == 48, "BPF ABI");
+static_assert(sizeof(struct cpu_task_state) == 56, "BPF ABI");
 static_assert(sizeof(struct cpu_counters) == 24, "BPF ABI");
 static_assert(sizeof(struct cpu_hist_key) == 16, "BPF ABI");
 static_assert(sizeof(struct cpu_hist) == 8 * (KMON_CPU_HIST_SLOTS + 1), "BPF ABI");
-static_assert(sizeof(struct offcpu_stack_key) == 32, "BPF ABI");
+static_assert(sizeof(struct offcpu_stack_key) == 48, "BPF ABI");
 static_assert(sizeof(struct offcpu_stack_value) == 16, "BPF ABI");
 #endif
 

@@ -1,21 +1,22 @@
 #include "collectors/cpu.h"
 
+#include <absl/strings/str_cat.h>
+#include <bpf/btf.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <unordered_map>
 #include <unordered_set>
 
-#include <absl/strings/str_cat.h>
-#include <bpf/btf.h>
-
-#include "bpf/cpu.h"
-#include "bpf/kmon_common.h"
-#include "bpf/cpu.skel.h"
-#include "collectors/bpf_util.h"
-#include "collectors/offcpu/offcpu_service.h"
-#include "collectors/kernel_features.h"
 #include "base/log.h"
+#include "bpf/cpu.h"
+#include "bpf/cpu.skel.h"
+#include "bpf/kmon_common.h"
+#include "collectors/bpf_util.h"
+#include "collectors/kernel_features.h"
+#include "collectors/offcpu/offcpu_service.h"
 
 namespace kmon {
 namespace {
@@ -26,7 +27,8 @@ const char* const kStateNames[KMON_CPU_KIND_MAX] = {"", "sleep", "io", "other"};
 
 class BpfCpuDataSource : public CpuDataSource {
  public:
-  BpfCpuDataSource(int counters_fd, int hists_fd) : counters_fd_(counters_fd), hists_fd_(hists_fd) {}
+  BpfCpuDataSource(int counters_fd, int hists_fd)
+      : counters_fd_(counters_fd), hists_fd_(hists_fd) {}
   absl::Status Read(std::vector<CpuCounters>* counters, std::vector<CpuHistogram>* hists) override {
     absl::Status st = ReadPerCpuHashAs<uint64_t, cpu_counters>(
         counters_fd_, KMON_CPU_CGROUPS_MAX,
@@ -57,11 +59,13 @@ class BpfCpuDataSource : public CpuDataSource {
 
 class BpfOffCpuStackSource : public OffCpuStackSource {
  public:
-  BpfOffCpuStackSource(int aggregates_fd, int stacks_fd, int tasks_fd, int cpu_lost_fd)
+  BpfOffCpuStackSource(int aggregates_fd, int stacks_fd, bpf_link* held, int cpu_lost_fd,
+                       size_t stack_capacity)
       : aggregates_fd_(aggregates_fd),
         stacks_fd_(stacks_fd),
-        tasks_fd_(tasks_fd),
-        cpu_lost_fd_(cpu_lost_fd) {}
+        held_(held),
+        cpu_lost_fd_(cpu_lost_fd),
+        stack_capacity_(stack_capacity) {}
 
   absl::Status Read(std::vector<OffCpuRawEntry>* out) override {
     std::vector<std::pair<offcpu_stack_key, offcpu_stack_value>> raw;
@@ -113,17 +117,19 @@ class BpfOffCpuStackSource : public OffCpuStackSource {
     return ids;
   }
 
+  // The task-local states are read through the kmon_cpu_held iterator: two ids per
+  // thread off CPU. Unknown (no iterator): every id is kept rather than one in use.
   std::vector<int32_t> StackIdsHeldByThreads() override {
-    std::vector<std::pair<uint32_t, cpu_task_state>> tasks;
-    // Unknown: keep every id rather than delete one in use.
-    if (!ReadHash(tasks_fd_, KMON_CPU_TASKS_MAX, &tasks).ok()) return StackIds();
+    const int fd = held_ != nullptr ? bpf_iter_create(bpf_link__fd(held_)) : -1;
+    if (fd < 0) return StackIds();
     std::vector<int32_t> ids;
-    ids.reserve(2 * tasks.size());
-    for (const auto& [tid, st] : tasks) {
-      ids.push_back(st.kstack);
-      ids.push_back(st.ustack);
+    int32_t buf[1024];
+    ssize_t n;
+    while ((n = read(fd, buf, sizeof buf)) > 0) {
+      ids.insert(ids.end(), buf, buf + n / static_cast<ssize_t>(sizeof(int32_t)));
     }
-    return ids;
+    close(fd);
+    return n < 0 ? StackIds() : ids;
   }
 
   void DeleteStack(int32_t id) override {
@@ -131,7 +137,7 @@ class BpfOffCpuStackSource : public OffCpuStackSource {
     bpf_map_delete_elem(stacks_fd_, &key);
   }
 
-  size_t StackCapacity() const override { return KMON_CPU_STACKS_MAX; }
+  size_t StackCapacity() const override { return stack_capacity_; }
 
   uint64_t StackCollisions() override {
     auto sums = ReadPerCpuU64Array(cpu_lost_fd_, KMON_CPU_LOST_MAX);
@@ -139,7 +145,10 @@ class BpfOffCpuStackSource : public OffCpuStackSource {
   }
 
  private:
-  int aggregates_fd_, stacks_fd_, tasks_fd_, cpu_lost_fd_;
+  int aggregates_fd_, stacks_fd_;
+  bpf_link* held_;
+  int cpu_lost_fd_;
+  size_t stack_capacity_;
 };
 
 }  // namespace
@@ -167,8 +176,9 @@ absl::Status CheckSchedSwitchHasPrevState(const btf* vmlinux) {
   if (args < 4) {
     return absl::FailedPreconditionError(absl::StrCat(
         "collector=cpu: needs Linux 5.18 or later: this kernel's sched_switch tracepoint passes ",
-        args, " arguments, without prev_state (added in 5.18 by commit fa2c3254d7cf, "
-              "\"sched/tracing: Don't re-read p->state when emitting sched_switch event\")"));
+        args,
+        " arguments, without prev_state (added in 5.18 by commit fa2c3254d7cf, "
+        "\"sched/tracing: Don't re-read p->state when emitting sched_switch event\")"));
   }
   return absl::OkStatus();
 }
@@ -248,23 +258,34 @@ void ParseCpuSection(YamlParser& p, const YamlValue& v, CpuConfig* c) {
                {"enabled", [&](const YamlValue& f) { p.Bool(f, &c->enabled); }},
                // 0 is allowed: it records every off-CPU episode, however short.
                {"offcpu_min", [&](const YamlValue& f) { p.Duration(f, &c->offcpu_min); }},
-               {"stacks", [&](const YamlValue& f) { p.Bool(f, &c->stacks); }},
+               {"stacks",
+                [&](const YamlValue& f) {
+                  if (YamlParser::IsPlainBool(f)) {
+                    p.Report(f.key, f.line,
+                             "must be one of on_demand, always, off; a boolean is no longer "
+                             "taken (true was what is now always, false off)");
+                    return;
+                  }
+                  std::string s;
+                  if (p.OneOf(f, {"on_demand", "always", "off"}, &s)) {
+                    c->stacks = *ParseOffCpuStacks(s);
+                  }
+                }},
            });
 }
 
 CpuCollector::CpuCollector(const CollectorDeps& deps)
-    : BpfCollector(
-          kName, deps, &skel_, cpu_bpf__create_skeleton,
-          {{"cpu_config", sizeof(uint32_t), sizeof(cpu_config)},
-           {"task_state", sizeof(uint32_t), sizeof(cpu_task_state)},
-           {"cg_counters", sizeof(uint64_t), sizeof(cpu_counters)},
-           {"cg_hists", sizeof(cpu_hist_key), sizeof(cpu_hist)},
-           {"offcpu_stacks", sizeof(offcpu_stack_key), sizeof(offcpu_stack_value)},
-           {"stacks", sizeof(uint32_t), KMON_CPU_STACK_DEPTH * sizeof(uint64_t)}}) {}
+    : BpfCollector(kName, deps, &skel_, cpu_bpf__create_skeleton,
+                   {{"cpu_config", sizeof(uint32_t), sizeof(cpu_config)},
+                    {"task_state", sizeof(uint32_t), sizeof(cpu_task_state)},
+                    {"cg_counters", sizeof(uint64_t), sizeof(cpu_counters)},
+                    {"cg_hists", sizeof(cpu_hist_key), sizeof(cpu_hist)},
+                    {"offcpu_stacks", sizeof(offcpu_stack_key), sizeof(offcpu_stack_value)},
+                    {"stacks", sizeof(uint32_t), KMON_CPU_STACK_DEPTH * sizeof(uint64_t)}}) {}
 
 CpuCollector::~CpuCollector() { Stop(); }
 
-absl::Status CpuCollector::BeforeLoad(const CollectorConfig&) {
+absl::Status CpuCollector::BeforeLoad(const CollectorConfig& config) {
   // A clear message on kernels before 5.18 rather than the verifier's.
   absl::StatusOr<const btf*> vmlinux = Features().VmlinuxBtf();
   if (!vmlinux.ok()) {
@@ -275,6 +296,13 @@ absl::Status CpuCollector::BeforeLoad(const CollectorConfig&) {
   if (!st.ok()) return st;
   // Run from user space on each CPU (FlushOnCpuTime), never attached.
   bpf_program__set_autoattach(skel_->progs.kmon_cpu_flush, false);
+  // An iterator: its link is made in AfterAttach, and it is not an attach point.
+  bpf_program__set_autoattach(skel_->progs.kmon_cpu_held, false);
+  // With `always` stacks come all the time and collide more: the larger map. A
+  // reload that changes the mode keeps the size the collector started with.
+  const bool always = config.collectors.Get<CpuConfig>().stacks == OffCpuStacks::kAlways;
+  bpf_map__set_max_entries(skel_->maps.stacks,
+                           always ? KMON_CPU_STACKS_MAX : KMON_CPU_STACKS_ON_DEMAND);
   return absl::OkStatus();
 }
 
@@ -283,25 +311,53 @@ absl::Status CpuCollector::AfterAttach(const CollectorConfig& config) {
   FlushOnCpuTime();
   source_ = std::make_unique<BpfCpuDataSource>(bpf_map__fd(skel_->maps.cg_counters),
                                                bpf_map__fd(skel_->maps.cg_hists));
+  held_link_ = bpf_program__attach_iter(skel_->progs.kmon_cpu_held, nullptr);
+  if (held_link_ == nullptr) {
+    // Without it the stack map is swept of nothing (every id might be held).
+    LogWarn("attaching the kmon_cpu_held iterator failed; stack ids are never swept",
+            {{"collector", kName}, {"err", std::strerror(errno)}});
+  }
   offcpu_ = std::make_unique<OffCpuService>(
       std::make_unique<BpfOffCpuStackSource>(
-          bpf_map__fd(skel_->maps.offcpu_stacks), bpf_map__fd(skel_->maps.stacks),
-          bpf_map__fd(skel_->maps.task_state), bpf_map__fd(skel_->maps.cpu_lost)),
-      NewProcFrameResolver(), deps().workloads);
+          bpf_map__fd(skel_->maps.offcpu_stacks), bpf_map__fd(skel_->maps.stacks), held_link_,
+          bpf_map__fd(skel_->maps.cpu_lost), bpf_map__max_entries(skel_->maps.stacks)),
+      NewProcFrameResolver(), deps().workloads, [this](bool on) { return SetCapture(on); });
   offcpu_->SetStacks(config.collectors.Get<CpuConfig>().stacks);
   offcpu_->Start();
   if (deps().handle_http) deps().handle_http(kOffCpuPath, offcpu_->Handler());
   return absl::OkStatus();
 }
 
-absl::Status CpuCollector::Configure(const CollectorConfig& config) {
-  const CpuConfig& cc = config.collectors.Get<CpuConfig>();
+absl::Status CpuCollector::WriteCpuConfig() {
   cpu_config value{};
-  value.offcpu_min_ns = static_cast<uint64_t>(std::max<int64_t>(0, cc.offcpu_min.count()));
-  value.stacks = cc.stacks ? 1 : 0;
+  value.offcpu_min_ns = offcpu_min_ns_;
+  value.stacks =
+      stacks_ == OffCpuStacks::kAlways || (stacks_ == OffCpuStacks::kOnDemand && window_open_) ? 1
+                                                                                               : 0;
+  value.gen = gen_;
   uint32_t zero = 0;
   if (bpf_map_update_elem(bpf_map__fd(skel_->maps.cpu_config), &zero, &value, BPF_ANY) != 0) {
     return BpfError(kName, "map=cpu_config: update", errno);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CpuCollector::SetCapture(bool on) {
+  std::lock_guard<std::mutex> lock(config_mu_);
+  if (skel_ == nullptr) return absl::FailedPreconditionError("collector=cpu: not running");
+  window_open_ = on;
+  if (on) ++gen_;  // stacks taken before this window are never aggregated in it
+  return WriteCpuConfig();
+}
+
+absl::Status CpuCollector::Configure(const CollectorConfig& config) {
+  const CpuConfig& cc = config.collectors.Get<CpuConfig>();
+  {
+    std::lock_guard<std::mutex> lock(config_mu_);
+    offcpu_min_ns_ = static_cast<uint64_t>(std::max<int64_t>(0, cc.offcpu_min.count()));
+    stacks_ = cc.stacks;
+    absl::Status st = WriteCpuConfig();
+    if (!st.ok()) return st;
   }
   if (offcpu_) offcpu_->SetStacks(cc.stacks);
   return absl::OkStatus();
@@ -335,9 +391,10 @@ void CpuCollector::FlushOnCpuTime() {
     if (e == ENXIO) continue;  // an offline CPU runs nothing
     // Without the flush, running threads' time still counts, at their switch-out.
     if (!flush_warned_.exchange(true)) {
-      LogWarn("running kmon_cpu_flush failed; on-CPU time of running threads is counted "
-              "when they leave the CPU",
-              {{"collector", kName}, {"cpu", std::to_string(cpu)}, {"err", std::strerror(e)}});
+      LogWarn(
+          "running kmon_cpu_flush failed; on-CPU time of running threads is counted "
+          "when they leave the CPU",
+          {{"collector", kName}, {"cpu", std::to_string(cpu)}, {"err", std::strerror(e)}});
     }
     return;
   }
@@ -357,6 +414,14 @@ absl::Status CpuCollector::Read(std::vector<prometheus::MetricFamily>* out) {
 
 void CpuCollector::BeforeDestroy() {
   if (offcpu_) offcpu_->Stop();  // the handler answers 503 from now on
+  if (held_link_ != nullptr) {
+    bpf_link__destroy(held_link_);
+    held_link_ = nullptr;
+  }
+  {
+    std::lock_guard<std::mutex> lock(config_mu_);
+    window_open_ = false;
+  }
   std::lock_guard<std::mutex> lock(mu_);
   source_.reset();
 }

@@ -35,9 +35,11 @@
 #include "bpf/cpu.h"
 #include "collectors/bpf_collector.h"
 #include "collectors/data_source.h"
+#include "collectors/offcpu/on_demand.h"
 
 struct cpu_bpf;
 struct btf;
+struct bpf_link;
 
 namespace kmon {
 
@@ -45,8 +47,10 @@ namespace kmon {
 struct CpuConfig : CollectorSectionOf<CpuConfig> {
   static constexpr char kName[] = "cpu";
   std::chrono::nanoseconds offcpu_min = std::chrono::milliseconds(1);
-  bool stacks = true;
+  OffCpuStacks stacks = OffCpuStacks::kOnDemand;
 };
+/// `stacks` takes on_demand, always or off; the boolean it was before is refused
+/// with a message saying what each value became (true: always, false: off).
 void ParseCpuSection(YamlParser& p, const YamlValue& v, CpuConfig* c);
 
 /// Counters of one cgroup, summed over CPUs.
@@ -105,6 +109,11 @@ class CpuCollector : public BpfCollector {
   void DropStale(const std::vector<CpuCounters>& counters, const std::vector<CpuHistogram>& hists);
   /// Runs kmon_cpu_flush on every CPU: running threads' time so far into the counters.
   void FlushOnCpuTime();
+  /// /debug/offcpu's switch (on_demand): capture on for a window, with a new stack
+  /// generation, and off after.
+  absl::Status SetCapture(bool on);
+  /// Writes cpu_config from the config in force and the window state (config_mu_ held).
+  absl::Status WriteCpuConfig();
 
   cpu_bpf* skel_ = nullptr;
   std::unique_ptr<CpuDataSource> source_;
@@ -112,6 +121,13 @@ class CpuCollector : public BpfCollector {
   // still reads it.
   std::unique_ptr<OffCpuService> offcpu_;
   std::atomic<bool> flush_warned_{false};
+  bpf_link* held_link_ = nullptr;  // the kmon_cpu_held iterator
+  // What cpu_config holds: the config in force, and whether a window is open.
+  std::mutex config_mu_;
+  uint64_t offcpu_min_ns_ = 0;
+  OffCpuStacks stacks_ = OffCpuStacks::kOnDemand;
+  bool window_open_ = false;
+  uint32_t gen_ = 0;
   // One flush at a time: on the calling CPU it runs with interrupts on, and another
   // scrape's flush arriving there by IPI would count that thread's slice twice.
   std::mutex flush_mu_;

@@ -131,7 +131,7 @@ TEST(DefaultConfigTest, MatchesSpec) {
   EXPECT_FALSE(c.collectors.Get<SyscallsConfig>().enabled);  // SPEC: off by default
   EXPECT_TRUE(c.collectors.Get<CpuConfig>().enabled);
   EXPECT_EQ(c.collectors.Get<CpuConfig>().offcpu_min, milliseconds(1));
-  EXPECT_TRUE(c.collectors.Get<CpuConfig>().stacks);
+  EXPECT_EQ(c.collectors.Get<CpuConfig>().stacks, OffCpuStacks::kOnDemand);
   EXPECT_TRUE(c.collectors.Get<DnsConfig>().enabled);
   EXPECT_THAT(c.collectors.Get<DnsConfig>().ports, ElementsAre(53));
   EXPECT_TRUE(c.collectors.Get<PagecacheConfig>().enabled);
@@ -206,7 +206,7 @@ collectors:
   drops: {enabled: false}
   blockio: {enabled: false, devices: [nvme0n1, vda]}
   syscalls: {enabled: false, syscalls: [getppid, read]}
-  cpu: {enabled: false, offcpu_min: 0, stacks: false}
+  cpu: {enabled: false, offcpu_min: 0, stacks: off}
   dns: {enabled: false, ports: [53, 5353]}
   pagecache: {enabled: false}
 )");
@@ -236,7 +236,7 @@ collectors:
   EXPECT_THAT(c.collectors.Get<SyscallsConfig>().numbers, ElementsAre(SYS_getppid, SYS_read));
   EXPECT_FALSE(c.collectors.Get<CpuConfig>().enabled);
   EXPECT_EQ(c.collectors.Get<CpuConfig>().offcpu_min, nanoseconds(0));
-  EXPECT_FALSE(c.collectors.Get<CpuConfig>().stacks);
+  EXPECT_EQ(c.collectors.Get<CpuConfig>().stacks, OffCpuStacks::kOff);
   EXPECT_FALSE(c.collectors.Get<DnsConfig>().enabled);
   EXPECT_THAT(c.collectors.Get<DnsConfig>().ports, ElementsAre(53, 5353));
   EXPECT_FALSE(c.collectors.Get<PagecacheConfig>().enabled);
@@ -272,7 +272,7 @@ collectors:
   drops:    {enabled: true}
   blockio:  {enabled: true, devices: []}
   syscalls: {enabled: false, syscalls: [read, write, sendto, recvfrom, sendmsg, recvmsg, openat, close, futex, epoll_wait, connect, accept4]}
-  cpu:      {enabled: true, offcpu_min: 1ms, stacks: true}
+  cpu:      {enabled: true, offcpu_min: 1ms, stacks: on_demand}   # on_demand|always|off
   dns:      {enabled: true, ports: [53]}
   pagecache: {enabled: true}
 )yaml");
@@ -357,8 +357,19 @@ INSTANTIATE_TEST_SUITE_P(
                 "must be true or false, got \"yes\""},
         BadCase{"BoolQuoted", "collectors:\n  drops:\n    enabled: \"true\"\n",
                 "collectors.drops.enabled", 3, "must be true or false, got the string \"true\""},
-        BadCase{"BoolList", "collectors:\n  cpu:\n    stacks: [true]\n", "collectors.cpu.stacks", 3,
-                "must be true or false, got a list"},
+        BadCase{"BoolList", "collectors:\n  drops:\n    enabled: [true]\n",
+                "collectors.drops.enabled", 3, "must be true or false, got a list"},
+        BadCase{"StacksList", "collectors:\n  cpu:\n    stacks: [always]\n",
+                "collectors.cpu.stacks", 3, "must be one of on_demand, always, off, got a list"},
+        BadCase{"StacksUnknown", "collectors:\n  cpu:\n    stacks: sometimes\n",
+                "collectors.cpu.stacks", 3,
+                "must be one of on_demand, always, off; got \"sometimes\""},
+        // The boolean it was: refused, with what each value became.
+        BadCase{"StacksOldBooleanTrue", "collectors:\n  cpu:\n    stacks: true\n",
+                "collectors.cpu.stacks", 3,
+                "a boolean is no longer taken (true was what is now always, false off)"},
+        BadCase{"StacksOldBooleanFalse", "collectors:\n  cpu: {stacks: false}\n",
+                "collectors.cpu.stacks", 2, "must be one of on_demand, always, off"},
         BadCase{"ListIsString", "targets:\n  namespaces: default\n", "targets.namespaces", 2,
                 "must be a list, got \"default\""},
         BadCase{"ListIsEmptyValue", "targets:\n  namespaces:\ninterval: 15s\n",

@@ -18,6 +18,7 @@
 
 #include "bpf/cpu.h"
 #include "collectors/cpu.h"
+#include "exporter/config.h"
 #include "exporter/exposition.h"
 #include "collectors/workload_labeler.h"
 #include "provider/workload.h"
@@ -25,6 +26,35 @@
 
 namespace kmon {
 namespace {
+
+// collectors.cpu.stacks: on_demand (the default), always or off; the boolean it was
+// is refused with what each value became.
+TEST(CpuConfigTest, StacksIsOnDemandAlwaysOrOff) {
+  EXPECT_EQ(DefaultConfig().collectors.Get<CpuConfig>().stacks, OffCpuStacks::kOnDemand);
+  for (auto [text, want] : {std::pair{"on_demand", OffCpuStacks::kOnDemand},
+                            std::pair{"always", OffCpuStacks::kAlways},
+                            std::pair{"off", OffCpuStacks::kOff}}) {
+    ConfigResult r =
+        ParseConfig(absl::StrCat("collectors:\n  cpu:\n    stacks: ", text, "\n"), ProcessEnv());
+    ASSERT_TRUE(r.problems.empty()) << text;
+    EXPECT_EQ(r.config->collectors.Get<CpuConfig>().stacks, want) << text;
+  }
+  for (const char* bad : {"true", "false", "\"on_demand \"", "yes", "1"}) {
+    ConfigResult r =
+        ParseConfig(absl::StrCat("collectors:\n  cpu:\n    stacks: ", bad, "\n"), ProcessEnv());
+    ASSERT_EQ(r.problems.size(), 1u) << bad;
+    EXPECT_EQ(r.problems[0].key, "collectors.cpu.stacks");
+    EXPECT_EQ(r.problems[0].line, 3);
+    EXPECT_NE(r.problems[0].message.find("must be one of on_demand, always, off"),
+              std::string::npos)
+        << r.problems[0].message;
+  }
+  ConfigResult old = ParseConfig("collectors:\n  cpu: {stacks: true}\n", ProcessEnv());
+  ASSERT_EQ(old.problems.size(), 1u);
+  EXPECT_NE(old.problems[0].message.find("true was what is now always, false off"),
+            std::string::npos)
+      << old.problems[0].message;
+}
 
 TEST(CpuHistogramTest, BoundsArePowersOfTwoMicroseconds) {
   const auto& b = CpuHistogramBounds();

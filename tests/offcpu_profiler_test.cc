@@ -3,9 +3,14 @@
 // PID from the process that had it, dropping gone cgroups, windows over snapshots,
 // sweeping the stack map (when full and after collisions), interning frames, and
 // parsing /debug/offcpu requests.
+#include "collectors/offcpu/offcpu_profiler.h"
+
 #include <gtest/gtest.h>
 
-#include "collectors/offcpu/offcpu_profiler.h"
+#include <atomic>
+#include <cstring>
+#include <thread>
+
 #include "collectors/offcpu/offcpu_service.h"
 
 namespace kmon {
@@ -16,8 +21,10 @@ using Clock = std::chrono::steady_clock;
 
 constexpr uint64_t kStart = 1'000'000'000;  // processes' start time, unless a test says
 
-offcpu_stack_key Key(uint64_t cg, uint32_t tgid, int32_t k, int32_t u, uint64_t start = kStart) {
+offcpu_stack_key Key(uint64_t cg, uint32_t tgid, int32_t k, int32_t u, uint64_t start = kStart,
+                     const char* comm = "") {
   offcpu_stack_key key{};
+  std::strncpy(key.comm, comm, sizeof key.comm);
   key.cgroup_id = cg;
   key.start_ns = start;
   key.tgid = tgid;
@@ -28,7 +35,8 @@ offcpu_stack_key Key(uint64_t cg, uint32_t tgid, int32_t k, int32_t u, uint64_t 
 
 bool Same(const offcpu_stack_key& a, const offcpu_stack_key& b) {
   return a.cgroup_id == b.cgroup_id && a.start_ns == b.start_ns && a.tgid == b.tgid &&
-         a.kstack == b.kstack && a.ustack == b.ustack;
+         a.kstack == b.kstack && a.ustack == b.ustack &&
+         std::memcmp(a.comm, b.comm, sizeof a.comm) == 0;
 }
 
 struct FakeKernel {
@@ -182,8 +190,9 @@ class OffCpuProfilerTest : public ::testing::Test {
 
 TEST_F(OffCpuProfilerTest, NamesStacksWithoutTheTracingFrames) {
   kernel_.Add(Key(10, 100, 1, 2), 5'000'000, 2);
-  EXPECT_EQ(Folded({}, t0_ + seconds(1)),
-            "a.service;main;work;sleepy;entry_SYSCALL_64;do_nanosleep;schedule;__schedule 5000000\n");
+  EXPECT_EQ(
+      Folded({}, t0_ + seconds(1)),
+      "a.service;main;work;sleepy;entry_SYSCALL_64;do_nanosleep;schedule;__schedule 5000000\n");
   EXPECT_TRUE(proc_.captured.count({100, kStart}));  // maps captured at first sight
 }
 
@@ -313,7 +322,7 @@ TEST_F(OffCpuProfilerTest, SweepsStackIdsNothingRefersTo) {
   kernel_.stacks[3] = {0x99};
   kernel_.stacks[4] = {0x98};
   kernel_.stacks[5] = {0x97};  // 5 of capacity 8: over a quarter full
-  kernel_.held = {4};           // a thread off CPU holds 4
+  kernel_.held = {4};          // a thread off CPU holds 4
   kernel_.Add(Key(10, 100, 1, 2), 10, 1);
   ASSERT_TRUE(profiler_->Refresh(t0_ + seconds(31)).ok());
   std::sort(kernel_.deleted_stacks.begin(), kernel_.deleted_stacks.end());
@@ -407,7 +416,7 @@ TEST_F(OffCpuProfilerTest, FramesAreStoredOnceAndLostStacksSaySo) {
   kernel_.stacks[3] = {0x22, 0x23};  // "work;main": frames shared with stack 2
   kernel_.Add(Key(10, 100, 1, 2), 10, 1);
   kernel_.Add(Key(10, 100, 1, 3), 20, 1);
-  kernel_.Add(Key(20, 200, 1, 2), 30, 1);              // same named stack, other cgroup
+  kernel_.Add(Key(20, 200, 1, 2), 30, 1);                        // same named stack, other cgroup
   kernel_.Add(Key(20, 200, 1, KMON_CPU_STACK_COLLIDED), 40, 1);  // the user stack did not fit
   kernel_.Add(Key(20, 200, 1, KMON_CPU_STACK_NO_ROOM), 2, 1);    // nor this one
   EXPECT_EQ(Folded({}, t0_ + seconds(1)),
@@ -420,10 +429,179 @@ TEST_F(OffCpuProfilerTest, FramesAreStoredOnceAndLostStacksSaySo) {
   EXPECT_EQ(profiler_->InternedFrames(), 8u);
 }
 
+// The process name comes right after the workload; a process renamed between two
+// episodes (prctl PR_SET_NAME) is two stacks.
+TEST_F(OffCpuProfilerTest, TheProcessNameFollowsTheWorkload) {
+  kernel_.Add(Key(10, 100, 1, 2, kStart, "sleeper"), 30, 1);
+  kernel_.Add(Key(10, 100, 1, 2, kStart, "renamed;x"), 12, 1);
+  auto r = profiler_->Query({}, t0_ + seconds(1));
+  ASSERT_TRUE(r.ok());
+  ASSERT_EQ(r->stacks.size(), 2u);
+  EXPECT_EQ(r->stacks[0].process, "sleeper");
+  EXPECT_EQ(RenderFolded(r->stacks),
+            "a.service;renamed:x;main;work;sleepy;entry_SYSCALL_64;do_nanosleep;schedule;"
+            "__schedule 12\n"
+            "a.service;sleeper;main;work;sleepy;entry_SYSCALL_64;do_nanosleep;schedule;"
+            "__schedule 30\n");
+}
+
+// Reset empties the kernel's maps and forgets what was seen: a query covers only
+// what came after (an on-demand window).
+TEST_F(OffCpuProfilerTest, ResetStartsAfresh) {
+  kernel_.Add(Key(10, 100, 1, 2), 1000, 1);
+  ASSERT_TRUE(profiler_->Refresh(t0_ + seconds(5)).ok());
+  profiler_->Reset(t0_ + seconds(7));
+  EXPECT_TRUE(kernel_.entries.empty());
+  EXPECT_TRUE(kernel_.stacks.empty());
+  EXPECT_EQ(Folded({}, t0_ + seconds(8)), "");
+  kernel_.stacks[1] = {0x14, 0x15};  // new stacks, ids reused
+  kernel_.stacks[2] = {0x23};
+  kernel_.Add(Key(10, 100, 1, 2), 40, 1);
+  auto r = profiler_->Query({}, t0_ + seconds(10));
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->covered, seconds(3));
+  EXPECT_EQ(RenderFolded(r->stacks), "a.service;main;schedule;__schedule 40\n");
+}
+
+TEST(OnDemandWindowTest, OneWindowAtATime) {
+  OnDemandWindow w;
+  const auto t = Clock::now();
+  Clock::duration left{};
+  EXPECT_FALSE(w.open());
+  ASSERT_TRUE(w.Begin(t, seconds(30), &left));
+  EXPECT_TRUE(w.open());
+  EXPECT_EQ(w.deadline(), t + seconds(30));
+  EXPECT_FALSE(w.Due(t + seconds(29)));
+  EXPECT_TRUE(w.Due(t + seconds(30)));
+  EXPECT_FALSE(w.Begin(t + seconds(10), seconds(5), &left));  // refused, not joined
+  EXPECT_EQ(left, seconds(20));
+  EXPECT_FALSE(w.Begin(t + seconds(31), seconds(5), &left));  // due but not ended yet
+  EXPECT_EQ(left, Clock::duration::zero());
+  w.End();
+  EXPECT_FALSE(w.open());
+  EXPECT_FALSE(w.Due(t + seconds(40)));
+  ASSERT_TRUE(w.Begin(t + seconds(40), seconds(5), &left));
+  EXPECT_EQ(w.windows(), 2u);
+}
+
+TEST(OffCpuStacksTest, NamesRoundTrip) {
+  for (auto s : {OffCpuStacks::kOnDemand, OffCpuStacks::kAlways, OffCpuStacks::kOff}) {
+    EXPECT_EQ(ParseOffCpuStacks(OffCpuStacksName(s)), s);
+  }
+  EXPECT_EQ(ParseOffCpuStacks("true"), std::nullopt);
+  EXPECT_EQ(ParseOffCpuStacks("ON_DEMAND"), std::nullopt);
+}
+
+// The service's on-demand path against the fakes: the request switches capture on,
+// the window sees what the kernel captured meanwhile, capture goes off and the maps
+// are empty again; a second request during the window is refused with 429.
+class OffCpuOnDemandTest : public OffCpuProfilerTest {
+ protected:
+  void SetUp() override {
+    OffCpuProfilerTest::SetUp();
+    const auto stacks = kernel_.stacks;  // emptied with the maps before each window
+    service_ = std::make_unique<OffCpuService>(
+        std::make_unique<FakeSource>(&kernel_), std::make_unique<FakeFrames>(&proc_),
+        workloads_.get(), [this, stacks](bool on) {
+          switches_.push_back(on);
+          // What the kernel captures while the window is open (under the service's
+          // lock: the request thread reads the fake kernel too).
+          if (on) {
+            kernel_.stacks = stacks;
+            kernel_.Add(Key(10, 100, 1, 2, kStart, "sleeper"), 25'000'000, 1);
+          }
+          capturing_ = on;
+          return absl::OkStatus();
+        });
+  }
+
+  HttpResponse Get(const std::map<std::string, std::string>& query) {
+    HttpRequest req;
+    req.method = "GET";
+    req.query = query;
+    return service_->Handler()(req);
+  }
+
+  void WaitCapturing() {
+    for (int i = 0; i < 5000 && !capturing_; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    ASSERT_TRUE(capturing_);
+  }
+
+  std::vector<bool> switches_;
+  std::atomic<bool> capturing_{false};
+  std::unique_ptr<OffCpuService> service_;
+};
+
+TEST_F(OffCpuOnDemandTest, ARequestProfilesTheNextSecondsAndLeavesTheMapsEmpty) {
+  kernel_.Add(Key(20, 200, 1, 2), 999, 1);  // before the request: not in its answer
+  HttpResponse answer;
+  std::thread request([&] { answer = Get({{"seconds", "600"}, {"format", "folded"}}); });
+  WaitCapturing();
+  const HttpResponse busy = Get({});
+  EXPECT_EQ(busy.status, 429);
+  const int retry = std::stoi(busy.headers.at("Retry-After"));
+  EXPECT_GT(retry, 590);
+  EXPECT_LE(retry, 600);
+  EXPECT_NE(busy.body.find("one at a time"), std::string::npos) << busy.body;
+  service_->EndWindowNow();
+  request.join();
+  EXPECT_EQ(answer.status, 200) << answer.body;
+  EXPECT_EQ(answer.body,
+            "a.service;sleeper;main;work;sleepy;entry_SYSCALL_64;do_nanosleep;schedule;"
+            "__schedule 25000000\n");
+  EXPECT_EQ(switches_, (std::vector<bool>{true, false}));
+  EXPECT_TRUE(kernel_.entries.empty());  // emptied after the window
+  EXPECT_TRUE(kernel_.stacks.empty());
+  // The next request gets a window of its own.
+  std::thread again([&] { answer = Get({{"seconds", "5"}}); });
+  WaitCapturing();
+  service_->EndWindowNow();
+  again.join();
+  EXPECT_EQ(answer.status, 200);
+  EXPECT_EQ(switches_, (std::vector<bool>{true, false, true, false}));
+}
+
+TEST_F(OffCpuOnDemandTest, OffAnswers503AndAModeChangeCutsAWindowShort) {
+  service_->SetStacks(OffCpuStacks::kOff);
+  const HttpResponse off = Get({});
+  EXPECT_EQ(off.status, 503);
+  EXPECT_NE(off.body.find("collectors.cpu.stacks: off"), std::string::npos) << off.body;
+  EXPECT_TRUE(switches_.empty());
+
+  service_->SetStacks(OffCpuStacks::kOnDemand);
+  HttpResponse answer;
+  std::thread request([&] { answer = Get({}); });  // the default window: 30 s
+  WaitCapturing();
+  service_->SetStacks(OffCpuStacks::kAlways);
+  request.join();
+  EXPECT_EQ(answer.status, 503);
+  EXPECT_NE(answer.body.find("changed during the profile"), std::string::npos) << answer.body;
+  EXPECT_EQ(switches_, (std::vector<bool>{true, false}));
+  // `always` looks back: no window, no switching (the collector keeps capture on).
+  EXPECT_EQ(Get({}).status, 200);
+  EXPECT_EQ(switches_.size(), 2u);
+}
+
+TEST_F(OffCpuOnDemandTest, StopEndsAnOpenWindow) {
+  HttpResponse answer;
+  std::thread request([&] { answer = Get({{"seconds", "600"}}); });
+  WaitCapturing();
+  service_->Stop();
+  request.join();
+  EXPECT_EQ(answer.status, 503);
+  EXPECT_EQ(switches_, (std::vector<bool>{true, false}));
+  EXPECT_EQ(Get({}).status, 503);
+}
+
 TEST(OffCpuRequestTest, ParsesFiltersAndRejectsWhatItDoesNotKnow) {
   HttpRequest req;
-  req.query = {{"format", "svg"}, {"namespace", "shop"}, {"pod", "cart-1"},
-               {"container", "cart"}, {"seconds", "30"}};
+  req.query = {{"format", "svg"},
+               {"namespace", "shop"},
+               {"pod", "cart-1"},
+               {"container", "cart"},
+               {"seconds", "30"}};
   OffCpuQuery q;
   std::string format;
   ASSERT_TRUE(ParseOffCpuRequest(req, &q, &format).ok());
@@ -439,9 +617,9 @@ TEST(OffCpuRequestTest, ParsesFiltersAndRejectsWhatItDoesNotKnow) {
   EXPECT_EQ(format, "folded");
   EXPECT_FALSE(q2.window.has_value());
 
-  for (auto [k, v] : {std::pair{"format", "json"}, std::pair{"seconds", "-1"},
-                      std::pair{"seconds", "soon"}, std::pair{"seconds", "inf"},
-                      std::pair{"bogus", "1"}}) {
+  for (auto [k, v] :
+       {std::pair{"format", "json"}, std::pair{"seconds", "-1"}, std::pair{"seconds", "soon"},
+        std::pair{"seconds", "inf"}, std::pair{"bogus", "1"}}) {
     HttpRequest bad;
     bad.query = {{k, v}};
     OffCpuQuery q3;
@@ -488,6 +666,8 @@ TEST(OffCpuRequestTest, ResponsesCarryTheirTypeAndWindow) {
   auto svg = RenderOffCpuResponse(r, {}, "svg");
   EXPECT_EQ(svg.content_type, "image/svg+xml");
   EXPECT_NE(svg.body.find("since start, 35 s"), std::string::npos);
+  r.on_demand = true;
+  EXPECT_NE(RenderOffCpuResponse(r, {}, "svg").body.find("profiled for 35 s"), std::string::npos);
   auto pprof = RenderOffCpuResponse(r, {}, "pprof");
   EXPECT_EQ(pprof.content_type, "application/octet-stream");
   ASSERT_GE(pprof.body.size(), 2u);

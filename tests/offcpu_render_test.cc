@@ -1,5 +1,8 @@
 // /debug/offcpu's three renderings of fixed stacks: folded text exactly, the SVG's
 // geometry and well-formedness, and the pprof profile decoded back.
+#include "collectors/offcpu/offcpu_render.h"
+
+#include <gtest/gtest.h>
 #include <pthread.h>
 #include <unistd.h>
 
@@ -7,11 +10,7 @@
 #include <cstdio>
 #include <regex>
 
-#include <gtest/gtest.h>
-
-#include "collectors/offcpu/offcpu_render.h"
 #include "collectors/offcpu/profile.pb.h"
-
 #include "tests/test_util.h"
 
 namespace kmon {
@@ -20,13 +19,19 @@ namespace {
 std::vector<OffCpuStack> FixedStacks() {
   OffCpuStack a;
   a.labels = {"", "", "nginx.service"};
+  a.process = "nginx";
   a.user = {"main", "serve", "kmon_test_sleepy_function"};
-  a.kernel = {"entry_SYSCALL_64_after_hwframe", "do_syscall_64", "hrtimer_nanosleep",
-              "do_nanosleep", "schedule", "__schedule"};
+  a.kernel = {"entry_SYSCALL_64_after_hwframe",
+              "do_syscall_64",
+              "hrtimer_nanosleep",
+              "do_nanosleep",
+              "schedule",
+              "__schedule"};
   a.ns = 3'000'000'000;
   a.count = 300;
   OffCpuStack b;
   b.labels = {"shop", "cart-7d9f", "cart"};
+  b.process = "cart;server";
   b.user = {"main", "std::vector<int, std::allocator<int> >::push_back(int&&)"};
   b.kernel = {"entry_SYSCALL_64_after_hwframe", "io_schedule"};
   b.ns = 1'000'000'000;
@@ -44,21 +49,25 @@ TEST(OffCpuRenderTest, WorkloadFrameNamesPodsFully) {
   EXPECT_EQ(WorkloadFrame({"", "", "nginx.service"}), "nginx.service");
 }
 
+// Workload, then process (when known: the kernel thread's is not), then frames.
 TEST(OffCpuRenderTest, FoldedIsOneLinePerStackUserOutermostToKernelInnermost) {
   std::vector<OffCpuStack> stacks = FixedStacks();
   stacks.push_back(stacks[0]);  // the same stack twice: one line, summed
   EXPECT_EQ(RenderFolded(stacks),
             "/;ret_from_fork_asm;kthread;worker:thread 500\n"
-            "nginx.service;main;serve;kmon_test_sleepy_function;entry_SYSCALL_64_after_hwframe;"
+            "nginx.service;nginx;main;serve;kmon_test_sleepy_function;"
+            "entry_SYSCALL_64_after_hwframe;"
             "do_syscall_64;hrtimer_nanosleep;do_nanosleep;schedule;__schedule 6000000000\n"
-            "shop/cart-7d9f/cart;main;std::vector<int, std::allocator<int> >::push_back(int&&);"
+            "shop/cart-7d9f/cart;cart:server;main;"
+            "std::vector<int, std::allocator<int> >::push_back(int&&);"
             "entry_SYSCALL_64_after_hwframe;io_schedule 1000000000\n");
   EXPECT_EQ(RenderFolded({}), "");
 }
 
 // Width in px of the frame whose data-n is `name` (first match).
 double WidthOf(const std::string& svg, const std::string& name) {
-  std::regex re("data-n=\"" + std::regex_replace(name, std::regex(R"([\[\]\(\)\.\*\+\?])"), R"(\$&)") +
+  std::regex re("data-n=\"" +
+                std::regex_replace(name, std::regex(R"([\[\]\(\)\.\*\+\?])"), R"(\$&)") +
                 "\"><title>[^<]*</title><rect x=\"[0-9.]+\" y=\"[0-9]+\" width=\"([0-9.]+)\"");
   std::smatch m;
   if (!std::regex_search(svg, m, re)) return -1;
@@ -74,8 +83,9 @@ TEST(OffCpuRenderTest, SvgWidthsAreProportionalToTime) {
   EXPECT_NEAR(WidthOf(svg, "kmon_test_sleepy_function"), total * 3e9 / (4e9 + 500), 0.01);
   EXPECT_EQ(WidthOf(svg, "/"), -1);  // 500 ns of 4 s: below 0.1 px, not drawn
   // Names are escaped; the script and the controls are there.
-  EXPECT_NE(svg.find("std::vector&lt;int, std::allocator&lt;int&gt; &gt;::push_back(int&amp;&amp;)"),
-            std::string::npos);
+  EXPECT_NE(
+      svg.find("std::vector&lt;int, std::allocator&lt;int&gt; &gt;::push_back(int&amp;&amp;)"),
+      std::string::npos);
   EXPECT_EQ(svg.find("std::vector<int"), std::string::npos);
   EXPECT_NE(svg.find("function search(term)"), std::string::npos);
   EXPECT_NE(svg.find("function zoom(z)"), std::string::npos);
@@ -83,10 +93,13 @@ TEST(OffCpuRenderTest, SvgWidthsAreProportionalToTime) {
   EXPECT_NE(svg.find("3.000 s, 300 episodes, 75.00%"), std::string::npos);
   // Deeper frames sit higher: y of the leaf < y of the root.
   std::smatch m;
-  ASSERT_TRUE(std::regex_search(svg, m, std::regex("data-n=\"all\"><title>[^<]*</title><rect x=\"[0-9.]+\" y=\"([0-9]+)\"")));
+  ASSERT_TRUE(std::regex_search(
+      svg, m, std::regex("data-n=\"all\"><title>[^<]*</title><rect x=\"[0-9.]+\" y=\"([0-9]+)\"")));
   const int root_y = std::stoi(m[1]);
-  ASSERT_TRUE(std::regex_search(svg, m, std::regex("data-n=\"__schedule\"><title>[^<]*</title><rect x=\"[0-9.]+\" y=\"([0-9]+)\"")));
-  EXPECT_EQ(root_y - std::stoi(m[1]), 10 * 16);  // 10 frames above "all"
+  ASSERT_TRUE(std::regex_search(
+      svg, m,
+      std::regex("data-n=\"__schedule\"><title>[^<]*</title><rect x=\"[0-9.]+\" y=\"([0-9]+)\"")));
+  EXPECT_EQ(root_y - std::stoi(m[1]), 11 * 16);  // 11 frames above "all" (with the process)
 }
 
 TEST(OffCpuRenderTest, SvgIsWellFormedXml) {
@@ -96,9 +109,10 @@ TEST(OffCpuRenderTest, SvgIsWellFormedXml) {
   ASSERT_GE(fd, 0);
   ASSERT_EQ(write(fd, svg.data(), svg.size()), static_cast<ssize_t>(svg.size()));
   close(fd);
-  std::string cmd = std::string("python3 -c 'import sys, xml.dom.minidom; "
-                                "d = xml.dom.minidom.parse(sys.argv[1]); "
-                                "print(len(d.getElementsByTagName(\"rect\")))' ") +
+  std::string cmd = std::string(
+                        "python3 -c 'import sys, xml.dom.minidom; "
+                        "d = xml.dom.minidom.parse(sys.argv[1]); "
+                        "print(len(d.getElementsByTagName(\"rect\")))' ") +
                     tmpl + " 2>&1";
   FILE* p = popen(cmd.c_str(), "r");
   ASSERT_NE(p, nullptr);
@@ -108,8 +122,9 @@ TEST(OffCpuRenderTest, SvgIsWellFormedXml) {
   int rc = pclose(p);
   unlink(tmpl);
   EXPECT_EQ(rc, 0) << out;
-  // Background + all + 2 workloads + 3 + 6 (nginx) + 2 + 2 (cart) frames; "/" is too thin.
-  EXPECT_EQ(out, "17\n");
+  // Background + all + 2 workloads + 2 processes + 3 + 6 (nginx) + 2 + 2 (cart) frames;
+  // "/" is too thin.
+  EXPECT_EQ(out, "19\n");
 }
 
 TEST(OffCpuRenderTest, EmptySvgSaysSo) {
@@ -196,17 +211,24 @@ TEST(OffCpuRenderTest, PprofDecodesToTheSameStacks) {
   EXPECT_EQ(s0.value(1), 3'000'000'000);
   std::vector<std::string> names;
   for (uint64_t id : s0.location_id()) names.push_back(loc_name[id].first);
-  // Leaf first: kernel innermost ... user outermost.
-  EXPECT_EQ(names, (std::vector<std::string>{"__schedule", "schedule", "do_nanosleep",
-                                             "hrtimer_nanosleep", "do_syscall_64",
-                                             "entry_SYSCALL_64_after_hwframe",
-                                             "kmon_test_sleepy_function", "serve", "main"}));
+  // Leaf first: kernel innermost ... user outermost, then the process and the workload.
+  EXPECT_EQ(names, (std::vector<std::string>{
+                       "__schedule", "schedule", "do_nanosleep", "hrtimer_nanosleep",
+                       "do_syscall_64", "entry_SYSCALL_64_after_hwframe",
+                       "kmon_test_sleepy_function", "serve", "main", "nginx", "nginx.service"}));
   EXPECT_EQ(loc_name[s0.location_id(0)].second, "[kernel.kallsyms]");
   EXPECT_EQ(loc_name[s0.location_id(8)].second, "");
+  EXPECT_EQ(loc_name[s0.location_id(9)].second, "[process]");
+  EXPECT_EQ(loc_name[s0.location_id(10)].second, "[workload]");
+  // The kernel thread has no process frame: kernel frames, then its workload.
+  ASSERT_EQ(p.sample(2).location_id_size(), 4);
+  EXPECT_EQ(loc_name[p.sample(2).location_id(3)].first, "/");
   std::map<std::string, std::string> labels;
   for (const auto& l : p.sample(1).label()) labels[str(l.key())] = str(l.str());
-  EXPECT_EQ(labels, (std::map<std::string, std::string>{
-                        {"namespace", "shop"}, {"pod", "cart-7d9f"}, {"container", "cart"}}));
+  EXPECT_EQ(labels, (std::map<std::string, std::string>{{"namespace", "shop"},
+                                                        {"pod", "cart-7d9f"},
+                                                        {"container", "cart"},
+                                                        {"process", "cart;server"}}));
   // "main" is one function shared by two samples.
   int mains = 0;
   for (const auto& f : p.function()) mains += str(f.name()) == "main";

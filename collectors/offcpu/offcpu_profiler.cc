@@ -1,11 +1,11 @@
 #include "collectors/offcpu/offcpu_profiler.h"
 
+#include <absl/strings/str_cat.h>
+
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <map>
-
-#include <absl/strings/str_cat.h>
 
 #include "base/log.h"
 
@@ -30,7 +30,7 @@ constexpr char kLostFrame[] = "[stack lost]";
 // Innermost kernel frames that are the tracing machinery itself (the BPF program,
 // the tracepoint's iterator), not the code that blocked: dropped.
 bool IsTracingFrame(const std::string& name) {
-  static const char* const kPrefixes[] = {"bpf_prog_", "bpf_trace_run", "__bpf_trace_",
+  static const char* const kPrefixes[] = {"bpf_prog_",    "bpf_trace_run", "__bpf_trace_",
                                           "__traceiter_", "bpf_get_stack", "perf_trace_"};
   for (const char* p : kPrefixes) {
     if (name.rfind(p, 0) == 0) return true;
@@ -63,13 +63,17 @@ size_t OffCpuProfiler::KeyHash::operator()(const offcpu_stack_key& k) const {
   h = Mix(h, k.start_ns);
   h = Mix(h, static_cast<uint32_t>(k.kstack));
   h = Mix(h, static_cast<uint32_t>(k.ustack));
+  uint64_t comm[2];
+  static_assert(sizeof comm == sizeof k.comm);
+  std::memcpy(comm, k.comm, sizeof comm);
+  h = Mix(Mix(h, comm[0]), comm[1]);
   return static_cast<size_t>(h);
 }
 
-bool OffCpuProfiler::KeyEq::operator()(const offcpu_stack_key& a,
-                                       const offcpu_stack_key& b) const {
+bool OffCpuProfiler::KeyEq::operator()(const offcpu_stack_key& a, const offcpu_stack_key& b) const {
   return a.cgroup_id == b.cgroup_id && a.start_ns == b.start_ns && a.tgid == b.tgid &&
-         a.kstack == b.kstack && a.ustack == b.ustack;
+         a.kstack == b.kstack && a.ustack == b.ustack &&
+         std::memcmp(a.comm, b.comm, sizeof a.comm) == 0;
 }
 
 size_t OffCpuProfiler::ViewKeyHash::operator()(const ViewKey& k) const {
@@ -84,8 +88,7 @@ size_t OffCpuProfiler::FramesHash::operator()(const Frames& f) const {
 
 OffCpuProfiler::OffCpuProfiler(std::unique_ptr<OffCpuStackSource> source,
                                std::unique_ptr<FrameResolver> frames, WorkloadResolver* workloads,
-                               std::chrono::steady_clock::time_point start,
-                               size_t max_retired)
+                               std::chrono::steady_clock::time_point start, size_t max_retired)
     : source_(std::move(source)),
       frames_(std::move(frames)),
       workloads_(workloads),
@@ -145,6 +148,8 @@ uint32_t OffCpuProfiler::InternStack(Frames frames) {
 
 uint32_t OffCpuProfiler::Name(const offcpu_stack_key& key) {
   Frames f;
+  const std::string comm(key.comm, strnlen(key.comm, sizeof key.comm));
+  f.push_back(comm.empty() ? kNoProcess : InternFrame(comm));
   if (key.ustack < 0 && key.ustack != KMON_CPU_NO_STACK) {  // collided, or no room
     f.push_back(InternFrame(kLostFrame));
   } else if (key.ustack >= 0) {
@@ -153,7 +158,8 @@ uint32_t OffCpuProfiler::Name(const offcpu_stack_key& key) {
     const ProcessId p = ProcessOf(key);
     frames_->Capture(p);
     std::vector<uint64_t> ips = source_->Stack(key.ustack);
-    for (size_t i = ips.size(); i-- > 0;) f.push_back(InternFrame(frames_->User(p, ips[i], i == 0)));
+    for (size_t i = ips.size(); i-- > 0;)
+      f.push_back(InternFrame(frames_->User(p, ips[i], i == 0)));
     if (ips.empty()) f.push_back(InternFrame(kUnknownFrame));
   }
   f.push_back(kSplit);
@@ -276,7 +282,7 @@ void OffCpuProfiler::CollectNamedStacks() {
   std::vector<bool> frame_used(frame_names_.size(), false);
   for (const auto& [frames, id] : stack_index_) {
     for (uint32_t f : frames) {
-      if (f != kSplit) frame_used[f] = true;
+      if (f != kSplit && f != kNoProcess) frame_used[f] = true;
     }
   }
   for (const auto& [id, frames] : kernel_frames_) {
@@ -323,11 +329,42 @@ void OffCpuProfiler::MergeOldDeltas(std::chrono::steady_clock::time_point now) {
   }
 }
 
+void OffCpuStackSource::Clear() {
+  std::vector<OffCpuRawEntry> entries;
+  if (Read(&entries).ok()) {
+    for (const auto& e : entries) Take(e.key);
+  }
+  for (int32_t id : StackIds()) DeleteStack(id);
+}
+
+void OffCpuProfiler::Reset(std::chrono::steady_clock::time_point now) {
+  source_->Clear();
+  for (const auto& [key, live] : live_) {
+    if (!frames_->Alive(ProcessOf(key))) frames_->Forget(ProcessOf(key));
+  }
+  live_.clear();
+  retired_.clear();
+  kernel_frames_.clear();  // ids are reused for other stacks once the map is empty
+  last_snapshot_.clear();
+  deltas_.clear();
+  missing_cgroups_ = MissingSince<uint64_t>();
+  start_ = base_time_ = last_snapshot_time_ = now;
+  collisions_at_sweep_ = source_->StackCollisions();
+  stacks_gc_mark_ = 0;  // everything named is unreferenced now: collected at the next snapshot
+}
+
 absl::Status OffCpuProfiler::Refresh(std::chrono::steady_clock::time_point now) {
   std::vector<OffCpuRawEntry> entries;
   absl::Status st = source_->Read(&entries);
   if (!st.ok()) return st;
 
+  // Every new process's maps are read before any stack is named: naming reads ELF
+  // symbol tables, which takes a while with many new stacks, and a short-lived
+  // process whose maps came only after that would have exited, its user frames
+  // "[unknown]".
+  for (const auto& e : entries) {
+    if (e.key.ustack >= 0 && !live_.count(e.key)) frames_->Capture(ProcessOf(e.key));
+  }
   std::unordered_set<offcpu_stack_key, KeyHash, KeyEq> seen;
   std::unordered_map<ProcessId, std::vector<offcpu_stack_key>, ProcessIdHash> by_process;
   bool named = false;
@@ -438,8 +475,11 @@ absl::StatusOr<OffCpuResult> OffCpuProfiler::Query(const OffCpuQuery& q,
     if (sit == stacks_.end()) continue;
     OffCpuStack s;
     s.labels = std::move(labels);
+    const Frames& frames = *sit->second;
+    if (frames.front() != kNoProcess) s.process = *frame_names_[frames.front()];
     bool kernel = false;
-    for (uint32_t f : *sit->second) {
+    for (size_t i = 1; i < frames.size(); ++i) {
+      const uint32_t f = frames[i];
       if (f == kSplit) {
         kernel = true;
         continue;

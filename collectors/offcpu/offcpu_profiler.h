@@ -4,6 +4,8 @@
 // query can ask for the last N seconds only.
 #pragma once
 
+#include <absl/status/status.h>
+
 #include <chrono>
 #include <cstdint>
 #include <deque>
@@ -13,8 +15,6 @@
 #include <unordered_map>
 #include <unordered_set>
 #include <vector>
-
-#include <absl/status/status.h>
 
 #include "bpf/cpu.h"
 #include "collectors/missing_since.h"
@@ -53,6 +53,9 @@ class OffCpuStackSource {
   virtual size_t StackCapacity() const = 0;
   /// Stacks refused so far because their hash bucket held another (cumulative).
   virtual uint64_t StackCollisions() = 0;
+  /// Empties the aggregates and the stack map (before and after an on-demand
+  /// profiling window, while nothing captures stacks).
+  virtual void Clear();
 };
 
 /// What a /debug/offcpu query selects. An unset filter matches everything.
@@ -67,6 +70,8 @@ struct OffCpuResult {
   /// The span actually covered (the window rounded up to the snapshot grid, or
   /// shortened to what kmon has seen).
   std::chrono::nanoseconds covered{0};
+  /// Profiled on demand: the span is the window that followed the request.
+  bool on_demand = false;
 };
 
 /// Not thread-safe: OffCpuService serializes calls.
@@ -104,6 +109,10 @@ class OffCpuProfiler {
   /// result is a copy: rendering it needs no lock on the profiler.
   absl::StatusOr<OffCpuResult> Query(const OffCpuQuery& query,
                                      std::chrono::steady_clock::time_point now);
+
+  /// Forgets everything and empties the kernel's aggregates and stacks: what is
+  /// queried next covers only what happens from `now` (an on-demand window).
+  void Reset(std::chrono::steady_clock::time_point now);
 
   /// Aggregates of exited processes that found no room in user space (kMaxRetired),
   /// each counted once; they stay in the kernel map, where they still count.
@@ -145,13 +154,15 @@ class OffCpuProfiler {
     OffCpuTotals totals;
     bool stuck = false;  // its process has exited, and retired_ had no room
   };
-  // A named stack: frame ids, user frames outermost first, then kSplit, then kernel
-  // frames outermost first. Stored once, as the key of stack_index_.
+  // A named stack: frame ids, the process name (or kNoProcess), user frames outermost
+  // first, then kSplit, then kernel frames outermost first. Stored once, as the key
+  // of stack_index_.
   using Frames = std::vector<uint32_t>;
   struct FramesHash {
     size_t operator()(const Frames& f) const;
   };
   static constexpr uint32_t kSplit = UINT32_MAX;
+  static constexpr uint32_t kNoProcess = UINT32_MAX - 1;
 
   uint32_t Name(const offcpu_stack_key& key);
   const Frames& KernelFrames(int32_t id);

@@ -1,5 +1,7 @@
 #include "collectors/offcpu/offcpu_render.h"
 
+#include <absl/strings/str_cat.h>
+#include <absl/strings/str_join.h>
 
 #include <algorithm>
 #include <cstdio>
@@ -8,9 +10,6 @@
 #include <unordered_map>
 #include <utility>
 #include <vector>
-
-#include <absl/strings/str_cat.h>
-#include <absl/strings/str_join.h>
 
 #include "base/gzip.h"
 #include "base/markup.h"
@@ -27,7 +26,6 @@ std::string CleanFrame(const std::string& name) {
   }
   return out;
 }
-
 
 std::string HumanNs(uint64_t ns) {
   char buf[64];
@@ -49,7 +47,7 @@ std::string Fixed(double v, int digits) {
 
 // ---- flame graph layout ----
 
-enum class FrameKind { kAll = 0, kWorkload = 1, kUser = 2, kKernel = 3 };
+enum class FrameKind { kAll = 0, kWorkload = 1, kUser = 2, kKernel = 3, kProcess = 4 };
 
 struct Node {
   std::string name;
@@ -119,6 +117,11 @@ std::string Colour(const Node& n) {
       g = 165 + static_cast<int>(55 * v2);
       b = 165 + static_cast<int>(55 * v2);
       break;
+    case FrameKind::kProcess:  // yellow-green: which process of it
+      r = 170 + static_cast<int>(40 * v1);
+      g = 200 + static_cast<int>(30 * v2);
+      b = 80 + static_cast<int>(40 * v1);
+      break;
     case FrameKind::kWorkload:  // green: whose time it is
       r = 90 + static_cast<int>(50 * v1);
       g = 190 + static_cast<int>(40 * v2);
@@ -176,12 +179,12 @@ void EmitFrames(const Node& root, uint64_t total, int height, std::string* out) 
     const std::string info = absl::StrCat(name, " (", HumanNs(n.ns), ", ", n.count,
                                           n.count == 1 ? " episode, " : " episodes, ",
                                           Fixed(100.0 * n.ns / total, 2), "%)");
-    absl::StrAppend(out, "<g class=\"f\" data-d=\"", t.depth, "\" data-x=\"", Fixed(xf, 9),
-                    "\" data-w=\"", Fixed(wf, 9), "\" data-n=\"", name, "\"><title>", info,
-                    "</title><rect x=\"", Fixed(xpx, 2), "\" y=\"", y, "\" width=\"",
-                    Fixed(wpx, 2), "\" height=\"", kFrameHeight - 1, "\" fill=\"", Colour(n),
-                    "\" rx=\"2\" ry=\"2\"/><text x=\"", Fixed(xpx + 3, 2), "\" y=\"",
-                    y + kFrameHeight - 4, "\">", MarkupEscape(FitText(n.name, wpx)), "</text></g>\n");
+    absl::StrAppend(
+        out, "<g class=\"f\" data-d=\"", t.depth, "\" data-x=\"", Fixed(xf, 9), "\" data-w=\"",
+        Fixed(wf, 9), "\" data-n=\"", name, "\"><title>", info, "</title><rect x=\"", Fixed(xpx, 2),
+        "\" y=\"", y, "\" width=\"", Fixed(wpx, 2), "\" height=\"", kFrameHeight - 1, "\" fill=\"",
+        Colour(n), "\" rx=\"2\" ry=\"2\"/><text x=\"", Fixed(xpx + 3, 2), "\" y=\"",
+        y + kFrameHeight - 4, "\">", MarkupEscape(FitText(n.name, wpx)), "</text></g>\n");
     kids.clear();
     uint64_t cx = t.x_ns;
     for (const auto& [k, c] : n.children) {
@@ -326,6 +329,7 @@ std::string RenderFolded(const std::vector<OffCpuStack>& stacks) {
   std::map<std::string, uint64_t> lines;
   for (const auto& s : stacks) {
     std::vector<std::string> frames{CleanFrame(WorkloadFrame(s.labels))};
+    if (!s.process.empty()) frames.push_back(CleanFrame(s.process));
     for (const auto& f : s.user) frames.push_back(CleanFrame(f));
     for (const auto& f : s.kernel) frames.push_back(CleanFrame(f));
     lines[absl::StrJoin(frames, ";")] += s.ns;
@@ -346,6 +350,11 @@ std::string RenderFlameGraphSvg(const std::vector<OffCpuStack>& stacks, const st
     Node* n = root.Child(WorkloadFrame(s.labels), FrameKind::kWorkload);
     n->ns += s.ns;
     n->count += s.count;
+    if (!s.process.empty()) {
+      n = n->Child(s.process, FrameKind::kProcess);
+      n->ns += s.ns;
+      n->count += s.count;
+    }
     for (const auto& f : s.user) {
       n = n->Child(f, FrameKind::kUser);
       n->ns += s.ns;
@@ -361,9 +370,8 @@ std::string RenderFlameGraphSvg(const std::vector<OffCpuStack>& stacks, const st
   const int height = kPadTop + depth * kFrameHeight + kPadBottom;
   std::string out;
   absl::StrAppend(
-      &out, "<?xml version=\"1.0\" standalone=\"no\"?>\n",
-      "<svg version=\"1.1\" width=\"", kSvgWidth, "\" height=\"", height, "\" viewBox=\"0 0 ",
-      kSvgWidth, " ", height,
+      &out, "<?xml version=\"1.0\" standalone=\"no\"?>\n", "<svg version=\"1.1\" width=\"",
+      kSvgWidth, "\" height=\"", height, "\" viewBox=\"0 0 ", kSvgWidth, " ", height,
       "\" onload=\"init(evt)\" xmlns=\"http://www.w3.org/2000/svg\" "
       "xmlns:xlink=\"http://www.w3.org/1999/xlink\">\n",
       "<style type=\"text/css\">\n"
@@ -375,13 +383,13 @@ std::string RenderFlameGraphSvg(const std::vector<OffCpuStack>& stacks, const st
       "</style>\n",
       "<script type=\"text/ecmascript\"><![CDATA[", kFlameScript, "]]></script>\n",
       "<rect x=\"0\" y=\"0\" width=\"", kSvgWidth, "\" height=\"", height,
-      "\" fill=\"rgb(248,248,252)\"/>\n",
-      "<text id=\"title\" x=\"", kSvgWidth / 2, "\" y=\"24\">", MarkupEscape(title), "</text>\n",
-      "<text id=\"subtitle\" x=\"", kSvgWidth / 2, "\" y=\"44\">", MarkupEscape(subtitle), "</text>\n",
-      "<text id=\"unzoom\" x=\"", kXPad, "\" y=\"24\" style=\"display:none\">Reset Zoom</text>\n",
-      "<text id=\"search\" x=\"", kSvgWidth - kXPad - 100, "\" y=\"24\">Search</text>\n",
-      "<text id=\"matched\" x=\"", kSvgWidth - kXPad - 140, "\" y=\"", height - 12, "\"> </text>\n",
-      "<text id=\"details\" x=\"", kXPad, "\" y=\"", height - 12, "\"> </text>\n");
+      "\" fill=\"rgb(248,248,252)\"/>\n", "<text id=\"title\" x=\"", kSvgWidth / 2, "\" y=\"24\">",
+      MarkupEscape(title), "</text>\n", "<text id=\"subtitle\" x=\"", kSvgWidth / 2, "\" y=\"44\">",
+      MarkupEscape(subtitle), "</text>\n", "<text id=\"unzoom\" x=\"", kXPad,
+      "\" y=\"24\" style=\"display:none\">Reset Zoom</text>\n", "<text id=\"search\" x=\"",
+      kSvgWidth - kXPad - 100, "\" y=\"24\">Search</text>\n", "<text id=\"matched\" x=\"",
+      kSvgWidth - kXPad - 140, "\" y=\"", height - 12, "\"> </text>\n", "<text id=\"details\" x=\"",
+      kXPad, "\" y=\"", height - 12, "\"> </text>\n");
   if (root.ns == 0) {
     absl::StrAppend(&out, "<text x=\"", kSvgWidth / 2, "\" y=\"", kPadTop + 12,
                     "\" style=\"text-anchor: middle\">No off-CPU stacks recorded</text>\n");
@@ -419,17 +427,19 @@ absl::StatusOr<std::string> RenderPprof(const std::vector<OffCpuStack>& stacks, 
   mapping->set_filename(strings.Id("[kmon]"));
   mapping->set_has_functions(true);
 
-  // One Function and one Location per distinct (name, kernel?) frame.
-  std::map<std::pair<std::string, bool>, uint64_t> location_of;
-  auto location = [&](const std::string& name, bool kernel) -> uint64_t {
-    auto [it, inserted] = location_of.emplace(std::make_pair(name, kernel), location_of.size() + 1);
+  // One Function and one Location per distinct (name, kind) frame.
+  std::map<std::pair<std::string, FrameKind>, uint64_t> location_of;
+  auto location = [&](const std::string& name, FrameKind kind) -> uint64_t {
+    auto [it, inserted] = location_of.emplace(std::make_pair(name, kind), location_of.size() + 1);
     if (inserted) {
       const uint64_t id = it->second;
       auto* fn = p.add_function();
       fn->set_id(id);
       fn->set_name(strings.Id(name));
       fn->set_system_name(strings.Id(name));
-      if (kernel) fn->set_filename(strings.Id("[kernel.kallsyms]"));
+      if (kind == FrameKind::kKernel) fn->set_filename(strings.Id("[kernel.kallsyms]"));
+      if (kind == FrameKind::kWorkload) fn->set_filename(strings.Id("[workload]"));
+      if (kind == FrameKind::kProcess) fn->set_filename(strings.Id("[process]"));
       auto* loc = p.add_location();
       loc->set_id(id);
       loc->set_mapping_id(1);
@@ -440,18 +450,24 @@ absl::StatusOr<std::string> RenderPprof(const std::vector<OffCpuStack>& stacks, 
   const int64_t k_namespace = strings.Id("namespace");
   const int64_t k_pod = strings.Id("pod");
   const int64_t k_container = strings.Id("container");
+  const int64_t k_process = strings.Id("process");
   for (const auto& s : stacks) {
     auto* sample = p.add_sample();
+    // Innermost first: kernel, user, then the process and the workload as the roots.
     for (auto it = s.kernel.rbegin(); it != s.kernel.rend(); ++it) {
-      sample->add_location_id(location(*it, true));
+      sample->add_location_id(location(*it, FrameKind::kKernel));
     }
     for (auto it = s.user.rbegin(); it != s.user.rend(); ++it) {
-      sample->add_location_id(location(*it, false));
+      sample->add_location_id(location(*it, FrameKind::kUser));
     }
+    if (!s.process.empty()) sample->add_location_id(location(s.process, FrameKind::kProcess));
+    sample->add_location_id(location(WorkloadFrame(s.labels), FrameKind::kWorkload));
     sample->add_value(static_cast<int64_t>(s.count));
     sample->add_value(static_cast<int64_t>(s.ns));
-    const std::pair<int64_t, const std::string*> labels[] = {
-        {k_namespace, &s.labels.namespace_}, {k_pod, &s.labels.pod}, {k_container, &s.labels.container}};
+    const std::pair<int64_t, const std::string*> labels[] = {{k_namespace, &s.labels.namespace_},
+                                                             {k_pod, &s.labels.pod},
+                                                             {k_container, &s.labels.container},
+                                                             {k_process, &s.process}};
     for (const auto& [key, value] : labels) {
       auto* l = sample->add_label();
       l->set_key(key);
@@ -459,7 +475,8 @@ absl::StatusOr<std::string> RenderPprof(const std::vector<OffCpuStack>& stacks, 
     }
   }
   std::string raw;
-  if (!p.SerializeToString(&raw)) return absl::InternalError("pprof: serializing the profile failed");
+  if (!p.SerializeToString(&raw))
+    return absl::InternalError("pprof: serializing the profile failed");
   return Gzip(raw);
 }
 

@@ -1,13 +1,14 @@
 #include "collectors/offcpu/symbolizer.h"
 
+#include <absl/strings/str_cat.h>
 #include <malloc.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
 
 #include <algorithm>
 #include <cstdio>
 #include <iterator>
 #include <optional>
-
-#include <absl/strings/str_cat.h>
 
 #include "collectors/proc_text.h"
 
@@ -64,9 +65,10 @@ std::shared_ptr<const Symbolizer::File> Symbolizer::InternFile(const MapEntry& m
     if (auto f = it->second.lock()) return f;
   }
   if (files_.size() >= 2 * kMaxProcesses) {
-    for (auto f = files_.begin(); f != files_.end();) f = f->second.expired() ? files_.erase(f) : std::next(f);
+    for (auto f = files_.begin(); f != files_.end();)
+      f = f->second.expired() ? files_.erase(f) : std::next(f);
   }
-  auto f = std::make_shared<const File>(File{key, m.path});
+  auto f = std::make_shared<const File>(File{key, m.path, m.dev, m.inode});
   files_[std::move(key)] = f;
   return f;
 }
@@ -102,6 +104,16 @@ bool Symbolizer::CaptureNow(const ProcessId& p) {
   return true;
 }
 
+absl::StatusOr<std::shared_ptr<const ElfSymbols>> Symbolizer::LoadIfSameFile(const File& f) {
+  struct stat st;
+  unsigned maj = 0, min = 0;
+  if (std::sscanf(f.dev.c_str(), "%x:%x", &maj, &min) != 2 || stat(f.path.c_str(), &st) != 0 ||
+      major(st.st_dev) != maj || minor(st.st_dev) != min || st.st_ino != f.inode) {
+    return absl::NotFoundError(absl::StrCat(f.path, ": not the mapped file here"));
+  }
+  return ElfSymbols::Load(f.path);
+}
+
 std::shared_ptr<const ElfSymbols> Symbolizer::Elf(const ProcessId& p, const Mapping& m) {
   if (m.file == nullptr) return nullptr;
   auto it = elfs_.find(m.file->key);
@@ -110,16 +122,23 @@ std::shared_ptr<const ElfSymbols> Symbolizer::Elf(const ProcessId& p, const Mapp
     return it->second.elf;
   }
   // The file is read through the process: map_files reaches it even when it was
-  // deleted or replaced, or lives in another mount namespace (a container's root);
-  // /proc/PID/root/PATH is the fallback where map_files is not readable. Only while
-  // the PID is still this process's, or it would be another process's file.
-  if (!Alive(p)) return nullptr;
-  char range[64];
-  std::snprintf(range, sizeof range, "%llx-%llx", static_cast<unsigned long long>(m.start),
-                static_cast<unsigned long long>(m.end));
+  // deleted or replaced, or lives in another mount namespace (a container's root),
+  // but only with CAP_SYS_ADMIN (or CAP_CHECKPOINT_RESTORE), which kmon drops after
+  // start; /proc/PID/root/PATH needs only CAP_SYS_PTRACE. Only while the PID is
+  // still this process's, or it would be another process's file. Last, and for a
+  // process that has exited since its maps were captured, the same path as kmon
+  // sees it, if it is the same file (device and inode): a host process's binary.
   absl::StatusOr<std::shared_ptr<const ElfSymbols>> elf =
-      ElfSymbols::Load(absl::StrCat(proc_, "/", p.tgid, "/map_files/", range));
-  if (!elf.ok()) elf = ElfSymbols::Load(absl::StrCat(proc_, "/", p.tgid, "/root", m.file->path));
+      absl::NotFoundError("the process has exited");
+  if (Alive(p)) {
+    char range[64];
+    std::snprintf(range, sizeof range, "%llx-%llx", static_cast<unsigned long long>(m.start),
+                  static_cast<unsigned long long>(m.end));
+    elf = ElfSymbols::Load(absl::StrCat(proc_, "/", p.tgid, "/map_files/", range));
+    if (!elf.ok()) elf = ElfSymbols::Load(absl::StrCat(proc_, "/", p.tgid, "/root", m.file->path));
+  }
+  if (!elf.ok()) elf = LoadIfSameFile(*m.file);
+  if (!elf.ok() && !Alive(p)) return nullptr;  // not cached: another process may map it
   CachedElf c;
   c.elf = elf.ok() ? *elf : nullptr;
   c.bytes = c.elf != nullptr ? c.elf->bytes() : 0;

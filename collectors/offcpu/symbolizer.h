@@ -75,8 +75,10 @@ class Symbolizer {
  private:
   // A mapped file, shared by every process that maps it.
   struct File {
-    std::string key;   // "dev inode path": the ELF cache's key
+    std::string key;  // "dev inode path": the ELF cache's key
     std::string path;
+    std::string dev;  // as /proc/PID/maps shows it: "fe:00" (hex major:minor)
+    uint64_t inode = 0;
   };
   struct Mapping {
     uint64_t start, end, offset;
@@ -96,6 +98,9 @@ class Symbolizer {
   bool CaptureNow(const ProcessId& p);
   std::shared_ptr<const File> InternFile(const MapEntry& m);
   std::shared_ptr<const ElfSymbols> Elf(const ProcessId& p, const Mapping& m);
+  // The file at its path as kmon sees it, when that is the very file mapped (same
+  // device and inode): a host process's binary, read even after the process exited.
+  static absl::StatusOr<std::shared_ptr<const ElfSymbols>> LoadIfSameFile(const File& f);
   // Evicts least recently used tables (never `keep`) while over the caps; the bytes freed.
   size_t TrimElfs(const std::string& keep);
   const Mapping* Find(const Process& p, uint64_t ip) const;

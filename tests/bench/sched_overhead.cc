@@ -6,10 +6,17 @@
 //
 //   build/tests/sched_overhead [round_trips] [rounds]
 //
-// Rounds interleave nothing / cpu collector (stacks on, the default) / cpu collector
-// (stacks off) so drift on a shared machine hits all alike; medians are reported,
-// and the ratio of round trips per second with the collector to without it
-// (target >= 0.90).
+// Rounds interleave four setups so drift on a shared machine hits all alike:
+//   nothing   no program on the scheduler's hooks
+//   floor     empty programs on sched_switch, sched_wakeup, sched_wakeup_new
+//             (tests/bench/floor.h): the cost of hooking at all
+//   defaults  the cpu collector as it ships (stacks: on_demand, no request: no stacks)
+//   always    the cpu collector with stacks: always (two stack walks per blocking)
+// Medians are reported, with each setup's round trips per second as a ratio of
+// nothing's (target for defaults >= 0.90, goal 0.97), and the BPF time per run of
+// each scheduler program from the kernel's bpf_stats (run_time_ns / run_cnt over
+// the round; every switch on the machine counts, not just the ping-pong's).
+#include <bpf/bpf.h>
 #include <sched.h>
 #include <signal.h>
 #include <sys/wait.h>
@@ -19,6 +26,8 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -28,6 +37,7 @@
 #include "exporter/config.h"
 #include "provider/workload.h"
 #include "tests/bench/bench_util.h"
+#include "tests/bench/floor.h"
 
 namespace {
 
@@ -73,6 +83,63 @@ double PingPong(long n, int cpu) {
   return n / dt;
 }
 
+struct ProgStats {
+  std::string name;
+  uint64_t run_ns = 0, runs = 0;
+};
+
+// run_time_ns and run_cnt of the loaded programs with an id above `after` and one of
+// `names`, by id: programs other people load and unload meanwhile stay out.
+std::map<uint32_t, ProgStats> ReadStats(const std::vector<std::string>& names, uint32_t after) {
+  std::map<uint32_t, ProgStats> out;
+  for (uint32_t id = after; bpf_prog_get_next_id(id, &id) == 0;) {
+    const int fd = bpf_prog_get_fd_by_id(id);
+    if (fd < 0) continue;
+    bpf_prog_info info{};
+    uint32_t len = sizeof info;
+    if (bpf_obj_get_info_by_fd(fd, &info, &len) == 0) {
+      // The kernel keeps the first 15 characters of a program's name: the floor's two
+      // wakeup programs are both "floor_sched_wak" (summed).
+      for (const std::string& name : names) {
+        if (name.compare(0, sizeof info.name - 1, info.name) != 0) continue;
+        out[id] = {info.name, info.run_time_ns, info.run_cnt};
+        break;
+      }
+    }
+    close(fd);
+  }
+  return out;
+}
+
+uint32_t MaxProgId() {
+  uint32_t id = 0;
+  while (bpf_prog_get_next_id(id, &id) == 0) {
+  }
+  return id;
+}
+
+// ns per run of each program (by name) over what ran between `before` and `after`.
+std::map<std::string, double> NsPerRun(const std::map<uint32_t, ProgStats>& before,
+                                       const std::map<uint32_t, ProgStats>& after) {
+  std::map<std::string, ProgStats> sum;
+  for (const auto& [id, a] : after) {
+    auto it = before.find(id);
+    if (it == before.end() || a.runs < it->second.runs) continue;
+    sum[a.name].run_ns += a.run_ns - it->second.run_ns;
+    sum[a.name].runs += a.runs - it->second.runs;
+  }
+  std::map<std::string, double> out;
+  for (const auto& [name, d] : sum) {
+    if (d.runs > 0) out[name] = static_cast<double>(d.run_ns) / d.runs;
+  }
+  return out;
+}
+
+const std::vector<std::string> kFloorProgs = {"floor_sched_switch", "floor_sched_wakeup",
+                                              "floor_sched_wakeup_new"};
+const std::vector<std::string> kCpuProgs = {"kmon_cpu_switch", "kmon_cpu_wakeup",
+                                            "kmon_cpu_forked"};
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -84,45 +151,80 @@ int main(int argc, char** argv) {
     return 1;
   }
   kmon::ConfigureLogging(kmon::LogLevel::kWarn, kmon::LogFormat::kLogfmt);
+  // The kernel's BPF run-time statistics, for as long as this fd is open.
+  const int stats_fd = bpf_enable_stats(BPF_STATS_RUN_TIME);
+  if (stats_fd < 0) std::fprintf(stderr, "bpf_stats: could not enable; no ns per run\n");
   auto root = kmon::DetectCgroup2Root();
   kmon::WorkloadResolver workloads(
       std::make_unique<kmon::CgroupFsPathSource>(root.value_or("/sys/fs/cgroup")), nullptr);
   kmon::WatchedCgroups watched(&workloads);
-  auto stacks_on = kmon::ParseConfig("collectors:\n  cpu:\n    stacks: true\n", kmon::ProcessEnv());
-  auto stacks_off =
-      kmon::ParseConfig("collectors:\n  cpu:\n    stacks: false\n", kmon::ProcessEnv());
-  if (!stacks_on.config || !stacks_off.config) {
+  auto defaults = kmon::ParseConfig("", kmon::ProcessEnv());
+  auto always = kmon::ParseConfig("collectors:\n  cpu:\n    stacks: always\n", kmon::ProcessEnv());
+  if (!defaults.config || !always.config) {
     std::fprintf(stderr, "bad built-in benchmark config\n");
     return 1;
   }
   PingPong(n / 4, cpu);  // warm up
 
-  std::vector<double> base, with_stacks, without_stacks;
+  enum Setup { kNothing, kFloor, kDefaults, kAlways, kSetups };
+  const char* const names[kSetups] = {"nothing", "floor", "defaults", "always"};
+  std::vector<double> rate[kSetups];
+  std::map<std::string, std::vector<double>> ns[kSetups];  // program -> per round
   for (int r = 0; r < rounds; ++r) {
-    base.push_back(PingPong(n, cpu));
-    for (auto* cfg : {&*stacks_on.config, &*stacks_off.config}) {
-      kmon::CpuCollector c({&workloads, &watched, nullptr});
-      absl::Status st = c.Start(*cfg);
-      if (!st.ok()) {
-        std::fprintf(stderr, "cpu collector: %s\n", st.ToString().c_str());
-        return 1;
+    for (int s = 0; s < kSetups; ++s) {
+      const uint32_t ids_before = MaxProgId();
+      std::unique_ptr<kmon::bench::Floor> floor;
+      std::unique_ptr<kmon::CpuCollector> collector;
+      const std::vector<std::string>* progs = nullptr;
+      if (s == kFloor) {
+        floor = std::make_unique<kmon::bench::Floor>(
+            std::set<std::string>(kFloorProgs.begin(), kFloorProgs.end()));
+        if (!floor->ok()) return 1;
+        progs = &kFloorProgs;
+      } else if (s == kDefaults || s == kAlways) {
+        collector = std::make_unique<kmon::CpuCollector>(
+            kmon::CollectorDeps{&workloads, &watched, nullptr});
+        absl::Status st = collector->Start(s == kDefaults ? *defaults.config : *always.config);
+        if (!st.ok()) {
+          std::fprintf(stderr, "cpu collector: %s\n", st.ToString().c_str());
+          return 1;
+        }
+        progs = &kCpuProgs;
       }
-      (cfg == &*stacks_on.config ? with_stacks : without_stacks).push_back(PingPong(n, cpu));
-      c.Stop();
+      const auto before = progs ? ReadStats(*progs, ids_before) : std::map<uint32_t, ProgStats>{};
+      rate[s].push_back(PingPong(n, cpu));
+      if (progs && stats_fd >= 0) {
+        for (const auto& [prog, v] : NsPerRun(before, ReadStats(*progs, ids_before))) {
+          ns[s][prog].push_back(v);
+        }
+      }
+      if (collector) collector->Stop();
     }
   }
-  const double b = Median(base), ws = Median(with_stacks), wo = Median(without_stacks);
-  std::printf("pipe ping-pong, 2 processes on CPU %d, %ld round trips x %d rounds (medians)\n", cpu,
-              n, rounds);
-  std::printf("  nothing attached        : %9.0f round trips/s (%.2f us each)\n", b, 1e6 / b);
-  std::printf("  cpu collector, stacks   : %9.0f round trips/s (%.2f us each)\n", ws, 1e6 / ws);
-  std::printf("  cpu collector, no stacks: %9.0f round trips/s (%.2f us each)\n", wo, 1e6 / wo);
-  std::printf("  ratio with/without, stacks on  = %.3f (target >= 0.90)\n", ws / b);
-  std::printf("  ratio with/without, stacks off = %.3f\n", wo / b);
-  for (int r = 0; r < rounds; ++r) {
-    Report("sched_overhead.round_trip_us_without", 1e6 / base[r], "us");
-    Report("sched_overhead.ratio_stacks_on", with_stacks[r] / base[r], "x");
-    Report("sched_overhead.ratio_stacks_off", without_stacks[r] / base[r], "x");
+  const double base = Median(rate[kNothing]);
+  std::printf(
+      "pipe ping-pong, 2 processes on CPU %d, %ld round trips x %d rounds (medians; "
+      "noisy on a shared machine)\n",
+      cpu, n, rounds);
+  for (int s = 0; s < kSetups; ++s) {
+    const double m = Median(rate[s]);
+    std::printf("  %-9s: %9.0f round trips/s (%.2f us each), ratio %.3f%s\n", names[s], m, 1e6 / m,
+                m / base, s == kDefaults ? " (target >= 0.90, goal 0.97)" : "");
+    for (const auto& [prog, v] : ns[s]) {
+      std::printf("      %-22s %7.0f ns per run (bpf_stats)\n", prog.c_str(), Median(v));
+    }
   }
+  for (int r = 0; r < rounds; ++r) {
+    Report("sched_overhead.round_trip_us_nothing", 1e6 / rate[kNothing][r], "us");
+    Report("sched_overhead.ratio_floor", rate[kFloor][r] / rate[kNothing][r], "x");
+    Report("sched_overhead.ratio_defaults", rate[kDefaults][r] / rate[kNothing][r], "x");
+    Report("sched_overhead.ratio_always", rate[kAlways][r] / rate[kNothing][r], "x");
+  }
+  for (int s = kFloor; s < kSetups; ++s) {
+    for (const auto& [prog, v] : ns[s]) {
+      Report(std::string("sched_overhead.") + names[s] + "." + prog + "_ns", Median(v), "ns");
+    }
+  }
+  if (stats_fd >= 0) close(stats_fd);
   return 0;
 }

@@ -1,8 +1,11 @@
 // The cpu collector against the running kernel: workloads in cgroups of their own
 // sleep, spin and contend for one CPU in known amounts, and kmon must measure those
 // amounts; a function of known name blocks, and the off-CPU stacks must name it.
+#include <bpf/bpf.h>
+#include <gtest/gtest.h>
 #include <sched.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -18,8 +21,6 @@
 #include <sstream>
 #include <thread>
 
-#include <gtest/gtest.h>
-
 #include "collectors/cpu.h"
 #include "collectors/watched_cgroups.h"
 #include "exporter/config.h"
@@ -34,9 +35,11 @@
 // Frame pointers here let the walk go on to the callers.
 extern "C" __attribute__((noinline, used
 #ifndef __clang__
-                          , optimize("no-omit-frame-pointer")
+                          ,
+                          optimize("no-omit-frame-pointer")
 #endif
-                          )) long kmon_test_sleepy_function(long ns) {
+                              )) long
+kmon_test_sleepy_function(long ns) {
   struct timespec ts = {0, ns};
   long ret;
 #if defined(__x86_64__)
@@ -73,10 +76,10 @@ constexpr double kMs = 1e-3;
 // offcpu_min. Every sleep is still a voluntary switch (those counts are exact).
 constexpr int kMissedSleeps = 2;
 
-Config CpuConfigYaml(const std::string& offcpu_min, bool stacks = true) {
-  ConfigResult r = ParseConfig("collectors:\n  cpu:\n    offcpu_min: " + offcpu_min +
-                                   "\n    stacks: " + (stacks ? "true" : "false") + "\n",
-                               ProcessEnv());
+Config CpuConfigYaml(const std::string& offcpu_min, const std::string& stacks = "on_demand") {
+  ConfigResult r = ParseConfig(
+      "collectors:\n  cpu:\n    offcpu_min: " + offcpu_min + "\n    stacks: " + stacks + "\n",
+      ProcessEnv());
   EXPECT_TRUE(r.problems.empty());
   return r.config.value_or(DefaultConfig());
 }
@@ -150,7 +153,8 @@ SchedStat ReadSchedStat() {
   std::ifstream status("/proc/self/status");
   std::string line;
   while (std::getline(status, line)) {
-    if (line.rfind("nonvoluntary_ctxt_switches:", 0) == 0) s.preemptions = std::stol(line.substr(27));
+    if (line.rfind("nonvoluntary_ctxt_switches:", 0) == 0)
+      s.preemptions = std::stol(line.substr(27));
     if (line.rfind("voluntary_ctxt_switches:", 0) == 0) s.voluntary = std::stol(line.substr(24));
   }
   return s;
@@ -459,48 +463,120 @@ std::string RunShell(const std::string& cmd, int* rc) {
   return out;
 }
 
+// Entries of the map `name` that the program `prog_id` uses.
+int64_t MapEntries(uint32_t prog_id, const std::string& name) {
+  const int prog = bpf_prog_get_fd_by_id(prog_id);
+  if (prog < 0) return -1;
+  uint32_t map_ids[64];
+  bpf_prog_info pinfo{};
+  pinfo.nr_map_ids = 64;
+  pinfo.map_ids = reinterpret_cast<uint64_t>(map_ids);
+  uint32_t plen = sizeof pinfo;
+  const int rc = bpf_obj_get_info_by_fd(prog, &pinfo, &plen);
+  close(prog);
+  if (rc != 0) return -1;
+  for (uint32_t i = 0; i < std::min<uint32_t>(pinfo.nr_map_ids, 64); ++i) {
+    const int fd = bpf_map_get_fd_by_id(map_ids[i]);
+    if (fd < 0) continue;
+    bpf_map_info info{};
+    uint32_t len = sizeof info;
+    int64_t n = -1;
+    if (bpf_obj_get_info_by_fd(fd, &info, &len) == 0 && name == info.name) {
+      std::vector<char> key(info.key_size), next(info.key_size);
+      n = 0;
+      for (void* k = nullptr; bpf_map_get_next_key(fd, k, next.data()) == 0; k = key.data()) {
+        key.swap(next);
+        ++n;
+      }
+    }
+    close(fd);
+    if (n >= 0) return n;
+  }
+  return -1;
+}
+
+// 60 sleeps of 25 ms in kmon_test_sleepy_function, in a process named kmon-sleeper.
+constexpr int kSleeps = 60;
+constexpr long kSleepNs = 25'000'000;
+void SleepyWorkload() {
+  prctl(PR_SET_NAME, "kmon-sleeper");
+  for (int i = 0; i < kSleeps; ++i) kmon_test_sleepy_function(kSleepNs);
+}
+
+// With `stacks: on_demand` (the default) nothing is captured until a request asks;
+// the request profiles the next `seconds` and its answer holds exactly the sleeps
+// taken in them, by the workload and the process's name, with the frames that
+// blocked; after it the maps are empty again.
 TEST_F(CpuRootTest, OffCpuStacksNameTheFunctionThatBlocked) {
+  const uint32_t before = testing::MaxBpfProgramId();
   CpuCollector c(Deps());
   ASSERT_TRUE(c.Start(CpuConfigYaml("1ms")).ok());
+  const auto progs = testing::BpfProgramIds("kmon_cpu_switch", before);
+  ASSERT_FALSE(progs.empty());
+  const uint32_t prog = progs.front();
   TestCgroup cg;
-  // 1.5 s: longer than the collector's 1 s refresh, so the process's maps are read
-  // while it lives.
-  constexpr int kSleeps = 60;
-  constexpr long kSleepNs = 25'000'000;
-  ASSERT_EQ(RunInCgroup(cg,
-                        [] {
-                          for (int i = 0; i < kSleeps; ++i) kmon_test_sleepy_function(kSleepNs);
-                        }),
-            0);
+  // No request outstanding: the sleeps take no stacks.
+  ASSERT_EQ(RunInCgroup(cg, [] { SleepMs(20, 2); }), 0);
+  EXPECT_EQ(MapEntries(prog, "stacks"), 0);
+  EXPECT_EQ(MapEntries(prog, "offcpu_stacks"), 0);
 
-  HttpResponse folded = Get({{"format", "folded"}, {"container", cg.name()}});
+  // The window (5 s) opens when the handler runs; the workload starts 0.5 s later
+  // and takes 1.5 s, well inside it.
+  HttpResponse folded;
+  std::thread request([&] {
+    folded = Get({{"format", "folded"}, {"container", cg.name()}, {"seconds", "5"}});
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  EXPECT_EQ(Get({{"format", "svg"}}).status, 429);  // one window at a time
+  ASSERT_EQ(RunInCgroup(cg, SleepyWorkload), 0);
+  request.join();
   ASSERT_EQ(folded.status, 200) << folded.body;
+  EXPECT_EQ(folded.headers["X-Kmon-Window-Seconds"], "5");
+  EXPECT_EQ(MapEntries(prog, "stacks"), 0);  // emptied after the window
+  EXPECT_EQ(MapEntries(prog, "offcpu_stacks"), 0);
+  ASSERT_EQ(RunInCgroup(cg, [] { SleepMs(20, 2); }), 0);
+  EXPECT_EQ(MapEntries(prog, "stacks"), 0);  // and they stay so
+  EXPECT_EQ(MapEntries(prog, "offcpu_stacks"), 0);
+
   const std::string line = LineWith(folded.body, "kmon_test_sleepy_function");
   ASSERT_NE(line, "") << folded.body;
   std::vector<std::string> frames = Frames(line);
-  ASSERT_FALSE(frames.empty());
-  EXPECT_EQ(frames.front(), cg.name());  // the workload is the root frame
+  ASSERT_GE(frames.size(), 2u);
+  EXPECT_EQ(frames[0], cg.name());       // the workload is the root frame
+  EXPECT_EQ(frames[1], "kmon-sleeper");  // then the process
   size_t fn = 0;
   while (fn < frames.size() && frames[fn] != "kmon_test_sleepy_function") ++fn;
   bool kernel_below = false;
   for (size_t i = fn + 1; i < frames.size(); ++i) {
-    kernel_below |= frames[i] == "hrtimer_nanosleep" || frames[i] == "do_nanosleep" ||
-                    frames[i] == "schedule";
+    kernel_below |=
+        frames[i] == "hrtimer_nanosleep" || frames[i] == "do_nanosleep" || frames[i] == "schedule";
   }
   EXPECT_TRUE(kernel_below) << line;
   EXPECT_EQ(frames.back(), "__schedule") << line;  // tracing frames cut off above it
+  // Every sleep is in the window, each at least its 25 ms and at most a few ms
+  // more on a loaded machine; kMissedSleeps may end early at a spurious wakeup.
   const double ns = std::stod(line.substr(line.rfind(' ') + 1));
-  EXPECT_GE(ns, kSleeps * kSleepNs * 0.9) << line;
+  EXPECT_GE(ns, (kSleeps - kMissedSleeps) * kSleepNs) << line;
   EXPECT_LE(ns, kSleeps * kSleepNs * 1.2) << line;
   // Nothing else of this cgroup is in the output, the filter holds.
   std::istringstream lines(folded.body);
   std::string l;
   while (std::getline(lines, l)) EXPECT_EQ(l.rfind(cg.name() + ";", 0), 0u) << l;
+}
 
-  HttpResponse windowed =
-      Get({{"format", "folded"}, {"container", cg.name()}, {"seconds", "60"}});
+// With `stacks: always` a request looks back, in every format.
+TEST_F(CpuRootTest, AlwaysLooksBackInEveryFormat) {
+  CpuCollector c(Deps());
+  ASSERT_TRUE(c.Start(CpuConfigYaml("1ms", "always")).ok());
+  TestCgroup cg;
+  ASSERT_EQ(RunInCgroup(cg, SleepyWorkload), 0);
+  HttpResponse windowed = Get({{"format", "folded"}, {"container", cg.name()}, {"seconds", "60"}});
   ASSERT_EQ(windowed.status, 200);
-  EXPECT_NE(LineWith(windowed.body, "kmon_test_sleepy_function"), "");
+  const std::string line = LineWith(windowed.body, "kmon_test_sleepy_function");
+  ASSERT_NE(line, "") << windowed.body;
+  const double ns = std::stod(line.substr(line.rfind(' ') + 1));
+  EXPECT_GE(ns, (kSleeps - kMissedSleeps) * kSleepNs) << line;
+  EXPECT_LE(ns, kSleeps * kSleepNs * 1.2) << line;
 
   HttpResponse svg = Get({{"format", "svg"}, {"container", cg.name()}});
   ASSERT_EQ(svg.status, 200);
@@ -527,7 +603,7 @@ TEST_F(CpuRootTest, OffCpuStacksNameTheFunctionThatBlocked) {
 TEST_F(CpuRootTest, OffcpuMinAndStacksChangeInPlace) {
   CpuCollector c(Deps());
   const uint32_t before = testing::MaxBpfProgramId();
-  ASSERT_TRUE(c.Start(CpuConfigYaml("50ms", /*stacks=*/false)).ok());
+  ASSERT_TRUE(c.Start(CpuConfigYaml("50ms", "off")).ok());
   const auto ids = testing::BpfProgramIds("kmon_cpu_switch", before);
   ASSERT_EQ(ids.size(), 1u);
   TestCgroup cg;
@@ -539,9 +615,11 @@ TEST_F(CpuRootTest, OffcpuMinAndStacksChangeInPlace) {
             nullptr);
   EXPECT_GE(Counter(fams, "kmon_cpu_context_switches_total", cg.name(), {{"kind", "voluntary"}}),
             10);
-  EXPECT_EQ(Get({{"format", "folded"}}).status, 503);  // stacks off
+  const HttpResponse off = Get({{"format", "folded"}});
+  EXPECT_EQ(off.status, 503);  // stacks off
+  EXPECT_NE(off.body.find("collectors.cpu.stacks: off"), std::string::npos) << off.body;
 
-  ASSERT_TRUE(c.Reconfigure(CpuConfigYaml("1ms", /*stacks=*/true)).ok());
+  ASSERT_TRUE(c.Reconfigure(CpuConfigYaml("1ms", "always")).ok());
   ASSERT_EQ(RunInCgroup(cg, [] { SleepMs(10, 10); }), 0);
   fams.clear();
   c.Collect(&fams);
@@ -577,7 +655,7 @@ TEST_F(CpuRootTest, BadRequestsAreRejected) {
 // on: every answer is whole, and rendering holds up neither.
 TEST_F(CpuRootTest, QueriesRunAlongsideScrapesAndReloads) {
   CpuCollector c(Deps());
-  const Config config = CpuConfigYaml("1ms");
+  const Config config = CpuConfigYaml("1ms", "always");
   ASSERT_TRUE(c.Start(config).ok());
   TestCgroup cg;
   ASSERT_EQ(RunInCgroup(cg, [] { SleepMs(20, 5); }), 0);
@@ -618,9 +696,11 @@ TEST_F(CpuRootTest, QueriesRunAlongsideScrapesAndReloads) {
 
 TEST(CpuExporterRootTest, ServesMetricsAndFlameGraphs) {
   KMON_REQUIRE_ROOT();
-  const TempFile cfg("interval: 1s\ncollectors:\n  cpu:\n    offcpu_min: 1ms\n    stacks: true\n");
+  // The defaults: stacks on_demand.
+  const TempFile cfg("interval: 1s\ncollectors:\n  cpu:\n    offcpu_min: 1ms\n");
   std::vector<std::string> args{"--config.file=" + cfg.path()};
-  for (const char* other : {"tcp", "topology", "drops", "blockio", "syscalls", "dns", "pagecache"}) {
+  for (const char* other :
+       {"tcp", "topology", "drops", "blockio", "syscalls", "dns", "pagecache"}) {
     args.push_back(std::string("--no-collector.") + other);
   }
   ExporterProcess exporter(args);
@@ -646,28 +726,33 @@ TEST(CpuExporterRootTest, ServesMetricsAndFlameGraphs) {
   const double episodes0 =
       sample(text, "kmon_cpu_offcpu_duration_seconds_count", {{"state", "sleep"}}).value_or(0);
 
-  ASSERT_EQ(RunInCgroup(cg,
-                        [] {
-                          for (int i = 0; i < 60; ++i) kmon_test_sleepy_function(25'000'000);
-                        }),
-            0);
+  // A 5 s profile over HTTP, the workload inside it; a second request meanwhile is
+  // refused with 429.
+  testing::HttpResult folded;
+  std::thread request([&] {
+    folded = testing::HttpGet(exporter.Url("/debug/offcpu?seconds=5&container=" + cg.name()));
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  EXPECT_EQ(testing::HttpGet(exporter.Url("/debug/offcpu?format=svg")).status, 429);
+  ASSERT_EQ(RunInCgroup(cg, SleepyWorkload), 0);
   text = exporter.Scrape();
   EXPECT_GE(sample(text, "kmon_cpu_context_switches_total", {{"kind", "voluntary"}}).value_or(0) -
                 voluntary0,
             60);
-  EXPECT_GE(sample(text, "kmon_cpu_offcpu_duration_seconds_count", {{"state", "sleep"}})
-                    .value_or(0) -
-                episodes0,
-            60 - kMissedSleeps);
+  EXPECT_GE(
+      sample(text, "kmon_cpu_offcpu_duration_seconds_count", {{"state", "sleep"}}).value_or(0) -
+          episodes0,
+      60 - kMissedSleeps);
   EXPECT_EQ(SampleValue(text, "kmon_collector_up", {{"collector", "cpu"}}), 1);
 
-  auto svg = testing::HttpGet(exporter.Url("/debug/offcpu?format=svg&container=" + cg.name()));
-  EXPECT_EQ(svg.status, 200);
-  EXPECT_NE(svg.body.find("kmon_test_sleepy_function"), std::string::npos);
-  EXPECT_NE(svg.body.find("<svg"), std::string::npos);
-  auto folded = testing::HttpGet(exporter.Url("/debug/offcpu?container=" + cg.name()));
+  request.join();
   EXPECT_EQ(folded.status, 200);
-  EXPECT_NE(LineWith(folded.body, "kmon_test_sleepy_function"), "") << folded.body;
+  // kmon runs without CAP_SYS_ADMIN here (map_files unreadable): the function is
+  // named all the same.
+  const std::string line = LineWith(folded.body, "kmon_test_sleepy_function");
+  EXPECT_NE(line, "") << folded.body;
+  EXPECT_EQ(line.rfind(cg.name() + ";kmon-sleeper;", 0), 0u) << line;
+  EXPECT_EQ(testing::HttpGet(exporter.Url("/debug/offcpu?seconds=7")).status, 400);
   EXPECT_EQ(testing::HttpGet(exporter.Url("/debug/offcpu?format=gif")).status, 400);
   EXPECT_EQ(exporter.Terminate(), 0);
 }
