@@ -111,6 +111,17 @@ static __always_inline bool device_wanted(__u32 dev) {
   return bpf_map_lookup_elem(&devices, &dev) != NULL;
 }
 
+/* device_wanted() for a request at its first hook, reading its disk (three loads
+ * from three structs, rq->q->disk) only when there is a device filter: without one,
+ * a request without a disk is dropped at completion instead. */
+static __always_inline bool rq_wanted(struct request *rq) {
+  __u32 zero = 0;
+  struct blk_config *cfg = bpf_map_lookup_elem(&blk_config, &zero);
+  if (!cfg || !cfg->filter_devices) return true;
+  __u32 dev = rq_dev(rq);
+  return dev != 0 && bpf_map_lookup_elem(&devices, &dev) != NULL;
+}
+
 /* The cgroup the request's first bio is charged to (its blkcg), when that cgroup is
  * on the v2 hierarchy (hierarchy_id 0, the "0::" line of /proc/PID/cgroup): on a
  * hybrid host the io controller lives on a v1 hierarchy whose ids mean nothing to
@@ -207,7 +218,7 @@ static __always_inline void track(struct blk_inflight_set *set, __u64 addr,
 }
 
 static __always_inline void on_submit(struct request *rq) {
-  if (!device_wanted(rq_dev(rq))) return;
+  if (!rq_wanted(rq)) return;
   __u64 addr;
   struct blk_inflight_set *set = inflight_set(rq, KMON_BLK_SCRATCH_SUBMIT, &addr);
   if (set) track(set, addr, rq, 0);
@@ -242,7 +253,7 @@ int BPF_PROG(kmon_blk_issue, struct request *rq) {
    * directly, which is issued by its submitter (blk_mq_try_issue_directly, or the
    * flush of the submitter's own plug). Time it all the same, charged like a
    * submission: the current task's cgroup, or the blkcg for a kernel thread. */
-  if (!device_wanted(rq_dev(rq))) return 0;
+  if (!rq_wanted(rq)) return 0;
   track(set, addr, rq, bpf_ktime_get_ns());
   return 0;
 }
@@ -313,6 +324,7 @@ int BPF_PROG(kmon_blk_done, struct request *rq, blk_status_t error, unsigned int
     issue_ns = e->issue_ns;
     counted = e->counted;
     if (last) free_slot(set, i, addr);
+    if (dev == 0) return 0; /* no disk: not counted (rq_wanted) */
   } else {
     if (!device_wanted(dev)) return 0;
     cgroup_id = blkcg_cgroup_id(rq);
