@@ -175,40 +175,59 @@ Config DevicesConfig(const std::vector<std::string>& devices) {
 
 using BlockioRootTest = testing::CollectorRootTest;
 
+// Writes kRequests x kSize with O_DIRECT and fsync from `cg` on `loop` and checks
+// the loop disk's series, exactly; `after` gets the scrape after, for more checks.
+void ExpectDirectWritesCounted(BlockioCollector* c, const LoopDevice& loop, const TestCgroup& cg,
+                               std::vector<prometheus::MetricFamily>* after) {
+  const std::map<std::string, std::string> dev_write{{"device", loop.name()}, {"op", "write"}};
+  auto before = Scrape(c);
+  ASSERT_EQ(RunInCgroup(cg, [&] { DirectIo(loop.path(), true, kRequests); }), 0);
+  *after = Scrape(c);
+
+  std::map<std::string, std::string> mine = dev_write;
+  mine["container"] = cg.name();
+  // 64 KiB is below the loop device's request size limit: one request per write.
+  EXPECT_EQ(Sum(*after, "kmon_block_io_bytes_total", mine), kRequests * kSize);
+  EXPECT_EQ(Sum(*after, "kmon_block_io_requests_total", mine), kRequests);
+  // fsync() asks the disk to flush its cache: one flush for the workload, no bytes.
+  EXPECT_EQ(Sum(*after, "kmon_block_io_requests_total",
+                {{"container", cg.name()}, {"device", loop.name()}, {"op", "flush"}}),
+            1);
+  // The disk is the test's own: every write it saw was ours, each timed once.
+  EXPECT_EQ(Sum(*after, "kmon_block_io_duration_seconds", dev_write) -
+                Sum(before, "kmon_block_io_duration_seconds", dev_write),
+            kRequests);
+  EXPECT_GE(
+      Sum(*after, "kmon_block_io_duration_seconds", {{"device", loop.name()}, {"op", "flush"}}), 1);
+  EXPECT_EQ(Sum(*after, "kmon_block_io_errors_total", {{"device", loop.name()}}), 0);
+  EXPECT_EQ(c->EventsLost().at("map_full"), 0u);
+}
+
 TEST_F(BlockioRootTest, DirectWritesAreChargedToTheWriterOnItsDisk) {
   LoopDevice loop;
   ASSERT_TRUE(loop.ok());
   BlockioCollector c({.workloads = workloads_.get(), .watched = watched_.get()});
   absl::Status st = c.Start(DevicesConfig({loop.name()}));
   ASSERT_TRUE(st.ok()) << st;
-  const std::map<std::string, std::string> dev_write{{"device", loop.name()}, {"op", "write"}};
-  auto before = Scrape(&c);
-
   TestCgroup cg;
-  ASSERT_EQ(RunInCgroup(cg, [&] { DirectIo(loop.path(), true, kRequests); }), 0);
-  auto after = Scrape(&c);
-
-  std::map<std::string, std::string> mine = dev_write;
-  mine["container"] = cg.name();
-  // 64 KiB is below the loop device's request size limit: one request per write.
-  EXPECT_EQ(Sum(after, "kmon_block_io_bytes_total", mine), kRequests * kSize);
-  EXPECT_EQ(Sum(after, "kmon_block_io_requests_total", mine), kRequests);
-  // fsync() asks the disk to flush its cache: one flush for the workload, no bytes.
-  EXPECT_EQ(Sum(after, "kmon_block_io_requests_total",
-                {{"container", cg.name()}, {"device", loop.name()}, {"op", "flush"}}),
-            1);
+  std::vector<prometheus::MetricFamily> after;
+  ExpectDirectWritesCounted(&c, loop, cg, &after);
   EXPECT_EQ(Sum(after, "kmon_block_io_bytes_total", {{"container", cg.name()}}), kRequests * kSize);
-  // The disk is the test's own: every write it saw was ours, each timed once.
-  EXPECT_EQ(Sum(after, "kmon_block_io_duration_seconds", dev_write) -
-                Sum(before, "kmon_block_io_duration_seconds", dev_write),
-            kRequests);
-  EXPECT_GE(
-      Sum(after, "kmon_block_io_duration_seconds", {{"device", loop.name()}, {"op", "flush"}}), 1);
-  EXPECT_EQ(Sum(after, "kmon_block_io_errors_total", {{"device", loop.name()}}), 0);
   // devices: [loopN] selects that disk alone, though the loop driver's own writes to
   // its backing file reach the root disk meanwhile.
   EXPECT_EQ(Devices(after), std::set<std::string>{loop.name()});
-  EXPECT_EQ(c.EventsLost().at("map_full"), 0u);
+}
+
+// Without a device filter (the default) the first hook does not read the request's
+// disk: every disk is counted, the loop disk's requests exactly as with a filter.
+TEST_F(BlockioRootTest, EveryDiskIsCountedWithoutADeviceFilter) {
+  LoopDevice loop;
+  ASSERT_TRUE(loop.ok());
+  BlockioCollector c({.workloads = workloads_.get(), .watched = watched_.get()});
+  ASSERT_TRUE(c.Start(DefaultConfig()).ok());
+  TestCgroup cg;
+  std::vector<prometheus::MetricFamily> after;
+  ExpectDirectWritesCounted(&c, loop, cg, &after);
 }
 
 TEST_F(BlockioRootTest, DirectReadsAreCountedAndTimed) {
