@@ -3,7 +3,8 @@
  * submitting cgroup (bytes, requests).
  *
  * A request is followed by its address through three block-layer tracepoints:
- *   block_io_start   (submitter's context) records the submitting cgroup;
+ *   block_io_start   (submitter's context) records the submitting cgroup and
+ *                    whether it is watched: decided once, carried to completion;
  *   block_rq_issue   (handed to the driver) records the issue time;
  *   block_rq_complete (driver done, any context) counts and forgets the request.
  * block_rq_merge forgets a request merged into another (it never completes).
@@ -13,9 +14,16 @@
  * (scheduler "none", the NVMe default; plug flushes): block_rq_issue sees those
  * first, in the submitting task's own context, and charges them the same way.
  *
+ * Cost: the state of a request is one slot of the `inflight` array (struct
+ * blk_inflight_set): each hook finds it with one inlined array lookup and a scan of
+ * four slots, and no hook takes a lock. Requests of disks not selected leave no
+ * slot; those of unwatched workloads are timed (the latency is per disk) but cost
+ * no counter lookup.
+ *
  * Control maps: `blk_config` + `devices` (which disks), the common
  * `filter_config`/`watched_cgroups`. Data maps: `io_counts`, `io_latency`
- * (per-CPU, cumulative). `inflight` is the kernel side's own state. */
+ * (per-CPU, cumulative, allocated per key seen). `inflight` is the kernel side's
+ * own state. */
 #include "vmlinux.h"
 #include <bpf/bpf_core_read.h>
 #include <bpf/bpf_helpers.h>
@@ -41,14 +49,31 @@ KMON_MAP(BPF_MAP_TYPE_ARRAY, 1, __u32, struct blk_config) blk_config SEC(".maps"
 /* kernel dev_t of a whole disk -> 1. Consulted only while blk_config.filter_devices. */
 KMON_MAP(BPF_MAP_TYPE_HASH, KMON_BLK_DEVICES_MAX, __u32, __u8) devices SEC(".maps");
 
-KMON_MAP(BPF_MAP_TYPE_LRU_HASH, KMON_BLK_INFLIGHT_MAX, __u64,
-         struct blk_inflight) inflight SEC(".maps");
+/* Requests in flight, by a hash of their address (struct blk_inflight_set). A
+ * request's struct is preallocated with its queue's tags and reused, so a slot whose
+ * completion was never seen is taken again by the next use of the same address. */
+KMON_MAP(BPF_MAP_TYPE_ARRAY, KMON_BLK_INFLIGHT_SETS, __u32,
+         struct blk_inflight_set) inflight SEC(".maps");
 
-KMON_MAP(BPF_MAP_TYPE_PERCPU_HASH, KMON_BLK_COUNTS_MAX, struct blk_count_key,
-         struct blk_count_value) io_counts SEC(".maps");
+/* Per-CPU: a workload's (device, op) and a disk's (device, op) are hot keys, hit by
+ * every request from whichever CPU submits or completes it. No preallocation: a
+ * per-CPU hash preallocates max_entries values for every possible CPU (16384 x 16 B
+ * x 128 CPUs = 32 MiB for the counters alone); new keys are rare. */
+struct {
+  __uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+  __uint(max_entries, KMON_BLK_COUNTS_MAX);
+  __uint(map_flags, BPF_F_NO_PREALLOC);
+  __type(key, struct blk_count_key);
+  __type(value, struct blk_count_value);
+} io_counts SEC(".maps");
 
-KMON_MAP(BPF_MAP_TYPE_PERCPU_HASH, KMON_BLK_LATENCY_MAX, struct blk_latency_key,
-         struct blk_latency_value) io_latency SEC(".maps");
+struct {
+  __uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+  __uint(max_entries, KMON_BLK_LATENCY_MAX);
+  __uint(map_flags, BPF_F_NO_PREALLOC);
+  __type(key, struct blk_latency_key);
+  __type(value, struct blk_latency_value);
+} io_latency SEC(".maps");
 
 /* The whole disk's dev_t, as the block tracepoints report it (disk_devt()). Zero for
  * a request without a disk (some passthrough commands): not counted. */
@@ -86,6 +111,17 @@ static __always_inline bool device_wanted(__u32 dev) {
   return bpf_map_lookup_elem(&devices, &dev) != NULL;
 }
 
+/* device_wanted() for a request at its first hook, reading its disk (three loads
+ * from three structs, rq->q->disk) only when there is a device filter: without one,
+ * a request without a disk is dropped at completion instead. */
+static __always_inline bool rq_wanted(struct request *rq) {
+  __u32 zero = 0;
+  struct blk_config *cfg = bpf_map_lookup_elem(&blk_config, &zero);
+  if (!cfg || !cfg->filter_devices) return true;
+  __u32 dev = rq_dev(rq);
+  return dev != 0 && bpf_map_lookup_elem(&devices, &dev) != NULL;
+}
+
 /* The cgroup the request's first bio is charged to (its blkcg), when that cgroup is
  * on the v2 hierarchy (hierarchy_id 0, the "0::" line of /proc/PID/cgroup): on a
  * hybrid host the io controller lives on a v1 hierarchy whose ids mean nothing to
@@ -95,11 +131,12 @@ static __always_inline __u64 blkcg_cgroup_id(struct request *rq) {
   if (!bpf_core_field_exists(struct bio, bi_blkg)) return 0;
   struct bio *bio = rq->bio;
   if (!bio) return 0;
-  struct blkcg_gq *blkg = BPF_CORE_READ(bio, bi_blkg);
+  /* BTF loads, not probe-read helper calls: a NULL on the way reads as 0. */
+  struct blkcg_gq *blkg = bio->bi_blkg;
   if (!blkg) return 0;
-  struct cgroup *cg = BPF_CORE_READ(blkg, blkcg, css.cgroup);
-  if (!cg || BPF_CORE_READ(cg, root, hierarchy_id) != 0) return 0;
-  return BPF_CORE_READ(cg, kn, id);
+  struct cgroup *cg = blkg->blkcg->css.cgroup;
+  if (!cg || cg->root->hierarchy_id != 0) return 0;
+  return cg->kn->id;
 }
 
 static __always_inline __u64 submitter_cgroup_id(struct request *rq) {
@@ -108,12 +145,83 @@ static __always_inline __u64 submitter_cgroup_id(struct request *rq) {
   return bpf_get_current_cgroup_id();
 }
 
+/* Whether a request of this cgroup counts per workload (cgroup 0, the unknown
+ * submitter, is node level and always counts). */
+static __always_inline __u32 workload_counted(__u64 cgroup_id) {
+  return cgroup_id == 0 || kmon_cgroup_watched(cgroup_id);
+}
+
+/* The verifier allows no arithmetic on a tp_btf argument's pointer, not even a cast
+ * to a number, but it lets a privileged program (CAP_PERFMON) store one in a map
+ * value, and what it reads back from there is a number. One slot per program, so
+ * that a program interrupted by another (a completion in an interrupt) keeps its
+ * own; a program never interrupts itself (the kernel counts that as a miss). */
+enum { KMON_BLK_SCRATCH_SUBMIT, KMON_BLK_SCRATCH_ISSUE, KMON_BLK_SCRATCH_MERGE,
+       KMON_BLK_SCRATCH_DONE, KMON_BLK_SCRATCH_MAX };
+KMON_MAP(BPF_MAP_TYPE_PERCPU_ARRAY, KMON_BLK_SCRATCH_MAX, __u32, __u64) scratch SEC(".maps");
+
+/* The address of `rq` as a number (*addr) and its set in the `inflight` table;
+ * NULL only if a map slot is missing. */
+static __always_inline struct blk_inflight_set *inflight_set(struct request *rq, __u32 prog,
+                                                             __u64 *addr) {
+  __u64 *slot = bpf_map_lookup_elem(&scratch, &prog);
+  if (!slot) return NULL;
+  /* volatile: the compiler must not hand the pointer itself on to the hash. */
+  *(struct request *volatile *)slot = rq;
+  *addr = *(volatile __u64 *)slot;
+  __u32 set = kmon_blk_inflight_set(*addr);
+  return bpf_map_lookup_elem(&inflight, &set);
+}
+
+/* The slot of the request at `addr` in its set; -1 when it has none. */
+static __always_inline int find_slot(struct blk_inflight_set *set, __u64 addr) {
+#pragma unroll
+  for (int i = 0; i < KMON_BLK_INFLIGHT_WAYS; i++) {
+    if (set->rq[i] == addr) return i;
+  }
+  return -1;
+}
+
+/* A slot for the request at `addr`: its own (left by a completion never seen: the
+ * address is in use again), else a free one taken with a compare-and-swap, as CPUs
+ * may race for it. When every slot is taken by other requests, one of them is given
+ * up (its completion finds no slot: counted, untimed, charged to its blkcg) and
+ * counted as map_full; -1 only when even that lost a race. */
+static __always_inline int take_slot(struct blk_inflight_set *set, __u64 addr) {
+  int i = find_slot(set, addr);
+  if (i >= 0) return i;
+#pragma unroll
+  for (i = 0; i < KMON_BLK_INFLIGHT_WAYS; i++) {
+    if (set->rq[i] == 0 && __sync_val_compare_and_swap(&set->rq[i], 0, addr) == 0) return i;
+  }
+  kmon_count_lost(KMON_LOST_MAP_FULL);
+  i = (addr >> 6) & (KMON_BLK_INFLIGHT_WAYS - 1);
+  __u64 old = set->rq[i];
+  return __sync_val_compare_and_swap(&set->rq[i], old, addr) == old ? i : -1;
+}
+
+/* Frees slot i if it still belongs to `addr` (a full set may have given it up). */
+static __always_inline void free_slot(struct blk_inflight_set *set, int i, __u64 addr) {
+  __sync_val_compare_and_swap(&set->rq[i & (KMON_BLK_INFLIGHT_WAYS - 1)], addr, 0);
+}
+
+/* Records a request at its first hook: who submitted it and whether that counts. */
+static __always_inline void track(struct blk_inflight_set *set, __u64 addr,
+                                  struct request *rq, __u64 issue_ns) {
+  int i = take_slot(set, addr);
+  if (i < 0) return;
+  struct blk_inflight *e = &set->req[i & (KMON_BLK_INFLIGHT_WAYS - 1)];
+  __u64 cgroup_id = submitter_cgroup_id(rq);
+  e->cgroup_id = cgroup_id;
+  e->counted = workload_counted(cgroup_id);
+  e->issue_ns = issue_ns;
+}
+
 static __always_inline void on_submit(struct request *rq) {
-  if (!device_wanted(rq_dev(rq))) return;
-  __u64 key = (__u64)rq;
-  struct blk_inflight v = {.cgroup_id = submitter_cgroup_id(rq), .issue_ns = 0};
-  /* An LRU map makes room by evicting its oldest entry; it fails only when it cannot. */
-  if (bpf_map_update_elem(&inflight, &key, &v, BPF_ANY)) kmon_count_lost(KMON_LOST_MAP_FULL);
+  if (!rq_wanted(rq)) return;
+  __u64 addr;
+  struct blk_inflight_set *set = inflight_set(rq, KMON_BLK_SCRATCH_SUBMIT, &addr);
+  if (set) track(set, addr, rq, 0);
 }
 
 SEC("tp_btf/block_io_start")
@@ -131,11 +239,13 @@ int BPF_PROG(kmon_blk_insert, struct request *rq) {
 
 SEC("tp_btf/block_rq_issue")
 int BPF_PROG(kmon_blk_issue, struct request *rq) {
-  __u64 key = (__u64)rq;
-  __u64 now = bpf_ktime_get_ns();
-  struct blk_inflight *v = bpf_map_lookup_elem(&inflight, &key);
-  if (v) {
-    v->issue_ns = now; /* a requeued request is timed from its last issue */
+  __u64 addr;
+  struct blk_inflight_set *set = inflight_set(rq, KMON_BLK_SCRATCH_ISSUE, &addr);
+  if (!set) return 0;
+  int i = find_slot(set, addr);
+  if (i >= 0) {
+    /* a requeued request is timed from its last issue */
+    set->req[i & (KMON_BLK_INFLIGHT_WAYS - 1)].issue_ns = bpf_ktime_get_ns();
     return 0;
   }
   /* Not seen at submission: flush sequences, passthrough, requests in flight
@@ -143,16 +253,18 @@ int BPF_PROG(kmon_blk_issue, struct request *rq) {
    * directly, which is issued by its submitter (blk_mq_try_issue_directly, or the
    * flush of the submitter's own plug). Time it all the same, charged like a
    * submission: the current task's cgroup, or the blkcg for a kernel thread. */
-  if (!device_wanted(rq_dev(rq))) return 0;
-  struct blk_inflight init = {.cgroup_id = submitter_cgroup_id(rq), .issue_ns = now};
-  if (bpf_map_update_elem(&inflight, &key, &init, BPF_ANY)) kmon_count_lost(KMON_LOST_MAP_FULL);
+  if (!rq_wanted(rq)) return 0;
+  track(set, addr, rq, bpf_ktime_get_ns());
   return 0;
 }
 
 SEC("tp_btf/block_rq_merge")
 int BPF_PROG(kmon_blk_merge, struct request *rq) {
-  __u64 key = (__u64)rq;
-  bpf_map_delete_elem(&inflight, &key);
+  __u64 addr;
+  struct blk_inflight_set *set = inflight_set(rq, KMON_BLK_SCRATCH_MERGE, &addr);
+  if (!set) return 0;
+  int i = find_slot(set, addr);
+  if (i >= 0) free_slot(set, i, addr);
   return 0;
 }
 
@@ -197,31 +309,42 @@ static __always_inline void add_latency(__u32 dev, __u32 op, __u64 ns, bool time
  * already stand for them. */
 SEC("tp_btf/block_rq_complete")
 int BPF_PROG(kmon_blk_done, struct request *rq, blk_status_t error, unsigned int nr_bytes) {
-  __u64 key = (__u64)rq;
-  __u64 now = bpf_ktime_get_ns();
-  __u32 dev = rq_dev(rq);
-  __u32 op = rq_op(rq);
   bool last = nr_bytes >= rq->__data_len;
+  __u32 dev = rq_dev(rq);
 
   __u64 cgroup_id;
   __u64 issue_ns = 0;
-  struct blk_inflight *v = bpf_map_lookup_elem(&inflight, &key);
-  if (v) {
-    cgroup_id = v->cgroup_id;
-    issue_ns = v->issue_ns;
-    if (last) bpf_map_delete_elem(&inflight, &key);
+  __u32 counted;
+  __u64 addr = 0;
+  struct blk_inflight_set *set = inflight_set(rq, KMON_BLK_SCRATCH_DONE, &addr);
+  int i = set ? find_slot(set, addr) : -1;
+  if (set && i >= 0) {
+    struct blk_inflight *e = &set->req[i & (KMON_BLK_INFLIGHT_WAYS - 1)];
+    cgroup_id = e->cgroup_id;
+    issue_ns = e->issue_ns;
+    counted = e->counted;
+    if (last) free_slot(set, i, addr);
+    if (dev == 0) return 0; /* no disk: not counted (rq_wanted) */
   } else {
     if (!device_wanted(dev)) return 0;
     cgroup_id = blkcg_cgroup_id(rq);
+    counted = workload_counted(cgroup_id);
   }
 
+  __u32 op = rq_op(rq);
   bool internal_flush = (rq->cmd_flags & KMON_REQ_OP_MASK) == KMON_REQ_OP_FLUSH;
-  if (!internal_flush && (cgroup_id == 0 || kmon_cgroup_watched(cgroup_id))) {
+  if (counted && !internal_flush) {
     add_count(cgroup_id, dev, op, error ? 0 : nr_bytes, last ? 1 : 0);
   }
   /* Requests never issued (an empty flush request whose flush another request
    * did) have no device time. */
-  bool timed = last && issue_ns != 0 && now >= issue_ns;
-  if (timed || error) add_latency(dev, op, timed ? now - issue_ns : 0, timed, error != 0);
+  bool timed = false;
+  __u64 ns = 0;
+  if (last && issue_ns != 0) {
+    __u64 now = bpf_ktime_get_ns();
+    timed = now >= issue_ns;
+    ns = now - issue_ns;
+  }
+  if (timed || error) add_latency(dev, op, timed ? ns : 0, timed, error != 0);
   return 0;
 }

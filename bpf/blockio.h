@@ -8,12 +8,19 @@
 
 #include "bpf/kmon_common.h"
 
-/* Requests between submission and completion the kernel side can follow at once
- * (an LRU: a request whose completion was never seen cannot fill it for good). */
-#define KMON_BLK_INFLIGHT_MAX 65536
-/* (cgroup, device, op) tuples of the byte/request counters. */
+/* Requests between submission and completion the kernel side can follow at once:
+ * slots of the `inflight` table, in sets of KMON_BLK_INFLIGHT_WAYS (struct
+ * blk_inflight_set). A request's set is a hash of its address, so how full the
+ * fullest set is follows the balls-into-bins law: ~6000 requests in flight (of
+ * 65536 slots) before one of the 8192 sets overflows. */
+#define KMON_BLK_INFLIGHT_WAYS 8
+#define KMON_BLK_INFLIGHT_SET_BITS 13
+#define KMON_BLK_INFLIGHT_SETS (1U << KMON_BLK_INFLIGHT_SET_BITS)
+#define KMON_BLK_INFLIGHT_MAX (KMON_BLK_INFLIGHT_SETS * KMON_BLK_INFLIGHT_WAYS)
+/* (cgroup, device, op) tuples of the byte/request counters (no-prealloc: memory
+ * for the tuples seen, not for this many). */
 #define KMON_BLK_COUNTS_MAX 16384
-/* (device, op) pairs of the latency histogram. */
+/* (device, op) pairs of the latency histogram (no-prealloc too). */
 #define KMON_BLK_LATENCY_MAX 1024
 /* Devices the `devices` control map can list. */
 #define KMON_BLK_DEVICES_MAX 256
@@ -42,10 +49,25 @@ enum kmon_blk_op {
   KMON_BLK_OP_MAX = 5,
 };
 
-/* Value of the in-flight map, keyed by the request's address. */
+/* One request in flight, from its first hook (block_io_start, else block_rq_issue)
+ * to its completion or merge: the one piece of state a request costs. */
 struct blk_inflight {
   __u64 cgroup_id; /* submitter's cgroup v2 id; 0: unknown (node level) */
   __u64 issue_ns;  /* bpf_ktime_get_ns() at issue to the driver; 0: not issued yet */
+  __u32 counted;   /* 1: counted per workload (watched: decided at the first hook) */
+  __u32 pad;
+};
+
+/* Value of the `inflight` array: a set of slots, found by a hash of the request's
+ * address (kmon_blk_inflight_set). Slot i belongs to the request whose address is
+ * rq[i] (0: free); the addresses share one cache line, scanned by every hook. A
+ * request takes a free slot with a compare-and-swap of rq[i] and frees it the same
+ * way: an array lookup, which the verifier inlines, and no lock, where a hash map
+ * costs an insert, lookups and a delete with their bucket locks (and an LRU's list
+ * locks besides). */
+struct blk_inflight_set {
+  __u64 rq[KMON_BLK_INFLIGHT_WAYS];
+  struct blk_inflight req[KMON_BLK_INFLIGHT_WAYS];
 };
 
 struct blk_count_key {
@@ -79,13 +101,35 @@ struct blk_config {
   __u32 pad;
 };
 
-/* The histogram slot of a latency (kmon_common.h). */
+/* The set of the `inflight` table a request's address belongs to: the address
+ * without its always-zero cache-line bits, through murmur3's 64-bit finalizer (its
+ * top bits). The kernel's request structs lie at even strides in their tag sets,
+ * which a lone multiply spreads unevenly for some strides. */
+KMON_INLINE __u32 kmon_blk_inflight_set(__u64 rq) {
+  __u64 x = rq >> 6;
+  x ^= x >> 33;
+  x *= 0xff51afd7ed558ccdULL;
+  x ^= x >> 33;
+  x *= 0xc4ceb9fe1a85ec53ULL;
+  x ^= x >> 33;
+  return (__u32)(x >> (64 - KMON_BLK_INFLIGHT_SET_BITS));
+}
+
+/* The histogram slot of a latency: the smallest i with ns <= 1000 * 2^i (the same
+ * as kmon_log2_us_slot(ns, KMON_BLK_LAT_BOUNDS), which the tests check), without its
+ * 64-bit division, which costs more than the rest of the completion hook's
+ * arithmetic. With k = ceil(log2(ns)), 2^(k-1) < ns <= 2^k = 1024 * 2^(k-10), so
+ * i is k - 10 or, where 1000 * 2^(k-10) falls short of ns, k - 9. */
 KMON_INLINE __u32 kmon_blk_latency_slot(__u64 ns) {
-  return kmon_log2_us_slot(ns, KMON_BLK_LAT_BOUNDS);
+  if (ns <= 1000) return 0;
+  __u32 i = kmon_log2(ns - 1) + 1 - 10; /* ns > 1000: k >= 10 */
+  if ((1000ULL << i) < ns) i += 1;
+  return i < KMON_BLK_LAT_BOUNDS ? i : KMON_BLK_LAT_BOUNDS;
 }
 
 #ifdef __cplusplus
-static_assert(sizeof(struct blk_inflight) == 16, "BPF ABI");
+static_assert(sizeof(struct blk_inflight) == 24, "BPF ABI");
+static_assert(sizeof(struct blk_inflight_set) == 8 * 8 + 8 * 24, "BPF ABI");
 static_assert(sizeof(struct blk_count_key) == 16, "BPF ABI");
 static_assert(sizeof(struct blk_count_value) == 16, "BPF ABI");
 static_assert(sizeof(struct blk_latency_key) == 8, "BPF ABI");

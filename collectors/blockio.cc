@@ -12,10 +12,10 @@
 #include <sstream>
 #include <tuple>
 
+#include "base/log.h"
 #include "bpf/blockio.skel.h"
 #include "collectors/bpf_util.h"
 #include "collectors/kernel_features.h"
-#include "base/log.h"
 
 namespace kmon {
 namespace {
@@ -207,7 +207,7 @@ BlockioCollector::BlockioCollector(const CollectorDeps& deps,
     : BpfCollector(kName, deps, &skel_, blockio_bpf__create_skeleton,
                    {{"io_counts", sizeof(blk_count_key), sizeof(blk_count_value)},
                     {"io_latency", sizeof(blk_latency_key), sizeof(blk_latency_value)},
-                    {"inflight", sizeof(uint64_t), sizeof(blk_inflight)}}),
+                    {"inflight", sizeof(uint32_t), sizeof(blk_inflight_set)}}),
       names_(names ? std::move(names) : std::make_unique<SysfsBlockDeviceNames>()),
       hook_(hook) {}
 
@@ -217,8 +217,7 @@ absl::Status BlockioCollector::BeforeLoad(const CollectorConfig&) {
   bool io_start = hook_ == BlockSubmitHook::kIoStart;
   if (hook_ == BlockSubmitHook::kAuto) {
     absl::StatusOr<const btf*> vmlinux = Features().VmlinuxBtf();
-    io_start = !vmlinux.ok() ||
-               BtfHasType(*vmlinux, "btf_trace_block_io_start", BTF_KIND_TYPEDEF);
+    io_start = !vmlinux.ok() || BtfHasType(*vmlinux, "btf_trace_block_io_start", BTF_KIND_TYPEDEF);
   }
   bpf_program__set_autoload(skel_->progs.kmon_blk_start, io_start);
   bpf_program__set_autoload(skel_->progs.kmon_blk_insert, !io_start);

@@ -20,6 +20,9 @@
 //    completes without inserting or issuing it): its blkcg, as above, read at
 //    completion. So what the pre-v6.5 twin misses is the submitter of those
 //    flushes; every data request is still charged to the task that made it.
+// Whether a request counts for its workload (the watched cgroups) is decided once,
+// at its first hook, and carried to its completion: a change of the watched set
+// applies to requests submitted after it (microseconds of difference).
 // Bytes count only parts completed without error; a failed completion counts as
 // one kmon_block_io_errors_total{device,op} and still ends its request.
 #pragma once

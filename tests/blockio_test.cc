@@ -1,19 +1,21 @@
 // Pure parts of the blockio collector: the kernel side's histogram slots, device
 // names from a sysfs tree, and the families built from fixed kernel data.
+#include "bpf/blockio.h"
+
+#include <gtest/gtest.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <map>
 
-#include <gtest/gtest.h>
-
-#include "bpf/blockio.h"
 #include "collectors/blockio.h"
-#include "exporter/exposition.h"
 #include "collectors/workload_labeler.h"
+#include "exporter/exposition.h"
 #include "provider/workload.h"
 #include "tests/test_util.h"
 
@@ -45,6 +47,43 @@ TEST(BlockLatencySlotTest, SlotsAreLessOrEqualBucketsOfPowersOfTwoMicroseconds) 
     }
     if (slot > 0) {
       EXPECT_GT(s, bounds[slot - 1]) << ns;
+    }
+  }
+}
+
+// The kernel side's slot without a division is the shared one (kmon_log2_us_slot)
+// everywhere, bounds and their neighbours first.
+TEST(BlockLatencySlotTest, MatchesTheSharedLog2MicrosecondSlot) {
+  for (uint32_t i = 0; i < 55; ++i) {
+    const uint64_t bound = 1000ull << i;
+    for (uint64_t ns : {bound - 1, bound, bound + 1, (bound / 1000) << 10, bound * 3 / 2}) {
+      EXPECT_EQ(kmon_blk_latency_slot(ns), kmon_log2_us_slot(ns, KMON_BLK_LAT_BOUNDS)) << ns;
+    }
+  }
+  for (uint64_t ns = 0; ns < 5000000; ns += 7) {
+    ASSERT_EQ(kmon_blk_latency_slot(ns), kmon_log2_us_slot(ns, KMON_BLK_LAT_BOUNDS)) << ns;
+  }
+  for (uint64_t ns = 1; ns < ~0ull / 5; ns = ns * 5 / 3 + 11) {
+    ASSERT_EQ(kmon_blk_latency_slot(ns), kmon_log2_us_slot(ns, KMON_BLK_LAT_BOUNDS)) << ns;
+  }
+  EXPECT_EQ(kmon_blk_latency_slot(~0ull), static_cast<uint32_t>(KMON_BLK_LAT_BOUNDS));
+}
+
+// The kernel allocates a queue's requests as one array of cache-line-aligned structs
+// (blk_mq_alloc_rqs: a few hundred bytes plus the driver's command each): 4096
+// requests in flight at any such stride, wherever the array starts, leave no set of
+// the in-flight table over-full.
+TEST(BlockInflightSetTest, RequestArraysFitTheSetsAtEveryStride) {
+  for (uint64_t base : {0xffff888100000000ull, 0xffff88810a3c0040ull, 0xffff9abc12347fc0ull}) {
+    for (uint64_t stride = 256; stride <= 4096; stride += 64) {
+      std::map<uint32_t, int> per_set;
+      int fullest = 0;
+      for (uint64_t i = 0; i < 4096; ++i) {
+        const uint32_t set = kmon_blk_inflight_set(base + i * stride);
+        ASSERT_LT(set, KMON_BLK_INFLIGHT_SETS);
+        fullest = std::max(fullest, ++per_set[set]);
+      }
+      EXPECT_LE(fullest, KMON_BLK_INFLIGHT_WAYS) << std::hex << base << std::dec << " " << stride;
     }
   }
 }
@@ -137,30 +176,31 @@ TEST(BuildBlockIoFamiliesTest, ExactTextForFixedData) {
   std::vector<BlockIoCount> counts = {
       {100, vda, KMON_BLK_OP_WRITE, 4194304, 64},
       {100, vda, KMON_BLK_OP_FLUSH, 0, 1},
-      {0, nvme, KMON_BLK_OP_READ, 8192, 2},      // submitter unknown: node level
-      {999, vda, KMON_BLK_OP_WRITE, 4096, 1},    // a cgroup that is gone
+      {0, nvme, KMON_BLK_OP_READ, 8192, 2},    // submitter unknown: node level
+      {999, vda, KMON_BLK_OP_WRITE, 4096, 1},  // a cgroup that is gone
   };
   BlockIoLatency lat;
   lat.dev = vda;
   lat.op = KMON_BLK_OP_WRITE;
-  lat.slots[5] = 60;   // <= 32us
-  lat.slots[7] = 3;    // <= 128us
-  lat.slots[26] = 1;   // > 33.5 s
+  lat.slots[5] = 60;  // <= 32us
+  lat.slots[7] = 3;   // <= 128us
+  lat.slots[26] = 1;  // > 33.5 s
   lat.sum_ns = 40000000000ull;
   lat.errors = 1;
   auto families = BuildBlockIoFamilies(counts, {lat}, DeviceName, &budget);
   ASSERT_EQ(families.size(), 4u);
 
   std::string buckets;
-  const char* les[] = {"1e-06",    "2e-06",    "4e-06",    "8e-06",    "1.6e-05",  "3.2e-05",
-                       "6.4e-05",  "0.000128", "0.000256", "0.000512", "0.001024", "0.002048",
-                       "0.004096", "0.008192", "0.016384", "0.032768", "0.065536", "0.131072",
-                       "0.262144", "0.524288", "1.048576", "2.097152", "4.194304", "8.388608",
+  const char* les[] = {"1e-06",     "2e-06",     "4e-06",    "8e-06",    "1.6e-05",  "3.2e-05",
+                       "6.4e-05",   "0.000128",  "0.000256", "0.000512", "0.001024", "0.002048",
+                       "0.004096",  "0.008192",  "0.016384", "0.032768", "0.065536", "0.131072",
+                       "0.262144",  "0.524288",  "1.048576", "2.097152", "4.194304", "8.388608",
                        "16.777216", "33.554432", "+Inf"};
   for (int i = 0; i < 27; ++i) {
     const int cumulative = (i >= 5 ? 60 : 0) + (i >= 7 ? 3 : 0) + (i >= 26 ? 1 : 0);
-    buckets += std::string("kmon_block_io_duration_seconds_bucket{device=\"vda\",op=\"write\",le=\"") +
-               les[i] + "\"} " + std::to_string(cumulative) + "\n";
+    buckets +=
+        std::string("kmon_block_io_duration_seconds_bucket{device=\"vda\",op=\"write\",le=\"") +
+        les[i] + "\"} " + std::to_string(cumulative) + "\n";
   }
   const std::string text = Serialize(families, ExpositionFormat::kText004);
   EXPECT_EQ(text,
@@ -215,11 +255,9 @@ TEST(BuildBlockIoFamiliesTest, SeriesLimitCountsLabelSetsOfWorkloads) {
   WorkloadResolver workloads(std::make_unique<TwinPaths>(), nullptr);
   const uint32_t vda = KMON_KDEV(254, 0);
   std::vector<BlockIoCount> counts = {
-      {0, vda, KMON_BLK_OP_READ, 4096, 1},
-      {100, vda, KMON_BLK_OP_WRITE, 8192, 2},
+      {0, vda, KMON_BLK_OP_READ, 4096, 1},    {100, vda, KMON_BLK_OP_WRITE, 8192, 2},
       {101, vda, KMON_BLK_OP_WRITE, 4096, 1},  // same labels as cgroup 100's
-      {101, vda, KMON_BLK_OP_READ, 4096, 1},
-      {200, vda, KMON_BLK_OP_WRITE, 512, 1},
+      {101, vda, KMON_BLK_OP_READ, 4096, 1},  {200, vda, KMON_BLK_OP_WRITE, 512, 1},
   };
   auto container_bytes = [](const std::vector<prometheus::MetricFamily>& fams) {
     std::map<std::string, double> out;
@@ -231,17 +269,17 @@ TEST(BuildBlockIoFamiliesTest, SeriesLimitCountsLabelSetsOfWorkloads) {
   WorkloadLabeler fits(&workloads, 8);
   auto fams = BuildBlockIoFamilies(counts, {}, DeviceName, &fits);
   ASSERT_EQ(fams[1].name, "kmon_block_io_bytes_total");
-  EXPECT_EQ(container_bytes(fams), (std::map<std::string, double>{
-                                       {"", 4096}, {"postgresql.service", 16384},
-                                       {"nginx.service", 512}}));
+  EXPECT_EQ(container_bytes(fams),
+            (std::map<std::string, double>{
+                {"", 4096}, {"postgresql.service", 16384}, {"nginx.service", 512}}));
   EXPECT_EQ(fits.Overflowed(), 0u);
 
   // One series less: the last workload in cgroup order is folded, with its 2 series.
   WorkloadLabeler tight(&workloads, 7);
   fams = BuildBlockIoFamilies(counts, {}, DeviceName, &tight);
-  EXPECT_EQ(container_bytes(fams), (std::map<std::string, double>{
-                                       {"", 4096}, {"postgresql.service", 16384},
-                                       {kOverflowLabel, 512}}));
+  EXPECT_EQ(container_bytes(fams),
+            (std::map<std::string, double>{
+                {"", 4096}, {"postgresql.service", 16384}, {kOverflowLabel, 512}}));
   EXPECT_EQ(tight.Overflowed(), 2u);
 }
 
