@@ -41,6 +41,7 @@
 
 #include "bpf/dns.h"
 #include "bpf/kmon_common.bpf.h"
+#include "bpf/kmon_hist.bpf.h"
 
 char LICENSE[] SEC("license") = "GPL";
 
@@ -151,11 +152,7 @@ static __always_inline void hist_add(__u64 cgroup_id, __u32 rcode, __u64 ns,
   struct dns_hist_key k = {.cgroup_id = cgroup_id, .rcode = rcode};
   struct dns_hist *h = kmon_lookup_or_init(&hists, &k, &zero_hist);
   if (!h) return;
-  __u32 n = cfg->nbounds;
-  __u32 i;
-  for (i = 0; i < KMON_DNS_MAX_BOUNDS; i++) {
-    if (i >= n || ns <= cfg->bounds_ns[i]) break;
-  }
+  __u32 i = kmon_hist_slot(cfg->bounds_ns, cfg->nbounds, KMON_DNS_MAX_BOUNDS, ns);
   h->slots[i] += 1;
   h->count += 1;
   h->sum_ns += ns;

@@ -46,4 +46,43 @@ static __always_inline __u64 kmon_sock_cgroup(const struct sock *sk) {
   return BPF_CORE_READ(cg, kn, id);
 }
 
+/* What the tcp collector reads of a full socket. */
+
+#define KMON_AF_INET6 10
+
+/* The socket's inode number, what sock_i_ino() and so /proc/net/tcp give: cached in
+ * struct sock as sk_ino by recent kernels (6.18 has it); before, only in the inode
+ * itself, SOCK_INODE(sk->sk_socket), the struct socket_alloc that begins with the
+ * socket. */
+struct sock___ino {
+  unsigned long sk_ino;
+} __attribute__((preserve_access_index));
+
+static __always_inline __u64 kmon_sk_ino(const struct sock *sk) {
+  if (bpf_core_field_exists(struct sock___ino, sk_ino)) {
+    return ((const struct sock___ino *)sk)->sk_ino;
+  }
+  struct socket *sock = sk->sk_socket;
+  if (!sock) return 0;
+  return BPF_CORE_READ((struct socket_alloc *)sock, vfs_inode.i_ino);
+}
+
+/* Addresses as IPv6; an IPv4 socket's as v4-mapped (::ffff:a.b.c.d), which is also
+ * what an IPv6 socket talking to an IPv4 peer holds, so both meet in one form. */
+static __always_inline void kmon_sk_addrs(const struct sock *sk, __u8 local[16], __u8 peer[16]) {
+  __u16 family = sk->__sk_common.skc_family;
+  if (family == KMON_AF_INET6) {
+    BPF_CORE_READ_INTO(local, sk, __sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8);
+    BPF_CORE_READ_INTO(peer, sk, __sk_common.skc_v6_daddr.in6_u.u6_addr8);
+    return;
+  }
+  __builtin_memset(local, 0, 16);
+  __builtin_memset(peer, 0, 16);
+  local[10] = local[11] = peer[10] = peer[11] = 0xff;
+  __be32 l = sk->__sk_common.skc_rcv_saddr;
+  __be32 p = sk->__sk_common.skc_daddr;
+  __builtin_memcpy(local + 12, &l, 4);
+  __builtin_memcpy(peer + 12, &p, 4);
+}
+
 #endif /* KMON_BPF_KMON_SOCK_BPF_H_ */

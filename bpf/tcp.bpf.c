@@ -23,6 +23,17 @@
  * hooks only tcp_send_reset is handed more than full sockets: a timewait socket
  * (TCP_TW_RST in tcp_v4_rcv/tcp_v6_rcv), or none at all.
  *
+ * A connection's state lives in its socket's local storage (`conns`, an
+ * SK_STORAGE map): made at the open, or at first sight for a connection open before
+ * kmon started, and freed by the kernel with the socket, so nothing is
+ * preallocated, nothing is evicted and closing costs no map update. Only
+ * tcp_send_reset can be handed a socket without room for it (a timewait socket):
+ * it never looks there. The state remembers the socket's cgroup, whether it is
+ * watched and the bytes passed, so a send or receive costs one storage lookup: the
+ * bytes go into `stats` at the first event of each epoch (user space starts one at
+ * each collection), every 64 KiB and at the close. The active gauges are counters in `stats`
+ * that an open raises and its close lowers.
+ *
  * tp_btf arguments are BTF pointers: fields are read with plain loads (CO-RE
  * relocated through vmlinux.h's preserve_access_index), which the kernel turns into
  * fault-safe loads. That is several times cheaper than bpf_probe_read_kernel on
@@ -34,6 +45,7 @@
 #include <bpf/bpf_tracing.h>
 
 #include "bpf/kmon_common.bpf.h"
+#include "bpf/kmon_hist.bpf.h"
 #include "bpf/kmon_sock.bpf.h"
 #include "bpf/tcp.h"
 
@@ -46,9 +58,6 @@ char LICENSE[] SEC("license") = "GPL";
 #define MSG_PEEK 2
 
 KMON_MAP(BPF_MAP_TYPE_ARRAY, 1, __u32, struct tcp_config) tcp_config SEC(".maps");
-
-/* Server ports to measure while tcp_config.filter_ports is set. */
-KMON_MAP(BPF_MAP_TYPE_HASH, KMON_TCP_PORTS_MAX, __u16, __u8) ports SEC(".maps");
 
 /* (netns, port) -> listening sockets there. This map and the next are allocated as
  * listeners come rather than preallocated: a host has few. */
@@ -81,21 +90,48 @@ struct {
   __type(value, __u8);
 } peer_addrs SEC(".maps");
 
-KMON_MAP(BPF_MAP_TYPE_LRU_HASH, KMON_TCP_CONNS_MAX, __u64, struct tcp_conn) conns SEC(".maps");
+struct {
+  __uint(type, BPF_MAP_TYPE_SK_STORAGE);
+  __uint(map_flags, BPF_F_NO_PREALLOC);
+  __type(key, int);
+  __type(value, struct tcp_conn);
+} conns SEC(".maps");
 
-/* Client-side sockets on this host: (address, port) -> cgroup. Keyed without the
- * server address so a client that reached the server through DNAT still matches. */
-KMON_MAP(BPF_MAP_TYPE_LRU_HASH, KMON_TCP_CONNS_MAX, struct tcp_tuple,
-         __u64) client_socks SEC(".maps");
+/* Client sockets on this host -> their cgroup, for the server side to name its
+ * client: entered at the active open while the topology is on, deleted at the
+ * close. */
+struct {
+  __uint(type, BPF_MAP_TYPE_HASH);
+  __uint(max_entries, KMON_TCP_CLIENTS_MAX);
+  __uint(map_flags, BPF_F_NO_PREALLOC);
+  __type(key, struct tcp_client_key);
+  __type(value, __u64);
+} client_socks SEC(".maps");
 
-
-KMON_MAP(BPF_MAP_TYPE_PERCPU_HASH, KMON_TCP_HIST_MAX, struct tcp_hist_key,
-         struct tcp_hist) connect_hist SEC(".maps");
-
-KMON_MAP(BPF_MAP_TYPE_PERCPU_HASH, KMON_TCP_EDGES_MAX, struct tcp_edge_key,
-         struct tcp_hist) edges SEC(".maps");
-
-KMON_MAP(BPF_MAP_TYPE_PERCPU_HASH, KMON_TCP_STATS_MAX, __u64, struct tcp_stats) stats SEC(".maps");
+/* Maps of values allocated as keys come (BPF_F_NO_PREALLOC): memory for the keys
+ * in use, not for max_entries (times the CPUs for the per-CPU ones).
+ * - req_hist, the request histograms: per-CPU, every request of a server adds to
+ *   one key, from whichever CPU serves it.
+ * - edges and connect_hist: shared, with atomic adds; an edge or a client's
+ *   connects are spread over many keys, and a per-CPU copy of each would be
+ *   memory times the CPUs for little contention saved.
+ * - stats: per-CPU, every UDP send and receive of a cgroup adds to one key. */
+#define KMON_TCP_HASH(_type, _max, _key, _value) \
+  struct {                                       \
+    __uint(type, _type);                         \
+    __uint(max_entries, _max);                   \
+    __uint(map_flags, BPF_F_NO_PREALLOC);        \
+    __type(key, _key);                           \
+    __type(value, _value);                       \
+  }
+KMON_TCP_HASH(BPF_MAP_TYPE_PERCPU_HASH, KMON_TCP_REQ_MAX, struct tcp_hist_key,
+              struct tcp_hist) req_hist SEC(".maps");
+KMON_TCP_HASH(BPF_MAP_TYPE_HASH, KMON_TCP_EDGES_MAX, struct tcp_edge_key,
+              struct tcp_hist) edges SEC(".maps");
+KMON_TCP_HASH(BPF_MAP_TYPE_HASH, KMON_TCP_HIST_MAX, struct tcp_hist_key,
+              struct tcp_hist) connect_hist SEC(".maps");
+KMON_TCP_HASH(BPF_MAP_TYPE_PERCPU_HASH, KMON_TCP_STATS_MAX, __u64,
+              struct tcp_stats) stats SEC(".maps");
 
 static const struct tcp_hist zero_hist;
 static const struct tcp_stats zero_stats;
@@ -110,41 +146,6 @@ static __always_inline __u32 sk_netns(const struct sock *sk) {
   return sk->__sk_common.skc_net.net->ns.inum;
 }
 
-/* The socket's inode number, what sock_i_ino() and so /proc/net/tcp give: cached in
- * struct sock as sk_ino by recent kernels (6.18 has it); before, only in the inode
- * itself, SOCK_INODE(sk->sk_socket), the struct socket_alloc that begins with the
- * socket. */
-struct sock___ino {
-  unsigned long sk_ino;
-} __attribute__((preserve_access_index));
-
-static __always_inline __u64 sk_ino(const struct sock *sk) {
-  if (bpf_core_field_exists(struct sock___ino, sk_ino)) {
-    return ((const struct sock___ino *)sk)->sk_ino;
-  }
-  struct socket *sock = sk->sk_socket;
-  if (!sock) return 0;
-  return BPF_CORE_READ((struct socket_alloc *)sock, vfs_inode.i_ino);
-}
-
-/* Addresses as IPv6; an IPv4 socket's as v4-mapped (::ffff:a.b.c.d), which is also
- * what an IPv6 socket talking to an IPv4 peer holds, so both meet in one form. */
-static __always_inline void sk_addrs(const struct sock *sk, __u8 local[16], __u8 peer[16]) {
-  __u16 family = sk->__sk_common.skc_family;
-  if (family == AF_INET6) {
-    BPF_CORE_READ_INTO(local, sk, __sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8);
-    BPF_CORE_READ_INTO(peer, sk, __sk_common.skc_v6_daddr.in6_u.u6_addr8);
-    return;
-  }
-  __builtin_memset(local, 0, 16);
-  __builtin_memset(peer, 0, 16);
-  local[10] = local[11] = peer[10] = peer[11] = 0xff;
-  __be32 l = sk->__sk_common.skc_rcv_saddr;
-  __be32 p = sk->__sk_common.skc_daddr;
-  __builtin_memcpy(local + 12, &l, 4);
-  __builtin_memcpy(peer + 12, &p, 4);
-}
-
 static __always_inline bool is_inet(const struct sock *sk) {
   __u16 family = sk->__sk_common.skc_family;
   return family == AF_INET || family == AF_INET6;
@@ -154,78 +155,126 @@ static __always_inline struct tcp_stats *stats_of(__u64 cgroup_id) {
   return kmon_lookup_or_init(&stats, &cgroup_id, &zero_stats);
 }
 
-/* Adds one value to a histogram; the bucket is found here from the configured bounds. */
-static __always_inline void hist_add(void *map, void *key, __u64 value,
-                                     const struct tcp_config *cfg) {
+static __always_inline __u32 slot_of(const struct tcp_config *cfg, __u64 value) {
+  return kmon_hist_slot(cfg->bounds_ns, cfg->nbounds, KMON_TCP_MAX_BOUNDS, value);
+}
+
+/* Adds one value to a per-CPU histogram: plain adds to this CPU's copy. */
+static __always_inline void hist_add_percpu(void *map, const void *key, __u64 value, __u32 slot) {
   struct tcp_hist *h = kmon_lookup_or_init(map, key, &zero_hist);
   if (!h) return;
-  __u32 n = cfg->nbounds;
-  __u32 i;
-  for (i = 0; i < KMON_TCP_MAX_BOUNDS; i++) {
-    if (i >= n || value <= cfg->bounds_ns[i]) break;
-  }
-  h->slots[i] += 1;
+  h->slots[slot] += 1;
   h->count += 1;
   h->sum_ns += value;
 }
 
+/* Adds one value to a shared histogram, atomically: other CPUs add to it too. A
+ * reader may see the count ahead of the slot for an instant, never a value lost. */
+static __always_inline void hist_add_shared(void *map, const void *key, __u64 value, __u32 slot) {
+  struct tcp_hist *h = kmon_lookup_or_init(map, key, &zero_hist);
+  if (!h) return;
+  __sync_fetch_and_add(&h->slots[slot], 1);
+  __sync_fetch_and_add(&h->count, 1);
+  __sync_fetch_and_add(&h->sum_ns, value);
+}
+
+static __always_inline bool port_measured(const struct tcp_config *cfg, __u16 port) {
+  if (!cfg->filter_ports) return true;
+  return (cfg->port_bits[port >> 6] >> (port & 63)) & 1;
+}
+
+/* The connection's bytes so far into its cgroup's counters, when watched. */
+static __always_inline void conn_flush(struct tcp_conn *c) {
+  if (!(c->bytes_sent | c->bytes_received)) return;
+  if (c->flags & TCP_CONN_WATCHED) {
+    struct tcp_stats *s = stats_of(c->cgroup_id);
+    if (s) {
+      s->tcp_bytes_sent += c->bytes_sent;
+      s->tcp_bytes_received += c->bytes_received;
+    }
+  }
+  c->bytes_sent = c->bytes_received = 0;
+}
+
+/* Whether the connection's cgroup is watched is decided at the open and remembered;
+ * at the first event of each new epoch (a collection, a reload) its bytes are
+ * flushed and the question is asked again (targets changed, a pod became known),
+ * so that the other sends and receives cost no map lookup but the storage's. */
+static __always_inline void conn_sync(struct tcp_conn *c, const struct tcp_config *cfg) {
+  if (c->epoch == cfg->epoch) return;
+  c->epoch = cfg->epoch;
+  conn_flush(c);
+  if (kmon_cgroup_watched(c->cgroup_id)) c->flags |= TCP_CONN_WATCHED;
+  else c->flags &= ~TCP_CONN_WATCHED;
+}
+
+/* The request that ran from start_ns to last_send_ns is over: into the server's
+ * histogram, and into its edge while the topology is on. */
 static __always_inline void record_request(struct tcp_conn *c) {
-  if (c->req_start_ns == 0 || c->last_send_ns < c->req_start_ns) return;
+  __u64 start = c->start_ns;
+  c->start_ns = 0;
+  c->phase = TCP_PHASE_IDLE;
+  if (start == 0 || c->last_send_ns < start) return;
   struct tcp_config *cfg = tcp_cfg();
   if (!cfg) return;
-  __u64 latency = c->last_send_ns - c->req_start_ns;
-  c->req_start_ns = 0;
-  c->phase = TCP_PHASE_IDLE;
-  if (!kmon_cgroup_watched(c->cgroup_id)) return;
   __u16 port = c->lport;
-  if (cfg->filter_ports && !bpf_map_lookup_elem(&ports, &port)) return;
+  if (!(c->flags & TCP_CONN_WATCHED) || !port_measured(cfg, port)) return;
+  __u64 latency = c->last_send_ns - start;
+  __u32 slot = slot_of(cfg, latency);
+  struct tcp_hist_key hk = {.cgroup_id = c->cgroup_id, .port = port};
+  hist_add_percpu(&req_hist, &hk, latency, slot);
+  if (!cfg->topology) return;
   struct tcp_edge_key ek = {};
   ek.server_cgroup = c->cgroup_id;
   ek.server_port = port;
-  if (cfg->topology) {
-    ek.client_cgroup = c->client_cgroup;
-    if (c->client_cgroup == 0 &&
-        (cfg->peer_address || bpf_map_lookup_elem(&peer_addrs, c->peer_addr))) {
-      __builtin_memcpy(ek.client_addr, c->peer_addr, 16);
-    }
+  ek.client_cgroup = c->client_cgroup;
+  if (c->client_cgroup == 0 &&
+      (cfg->peer_address || bpf_map_lookup_elem(&peer_addrs, c->addr))) {
+    __builtin_memcpy(ek.client_addr, c->addr, 16);
   }
-  hist_add(&edges, &ek, latency, cfg);
+  hist_add_shared(&edges, &ek, latency, slot);
 }
 
 /* The cgroup of the client socket at (addr, port) on this host, or 0. */
 static __always_inline __u64 client_cgroup_of(const __u8 addr[16], __u16 port) {
-  struct tcp_tuple t = {};
-  __builtin_memcpy(t.saddr, addr, 16);
-  t.sport = port;
-  __u64 *cg = bpf_map_lookup_elem(&client_socks, &t);
+  struct tcp_client_key k = {};
+  __builtin_memcpy(k.saddr, addr, 16);
+  k.sport = port;
+  __u64 *cg = bpf_map_lookup_elem(&client_socks, &k);
   return cg ? *cg : 0;
 }
 
-/* Records a client socket and keeps its key in `c`: by the time the socket reaches
- * CLOSE the kernel has already released its port (skc_num reads 0). */
+/* A client socket's own address and port, kept in `c`: by the time the socket
+ * reaches CLOSE the kernel has already released its port (skc_num reads 0). Entered
+ * in client_socks while the topology is on, which alone asks for it. */
 static __always_inline void remember_client(const struct sock *sk, struct tcp_conn *c) {
-  struct tcp_tuple t = {};
   __u8 peer[16];
-  sk_addrs(sk, t.saddr, peer);
-  t.sport = sk->__sk_common.skc_num;
-  __builtin_memcpy(c->local_addr, t.saddr, 16);
-  c->lport = t.sport;
-  bpf_map_update_elem(&client_socks, &t, &c->cgroup_id, BPF_ANY);
+  kmon_sk_addrs(sk, c->addr, peer);
+  c->lport = sk->__sk_common.skc_num;
+  struct tcp_config *cfg = tcp_cfg();
+  if (!cfg || !cfg->topology) return;
+  struct tcp_client_key k = {};
+  __builtin_memcpy(k.saddr, c->addr, 16);
+  k.sport = c->lport;
+  if (bpf_map_update_elem(&client_socks, &k, &c->cgroup_id, BPF_ANY) != 0) {
+    kmon_count_lost(KMON_LOST_MAP_FULL);
+  }
 }
 
 static __always_inline void forget_client(const struct tcp_conn *c) {
-  struct tcp_tuple t = {};
-  __builtin_memcpy(t.saddr, c->local_addr, 16);
-  t.sport = c->lport;
-  bpf_map_delete_elem(&client_socks, &t);
+  if (c->lport == 0) return;  // never established
+  struct tcp_client_key k = {};
+  __builtin_memcpy(k.saddr, c->addr, 16);
+  k.sport = c->lport;
+  bpf_map_delete_elem(&client_socks, &k);
 }
 
 /* Server-side state for a connection: peer cgroup resolved once, at creation. */
 static __always_inline void init_server(struct tcp_conn *c, const struct sock *sk) {
   __u8 local[16];
-  sk_addrs(sk, local, c->peer_addr);
+  kmon_sk_addrs(sk, local, c->addr);
   __u16 peer_port = bpf_ntohs(sk->__sk_common.skc_dport);
-  c->client_cgroup = client_cgroup_of(c->peer_addr, peer_port);
+  c->client_cgroup = client_cgroup_of(c->addr, peer_port);
 }
 
 /* Counts a listening socket under its key, once: BPF_NOEXIST on its own entry makes
@@ -263,11 +312,78 @@ static __always_inline int listener_leave(const struct tcp_listen_sock *ls) {
   return 1;
 }
 
-/* The state of an established connection, created on first sight for one that was
+/* One more open connection of its cgroup, when watched: counted in active_* and
+ * remembered, so the close takes back exactly what the open added. */
+static __always_inline void conn_opened(struct tcp_conn *c, bool inbound) {
+  if (!(c->flags & TCP_CONN_WATCHED)) return;
+  struct tcp_stats *s = stats_of(c->cgroup_id);
+  if (!s) return;
+  if (inbound) {
+    s->opened_inbound += 1;
+    s->active_inbound += 1;
+  } else {
+    s->opened_outbound += 1;
+    s->active_outbound += 1;
+  }
+  c->flags |= TCP_CONN_ACTIVE;
+}
+
+/* A connection open before kmon started, met now: active, not opened. */
+static __always_inline void conn_met(struct tcp_conn *c) {
+  if (!(c->flags & TCP_CONN_WATCHED)) return;
+  struct tcp_stats *s = stats_of(c->cgroup_id);
+  if (!s) return;
+  if (c->role == TCP_ROLE_SERVER) s->active_inbound += 1;
+  else s->active_outbound += 1;
+  c->flags |= TCP_CONN_ACTIVE;
+}
+
+/* The connection is closed: its bytes into its cgroup's counters, itself out of its
+ * active gauge; its state stays with the socket as CLOSED until the kernel frees
+ * both. */
+static __always_inline void conn_close(struct tcp_conn *c) {
+  if (c->role == TCP_ROLE_CLIENT) forget_client(c);
+  bool bytes = (c->flags & TCP_CONN_WATCHED) && (c->bytes_sent | c->bytes_received);
+  if (bytes || (c->flags & TCP_CONN_ACTIVE)) {  // one lookup for both
+    struct tcp_stats *s = stats_of(c->cgroup_id);
+    if (s && bytes) {
+      s->tcp_bytes_sent += c->bytes_sent;
+      s->tcp_bytes_received += c->bytes_received;
+    }
+    if (s && (c->flags & TCP_CONN_ACTIVE)) {
+      if (c->role == TCP_ROLE_SERVER) s->active_inbound -= 1;
+      else s->active_outbound -= 1;
+    }
+  }
+  c->bytes_sent = c->bytes_received = 0;
+  c->flags &= ~TCP_CONN_ACTIVE;
+  c->role = TCP_ROLE_CLOSED;
+}
+
+/* The socket's connection state, made as a copy of `init` with its watched answer
+ * decided now (kept with the socket until the kernel frees it); NULL, counted as
+ * lost, when the kernel had no memory for it. */
+static __always_inline struct tcp_conn *conn_new(const struct sock *sk,
+                                                 const struct tcp_conn *init) {
+  struct sock *s = (struct sock *)sk;
+  struct tcp_conn *c = bpf_sk_storage_get(&conns, s, 0, BPF_SK_STORAGE_GET_F_CREATE);
+  /* Another CPU made it first (-EEXIST comes back as NULL): that one. */
+  if (!c) c = bpf_sk_storage_get(&conns, s, 0, 0);
+  if (!c) {
+    kmon_count_lost(KMON_LOST_MAP_FULL);
+    return NULL;
+  }
+  *c = *init;
+  struct tcp_config *cfg = tcp_cfg();
+  if (cfg) c->epoch = cfg->epoch;
+  if (kmon_cgroup_watched(c->cgroup_id)) c->flags |= TCP_CONN_WATCHED;
+  return c;
+}
+
+/* The state of an established connection, made on first sight for one that was
  * open before kmon started. */
 static __always_inline struct tcp_conn *conn_of(const struct sock *sk) {
-  __u64 key = (__u64)sk;
-  struct tcp_conn *c = bpf_map_lookup_elem(&conns, &key);
+  struct tcp_conn *c = bpf_sk_storage_get(&conns, (struct sock *)sk, 0, 0);
   if (c) return c;
   if (sk->__sk_common.skc_state != TCP_ESTABLISHED) return NULL;
   struct tcp_conn init = {};
@@ -281,14 +397,12 @@ static __always_inline struct tcp_conn *conn_of(const struct sock *sk) {
     init.role = TCP_ROLE_CLIENT;
     remember_client(sk, &init);
   }
-  bpf_map_update_elem(&conns, &key, &init, BPF_NOEXIST);
-  return bpf_map_lookup_elem(&conns, &key);
+  c = conn_new(sk, &init);
+  if (c) conn_met(c);
+  return c;
 }
 
-static __always_inline void count_bytes(__u64 cgroup_id, bool tcp, int bytes, bool sent) {
-  if (!kmon_cgroup_watched(cgroup_id)) return;
-  struct tcp_stats *s = stats_of(cgroup_id);
-  if (!s) return;
+static __always_inline void add_bytes(struct tcp_stats *s, bool tcp, int bytes, bool sent) {
   if (tcp) {
     if (sent) s->tcp_bytes_sent += bytes;
     else s->tcp_bytes_received += bytes;
@@ -298,35 +412,32 @@ static __always_inline void count_bytes(__u64 cgroup_id, bool tcp, int bytes, bo
   }
 }
 
-/* UDP: bytes into `stats`. TCP: bytes into the connection's state (flushed at close). */
+/* UDP: bytes into `stats`. TCP: bytes into the connection's state (flushed into
+ * `stats` each epoch, every KMON_TCP_FLUSH_BYTES and at the close); into `stats`
+ * for a connection without
+ * state (kmon met it after its establishment was over). Returns the TCP
+ * connection's state. */
 static __always_inline struct tcp_conn *on_data(const struct sock *sk, int bytes, bool sent) {
   __u16 proto = sk->sk_protocol;
-  if (proto == IPPROTO_UDP) {
-    count_bytes(kmon_sock_cgroup(sk), false, bytes, sent);
+  if (proto == IPPROTO_TCP) {
+    struct tcp_conn *c = conn_of(sk);
+    struct tcp_config *cfg = tcp_cfg();
+    if (c && cfg) {
+      conn_sync(c, cfg);
+      if (sent) c->bytes_sent += bytes;
+      else c->bytes_received += bytes;
+      /* An idle connection keeps what it holds until its next event: at most this. */
+      if (c->bytes_sent + c->bytes_received >= KMON_TCP_FLUSH_BYTES) conn_flush(c);
+      return c;
+    }
+  } else if (proto != IPPROTO_UDP) {
     return NULL;
   }
-  if (proto != IPPROTO_TCP) return NULL;
-  struct tcp_conn *c = conn_of(sk);
-  if (!c) {
-    count_bytes(kmon_sock_cgroup(sk), true, bytes, sent);
-  } else if (sent) {
-    c->bytes_sent += bytes;
-  } else {
-    c->bytes_received += bytes;
-  }
-  return c;
-}
-
-/* A connection's state goes: its bytes join the cgroup's totals. */
-static __always_inline void conn_delete(__u64 key, struct tcp_conn *c) {
-  if ((c->bytes_sent || c->bytes_received) && kmon_cgroup_watched(c->cgroup_id)) {
-    struct tcp_stats *s = stats_of(c->cgroup_id);
-    if (s) {
-      s->tcp_bytes_sent += c->bytes_sent;
-      s->tcp_bytes_received += c->bytes_received;
-    }
-  }
-  bpf_map_delete_elem(&conns, &key);
+  __u64 cg = kmon_sock_cgroup(sk);
+  if (!kmon_cgroup_watched(cg)) return NULL;
+  struct tcp_stats *s = stats_of(cg);
+  if (s) add_bytes(s, proto == IPPROTO_TCP, bytes, sent);
+  return NULL;
 }
 
 SEC("tp_btf/sock_recv_length")
@@ -337,7 +448,7 @@ int BPF_PROG(kmon_tcp_recv, struct sock *sk, int ret, int flags) {
   /* Reading after replying: the previous request is over, a new one starts. */
   if (c->phase == TCP_PHASE_SENDING) record_request(c);
   if (c->phase == TCP_PHASE_IDLE) {
-    c->req_start_ns = bpf_ktime_get_ns();
+    c->start_ns = bpf_ktime_get_ns();
     c->phase = TCP_PHASE_RECEIVING;
   }
   return 0;
@@ -356,7 +467,6 @@ int BPF_PROG(kmon_tcp_send, struct sock *sk, int ret, int flags) {
 SEC("tp_btf/inet_sock_set_state")
 int BPF_PROG(kmon_tcp_state, const struct sock *sk, const int oldstate, const int newstate) {
   if (sk->sk_protocol != IPPROTO_TCP) return 0;
-  __u64 key = (__u64)sk;
 
   /* A listening socket, entered at CLOSE -> LISTEN and taken away at LISTEN -> CLOSE
    * (close(), shutdown() or a listen() whose get_port() failed). A listener's clone
@@ -371,7 +481,7 @@ int BPF_PROG(kmon_tcp_state, const struct sock *sk, const int oldstate, const in
    *   no tracepoint follows. Such a socket is not entered (the start-time scan enters
    *   one it finds); the connections it accepts are passive opens all the same. */
   if (newstate == TCP_LISTEN || (oldstate == TCP_LISTEN && newstate == TCP_CLOSE)) {
-    struct tcp_listen_sock ls = {.ino = sk_ino(sk)};
+    struct tcp_listen_sock ls = {.ino = kmon_sk_ino(sk)};
     ls.key.netns = sk_netns(sk);
     if (newstate == TCP_LISTEN) {
       ls.key.port = sk->__sk_common.skc_num;
@@ -387,31 +497,38 @@ int BPF_PROG(kmon_tcp_state, const struct sock *sk, const int oldstate, const in
     struct tcp_conn init = {};
     init.cgroup_id = kmon_sock_cgroup(sk);
     init.role = TCP_ROLE_CLIENT;
-    init.connect_start_ns = bpf_ktime_get_ns();
-    bpf_map_update_elem(&conns, &key, &init, BPF_ANY);
+    init.start_ns = bpf_ktime_get_ns();
+    conn_new(sk, &init);
     return 0;
   }
 
   if (oldstate == TCP_SYN_SENT) {
-    struct tcp_conn *c = bpf_map_lookup_elem(&conns, &key);
-    __u64 cg = c ? c->cgroup_id : kmon_sock_cgroup(sk);
-    bool watched = kmon_cgroup_watched(cg);
+    struct tcp_conn *c = bpf_sk_storage_get(&conns, (struct sock *)sk, 0, 0);
+    if (c && c->role != TCP_ROLE_CLIENT) c = NULL;
     if (newstate == TCP_ESTABLISHED) {
-      if (c) remember_client(sk, c);
-      if (!watched) return 0;
-      struct tcp_stats *s = stats_of(cg);
-      if (s) s->opened_outbound += 1;
+      if (!c) {  // connect() called before kmon started: counted, not timed
+        __u64 cg = kmon_sock_cgroup(sk);
+        struct tcp_stats *s = kmon_cgroup_watched(cg) ? stats_of(cg) : NULL;
+        if (s) s->opened_outbound += 1;
+        return 0;
+      }
+      remember_client(sk, c);
+      __u64 start = c->start_ns;
+      c->start_ns = 0;
+      conn_opened(c, false);
       struct tcp_config *cfg = tcp_cfg();
-      if (c && c->connect_start_ns && cfg) {
-        struct tcp_hist_key hk = {.cgroup_id = cg};
-        hist_add(&connect_hist, &hk, bpf_ktime_get_ns() - c->connect_start_ns, cfg);
+      if (start && cfg && (c->flags & TCP_CONN_WATCHED)) {
+        struct tcp_hist_key hk = {.cgroup_id = c->cgroup_id};
+        __u64 d = bpf_ktime_get_ns() - start;
+        hist_add_shared(&connect_hist, &hk, d, slot_of(cfg, d));
       }
     } else {
-      if (watched) {
+      __u64 cg = c ? c->cgroup_id : kmon_sock_cgroup(sk);
+      if (kmon_cgroup_watched(cg)) {
         struct tcp_stats *s = stats_of(cg);
         if (s) s->connect_failures += 1;
       }
-      if (c) conn_delete(key, c);
+      if (c) conn_close(c);
     }
     return 0;
   }
@@ -422,8 +539,10 @@ int BPF_PROG(kmon_tcp_state, const struct sock *sk, const int oldstate, const in
     init.role = TCP_ROLE_SERVER;
     init.lport = sk->__sk_common.skc_num;
     init_server(&init, sk);
-    bpf_map_update_elem(&conns, &key, &init, BPF_ANY);
-    if (kmon_cgroup_watched(init.cgroup_id)) {
+    struct tcp_conn *c = conn_new(sk, &init);
+    if (c) {
+      conn_opened(c, true);
+    } else if (kmon_cgroup_watched(init.cgroup_id)) {  // opened, never active
       struct tcp_stats *s = stats_of(init.cgroup_id);
       if (s) s->opened_inbound += 1;
     }
@@ -431,14 +550,13 @@ int BPF_PROG(kmon_tcp_state, const struct sock *sk, const int oldstate, const in
   }
 
   if (oldstate == TCP_ESTABLISHED || newstate == TCP_CLOSE) {
-    struct tcp_conn *c = bpf_map_lookup_elem(&conns, &key);
-    if (!c) return 0;
+    struct tcp_conn *c = bpf_sk_storage_get(&conns, (struct sock *)sk, 0, 0);
+    if (!c || c->role == TCP_ROLE_CLOSED) return 0;
     /* The connection starts closing: its last request is complete. */
-    if (c->role == TCP_ROLE_SERVER && c->phase == TCP_PHASE_SENDING) record_request(c);
-    if (newstate == TCP_CLOSE) {
-      if (c->role == TCP_ROLE_CLIENT) forget_client(c);
-      conn_delete(key, c);
+    if (c->role == TCP_ROLE_SERVER && c->phase == TCP_PHASE_SENDING) {
+      record_request(c);
     }
+    if (newstate == TCP_CLOSE) conn_close(c);
   }
   return 0;
 }
@@ -470,11 +588,12 @@ int kmon_tcp_listener_gone(struct bpf_raw_tracepoint_args *ctx) {
   return listener_leave(&ls);
 }
 
+/* Every socket is closed before the kernel destroys it, so its state is CLOSED here
+ * already; this takes one whose close was missed out of the active gauge. */
 SEC("tp_btf/tcp_destroy_sock")
 int BPF_PROG(kmon_tcp_destroy, struct sock *sk) {
-  __u64 key = (__u64)sk;
-  struct tcp_conn *c = bpf_map_lookup_elem(&conns, &key);
-  if (c) conn_delete(key, c);
+  struct tcp_conn *c = bpf_sk_storage_get(&conns, sk, 0, 0);
+  if (c && c->role != TCP_ROLE_CLOSED) conn_close(c);
   return 0;
 }
 

@@ -8,23 +8,37 @@
 
 /* Histogram bounds the config may give (collectors.tcp.latency_buckets). */
 #define KMON_TCP_MAX_BOUNDS 32
-#define KMON_TCP_CONNS_MAX 65536
+/* Most client sockets on this host remembered for the topology (client_socks). */
+#define KMON_TCP_CLIENTS_MAX 65536
+/* Request histograms, per server cgroup and port: per-CPU, so each costs its value
+ * (280 bytes) times the possible CPUs; allocated as servers come, never preallocated. */
+#define KMON_TCP_REQ_MAX 512
 #define KMON_TCP_HIST_MAX 8192
 #define KMON_TCP_EDGES_MAX 8192
 #define KMON_TCP_STATS_MAX 8192
 #define KMON_TCP_LISTEN_MAX 4096
 #define KMON_TCP_LISTEN_SOCKS_MAX 16384
-#define KMON_TCP_PORTS_MAX 1024
 #define KMON_TCP_PEERS_MAX 131072
+/* Words of the server-port bitmap in tcp_config: one bit per port. */
+#define KMON_TCP_PORT_WORDS (65536 / 64)
 
 /* One-entry control map, rewritten on reload. */
 struct tcp_config {
   __u64 bounds_ns[KMON_TCP_MAX_BOUNDS]; /* upper bounds, ascending */
   __u32 nbounds;
-  __u32 filter_ports; /* 1: only server ports in `ports` */
+  __u32 filter_ports; /* 1: only server ports set in port_bits */
   __u32 topology;     /* 1: record client -> server edges */
   __u32 peer_address; /* 1: keep every unresolved client address (external_peers: address);
                        * 0: keep only those in peer_addrs (pods of other nodes) */
+  /* Bumped by user space at each collection and reload: a connection that sees a
+   * new epoch flushes its bytes into `stats` and asks again whether its cgroup is
+   * watched (tcp_conn.epoch). */
+  __u32 epoch;
+  __u32 pad;
+  /* Server ports measured while filter_ports is set: bit (port % 64) of word
+   * port / 64. In the config entry, which every request reads anyway, so the
+   * filter costs no map lookup of its own. */
+  __u64 port_bits[KMON_TCP_PORT_WORDS];
 };
 
 /* Cumulative histogram: slots[i] counts values <= bounds[i] (not cumulative across
@@ -35,6 +49,7 @@ struct tcp_hist {
   __u64 slots[KMON_TCP_MAX_BOUNDS + 1];
 };
 
+/* req_hist: (server cgroup, port); connect_hist: (client cgroup, 0). */
 struct tcp_hist_key {
   __u64 cgroup_id;
   __u16 port;
@@ -42,10 +57,9 @@ struct tcp_hist_key {
 };
 
 /* A client -> server edge; client_cgroup 0 means not seen on this host, and then
- * client_addr holds the peer (IPv4 as v4-mapped IPv6) when addresses are kept. With
- * topology off both client fields are zero, so there is one key per server and port.
- * Per-server request histograms are sums of edges, made in user space: one map
- * update per request. */
+ * client_addr holds the peer (IPv4 as v4-mapped IPv6) when addresses are kept.
+ * Recorded only while the topology is on; the request histograms of
+ * kmon_tcp_request_duration_seconds are req_hist's. */
 struct tcp_edge_key {
   __u64 client_cgroup;
   __u64 server_cgroup;
@@ -54,6 +68,9 @@ struct tcp_edge_key {
   __u16 pad[3];
 };
 
+/* Counters of a cgroup. active_* go up at an open and down at the close, each on
+ * whichever CPU it happens: one CPU's copy may wrap below zero, the sum over CPUs
+ * is the number open (as a two's-complement u64 sum). */
 struct tcp_stats {
   __u64 opened_inbound;
   __u64 opened_outbound;
@@ -65,37 +82,55 @@ struct tcp_stats {
   __u64 tcp_bytes_received;
   __u64 udp_bytes_sent;
   __u64 udp_bytes_received;
+  __u64 active_inbound;
+  __u64 active_outbound;
 };
 
-enum tcp_role { TCP_ROLE_UNKNOWN = 0, TCP_ROLE_SERVER = 1, TCP_ROLE_CLIENT = 2 };
+/* CLOSED: the connection reached TCP_CLOSE; the state stays with the socket until
+ * the kernel frees both. */
+enum tcp_role {
+  TCP_ROLE_UNKNOWN = 0,
+  TCP_ROLE_SERVER = 1,
+  TCP_ROLE_CLIENT = 2,
+  TCP_ROLE_CLOSED = 3
+};
 enum tcp_phase { TCP_PHASE_IDLE = 0, TCP_PHASE_RECEIVING = 1, TCP_PHASE_SENDING = 2 };
 
-/* Per-connection state, keyed by the socket's address. */
+/* A connection flushes its bytes into `stats` once it holds this many. */
+#define KMON_TCP_FLUSH_BYTES 65536
+/* tcp_conn.flags */
+#define TCP_CONN_WATCHED 1 /* its cgroup was watched when last decided */
+#define TCP_CONN_ACTIVE 2  /* counted in its cgroup's active_* */
+
+/* Per-connection state, in the socket's own local storage (the `conns` map of
+ * type BPF_MAP_TYPE_SK_STORAGE): made at the open (or at first sight for a
+ * connection open before kmon), freed by the kernel with the socket. */
 struct tcp_conn {
   __u64 cgroup_id;
   __u64 client_cgroup; /* server role: the peer's cgroup when it is on this host */
-  __u64 req_start_ns;  /* first byte of the current request received */
-  __u64 last_send_ns;  /* last byte of its reply sent */
-  __u64 connect_start_ns;
-  __u8 peer_addr[16];
-  __u8 local_addr[16]; /* client role: the key of its client_socks entry */
-  /* Bytes since the last flush into `stats` (at close): counted here so that a send
-   * or receive costs one map lookup, not two. */
+  __u64 start_ns;      /* server: first byte of the current request received;
+                        * client: connect() called, until established */
+  __u64 last_send_ns;  /* server: last byte of its reply sent */
+  /* Bytes not yet in `stats`: flushed at the first send or receive of each epoch
+   * and at the close, so that the others cost no map lookup. */
   __u64 bytes_sent;
   __u64 bytes_received;
+  __u8 addr[16]; /* server: the peer's address; client: its own, the key of its
+                  * client_socks entry (by TCP_CLOSE the kernel has released the port) */
+  __u32 epoch;   /* tcp_config.epoch when last flushed and decided */
   __u16 lport;
   __u8 role;
   __u8 phase;
-  __u32 pad;
+  __u8 flags;
+  __u8 pad[7];
 };
 
-/* A socket's 4-tuple, addresses as IPv6 (IPv4 v4-mapped). */
-struct tcp_tuple {
+/* client_socks: a client socket on this host by its address and port, without the
+ * server address so a client that reached the server through DNAT still matches. */
+struct tcp_client_key {
   __u8 saddr[16];
-  __u8 daddr[16];
   __u16 sport;
-  __u16 dport;
-  __u32 netns;
+  __u16 pad;
 };
 
 /* listen_ports: a (network namespace, port) with at least one listening socket ->
@@ -115,13 +150,13 @@ struct tcp_listen_sock {
 };
 
 #ifdef __cplusplus
-static_assert(sizeof(struct tcp_config) == 272, "BPF ABI");
+static_assert(sizeof(struct tcp_config) == 280 + 8 * KMON_TCP_PORT_WORDS, "BPF ABI");
 static_assert(sizeof(struct tcp_hist) == 280, "BPF ABI");
 static_assert(sizeof(struct tcp_hist_key) == 16, "BPF ABI");
 static_assert(sizeof(struct tcp_edge_key) == 40, "BPF ABI");
-static_assert(sizeof(struct tcp_stats) == 80, "BPF ABI");
-static_assert(sizeof(struct tcp_conn) == 96, "BPF ABI");
-static_assert(sizeof(struct tcp_tuple) == 40, "BPF ABI");
+static_assert(sizeof(struct tcp_stats) == 96, "BPF ABI");
+static_assert(sizeof(struct tcp_conn) == 80, "BPF ABI");
+static_assert(sizeof(struct tcp_client_key) == 20, "BPF ABI");
 static_assert(sizeof(struct tcp_listen_key) == 8, "BPF ABI");
 static_assert(sizeof(struct tcp_listen_sock) == 16, "BPF ABI");
 #endif

@@ -1,6 +1,23 @@
 #include "collectors/collector_config.h"
 
+#include <absl/strings/str_cat.h>
+
+#include "base/strict_yaml.h"
+
 namespace kmon {
+
+void ParseLatencyBuckets(YamlParser& p, const YamlValue& f, size_t max, std::vector<double>* out) {
+  std::vector<double> buckets;
+  p.Buckets(f, &buckets);
+  if (buckets.empty()) return;  // reported
+  if (buckets.size() > max) {
+    p.Report(f.key, f.line,
+             absl::StrCat("has ", buckets.size(), " bounds; at most ", max,
+                          " fit the kernel's histogram"));
+    return;
+  }
+  *out = std::move(buckets);
+}
 
 bool TargetsConfig::Filters() const {
   // exclude_namespaces alone does not count: without Kubernetes metadata nothing

@@ -14,6 +14,16 @@
 
 namespace kmon {
 
+class YamlParser;
+struct YamlValue;
+
+/// A collector's `latency_buckets` (the upper bounds of a histogram its BPF side
+/// fills) into `out` when they are valid and at most `max`, the room of the kernel's
+/// histogram; else the problem is reported at the key and `out` stays as it was. The
+/// bound is checked here, not at the collector, so that a reload never says
+/// "reloaded" and keeps the old buckets.
+void ParseLatencyBuckets(YamlParser& p, const YamlValue& f, size_t max, std::vector<double>* out);
+
 struct TargetsConfig {
   std::vector<std::string> namespaces;  // empty: all
   std::vector<std::string> exclude_namespaces{"kube-system"};

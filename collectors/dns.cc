@@ -98,16 +98,7 @@ void ParseDnsSection(YamlParser& p, const YamlValue& v, DnsConfig* c) {
                 }},
                {"latency_buckets",
                 [&](const YamlValue& f) {
-                  std::vector<double> buckets;
-                  p.Buckets(f, &buckets);
-                  if (buckets.empty()) return;  // reported
-                  if (buckets.size() > KMON_DNS_MAX_BOUNDS) {
-                    p.Report(f.key, f.line,
-                             absl::StrCat("has ", buckets.size(), " bounds; at most ",
-                                          KMON_DNS_MAX_BOUNDS, " fit the kernel's histogram"));
-                    return;
-                  }
-                  c->latency_buckets = std::move(buckets);
+                  ParseLatencyBuckets(p, f, KMON_DNS_MAX_BOUNDS, &c->latency_buckets);
                 }},
            });
 }

@@ -2,6 +2,7 @@
 
 #include <absl/strings/str_cat.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cmath>
 #include <cstring>
@@ -23,6 +24,10 @@ namespace {
 
 constexpr char kName[] = "tcp";
 
+// Open connections from an active_* sum: up at each open, down at each close, so a
+// close whose open went to an entry deleted since (a gone cgroup's) reads below zero.
+int64_t Active(uint64_t sum) { return std::max<int64_t>(0, static_cast<int64_t>(sum)); }
+
 std::vector<uint64_t> SumSlots(std::span<const tcp_hist> per_cpu, size_t nslots, uint64_t* count,
                                uint64_t* sum_ns) {
   std::vector<uint64_t> slots(nslots, 0);
@@ -41,16 +46,16 @@ class BpfTcpDataSource : public TcpDataSource {
   explicit BpfTcpDataSource(tcp_bpf* skel) : skel_(skel) {}
 
   absl::Status ReadEdges(size_t nslots, std::vector<EdgeHist>* out) override {
-    return ReadPerCpuHashAs<tcp_edge_key, tcp_hist>(
+    return ReadHashAs<tcp_edge_key, tcp_hist>(
         bpf_map__fd(skel_->maps.edges), KMON_TCP_EDGES_MAX,
-        [nslots](const tcp_edge_key& k, std::span<const tcp_hist> per_cpu) {
+        [nslots](const tcp_edge_key& k, const tcp_hist& h) {
           EdgeHist e;
           e.client_cgroup = k.client_cgroup;
           e.server_cgroup = k.server_cgroup;
           std::memcpy(e.client_addr.data(), k.client_addr, 16);
           e.server_port = k.server_port;
           uint64_t sum_ns = 0;
-          e.slots = SumSlots(per_cpu, nslots, &e.count, &sum_ns);
+          e.slots = SumSlots(std::span<const tcp_hist>(&h, 1), nslots, &e.count, &sum_ns);
           e.sum_seconds = static_cast<double>(sum_ns) / 1e9;
           return e;
         },
@@ -58,14 +63,26 @@ class BpfTcpDataSource : public TcpDataSource {
   }
 
   absl::Status Read(size_t nslots, TcpData* out) override {
-    absl::Status st = ReadEdges(nslots, &out->edges);
+    // The request histograms, one per server and port (no client).
+    absl::Status st = ReadPerCpuHashAs<tcp_hist_key, tcp_hist>(
+        bpf_map__fd(skel_->maps.req_hist), KMON_TCP_REQ_MAX,
+        [nslots](const tcp_hist_key& k, std::span<const tcp_hist> per_cpu) {
+          EdgeHist e;
+          e.server_cgroup = k.cgroup_id;
+          e.server_port = k.port;
+          uint64_t sum_ns = 0;
+          e.slots = SumSlots(per_cpu, nslots, &e.count, &sum_ns);
+          e.sum_seconds = static_cast<double>(sum_ns) / 1e9;
+          return e;
+        },
+        &out->edges);
     if (st.ok()) {
-      st = ReadPerCpuHashAs<tcp_hist_key, tcp_hist>(
+      st = ReadHashAs<tcp_hist_key, tcp_hist>(
           bpf_map__fd(skel_->maps.connect_hist), KMON_TCP_HIST_MAX,
-          [nslots](const tcp_hist_key& k, std::span<const tcp_hist> per_cpu) {
+          [nslots](const tcp_hist_key& k, const tcp_hist& v) {
             TcpConnectHist h{.cgroup_id = k.cgroup_id};
             uint64_t count = 0;
-            h.slots = SumSlots(per_cpu, nslots, &count, &h.sum_ns);
+            h.slots = SumSlots(std::span<const tcp_hist>(&v, 1), nslots, &count, &h.sum_ns);
             return h;
           },
           &out->connects);
@@ -86,18 +103,12 @@ class BpfTcpDataSource : public TcpDataSource {
               s.tcp_bytes_received += v.tcp_bytes_received;
               s.udp_bytes_sent += v.udp_bytes_sent;
               s.udp_bytes_received += v.udp_bytes_received;
+              s.active_inbound += v.active_inbound;  // wraps back: see bpf/tcp.h
+              s.active_outbound += v.active_outbound;
             }
             return std::pair<uint64_t, tcp_stats>(cg, s);
           },
           &out->stats);
-    }
-    if (st.ok()) {
-      st = ReadHashAs<uint64_t, tcp_conn>(
-          bpf_map__fd(skel_->maps.conns), KMON_TCP_CONNS_MAX,
-          [](uint64_t, const tcp_conn& c) {
-            return TcpConnection{c.cgroup_id, c.role, c.lport, c.bytes_sent, c.bytes_received};
-          },
-          &out->conns);
     }
     return st;
   }
@@ -114,19 +125,7 @@ void ParseTcpSection(YamlParser& p, const YamlValue& v, TcpConfig* c) {
                {"ports", [&](const YamlValue& f) { p.PortSet(f, &c->ports); }},
                {"latency_buckets",
                 [&](const YamlValue& f) {
-                  std::vector<double> buckets;
-                  p.Buckets(f, &buckets);
-                  if (buckets.empty()) return;  // reported
-                  // The kernel's histogram has room for this many (bpf/tcp.h): refused
-                  // here, not at the collector, so a reload never says "reloaded" and
-                  // keeps the old buckets.
-                  if (buckets.size() > KMON_TCP_MAX_BOUNDS) {
-                    p.Report(f.key, f.line,
-                             absl::StrCat("has ", buckets.size(), " bounds; at most ",
-                                          KMON_TCP_MAX_BOUNDS, " fit the kernel's histogram"));
-                    return;
-                  }
-                  c->latency_buckets = std::move(buckets);
+                  ParseLatencyBuckets(p, f, KMON_TCP_MAX_BOUNDS, &c->latency_buckets);
                 }},
            });
 }
@@ -181,22 +180,15 @@ std::vector<prometheus::MetricFamily> BuildTcpFamilies(const TcpData& data,
     for (size_t i = 0; i < nslots && i < e.slots.size(); ++i) h.slots[i] += e.slots[i];
     h.sum_seconds += e.sum_seconds;
   }
-  // Bytes of open connections are still in their state, not yet in `stats`.
-  std::map<uint64_t, tcp_stats> totals;
-  for (const auto& [cg, s] : data.stats) totals[cg] = s;
-  for (const TcpConnection& c : data.conns) {
-    if (c.bytes_sent == 0 && c.bytes_received == 0) continue;
-    totals[c.cgroup_id].tcp_bytes_sent += c.bytes_sent;
-    totals[c.cgroup_id].tcp_bytes_received += c.bytes_received;
-  }
-
+  const std::map<uint64_t, tcp_stats> totals(data.stats.begin(), data.stats.end());
   // Budget: every series a workload adds, visited in cgroup order so the same
   // workloads win on every scrape.
   std::map<uint64_t, int64_t> cost;
   for (const auto& [k, v] : hists) cost[k.first] += static_cast<int64_t>(nslots) + 2;
   for (const auto& h : data.connects) cost[h.cgroup_id] += static_cast<int64_t>(nslots) + 2;
-  for (const auto& [cg, s] : totals) cost[cg] += 10;
-  for (const TcpConnection& c : data.conns) cost[c.cgroup_id] += 1;
+  for (const auto& [cg, s] : totals) {
+    cost[cg] += 10 + (Active(s.active_inbound) > 0) + (Active(s.active_outbound) > 0);
+  }
   std::unordered_map<uint64_t, std::optional<WorkloadLabels>> labels;
   for (const auto& [cg, n] : cost) labels[cg] = labeler->LabelsFor(cg, n);
   auto values = [&](uint64_t cg, std::vector<std::string> extra) -> std::vector<std::string> {
@@ -229,10 +221,12 @@ std::vector<prometheus::MetricFamily> BuildTcpFamilies(const TcpData& data,
     bytes.AddCounter(values(cg, {"udp", "sent"}), d(s.udp_bytes_sent));
     bytes.AddCounter(values(cg, {"udp", "received"}), d(s.udp_bytes_received));
   }
-  for (const TcpConnection& c : data.conns) {
-    if (!labels[c.cgroup_id] || c.role == TCP_ROLE_UNKNOWN) continue;
-    if (c.role == TCP_ROLE_CLIENT && c.lport == 0) continue;  // still connecting
-    active.AddGauge(values(c.cgroup_id, {c.role == TCP_ROLE_SERVER ? "inbound" : "outbound"}), 1);
+  // A gauge while connections are open, none once the last one closed.
+  for (const auto& [cg, s] : totals) {
+    if (!labels[cg]) continue;
+    const int64_t in = Active(s.active_inbound), out = Active(s.active_outbound);
+    if (in > 0) active.AddGauge(values(cg, {"inbound"}), static_cast<double>(in));
+    if (out > 0) active.AddGauge(values(cg, {"outbound"}), static_cast<double>(out));
   }
   std::vector<prometheus::MetricFamily> out;
   for (const FamilyBuilder* b :
@@ -247,7 +241,9 @@ TcpCollector::TcpCollector(const CollectorDeps& deps)
                    {{"edges", sizeof(tcp_edge_key), sizeof(tcp_hist)},
                     {"connect_hist", sizeof(tcp_hist_key), sizeof(tcp_hist)},
                     {"stats", sizeof(uint64_t), sizeof(tcp_stats)},
-                    {"conns", sizeof(uint64_t), sizeof(tcp_conn)},
+                    {"req_hist", sizeof(tcp_hist_key), sizeof(tcp_hist)},
+                    {"client_socks", sizeof(tcp_client_key), sizeof(uint64_t)},
+                    {"conns", sizeof(int), sizeof(tcp_conn)},
                     {"tcp_config", sizeof(uint32_t), sizeof(tcp_config)}}) {}
 
 absl::Status TcpCollector::AfterAttach(const CollectorConfig&) {
@@ -316,11 +312,12 @@ absl::Status TcpCollector::Configure(const CollectorConfig& config) {
         absl::StrCat("collector=tcp: latency_buckets has ", tc.latency_buckets.size(),
                      " bounds; at most ", KMON_TCP_MAX_BOUNDS, " fit the kernel's histogram"));
   }
-  tcp_config cfg{};
+  tcp_config cfg{.epoch = config_.epoch + 1};  // connections flush and decide anew
   std::vector<uint64_t> ns = BoundsToNanos(tc.latency_buckets);
   for (size_t i = 0; i < ns.size(); ++i) cfg.bounds_ns[i] = ns[i];
   cfg.nbounds = static_cast<uint32_t>(ns.size());
   cfg.filter_ports = tc.ports.empty() ? 0 : 1;
+  for (uint16_t p : tc.ports) cfg.port_bits[p / 64] |= uint64_t{1} << (p % 64);
   cfg.topology = topology.enabled ? 1 : 0;
   cfg.peer_address = topology.external_peers == "address" ? 1 : 0;
 
@@ -331,21 +328,15 @@ absl::Status TcpCollector::Configure(const CollectorConfig& config) {
   if (bpf_map_update_elem(bpf_map__fd(skel_->maps.tcp_config), &zero, &cfg, BPF_ANY) != 0) {
     return BpfError(kName, "map=tcp_config: update", errno);
   }
+  config_ = cfg;
   if (bounds_changed) {
+    ClearHash(bpf_map__fd(skel_->maps.req_hist), sizeof(tcp_hist_key));
     ClearHash(bpf_map__fd(skel_->maps.connect_hist), sizeof(tcp_hist_key));
     ClearHash(bpf_map__fd(skel_->maps.edges), sizeof(tcp_edge_key));
     LogInfo("tcp: latency buckets changed; histograms restart", {{"collector", kName}});
   }
   bounds_ = tc.latency_buckets;
 
-  int ports_fd = bpf_map__fd(skel_->maps.ports);
-  ClearHash(ports_fd, sizeof(uint16_t));
-  uint8_t one = 1;
-  for (uint16_t p : tc.ports) {
-    if (bpf_map_update_elem(ports_fd, &p, &one, BPF_ANY) != 0) {
-      return BpfError(kName, "map=ports: update", errno);
-    }
-  }
   return absl::OkStatus();
 }
 
@@ -357,8 +348,9 @@ absl::Status TcpCollector::ReadEdges(std::vector<EdgeHist>* edges, std::vector<d
 }
 
 void TcpCollector::DropStale(const TcpData& data) {
-  // Entries of cgroups that are gone: their series go, and so do their slots.
-  // Edges stay: the topology names a gone client by the name it had.
+  // Entries of cgroups that are gone: their series go, and so do their slots
+  // (a gone server's request histograms: per-CPU memory). Edges stay: the topology
+  // names a gone client by the name it had.
   std::set<uint64_t> gone;
   for (const auto& [cg, s] : data.stats) {
     if (labeler().Gone(cg)) gone.insert(cg);
@@ -372,6 +364,13 @@ void TcpCollector::DropStale(const TcpData& data) {
     ck.cgroup_id = cg;
     bpf_map_delete_elem(bpf_map__fd(skel_->maps.connect_hist), &ck);
   }
+  for (const EdgeHist& e : data.edges) {
+    if (!labeler().Gone(e.server_cgroup)) continue;
+    tcp_hist_key rk{};
+    rk.cgroup_id = e.server_cgroup;
+    rk.port = e.server_port;
+    bpf_map_delete_elem(bpf_map__fd(skel_->maps.req_hist), &rk);
+  }
 }
 
 absl::Status TcpCollector::Read(std::vector<prometheus::MetricFamily>* out) {
@@ -380,6 +379,13 @@ absl::Status TcpCollector::Read(std::vector<prometheus::MetricFamily>* out) {
   if (!st.ok()) return st;
   for (auto& f : BuildTcpFamilies(data, bounds_, &labeler())) out->push_back(std::move(f));
   DropStale(data);
+  // A new epoch: each connection flushes its bytes at its next send or receive (and
+  // asks again whether its cgroup is watched), for the next collection.
+  ++config_.epoch;
+  uint32_t zero = 0;
+  if (bpf_map_update_elem(bpf_map__fd(skel_->maps.tcp_config), &zero, &config_, BPF_ANY) != 0) {
+    LogWarn("tcp: epoch", {{"err", std::strerror(errno)}});
+  }
   return absl::OkStatus();
 }
 

@@ -35,21 +35,14 @@ struct TcpConnectHist {
   uint64_t sum_ns = 0;
 };
 
-/// An open connection, as its socket-keyed state holds it.
-struct TcpConnection {
-  uint64_t cgroup_id = 0;
-  uint8_t role = TCP_ROLE_UNKNOWN;
-  uint16_t lport = 0;
-  uint64_t bytes_sent = 0;  // since the connection last flushed into `stats`
-  uint64_t bytes_received = 0;
-};
-
 /// Everything the tcp data maps hold, summed over CPUs.
 struct TcpData {
-  std::vector<EdgeHist> edges;  // requests, client -> server (server histograms are their sums)
+  // Request histograms: the server's per port is the sum of its entries. Read from
+  // the kernel, one entry per server and port, without client (the topology reads
+  // the client -> server edges apart, through ReadEdges).
+  std::vector<EdgeHist> edges;
   std::vector<TcpConnectHist> connects;
-  std::vector<std::pair<uint64_t, tcp_stats>> stats;  // cgroup -> counters
-  std::vector<TcpConnection> conns;
+  std::vector<std::pair<uint64_t, tcp_stats>> stats;  // cgroup -> counters and active gauges
 };
 
 /// Seam for the data maps: the BPF maps in production, fixed data in tests.
@@ -85,6 +78,7 @@ class TcpCollector : public BpfCollector {
 
   tcp_bpf* skel_ = nullptr;
   std::unique_ptr<TcpDataSource> source_;
+  tcp_config config_{};                         // what the control map holds
   std::vector<double> bounds_;                  // the bounds the kernel's histograms use now
   std::unique_ptr<PeerAddressMap> peer_addrs_;  // pods of other nodes, by address
 };

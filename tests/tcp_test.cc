@@ -85,23 +85,21 @@ TcpData FixedTcpData() {
   tcp_stats nginx{};
   nginx.opened_inbound = 12;
   nginx.resets_sent = 1;
-  nginx.tcp_bytes_sent = 1000;
-  nginx.tcp_bytes_received = 400;
+  nginx.tcp_bytes_sent = 1050;
+  nginx.tcp_bytes_received = 420;
   nginx.udp_bytes_received = 64;
+  nginx.active_inbound = 1;  // one connection open
   tcp_stats pod{};
   pod.opened_outbound = 4;
   pod.connect_failures = 1;
   pod.retransmits = 3;
   pod.resets_received = 1;
+  pod.tcp_bytes_sent = 20;
+  pod.tcp_bytes_received = 50;
+  pod.active_outbound = 1;
   tcp_stats gone{};
   gone.opened_inbound = 7;
   d.stats = {{100, nginx}, {200, pod}, {999, gone}};
-  d.conns = {
-      {100, TCP_ROLE_SERVER, 8080, 50, 20},  // open: its bytes are not in stats yet
-      {200, TCP_ROLE_CLIENT, 40000, 20, 50},
-      {200, TCP_ROLE_CLIENT, 0, 0, 0},  // still connecting: not active yet
-      {100, TCP_ROLE_UNKNOWN, 0, 0, 0},
-  };
   return d;
 }
 
@@ -127,7 +125,7 @@ TEST(TcpFamiliesTest, SamplesAreExact) {
   EXPECT_EQ(req->histogram.bucket[0].cumulative_count, 5u);
   EXPECT_EQ(req->histogram.bucket[1].cumulative_count, 10u);
   EXPECT_EQ(req->histogram.bucket[2].cumulative_count, 11u);
-  // Bytes: what closed connections flushed plus what open ones hold.
+  // Bytes: counted as they pass, open connections' too.
   const auto* sent =
       FindSample(fams, "kmon_network_bytes_total",
                  {{"container", "nginx.service"}, {"protocol", "tcp"}, {"direction", "sent"}});
@@ -140,7 +138,7 @@ TEST(TcpFamiliesTest, SamplesAreExact) {
   const auto* active_out = FindSample(fams, "kmon_tcp_connections_active",
                                       {{"container", "4f2a9c1b7d3e"}, {"direction", "outbound"}});
   ASSERT_NE(active_out, nullptr);
-  EXPECT_EQ(active_out->gauge.value, 1);  // the connecting one is not counted
+  EXPECT_EQ(active_out->gauge.value, 1);
   const auto* connect =
       FindSample(fams, "kmon_tcp_connect_duration_seconds", {{"container", "4f2a9c1b7d3e"}});
   ASSERT_NE(connect, nullptr);
@@ -157,16 +155,16 @@ TEST(TcpFamiliesTest, SamplesAreExact) {
 
 TEST(TcpFamiliesTest, SeriesBudgetFoldsTheLaterWorkload) {
   WorkloadResolver workloads(std::make_unique<FixedCgroupPaths>(), nullptr);
-  // nginx (cgroup 100): request histogram 4+2, stats 10, 2 connections = 18 series.
-  WorkloadLabeler labeler(&workloads, 18);
+  // nginx (cgroup 100): request histogram 4+2, stats 10, active inbound 1 = 17 series.
+  WorkloadLabeler labeler(&workloads, 17);
   auto fams = BuildTcpFamilies(FixedTcpData(), {0.001, 0.01, 0.1}, &labeler);
   EXPECT_NE(FindSample(fams, "kmon_tcp_retransmits_total", {{"container", "nginx.service"}}),
             nullptr);
   const auto* folded = FindSample(fams, "kmon_tcp_retransmits_total", {{"pod", "__overflow__"}});
   ASSERT_NE(folded, nullptr);
   EXPECT_EQ(folded->counter.value, 3);  // the pod's retransmits, under __overflow__
-  // The pod's series: connect histogram 4+2, stats 10, 2 connections.
-  EXPECT_EQ(labeler.Overflowed(), 18u);
+  // The pod's series: connect histogram 4+2, stats 10, active outbound 1.
+  EXPECT_EQ(labeler.Overflowed(), 17u);
 }
 
 TEST(TopologyFamiliesTest, EdgesBeyondTheBudgetAreFoldedIntoOne) {

@@ -6,6 +6,7 @@
 #include <netinet/in.h>
 #include <signal.h>
 #include <stdlib.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -75,6 +76,8 @@ class Nginx {
         << "    location / { return 200 \"ok\\n\"; } } }\n";
     pid_ = fork();
     if (pid_ == 0) {
+      // Dies with the benchmark, whatever ends it (a signal, a crash, exit()).
+      prctl(PR_SET_PDEATHSIG, SIGTERM);
       const std::string conf = dir_ + "/nginx.conf";
       execlp("taskset", "taskset", "-c", std::to_string(cpu).c_str(), "nginx", "-p", dir_.c_str(),
              "-c", conf.c_str(), nullptr);

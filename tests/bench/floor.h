@@ -40,6 +40,8 @@ class Floor {
   Floor& operator=(const Floor&) = delete;
 
   bool ok() const { return skel_ != nullptr; }
+  /// The loaded object (its programs' bpf_stats), or null when the load failed.
+  const bpf_object* object() const { return skel_ != nullptr ? skel_->obj : nullptr; }
 
  private:
   floor_bpf* skel_ = nullptr;

@@ -1,25 +1,27 @@
 // Benchmark: what the tcp collector costs a loaded server. nginx on loopback is
-// driven by wrk, with and without kmon's tcp collector loaded, in alternating
-// rounds; prints requests/s of each, their ratio (target >= 0.98), and the BPF
-// nanoseconds per event of every TCP hook from the kernel's bpf_stats. Needs root,
-// nginx and wrk.
+// driven by wrk in alternating rounds of three setups: nothing attached, the floor
+// (empty programs on the tcp collector's tp_btf hooks, bpf/floor.bpf.c) and the tcp
+// collector. Prints the medians of requests/s and of wrk's p99 latency, their ratios
+// to nothing attached (target >= 0.98 for the collector), the BPF nanoseconds per
+// event of every program from the kernel's bpf_stats (kept-alive connections, then
+// one connection per request for the state changes), and the kernel memory of the
+// collector's maps here and projected at 128 CPUs. Needs root, nginx and wrk.
 //
 //   build/tests/tcp_overhead [rounds] [seconds per round]
 #include <bpf/bpf.h>
+#include <bpf/libbpf.h>
 #include <signal.h>
-#include <sys/stat.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
-#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
+#include <memory>
 #include <string>
-#include <thread>
 #include <vector>
 
+#include "collectors/bpf_util.h"
 #include "collectors/tcp.h"
 #include "collectors/topology_feed.h"
 #include "collectors/watched_cgroups.h"
@@ -27,10 +29,80 @@
 #include "exporter/self_metrics.h"
 #include "provider/workload.h"
 #include "tests/bench/bench_util.h"
+#include "tests/bench/floor.h"
+
+namespace {
 
 using kmon::bench::Median;
 using kmon::bench::Report;
-using kmon::bench::Wrk;
+using kmon::bench::Run;
+
+const std::set<std::string> kFloorPrograms = {"floor_sock_recv_length",    "floor_sock_send_length",
+                                              "floor_inet_sock_set_state", "floor_tcp_destroy_sock",
+                                              "floor_tcp_retransmit_skb",  "floor_tcp_send_reset",
+                                              "floor_tcp_receive_reset"};
+
+struct WrkResult {
+  double rps = 0;
+  double p99_ms = 0;
+};
+
+// "1.23ms" -> 1.23, "850.00us" -> 0.85, "1.01s" -> 1010.
+double ToMs(const std::string& v) {
+  const double x = std::atof(v.c_str());
+  if (v.find("us") != std::string::npos) return x / 1000;
+  if (v.find("ms") != std::string::npos) return x;
+  if (v.find('s') != std::string::npos) return x * 1000;
+  return x;
+}
+
+// wrk as bench_util's Wrk runs it (one thread, 16 connections, pinned to CPU 0),
+// with its latency distribution; `close_each` sends "Connection: close", so every
+// request opens a connection of its own.
+WrkResult Wrk(int port, int seconds, bool close_each = false) {
+  const std::string out = Run("taskset -c 0 wrk -t1 -c16 --latency -d" + std::to_string(seconds) +
+                              "s " + (close_each ? "-H 'Connection: close' " : "") +
+                              "http://127.0.0.1:" + std::to_string(port) + "/ 2>&1");
+  WrkResult r;
+  const auto at = out.find("Requests/sec:");
+  if (at == std::string::npos) {
+    std::fprintf(stderr, "wrk: %s\n", out.c_str());
+    return r;
+  }
+  r.rps = std::atof(out.c_str() + at + 13);
+  const auto p99 = out.find(" 99%");
+  if (p99 != std::string::npos) {
+    char value[32] = {};
+    if (std::sscanf(out.c_str() + p99 + 4, "%31s", value) == 1) r.p99_ms = ToMs(value);
+  }
+  return r;
+}
+
+// The kernel's "memlock" of a map, from its fdinfo.
+uint64_t Memlock(int fd) {
+  std::ifstream in("/proc/self/fdinfo/" + std::to_string(fd));
+  std::string key;
+  uint64_t value = 0;
+  while (in >> key) {
+    if (key == "memlock:") {
+      in >> value;
+      return value;
+    }
+  }
+  return 0;
+}
+
+void PrintStats(const std::string& what, const std::vector<kmon::ProgramStats>& stats) {
+  for (const auto& p : stats) {
+    if (p.run_count == 0) continue;
+    const double ns = static_cast<double>(p.run_time_ns) / static_cast<double>(p.run_count);
+    std::printf("  %-26s %10llu runs  %7.1f ns/run\n", p.name.c_str(),
+                static_cast<unsigned long long>(p.run_count), ns);
+    Report("tcp_overhead.bpf_ns_per_run." + what + "." + p.name, ns, "ns");
+  }
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
   const int rounds = argc > 1 ? std::atoi(argv[1]) : 6;
@@ -39,6 +111,9 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "tcp_overhead: needs root\n");
     return 1;
   }
+  // Every exit from here on returns from main, so that nginx (stopped by its
+  // destructor) never outlives the benchmark; a signal that kills us kills it too
+  // (PR_SET_PDEATHSIG in bench_util's Nginx).
   kmon::bench::Nginx nginx(/*cpu=*/1);
   if (!nginx.ok()) return 1;
   const int port = nginx.port();
@@ -49,60 +124,132 @@ int main(int argc, char** argv) {
   kmon::WatchedCgroups watched(&workloads);
   kmon::TopologyFeed feed;
   const kmon::Config config = kmon::DefaultConfig();
-  auto load = [&](kmon::TcpCollector* c) {
+  auto start = [&]() -> std::unique_ptr<kmon::TcpCollector> {
+    auto c = std::make_unique<kmon::TcpCollector>(
+        kmon::CollectorDeps{.workloads = &workloads, .watched = &watched, .topology = &feed});
     absl::Status st = c->Start(config);
     if (!st.ok()) {
       std::fprintf(stderr, "tcp collector: %s\n", st.ToString().c_str());
-      std::exit(1);
+      return nullptr;
     }
+    return c;
   };
+  {
+    kmon::bench::Floor floor(kFloorPrograms);
+    if (!floor.ok()) return 1;
+  }
 
-  // Alternate which goes first so drift over the run falls on both alike.
-  std::vector<double> off, on;
+  // Rotate which setup goes first so drift over the run falls on all alike.
+  enum Setup { kNothing, kFloor, kKmon };
+  const char* names[] = {"nothing", "floor", "kmon"};
+  std::vector<double> rps[3], p99[3];
   for (int r = 0; r < rounds; ++r) {
-    for (int k = 0; k < 2; ++k) {
-      const bool with_kmon = (r + k) % 2 == 1;
-      if (!with_kmon) {
-        off.push_back(Wrk(port, seconds));
-        continue;
+    for (int k = 0; k < 3; ++k) {
+      const int setup = (r + k) % 3;
+      WrkResult w;
+      if (setup == kNothing) {
+        w = Wrk(port, seconds);
+      } else if (setup == kFloor) {
+        kmon::bench::Floor floor(kFloorPrograms);
+        w = Wrk(port, seconds);
+      } else {
+        auto c = start();
+        if (c == nullptr) return 1;
+        w = Wrk(port, seconds);
+        c->Stop();
       }
-      kmon::TcpCollector c({.workloads = &workloads, .watched = &watched, .topology = &feed});
-      load(&c);
-      on.push_back(Wrk(port, seconds));
-      c.Stop();
+      rps[setup].push_back(w.rps);
+      p99[setup].push_back(w.p99_ms);
+      Report(std::string("tcp_overhead.requests_per_s.") + names[setup], w.rps, "req/s");
+      Report(std::string("tcp_overhead.p99_ms.") + names[setup], w.p99_ms, "ms");
     }
   }
 
-  // One more round with the kernel's run-time stats on, for the cost of each hook.
-  // (The stats themselves cost a little, so this round is not in the ratio.)
-  std::vector<kmon::ProgramStats> stats;
+  // Rounds with the kernel's run-time stats on, for the cost of each program (the
+  // stats cost a little themselves, so these are not in the ratios): kept-alive
+  // connections (sends and receives), then a connection per request (state changes).
+  int stats_fd = bpf_enable_stats(BPF_STATS_RUN_TIME);
+  std::vector<kmon::ProgramStats> kept, churn;
+  struct MapMemory {
+    std::string name;
+    uint64_t bytes = 0;
+    uint64_t at128 = 0;
+  };
+  std::vector<MapMemory> memlock;
   {
-    int stats_fd = bpf_enable_stats(BPF_STATS_RUN_TIME);
-    kmon::TcpCollector c({.workloads = &workloads, .watched = &watched, .topology = &feed});
-    load(&c);
+    auto c = start();
+    if (c == nullptr) return 1;
     Wrk(port, seconds);
-    stats = kmon::ReadProgramStats(c.BpfObject());
-    c.Stop();
-    if (stats_fd >= 0) close(stats_fd);
+    kept = kmon::ReadProgramStats(c->BpfObject());
+    bpf_map* m;
+    bpf_object__for_each_map(m, const_cast<bpf_object*>(c->BpfObject())) {
+      if (bpf_map__is_internal(m)) continue;  // .rodata: a few bytes
+      // A per-CPU map's values grow with the CPUs, the rest (buckets, keys) does not:
+      // the projection adds each entry's value for every CPU beyond these.
+      const bpf_map_type t = bpf_map__type(m);
+      const bool per_cpu = t == BPF_MAP_TYPE_PERCPU_HASH || t == BPF_MAP_TYPE_PERCPU_ARRAY ||
+                           t == BPF_MAP_TYPE_LRU_PERCPU_HASH;
+      const uint64_t bytes = Memlock(bpf_map__fd(m));
+      uint64_t at128 = bytes;
+      if (per_cpu) {
+        const uint64_t entries = kmon::CountMapEntries(m).value_or(bpf_map__max_entries(m));
+        const uint64_t value = (bpf_map__value_size(m) + 7) / 8 * 8;
+        at128 += entries * value * static_cast<uint64_t>(std::max(0, 128 - kmon::PossibleCpus()));
+      }
+      memlock.push_back({bpf_map__name(m), bytes, at128});
+    }
+    c->Stop();
   }
+  {
+    auto c = start();
+    if (c == nullptr) return 1;
+    Wrk(port, seconds, /*close_each=*/true);
+    churn = kmon::ReadProgramStats(c->BpfObject());
+    c->Stop();
+  }
+  std::vector<kmon::ProgramStats> floor_kept;
+  {
+    kmon::bench::Floor floor(kFloorPrograms);
+    Wrk(port, seconds);
+    floor_kept = kmon::ReadProgramStats(floor.object());
+  }
+  if (stats_fd >= 0) close(stats_fd);
 
-  const double a = Median(off), b = Median(on);
-  std::printf("nginx + wrk on loopback, %d rounds x %d s (median requests/s)\n", rounds, seconds);
-  std::printf("  without kmon : %10.0f req/s\n", a);
-  std::printf("  with kmon tcp: %10.0f req/s\n", b);
-  if (a > 0) std::printf("  ratio        : %10.4f (target >= 0.98)\n", b / a);
-  for (size_t r = 0; r < off.size() && r < on.size(); ++r) {
-    Report("tcp_overhead.requests_per_s_without", off[r], "req/s");
-    Report("tcp_overhead.requests_per_s_with", on[r], "req/s");
-    if (off[r] > 0) Report("tcp_overhead.ratio_with_without", on[r] / off[r], "x");
+  std::printf("nginx + wrk on loopback, %d rounds x %d s (medians)\n", rounds, seconds);
+  const double base_rps = Median(rps[kNothing]), base_p99 = Median(p99[kNothing]);
+  for (int s = 0; s < 3; ++s) {
+    const double m = Median(rps[s]), l = Median(p99[s]);
+    std::printf("  %-8s %10.0f req/s  ratio %6.4f   p99 %7.3f ms  ratio %6.3f\n", names[s], m,
+                base_rps > 0 ? m / base_rps : 0, l, base_p99 > 0 ? l / base_p99 : 0);
+    if (s != kNothing && base_rps > 0) {
+      Report(std::string("tcp_overhead.requests_ratio.") + names[s], m / base_rps, "x");
+    }
+    if (s != kNothing && base_p99 > 0) {
+      Report(std::string("tcp_overhead.p99_ratio.") + names[s], l / base_p99, "x");
+    }
   }
-  std::printf("BPF cost per event (bpf_stats):\n");
-  for (const auto& p : stats) {
-    if (p.run_count == 0) continue;
-    const double ns = static_cast<double>(p.run_time_ns) / static_cast<double>(p.run_count);
-    std::printf("  %-22s %10llu runs  %7.1f ns/run\n", p.name.c_str(),
-                static_cast<unsigned long long>(p.run_count), ns);
-    Report("tcp_overhead.bpf_ns_per_run." + p.name, ns, "ns");
+  std::printf("BPF cost per event (bpf_stats), kept-alive connections:\n");
+  PrintStats("kept_alive", kept);
+  std::printf("  the floor's empty programs on the same hooks:\n");
+  PrintStats("floor", floor_kept);
+  std::printf("BPF cost per event, one connection per request:\n");
+  PrintStats("per_request_connection", churn);
+
+  const int cpus = kmon::PossibleCpus();
+  uint64_t total = 0, total128 = 0;
+  std::printf(
+      "map memory (memlock) after the kept-alive round, %d possible CPUs, projected at 128 "
+      "with the same keys (socket storage is charged per socket, not here):\n",
+      cpus);
+  for (const MapMemory& m : memlock) {
+    std::printf("  %-18s %10llu bytes  %12llu at 128 CPUs\n", m.name.c_str(),
+                static_cast<unsigned long long>(m.bytes), static_cast<unsigned long long>(m.at128));
+    total += m.bytes;
+    total128 += m.at128;
   }
+  std::printf("  %-18s %10llu bytes  %12llu at 128 CPUs\n", "total",
+              static_cast<unsigned long long>(total), static_cast<unsigned long long>(total128));
+  Report("tcp_overhead.map_memory_bytes", static_cast<double>(total), "bytes");
+  Report("tcp_overhead.map_memory_bytes_at_128_cpus", static_cast<double>(total128), "bytes");
   return 0;
 }
