@@ -188,8 +188,9 @@ void OffCpuService::Stop() {
     std::lock_guard<std::mutex> lock(host_->mu);
     host_->stopping = true;
     // An open window's request wakes to a stopped service: capture goes off here,
-    // while the collector's maps still exist.
-    if (host_->window.open() && host_->capture) host_->capture(false);
+    // while the collector's maps still exist (a failure to write them is moot: the
+    // object goes next).
+    if (host_->window.open() && host_->capture) host_->capture(false).IgnoreError();
     host_->capture = nullptr;
     host_->profiler.reset();  // the handler answers 503 from now on
   }
