@@ -8,6 +8,10 @@
 
 find_program(KMON_CLANG NAMES clang REQUIRED)
 find_program(KMON_BPFTOOL NAMES bpftool PATHS /usr/sbin /usr/local/sbin REQUIRED)
+# Strips the DWARF of each object (~85% of its bytes) before it is embedded: libbpf needs
+# only .BTF and .BTF.ext (CO-RE, line info), and every embedded byte is in the exporter's
+# image (its pages touched at load count in its RSS).
+find_program(KMON_LLVM_STRIP NAMES llvm-strip llvm-strip-14 REQUIRED)
 set(KMON_VMLINUX_BTF "/sys/kernel/btf/vmlinux" CACHE FILEPATH "BTF used to generate vmlinux.h")
 
 if(CMAKE_SYSTEM_PROCESSOR MATCHES "x86_64|AMD64")
@@ -41,6 +45,7 @@ function(kmon_bpf_skeleton name)
     COMMAND ${KMON_CLANG} -g -O2 -target bpf -D__TARGET_ARCH_${KMON_BPF_ARCH}
             -Wall ${werror} -I "${KMON_BPF_GEN_DIR}" -I "${PROJECT_SOURCE_DIR}"
             -c "${src}" -o "${obj}"
+    COMMAND ${KMON_LLVM_STRIP} -g "${obj}"
     DEPENDS "${src}" ${bpf_headers} "${KMON_BPF_GEN_DIR}/vmlinux.h"
     COMMENT "BPF ${name}.bpf.c"
     VERBATIM)

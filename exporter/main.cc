@@ -1,5 +1,6 @@
 // kmon_exporter: per-node Prometheus exporter of per-pod kernel metrics from eBPF.
 #include <absl/strings/str_join.h>
+#include <elf.h>
 #include <signal.h>
 #include <unistd.h>
 
@@ -93,5 +94,10 @@ int main(int argc, char** argv) {
   }
   // Starting parsed the kernel's BTF for every BPF object: what the heap kept of it goes.
   kmon::ReturnFreeMemory();
+  // libbpf read the BPF objects embedded in the binary once, to load them: their pages go.
+  const kmon::EmbeddedObjectPages released = kmon::ReleaseEmbeddedObjectPages(EM_BPF);
+  kmon::LogDebug("embedded BPF objects' pages released",
+                 {{"objects", std::to_string(released.objects)},
+                  {"bytes", std::to_string(released.bytes)}});
   return app.Run();
 }

@@ -2,12 +2,17 @@
 // reused buffer.
 #include "base/buffer_pool.h"
 
+#include <elf.h>
+#include <fcntl.h>
 #include <gtest/gtest.h>
+#include <unistd.h>
 
+#include <cstdint>
 #include <random>
 #include <string>
 
 #include "base/gzip.h"
+#include "bpf/tcp.skel.h"
 #include "tests/test_util.h"
 
 namespace kmon {
@@ -73,6 +78,43 @@ TEST(GzipInto, RoundTripsIntoAReusedBufferAndGrowsWhenInputDoesNotCompress) {
   ASSERT_TRUE(gz.ok());
   EXPECT_LT(gz->size() * 5, text.size());
   EXPECT_EQ(Gunzip(*gz), text);
+}
+
+// Whether this process has the page at `address` mapped in (bit 63 of its pagemap entry).
+bool PagePresent(const void* address) {
+  const int fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+  uint64_t entry = 0;
+  const auto page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
+  const off_t at = static_cast<off_t>(reinterpret_cast<uintptr_t>(address) / page * 8);
+  const bool read = fd >= 0 && pread(fd, &entry, sizeof entry, at) == sizeof entry;
+  if (fd >= 0) close(fd);
+  EXPECT_TRUE(read);
+  return (entry >> 63) & 1;
+}
+
+TEST(ReleaseEmbeddedObjectPages, DropsAnEmbeddedBpfObjectsPagesAndItReadsTheSameAfter) {
+  size_t size = 0;
+  const char* object = static_cast<const char*>(tcp_bpf__elf_bytes(&size));
+  ASSERT_GT(size, 3 * 4096u);
+  const std::string before(object, size);  // every page of it read: resident
+  const auto page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
+  const char* inside =
+      reinterpret_cast<const char*>((reinterpret_cast<uintptr_t>(object) / page + 1) * page);
+  ASSERT_TRUE(PagePresent(inside));
+
+  const EmbeddedObjectPages released = ReleaseEmbeddedObjectPages(EM_BPF);
+  EXPECT_GE(released.objects, 1u);  // this file's copy of tcp's, and the collectors'
+  EXPECT_GE(released.bytes, (size / page - 1) * page);
+  EXPECT_FALSE(PagePresent(inside));
+  EXPECT_FALSE(PagePresent(inside + page));
+  // Read again, the bytes come back from the file unchanged.
+  EXPECT_EQ(std::string(object, size), before);
+  EXPECT_TRUE(PagePresent(inside));
+
+  // No x86-64 relocatable object is embedded: nothing found, nothing dropped.
+  const EmbeddedObjectPages none = ReleaseEmbeddedObjectPages(EM_X86_64);
+  EXPECT_EQ(none.objects, 0u);
+  EXPECT_EQ(none.bytes, 0u);
 }
 
 }  // namespace

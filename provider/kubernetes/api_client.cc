@@ -6,7 +6,6 @@
 #include <absl/strings/numbers.h>
 #include <absl/strings/str_cat.h>
 #include <absl/strings/str_split.h>
-#include <curl/curl.h>
 #include <sys/stat.h>
 
 #include <cerrno>
@@ -20,6 +19,7 @@
 #include <utility>
 
 #include "base/log.h"
+#include "provider/kubernetes/api_curl.h"
 
 namespace kmon {
 namespace {
@@ -30,12 +30,6 @@ constexpr char kHttpStatusPayload[] = "type.kmon/http_status";
 constexpr size_t kMaxBody = size_t{512} << 20;
 // Enough of an error answer to quote it.
 constexpr size_t kMaxErrorBody = 64 << 10;
-
-void GlobalInit() {
-  static std::once_flag once;
-  // curl_global_init is not thread-safe itself; every client goes through here.
-  std::call_once(once, [] { curl_global_init(CURL_GLOBAL_DEFAULT); });
-}
 
 absl::StatusCode CodeOfHttp(int status) {
   switch (status) {
@@ -169,6 +163,7 @@ struct KubeApiClient::TokenCache {
 
 // What one transfer collects; libcurl's callbacks get it as their user pointer.
 struct KubeApiClient::Transfer {
+  const CurlApi* curl = nullptr;
   CURL* easy = nullptr;
   bool streaming = false;
   std::function<bool(std::string_view)> on_data;
@@ -186,7 +181,7 @@ struct KubeApiClient::Transfer {
     const std::string_view line(data, size * n);
     if (line == "\r\n" || line == "\n") {  // the end of one answer's headers
       long code = 0;
-      curl_easy_getinfo(t->easy, CURLINFO_RESPONSE_CODE, &code);
+      t->curl->easy_getinfo(t->easy, CURLINFO_RESPONSE_CODE, &code);
       if (code >= 200) {  // 1xx answers are followed by the real one
         t->status = static_cast<int>(code);
         t->success = code < 300;
@@ -226,7 +221,6 @@ struct KubeApiClient::Transfer {
 
 KubeApiClient::KubeApiClient(KubeEndpoint endpoint, KubeClientOptions options)
     : endpoint_(std::move(endpoint)), options_(options), token_(std::make_unique<TokenCache>()) {
-  GlobalInit();
   token_->file = endpoint_.token_file;
   token_->token = endpoint_.token;
   if (!endpoint_.token.empty()) token_->file.clear();  // inline wins, as documented
@@ -239,15 +233,18 @@ std::string KubeApiClient::Token() { return token_->Get(); }
 absl::StatusOr<KubeResponse> KubeApiClient::Get(const std::string& path_and_query,
                                                 std::chrono::milliseconds timeout,
                                                 const std::atomic<bool>* stop) {
+  absl::StatusOr<const CurlApi*> curl = Curl();
+  if (!curl.ok()) return curl.status();
   Transfer t;
-  CURL* easy = curl_easy_init();
+  t.curl = *curl;
+  CURL* easy = t.curl->easy_init();
   if (easy == nullptr) return absl::ResourceExhaustedError("curl_easy_init failed");
   t.easy = easy;
-  curl_easy_setopt(easy, CURLOPT_TIMEOUT_MS, static_cast<long>(timeout.count()));
+  t.curl->easy_setopt(easy, CURLOPT_TIMEOUT_MS, static_cast<long>(timeout.count()));
   // Pod lists are large and compress ~10x; the API server gzips when asked.
-  curl_easy_setopt(easy, CURLOPT_ACCEPT_ENCODING, "");
+  t.curl->easy_setopt(easy, CURLOPT_ACCEPT_ENCODING, "");
   absl::Status s = Perform(path_and_query, &t, stop);
-  curl_easy_cleanup(easy);
+  t.curl->easy_cleanup(easy);
   if (!s.ok()) return s;
   return KubeResponse{t.status, std::move(t.body)};
 }
@@ -256,15 +253,18 @@ absl::Status KubeApiClient::Stream(const std::string& path_and_query,
                                    std::function<bool(std::string_view)> on_data,
                                    const std::atomic<bool>* stop,
                                    const KubeStreamOptions& options) {
+  absl::StatusOr<const CurlApi*> curl = Curl();
+  if (!curl.ok()) return curl.status();
   Transfer t;
-  CURL* easy = curl_easy_init();
+  t.curl = *curl;
+  CURL* easy = t.curl->easy_init();
   if (easy == nullptr) return absl::ResourceExhaustedError("curl_easy_init failed");
   t.easy = easy;
   t.streaming = true;
   t.on_data = std::move(on_data);
   t.stream_options = &options;
   absl::Status s = Perform(path_and_query, &t, stop);
-  curl_easy_cleanup(easy);
+  t.curl->easy_cleanup(easy);
   if (!s.ok()) return s;
   if (!t.success) {
     return KubeHttpError(t.status, absl::StrCat("GET ", endpoint_.server, path_and_query), t.body);
@@ -274,26 +274,27 @@ absl::Status KubeApiClient::Stream(const std::string& path_and_query,
 
 absl::Status KubeApiClient::Perform(const std::string& path_and_query, Transfer* t,
                                     const std::atomic<bool>* stop) {
+  const CurlApi& c = *t->curl;
   CURL* easy = t->easy;
   std::string server = endpoint_.server;
   while (!server.empty() && server.back() == '/') server.pop_back();
   const std::string url = server + path_and_query;
   char error[CURL_ERROR_SIZE] = {0};
-  curl_easy_setopt(easy, CURLOPT_URL, url.c_str());
-  curl_easy_setopt(easy, CURLOPT_PROTOCOLS_STR, "http,https");
-  curl_easy_setopt(easy, CURLOPT_ERRORBUFFER, error);
-  curl_easy_setopt(easy, CURLOPT_NOSIGNAL, 1L);
-  curl_easy_setopt(easy, CURLOPT_CONNECTTIMEOUT_MS,
-                   static_cast<long>(options_.connect_timeout.count()));
+  c.easy_setopt(easy, CURLOPT_URL, url.c_str());
+  c.easy_setopt(easy, CURLOPT_PROTOCOLS_STR, "http,https");
+  c.easy_setopt(easy, CURLOPT_ERRORBUFFER, error);
+  c.easy_setopt(easy, CURLOPT_NOSIGNAL, 1L);
+  c.easy_setopt(easy, CURLOPT_CONNECTTIMEOUT_MS,
+                static_cast<long>(options_.connect_timeout.count()));
   // A watch may carry nothing for minutes: keepalive probes find a peer that is gone.
-  curl_easy_setopt(easy, CURLOPT_TCP_KEEPALIVE, 1L);
-  curl_easy_setopt(easy, CURLOPT_TCP_KEEPIDLE, 30L);
-  curl_easy_setopt(easy, CURLOPT_TCP_KEEPINTVL, 10L);
-  curl_easy_setopt(easy, CURLOPT_USERAGENT, "kmon");
-  curl_easy_setopt(easy, CURLOPT_HEADERFUNCTION, &Transfer::OnHeader);
-  curl_easy_setopt(easy, CURLOPT_HEADERDATA, t);
-  curl_easy_setopt(easy, CURLOPT_WRITEFUNCTION, &Transfer::OnBody);
-  curl_easy_setopt(easy, CURLOPT_WRITEDATA, t);
+  c.easy_setopt(easy, CURLOPT_TCP_KEEPALIVE, 1L);
+  c.easy_setopt(easy, CURLOPT_TCP_KEEPIDLE, 30L);
+  c.easy_setopt(easy, CURLOPT_TCP_KEEPINTVL, 10L);
+  c.easy_setopt(easy, CURLOPT_USERAGENT, "kmon");
+  c.easy_setopt(easy, CURLOPT_HEADERFUNCTION, &Transfer::OnHeader);
+  c.easy_setopt(easy, CURLOPT_HEADERDATA, t);
+  c.easy_setopt(easy, CURLOPT_WRITEFUNCTION, &Transfer::OnBody);
+  c.easy_setopt(easy, CURLOPT_WRITEDATA, t);
 
   // TLS: libcurl copies blobs (CURL_BLOB_COPY), so the strings need not outlive setopt.
   auto blob = [](const std::string& pem) {
@@ -301,41 +302,41 @@ absl::Status KubeApiClient::Perform(const std::string& path_and_query, Transfer*
   };
   if (!endpoint_.ca_data.empty()) {
     curl_blob b = blob(endpoint_.ca_data);
-    curl_easy_setopt(easy, CURLOPT_CAINFO_BLOB, &b);
+    c.easy_setopt(easy, CURLOPT_CAINFO_BLOB, &b);
   } else if (!endpoint_.ca_file.empty()) {
-    curl_easy_setopt(easy, CURLOPT_CAINFO, endpoint_.ca_file.c_str());
+    c.easy_setopt(easy, CURLOPT_CAINFO, endpoint_.ca_file.c_str());
   }
   if (endpoint_.insecure_skip_tls_verify) {
-    curl_easy_setopt(easy, CURLOPT_SSL_VERIFYPEER, 0L);
-    curl_easy_setopt(easy, CURLOPT_SSL_VERIFYHOST, 0L);
+    c.easy_setopt(easy, CURLOPT_SSL_VERIFYPEER, 0L);
+    c.easy_setopt(easy, CURLOPT_SSL_VERIFYHOST, 0L);
   }
   if (!endpoint_.client_cert_data.empty()) {
     curl_blob b = blob(endpoint_.client_cert_data);
-    curl_easy_setopt(easy, CURLOPT_SSLCERT_BLOB, &b);
-    curl_easy_setopt(easy, CURLOPT_SSLCERTTYPE, "PEM");
+    c.easy_setopt(easy, CURLOPT_SSLCERT_BLOB, &b);
+    c.easy_setopt(easy, CURLOPT_SSLCERTTYPE, "PEM");
   } else if (!endpoint_.client_cert_file.empty()) {
-    curl_easy_setopt(easy, CURLOPT_SSLCERT, endpoint_.client_cert_file.c_str());
+    c.easy_setopt(easy, CURLOPT_SSLCERT, endpoint_.client_cert_file.c_str());
   }
   if (!endpoint_.client_key_data.empty()) {
     curl_blob b = blob(endpoint_.client_key_data);
-    curl_easy_setopt(easy, CURLOPT_SSLKEY_BLOB, &b);
-    curl_easy_setopt(easy, CURLOPT_SSLKEYTYPE, "PEM");
+    c.easy_setopt(easy, CURLOPT_SSLKEY_BLOB, &b);
+    c.easy_setopt(easy, CURLOPT_SSLKEYTYPE, "PEM");
   } else if (!endpoint_.client_key_file.empty()) {
-    curl_easy_setopt(easy, CURLOPT_SSLKEY, endpoint_.client_key_file.c_str());
+    c.easy_setopt(easy, CURLOPT_SSLKEY, endpoint_.client_key_file.c_str());
   }
 
-  curl_slist* headers = curl_slist_append(nullptr, "Accept: application/json");
+  curl_slist* headers = c.slist_append(nullptr, "Accept: application/json");
   const std::string token = token_->Get();
   if (!token.empty()) {
-    headers = curl_slist_append(headers, absl::StrCat("Authorization: Bearer ", token).c_str());
+    headers = c.slist_append(headers, absl::StrCat("Authorization: Bearer ", token).c_str());
   }
-  curl_easy_setopt(easy, CURLOPT_HTTPHEADER, headers);
+  c.easy_setopt(easy, CURLOPT_HTTPHEADER, headers);
 
   // The multi interface, polled in short slices, so a stop flag is seen within
   // stop_poll even while the server is silent (curl_easy_perform would only call
   // back about once a second, and not at all while connecting).
-  CURLM* multi = curl_multi_init();
-  curl_multi_add_handle(multi, easy);
+  CURLM* multi = c.multi_init();
+  c.multi_add_handle(multi, easy);
   bool cancelled = false, idle = false;
   CURLcode result = CURLE_OK;
   const auto idle_timeout =
@@ -347,15 +348,15 @@ absl::Status KubeApiClient::Perform(const std::string& path_and_query, Transfer*
       break;
     }
     int running = 0;
-    const CURLMcode mc = curl_multi_perform(multi, &running);
+    const CURLMcode mc = c.multi_perform(multi, &running);
     if (mc != CURLM_OK) {
       result = CURLE_FAILED_INIT;
-      std::snprintf(error, sizeof error, "curl_multi_perform: %s", curl_multi_strerror(mc));
+      std::snprintf(error, sizeof error, "curl_multi_perform: %s", c.multi_strerror(mc));
       break;
     }
     if (running == 0) {
       int queued = 0;
-      while (CURLMsg* msg = curl_multi_info_read(multi, &queued)) {
+      while (CURLMsg* msg = c.multi_info_read(multi, &queued)) {
         if (msg->msg == CURLMSG_DONE) result = msg->data.result;
       }
       break;
@@ -365,11 +366,11 @@ absl::Status KubeApiClient::Perform(const std::string& path_and_query, Transfer*
       idle = true;
       break;
     }
-    curl_multi_poll(multi, nullptr, 0, static_cast<int>(options_.stop_poll.count()), nullptr);
+    c.multi_poll(multi, nullptr, 0, static_cast<int>(options_.stop_poll.count()), nullptr);
   }
-  curl_multi_remove_handle(multi, easy);
-  curl_multi_cleanup(multi);
-  curl_slist_free_all(headers);
+  c.multi_remove_handle(multi, easy);
+  c.multi_cleanup(multi);
+  c.slist_free_all(headers);
 
   if (t->status == 401) token_->Invalidate();
   const std::string what = absl::StrCat("GET ", url);
@@ -384,7 +385,7 @@ absl::Status KubeApiClient::Perform(const std::string& path_and_query, Transfer*
         absl::StrCat(what, ": answer larger than ", kMaxBody >> 20, " MiB"));
   }
   if (result != CURLE_OK) {
-    const std::string why = error[0] != '\0' ? error : curl_easy_strerror(result);
+    const std::string why = error[0] != '\0' ? error : c.easy_strerror(result);
     if (result == CURLE_OPERATION_TIMEDOUT) {
       return absl::DeadlineExceededError(absl::StrCat(what, ": ", why));
     }

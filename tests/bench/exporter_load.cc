@@ -5,6 +5,11 @@
 //
 //   build/tests/exporter_load [seconds] [exporter binary]
 //
+// KMON_BENCH_KUBERNETES=N runs it with the Kubernetes provider on, talking to the tests'
+// API server (tests/kube_api_server.h, in this process) that holds N pods on this node
+// and N on another; its figures are then reported as exporter_load_kubernetes.*.
+// KMON_BENCH_HOLD keeps the exporter up 30 s after the load, for a look at its smaps.
+//
 // Reports the exporter's peak RSS (VmHWM: over its whole life, and since the load
 // began, reset then through /proc/PID/clear_refs, so the start's BPF loading is told
 // apart), its CPU time as % of one core over the load (utime+stime from
@@ -14,16 +19,20 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
+#include <map>
+#include <memory>
 #include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "tests/bench/bench_util.h"
+#include "tests/kube_api_server.h"
 
 #ifndef KMON_EXPORTER_BIN
 #define KMON_EXPORTER_BIN "build/kmon_exporter"
@@ -62,6 +71,64 @@ long StatusKb(pid_t pid, const std::string& field) {
   return 0;
 }
 
+// The exporter's RSS by what is mapped (/proc/PID/smaps: each library, the binary, the
+// heap, other anonymous memory), largest first: where the resident pages are.
+std::string RssByMapping(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/smaps");
+  struct Use {
+    long rss = 0, private_dirty = 0, clean = 0;
+  };
+  std::map<std::string, Use> by;
+  std::string line, name;
+  while (std::getline(in, line)) {
+    std::istringstream f(line);
+    std::string first, second;
+    f >> first >> second;
+    if (first.find('-') != std::string::npos && second.size() == 4) {  // a mapping's header
+      std::string off, dev, inode, path;
+      f >> off >> dev >> inode >> path;
+      name = path.empty() ? "[anonymous]" : path.substr(path.rfind('/') + 1);
+    } else if (first == "Rss:") {
+      by[name].rss += std::atol(second.c_str());
+    } else if (first == "Private_Dirty:") {
+      by[name].private_dirty += std::atol(second.c_str());
+    } else if (first == "Private_Clean:" || first == "Shared_Clean:") {
+      by[name].clean += std::atol(second.c_str());
+    }
+  }
+  std::vector<std::pair<std::string, Use>> sorted(by.begin(), by.end());
+  std::sort(sorted.begin(), sorted.end(),
+            [](const auto& a, const auto& b) { return a.second.rss > b.second.rss; });
+  std::string out = "  RSS by mapping (KiB): rss, private dirty, clean\n";
+  char line_out[160];
+  long rest = 0;
+  for (size_t i = 0; i < sorted.size(); ++i) {
+    const Use& u = sorted[i].second;
+    if (i >= 16) {
+      rest += u.rss;
+      continue;
+    }
+    std::snprintf(line_out, sizeof line_out, "    %-36s %6ld %6ld %6ld\n", sorted[i].first.c_str(),
+                  u.rss, u.private_dirty, u.clean);
+    out += line_out;
+  }
+  std::snprintf(line_out, sizeof line_out, "    %-36s %6ld\n", "(the rest)", rest);
+  return out + line_out;
+}
+
+// A kubeconfig for the tests' API server and the exporter config that names it.
+std::string WriteKubernetesConfig(const kmon::KubeApiServer& api, const std::string& dir) {
+  const std::string kubeconfig = dir + "/kubeconfig", config = dir + "/kmon.yaml";
+  std::ofstream(kubeconfig) << "apiVersion: v1\nkind: Config\nclusters:\n- name: bench\n"
+                            << "  cluster:\n    server: " << api.url()
+                            << "\nusers:\n- name: kmon\n  user:\n    token: bench\n"
+                            << "contexts:\n- name: bench\n  context:\n    cluster: bench\n"
+                            << "    user: kmon\ncurrent-context: bench\n";
+  std::ofstream(config) << "kubernetes:\n  enabled: true\n  node_name: node-a\n  kubeconfig: "
+                        << kubeconfig << "\n";
+  return config;
+}
+
 const std::vector<std::string> kPrometheusHeaders{
     "Accept: application/openmetrics-text;version=1.0.0,application/openmetrics-text;"
     "version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1",
@@ -80,6 +147,29 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "exporter_load: at least 2 seconds\n");
     return 2;
   }
+  const char* kube_env = std::getenv("KMON_BENCH_KUBERNETES");
+  const int pods = kube_env != nullptr ? std::atoi(kube_env) : 0;
+  const std::string key = pods > 0 ? "exporter_load_kubernetes" : "exporter_load";
+  std::unique_ptr<kmon::KubeApiServer> api;
+  std::string config_flag;
+  char dir_tmpl[] = "/tmp/kmon-exporter-load-XXXXXX";
+  if (pods > 0) {
+    api = std::make_unique<kmon::KubeApiServer>();
+    if (!api->ok() || mkdtemp(dir_tmpl) == nullptr) {
+      std::fprintf(stderr, "exporter_load: no test API server\n");
+      return 1;
+    }
+    auto ip = [](int net, int i) {
+      return "10." + std::to_string(net) + "." + std::to_string(i / 250) + "." +
+             std::to_string(i % 250);
+    };
+    for (int i = 0; i < pods; ++i) {
+      const std::string n = std::to_string(i);
+      api->Upsert(kmon::KubeApiServer::MakePod("bench", "here-" + n, "node-a", ip(1, i)));
+      api->Upsert(kmon::KubeApiServer::MakePod("bench", "there-" + n, "node-b", ip(2, i)));
+    }
+    config_flag = "--config.file=" + WriteKubernetesConfig(*api, dir_tmpl);
+  }
   kmon::bench::Nginx nginx(/*cpu=*/1);
   if (!nginx.ok()) return 1;
 
@@ -89,7 +179,8 @@ int main(int argc, char** argv) {
     const std::string listen = "--web.listen-address=127.0.0.1:" + std::to_string(port);
     const int null = open("/dev/null", O_WRONLY);
     dup2(null, 1);
-    execl(exporter.c_str(), exporter.c_str(), listen.c_str(), "--log.level=warn", nullptr);
+    execl(exporter.c_str(), exporter.c_str(), listen.c_str(), "--log.level=warn",
+          config_flag.empty() ? nullptr : config_flag.c_str(), nullptr);
     _exit(127);
   }
   bool ready = false;
@@ -130,6 +221,7 @@ int main(int argc, char** argv) {
   const long rss_kb = StatusKb(pid, "VmRSS");
   const long anon_kb = StatusKb(pid, "RssAnon"), file_kb = StatusKb(pid, "RssFile");
   samples = kmon::bench::HttpGet(port, "/metrics", {}).samples;
+  const std::string by_mapping = RssByMapping(pid);
   if (std::getenv("KMON_BENCH_HOLD") != nullptr) {  // to look at /proc/PID/smaps
     std::printf("holding exporter pid %d for 30 s\n", pid);
     std::fflush(stdout);
@@ -141,8 +233,16 @@ int main(int argc, char** argv) {
 
   double slowest = 0;
   for (double m : ms) slowest = std::max(slowest, m);
-  std::printf("nginx + wrk on loopback for %d s, kmon_exporter at defaults scraped every second\n",
-              seconds);
+  std::printf(
+      "nginx + wrk on loopback for %d s, kmon_exporter at defaults%s scraped every second\n",
+      seconds, pods > 0 ? " with the Kubernetes provider on" : "");
+  if (pods > 0) {
+    std::printf(
+        "  test API server     : %d pods on this node, %d elsewhere; %d lists, %d watches\n", pods,
+        pods, api->Requests(kmon::KubeRequestKind::kList),
+        api->Requests(kmon::KubeRequestKind::kWatch));
+    kmon::bench::Run(std::string("rm -rf ") + dir_tmpl);
+  }
   std::printf("  series served       : %zu\n", samples);
   std::printf("  peak RSS (VmHWM)    : %.1f MiB over its life, %.1f MiB under load\n",
               life_hwm_kb / 1024.0, load_hwm_kb / 1024.0);
@@ -152,13 +252,16 @@ int main(int argc, char** argv) {
   std::printf("  scrapes             : %d, %d failed; median %.1f ms, slowest %.1f ms\n", scrapes,
               failed, kmon::bench::Median(ms), slowest);
   std::printf("  exit status         : %d\n", WIFEXITED(status) ? WEXITSTATUS(status) : -1);
-  Report("exporter_load.series", static_cast<double>(samples), "series");
-  Report("exporter_load.peak_rss_life_mib", life_hwm_kb / 1024.0, "MiB");
-  Report("exporter_load.peak_rss_load_mib", load_hwm_kb / 1024.0, "MiB");
-  Report("exporter_load.rss_end_anon_mib", anon_kb / 1024.0, "MiB");
-  Report("exporter_load.rss_end_file_mib", file_kb / 1024.0, "MiB");
-  Report("exporter_load.cpu_pct_of_core", cpu_pct, "%");
-  Report("exporter_load.scrapes_failed", failed, "scrapes");
-  for (double m : ms) Report("exporter_load.scrape_ms", m, "ms");
-  return failed == 0 ? 0 : 1;
+  std::fputs(by_mapping.c_str(), stdout);
+  Report(key + ".series", static_cast<double>(samples), "series");
+  Report(key + ".peak_rss_life_mib", life_hwm_kb / 1024.0, "MiB");
+  Report(key + ".peak_rss_load_mib", load_hwm_kb / 1024.0, "MiB");
+  Report(key + ".rss_end_anon_mib", anon_kb / 1024.0, "MiB");
+  Report(key + ".rss_end_file_mib", file_kb / 1024.0, "MiB");
+  Report(key + ".cpu_pct_of_core", cpu_pct, "%");
+  Report(key + ".scrapes_failed", failed, "scrapes");
+  for (double m : ms) Report(key + ".scrape_ms", m, "ms");
+  // With the provider on, the figures count only if the exporter did talk to the API.
+  const bool watched = pods == 0 || api->Requests(kmon::KubeRequestKind::kWatch) > 0;
+  return failed == 0 && watched ? 0 : 1;
 }

@@ -120,7 +120,11 @@ if [[ -n "$exporter" ]] && ((have_py)); then
   # Library packages of the binary, less what every Debian image has.
   # dpkg knows a merged-/usr library by the path its package ships (often /lib/...).
   owner() { dpkg -S "$1" 2>/dev/null || dpkg -S "${1#/usr}" 2>/dev/null; }
-  pkgs=$(for lib in $(ldd "$exporter" | awk '/=>/ {print $3}' | xargs -r readlink -f); do
+  # libcurl is not linked but opened with dlopen once the Kubernetes provider talks to
+  # the API (provider/kubernetes/api_curl.h): it and what it links are needed as well.
+  curl=$(ldconfig -p | awk '$1 == "libcurl.so.4" && /x86-64/ {print $NF; exit}')
+  pkgs=$(for lib in $( { ldd "$exporter"; [[ -n "$curl" ]] && echo "libcurl => $curl" && ldd "$curl"; } |
+      awk '/=>/ {print $3}' | xargs -r readlink -f); do
       owner "$lib"; done | cut -d: -f1 | sort -u |
     grep -vxE 'libc6|libgcc-s1|libstdc\+\+6' | tr '\n' ' ')
   run "Containerfile runtime stage installs: $pkgs" \
