@@ -155,9 +155,9 @@ struct Recorded {
       s.opened_outbound = 50 + i;
       s.tcp_bytes_sent = 123456789ULL * (i + 1);
       s.tcp_bytes_received = 23456789ULL * (i + 1);
+      s.active_inbound = 1;  // one connection open each way
+      s.active_outbound = 1;
       tcp.stats.push_back({cg, s});
-      tcp.conns.push_back({cg, TCP_ROLE_SERVER, 8080, 0, 0});
-      tcp.conns.push_back({cg, TCP_ROLE_CLIENT, 40000, 0, 0});
     }
   }
 };
