@@ -13,8 +13,8 @@
 /* Queries sent and not yet answered (or found timed out by user space). */
 #define KMON_DNS_PENDING_MAX 16384
 /* (cgroup, rcode) histograms and per-cgroup counters. */
-#define KMON_DNS_HIST_MAX 8192
-#define KMON_DNS_STATS_MAX 8192
+#define KMON_DNS_HIST_MAX 4096
+#define KMON_DNS_STATS_MAX 4096
 /* TCP connections to DNS ports followed at once. */
 #define KMON_DNS_TCP_MAX 16384
 /* The `dns_ports` array has one slot per port. */

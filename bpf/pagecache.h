@@ -10,7 +10,7 @@
 #include "bpf/kmon_common.h"
 
 /* cgroups the data map can hold. */
-#define KMON_PC_COUNTS_MAX 16384
+#define KMON_PC_COUNTS_MAX 4096
 
 struct pc_key {
   __u64 cgroup_id;

@@ -116,22 +116,14 @@ struct {
  *   connects are spread over many keys, and a per-CPU copy of each would be
  *   memory times the CPUs for little contention saved.
  * - stats: per-CPU, every UDP send and receive of a cgroup adds to one key. */
-#define KMON_TCP_HASH(_type, _max, _key, _value) \
-  struct {                                       \
-    __uint(type, _type);                         \
-    __uint(max_entries, _max);                   \
-    __uint(map_flags, BPF_F_NO_PREALLOC);        \
-    __type(key, _key);                           \
-    __type(value, _value);                       \
-  }
-KMON_TCP_HASH(BPF_MAP_TYPE_PERCPU_HASH, KMON_TCP_REQ_MAX, struct tcp_hist_key,
-              struct tcp_hist) req_hist SEC(".maps");
-KMON_TCP_HASH(BPF_MAP_TYPE_HASH, KMON_TCP_EDGES_MAX, struct tcp_edge_key,
-              struct tcp_hist) edges SEC(".maps");
-KMON_TCP_HASH(BPF_MAP_TYPE_HASH, KMON_TCP_HIST_MAX, struct tcp_hist_key,
-              struct tcp_hist) connect_hist SEC(".maps");
-KMON_TCP_HASH(BPF_MAP_TYPE_PERCPU_HASH, KMON_TCP_STATS_MAX, __u64,
-              struct tcp_stats) stats SEC(".maps");
+KMON_MAP_FLAGS(BPF_MAP_TYPE_PERCPU_HASH, KMON_TCP_REQ_MAX, struct tcp_hist_key, struct tcp_hist,
+               BPF_F_NO_PREALLOC) req_hist SEC(".maps");
+KMON_MAP_FLAGS(BPF_MAP_TYPE_HASH, KMON_TCP_EDGES_MAX, struct tcp_edge_key, struct tcp_hist,
+               BPF_F_NO_PREALLOC) edges SEC(".maps");
+KMON_MAP_FLAGS(BPF_MAP_TYPE_HASH, KMON_TCP_HIST_MAX, struct tcp_hist_key, struct tcp_hist,
+               BPF_F_NO_PREALLOC) connect_hist SEC(".maps");
+KMON_MAP_FLAGS(BPF_MAP_TYPE_PERCPU_HASH, KMON_TCP_STATS_MAX, __u64, struct tcp_stats,
+               BPF_F_NO_PREALLOC) stats SEC(".maps");
 
 static const struct tcp_hist zero_hist;
 static const struct tcp_stats zero_stats;

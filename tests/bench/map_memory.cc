@@ -162,9 +162,14 @@ int PossibleCpus() {
   return dash == std::string::npos ? 1 : std::atoi(s.c_str() + dash + 1) + 1;
 }
 
-uint64_t Projected(const MapRow& r, int cpus_here, int cpus) {
+// `full`: as if every per-CPU map held max_entries keys (a node with as many
+// workloads as the maps have room for).
+uint64_t Projected(const MapRow& r, int cpus_here, int cpus, bool full = false) {
   if (!PerCpu(r.type)) return r.memlock;
   const bool prealloc = r.type == BPF_MAP_TYPE_PERCPU_ARRAY || !(r.flags & BPF_F_NO_PREALLOC);
+  if (full && !prealloc) {
+    return r.memlock + static_cast<uint64_t>(r.max_entries) * ((r.value_size + 7) / 8 * 8) * cpus;
+  }
   const uint64_t n = prealloc ? r.max_entries : r.entries;
   const uint64_t per_cpu = n * ((r.value_size + 7) / 8 * 8);
   const uint64_t here = per_cpu * cpus_here;
@@ -218,12 +223,13 @@ int main(int argc, char** argv) {
               argc > 2 ? "defaults + flags" : "defaults", here);
   std::printf("  %-16s %-16s %-15s %8s %6s %7s %10s %10s %10s\n", "map", "used by", "type", "max",
               "value", "entries", "KiB here", "KiB @64", "KiB @128");
-  uint64_t total_here = 0, total_64 = 0, total_128 = 0;
+  uint64_t total_here = 0, total_64 = 0, total_128 = 0, total_128_full = 0;
   for (const MapRow& r : maps) {
     const uint64_t p64 = Projected(r, here, 64), p128 = Projected(r, here, 128);
     total_here += r.memlock;
     total_64 += p64;
     total_128 += p128;
+    total_128_full += Projected(r, here, 128, /*full=*/true);
     std::printf("  %-16s %-16s %-15s %8u %6u %7llu %10.0f %10.0f %10.0f%s\n", r.name.c_str(),
                 r.owner.c_str(), TypeName(r.type), r.max_entries, r.value_size,
                 static_cast<unsigned long long>(r.entries), r.memlock / 1024.0, p64 / 1024.0,
@@ -233,9 +239,12 @@ int main(int argc, char** argv) {
       "  total: %.1f MiB here, %.1f MiB projected at 64 CPUs, %.1f MiB at 128 CPUs "
       "(target <= 64 MiB)\n",
       total_here / 1048576.0, total_64 / 1048576.0, total_128 / 1048576.0);
+  std::printf("  every per-CPU map full (max_entries keys each) at 128 CPUs: %.1f MiB\n",
+              total_128_full / 1048576.0);
   Report("map_memory.maps", static_cast<double>(maps.size()), "maps");
   Report("map_memory.total_here_mib", total_here / 1048576.0, "MiB");
   Report("map_memory.projected_64cpu_mib", total_64 / 1048576.0, "MiB");
   Report("map_memory.projected_128cpu_mib", total_128 / 1048576.0, "MiB");
+  Report("map_memory.projected_128cpu_full_mib", total_128_full / 1048576.0, "MiB");
   return 0;
 }
