@@ -228,20 +228,6 @@ class Attached {
   std::unique_ptr<kmon::BlockioCollector> kmon_;
 };
 
-// One "memlock:" figure from /proc/self/fdinfo of a map fd.
-uint64_t Memlock(int fd) {
-  std::ifstream in("/proc/self/fdinfo/" + std::to_string(fd));
-  std::string key;
-  uint64_t value = 0;
-  while (in >> key) {
-    if (key == "memlock:") {
-      in >> value;
-      return value;
-    }
-  }
-  return 0;
-}
-
 // Each map of the collector: type, max_entries, memlock here and projected at 128
 // possible CPUs (a per-CPU map's values are one per possible CPU: for a
 // preallocated map max_entries of them, else one per key present).
@@ -259,7 +245,7 @@ std::string MapMemory(const kmon::BlockioCollector& c) {
     const bool per_cpu = type == BPF_MAP_TYPE_PERCPU_HASH || type == BPF_MAP_TYPE_PERCPU_ARRAY ||
                          type == BPF_MAP_TYPE_LRU_PERCPU_HASH;
     const bool prealloc = (bpf_map__map_flags(map) & BPF_F_NO_PREALLOC) == 0;
-    const uint64_t mem = Memlock(bpf_map__fd(map));
+    const uint64_t mem = kmon::MapMemoryBytes(bpf_map__fd(map));
     uint64_t values = 0;
     if (per_cpu) {
       uint64_t keys = bpf_map__max_entries(map);

@@ -30,6 +30,7 @@
 #include <thread>
 #include <vector>
 
+#include "collectors/bpf_util.h"
 #include "tests/bench/bench_util.h"
 
 #ifndef KMON_EXPORTER_BIN
@@ -91,8 +92,6 @@ std::string FdInfo(int fd, const std::string& key) {
   return "";
 }
 
-uint64_t Memlock(int fd) { return std::strtoull(FdInfo(fd, "memlock:").c_str(), nullptr, 10); }
-
 // The exporter's BPF maps (once each, by id) with the first program using each.
 std::vector<MapRow> ReadMaps(pid_t pid) {
   const int pidfd = static_cast<int>(syscall(SYS_pidfd_open, pid, 0));
@@ -113,7 +112,8 @@ std::vector<MapRow> ReadMaps(pid_t pid) {
     bpf_map_info mi{};
     uint32_t len = sizeof mi;
     if (is_map && bpf_obj_get_info_by_fd(fd, &mi, &len) == 0 && !maps.count(mi.id)) {
-      MapRow r{mi.name, "", mi.type, mi.value_size, mi.max_entries, mi.map_flags, 0, Memlock(fd)};
+      MapRow r{mi.name,        "",           mi.type, mi.value_size,
+               mi.max_entries, mi.map_flags, 0,       kmon::MapMemoryBytes(fd)};
       if (Hash(mi.type)) {
         std::vector<uint8_t> key(mi.key_size), next(mi.key_size);
         for (void* prev = nullptr; bpf_map_get_next_key(fd, prev, next.data()) == 0;

@@ -78,20 +78,6 @@ WrkResult Wrk(int port, int seconds, bool close_each = false) {
   return r;
 }
 
-// The kernel's "memlock" of a map, from its fdinfo.
-uint64_t Memlock(int fd) {
-  std::ifstream in("/proc/self/fdinfo/" + std::to_string(fd));
-  std::string key;
-  uint64_t value = 0;
-  while (in >> key) {
-    if (key == "memlock:") {
-      in >> value;
-      return value;
-    }
-  }
-  return 0;
-}
-
 void PrintStats(const std::string& what, const std::vector<kmon::ProgramStats>& stats) {
   for (const auto& p : stats) {
     if (p.run_count == 0) continue;
@@ -189,7 +175,7 @@ int main(int argc, char** argv) {
       const bpf_map_type t = bpf_map__type(m);
       const bool per_cpu = t == BPF_MAP_TYPE_PERCPU_HASH || t == BPF_MAP_TYPE_PERCPU_ARRAY ||
                            t == BPF_MAP_TYPE_LRU_PERCPU_HASH;
-      const uint64_t bytes = Memlock(bpf_map__fd(m));
+      const uint64_t bytes = kmon::MapMemoryBytes(bpf_map__fd(m));
       uint64_t at128 = bytes;
       if (per_cpu) {
         const uint64_t entries = kmon::CountMapEntries(m).value_or(bpf_map__max_entries(m));
