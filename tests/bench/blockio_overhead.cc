@@ -106,10 +106,9 @@ struct FioResult {
 
 FioResult Fio(const std::string& target, int seconds) {
   if (g_stop) return {};
-  std::string cmd =
-      "fio --name=r --filename=" + target +
-      " --rw=randread --bs=4k --direct=1 --ioengine=psync --runtime=" + std::to_string(seconds) +
-      " --time_based --output-format=json 2>/dev/null";
+  std::string cmd = "fio --name=r --filename=" + target +
+                    " --rw=randread --bs=4k --direct=1 --ioengine=psync --runtime=" +
+                    std::to_string(seconds) + " --time_based --output-format=json 2>/dev/null";
   FILE* p = popen(cmd.c_str(), "r");
   if (p == nullptr) return {};
   std::string out;
@@ -245,8 +244,8 @@ bool Measure(const Setup& s, const std::string& label, const std::string& target
 bool OnBlockDevice(const std::string& path) {
   struct stat st {};
   if (stat(path.c_str(), &st) != 0) return false;
-  std::string sys =
-      "/sys/dev/block/" + std::to_string(major(st.st_dev)) + ":" + std::to_string(minor(st.st_dev));
+  std::string sys = "/sys/dev/block/" + std::to_string(major(st.st_dev)) + ":" +
+                    std::to_string(minor(st.st_dev));
   return access(sys.c_str(), F_OK) == 0;
 }
 

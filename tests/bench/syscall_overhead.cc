@@ -96,9 +96,9 @@ int main(int argc, char** argv) {
   kmon::WorkloadResolver workloads(
       std::make_unique<kmon::CgroupFsPathSource>(root.value_or("/sys/fs/cgroup")), nullptr);
   kmon::WatchedCgroups watched(&workloads);
-  auto parsed =
-      kmon::ParseConfig("collectors:\n  syscalls:\n    syscalls: [getppid, read, write, futex]\n",
-                        kmon::ProcessEnv());
+  auto parsed = kmon::ParseConfig(
+      "collectors:\n  syscalls:\n    syscalls: [getppid, read, write, futex]\n",
+      kmon::ProcessEnv());
   if (!parsed.config) {
     std::fprintf(stderr, "bad built-in benchmark config\n");
     return 1;
