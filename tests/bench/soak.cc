@@ -104,12 +104,17 @@ struct State {
   std::map<std::string, double> maps, watched;
   std::map<std::string, int> series;
   int fds = 0;
+  int churn_series = 0;  // series that name one of the soak's cgroups
 };
 
 State Snapshot(int port, pid_t pid) {
   const std::string text = HttpBody(port, "/metrics");
+  int churn = 0;
+  for (size_t at = text.find("kmon-soak-"); at != std::string::npos;
+       at = text.find("kmon-soak-", at + 1))
+    ++churn;
   return {Samples(text, "kmon_bpf_map_entries"), Samples(text, "kmon_watched_cgroups"),
-          SeriesByFamilyPrefix(text), OpenFds(pid)};
+          SeriesByFamilyPrefix(text), OpenFds(pid), churn};
 }
 
 // Least-squares slope of y over x.
@@ -141,24 +146,42 @@ struct ChurnCgroup {
   pid_t pid = -1;
 };
 
-ChurnCgroup StartChurn(int n, int nginx_port) {
+// Where cgroup v2 is mounted (/sys/fs/cgroup, or /sys/fs/cgroup/unified on hybrid hosts).
+std::string Cgroup2Root() {
+  std::ifstream in("/proc/self/mounts");
+  std::string dev, dir, type, rest;
+  while (in >> dev >> dir >> type && std::getline(in, rest)) {
+    if (type == "cgroup2") return dir;
+  }
+  return "";
+}
+
+ChurnCgroup StartChurn(const std::string& root, int n, int nginx_port) {
   ChurnCgroup c;
-  c.path = "/sys/fs/cgroup/kmon-soak-" + std::to_string(getpid()) + "-" + std::to_string(n);
+  c.path = root + "/kmon-soak-" + std::to_string(getpid()) + "-" + std::to_string(n);
   if (mkdir(c.path.c_str(), 0755) != 0) return c;
   c.pid = fork();
   if (c.pid == 0) {
-    std::ofstream(c.path + "/cgroup.procs") << getpid() << std::endl;
-    for (int i = 0; i < 5; ++i) kmon::bench::HttpGet(nginx_port, "/", {});
-    _exit(0);
+    std::ofstream procs(c.path + "/cgroup.procs");
+    procs << getpid() << std::endl;
+    if (!procs) _exit(1);
+    int answered = 0;
+    for (int i = 0; i < 5; ++i) answered += kmon::bench::HttpGet(nginx_port, "/", {}).ok;
+    _exit(answered == 5 ? 0 : 2);
   }
   return c;
 }
 
-void EndChurn(ChurnCgroup* c) {
-  if (c->pid > 0) waitpid(c->pid, nullptr, 0);
+// Waits for its process and removes it; false when the cgroup could not be made or
+// removed (or its process failed).
+bool EndChurn(ChurnCgroup* c) {
+  int status = -1;
+  if (c->pid > 0) waitpid(c->pid, &status, 0);
+  bool ok = c->pid > 0 && WIFEXITED(status) && WEXITSTATUS(status) == 0;
   c->pid = -1;
-  if (!c->path.empty()) rmdir(c->path.c_str());
+  if (!c->path.empty()) ok = rmdir(c->path.c_str()) == 0 && ok;
   c->path.clear();
+  return ok;
 }
 
 const std::vector<std::string> kPrometheusHeaders{
@@ -188,6 +211,11 @@ int main(int argc, char** argv) {
   if (minutes <= 0) {
     std::fprintf(stderr, "soak: --minutes must be above 0\n");
     return 2;
+  }
+  const std::string cgroup_root = Cgroup2Root();
+  if (cgroup_root.empty()) {
+    std::fprintf(stderr, "soak: no cgroup2 mount\n");
+    return 1;
   }
   kmon::bench::Nginx nginx(/*cpu=*/1);
   if (!nginx.ok()) return 1;
@@ -237,14 +265,14 @@ int main(int argc, char** argv) {
   const auto t0 = Clock::now();
   std::vector<double> t_min, rss_kib;
   int scrapes = 0, failed = 0, reloads = 0, invalid = 0, rejected = 0, wrong_reloads = 0;
-  int cgroups = 0;
+  int cgroups = 0, churn_failed = 0;
   ChurnCgroup previous, current;
   for (int s = 0; s < seconds; ++s) {
     std::this_thread::sleep_until(t0 + std::chrono::seconds(s));
     // The cgroup of a second ago has finished its requests: it goes, a new one comes.
-    EndChurn(&previous);
+    if (s >= 2) churn_failed += !EndChurn(&previous);
     previous = current;
-    current = StartChurn(cgroups++, nginx.port());
+    current = StartChurn(cgroup_root, cgroups++, nginx.port());
     const kmon::bench::Reply r = kmon::bench::HttpGet(port, "/metrics", kPrometheusHeaders);
     ++scrapes;
     if (!r.ok) ++failed;
@@ -252,8 +280,10 @@ int main(int argc, char** argv) {
       ++reloads;
       const bool bad = reloads % 10 == 0;
       invalid += bad;
-      std::ofstream(config, std::ios::trunc)
-          << (bad ? std::string(kInvalidConfig) : ValidConfig(reloads));
+      // Whole files only (a rename, as a ConfigMap update swaps a symlink): kmon also
+      // reloads on its own when it sees the file change.
+      std::ofstream(config + ".new") << (bad ? std::string(kInvalidConfig) : ValidConfig(reloads));
+      rename((config + ".new").c_str(), config.c_str());
       const int status = HttpPost(port, "/-/reload");
       rejected += status == 500;
       const double ok =
@@ -267,8 +297,8 @@ int main(int argc, char** argv) {
     t_min.push_back(std::chrono::duration<double>(Clock::now() - t0).count() / 60.0);
     rss_kib.push_back(static_cast<double>(StatusKb(pid, "VmRSS")));
   }
-  EndChurn(&previous);
-  EndChurn(&current);
+  churn_failed += !EndChurn(&previous);
+  churn_failed += !EndChurn(&current);
   load.join();
   // Connections closed, cgroups gone: past the labeler's 5 s grace and a refresh.
   std::this_thread::sleep_for(8s);
@@ -279,6 +309,9 @@ int main(int argc, char** argv) {
   const int exit_status = stop_exporter();
 
   const double slope = Slope(t_min, rss_kib);
+  const size_t half = t_min.size() / 2;
+  const double late_slope = Slope(std::vector<double>(t_min.begin() + half, t_min.end()),
+                                  std::vector<double>(rss_kib.begin() + half, rss_kib.end()));
   std::printf(
       "soak: %.1f min of nginx + wrk, a scrape a second, a reload every 2 s, a cgroup "
       "with 5 short TCP connections a second\n",
@@ -287,10 +320,14 @@ int main(int argc, char** argv) {
       "  RSS                 : %.0f KiB at the start, %ld KiB at the end, peak %ld KiB; "
       "slope %.1f KiB/min (least squares, %zu samples)\n",
       rss_kib.empty() ? 0.0 : rss_kib.front(), rss_end, hwm, slope, rss_kib.size());
+  std::printf("  RSS slope, 2nd half : %.1f KiB/min\n", late_slope);
   std::printf("  scrapes             : %d, %d failed\n", scrapes, failed);
   std::printf("  reloads             : %d, %d invalid, %d rejected, %d went the wrong way\n",
               reloads, invalid, rejected, wrong_reloads);
-  std::printf("  cgroups churned     : %d\n", cgroups);
+  std::printf("  cgroups churned     : %d (5 HTTP requests each, own connections), %d failed\n",
+              cgroups, churn_failed);
+  std::printf("  soak cgroups named  : %d series at the end (gone cgroups leave after 5 s)\n",
+              end.churn_series);
   std::printf("  open fds            : %d at baseline, %d at the end\n", base.fds, end.fds);
   for (const auto& [k, v] : end.watched) {
     const auto b = base.watched.find(k);
@@ -316,11 +353,14 @@ int main(int argc, char** argv) {
               end.maps.size());
   std::printf("  exit status         : %d\n", exit_status);
   Report("soak.rss_slope_kib_per_min", slope, "KiB/min");
+  Report("soak.rss_slope_2nd_half_kib_per_min", late_slope, "KiB/min");
+  Report("soak.churn_series_at_end", end.churn_series, "series");
   Report("soak.rss_end_mib", rss_end / 1024.0, "MiB");
   Report("soak.scrapes_failed", failed, "scrapes");
   Report("soak.reloads_rejected", rejected, "reloads");
   Report("soak.reloads_invalid", invalid, "reloads");
   Report("soak.reloads_wrong", wrong_reloads, "reloads");
+  Report("soak.cgroups_churned", cgroups, "cgroups");
   Report("soak.fds_end_minus_baseline", end.fds - base.fds, "fds");
   Report("soak.maps_changed", maps_changed, "maps");
   return failed == 0 && wrong_reloads == 0 && exit_status == 0 ? 0 : 1;
