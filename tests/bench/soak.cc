@@ -105,16 +105,20 @@ struct State {
   std::map<std::string, int> series;
   int fds = 0;
   int churn_series = 0;  // series that name one of the soak's cgroups
+  std::vector<std::string> churn_examples;
 };
 
 State Snapshot(int port, pid_t pid) {
   const std::string text = HttpBody(port, "/metrics");
-  int churn = 0;
-  for (size_t at = text.find("kmon-soak-"); at != std::string::npos;
-       at = text.find("kmon-soak-", at + 1))
-    ++churn;
-  return {Samples(text, "kmon_bpf_map_entries"), Samples(text, "kmon_watched_cgroups"),
-          SeriesByFamilyPrefix(text), OpenFds(pid), churn};
+  State st{Samples(text, "kmon_bpf_map_entries"), Samples(text, "kmon_watched_cgroups"),
+           SeriesByFamilyPrefix(text), OpenFds(pid)};
+  std::istringstream in(text);
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.find("kmon-soak-") == std::string::npos) continue;
+    if (++st.churn_series <= 5) st.churn_examples.push_back(line);
+  }
+  return st;
 }
 
 // Least-squares slope of y over x.
@@ -328,6 +332,7 @@ int main(int argc, char** argv) {
               cgroups, churn_failed);
   std::printf("  soak cgroups named  : %d series at the end (gone cgroups leave after 5 s)\n",
               end.churn_series);
+  for (const std::string& e : end.churn_examples) std::printf("    e.g. %s\n", e.c_str());
   std::printf("  open fds            : %d at baseline, %d at the end\n", base.fds, end.fds);
   for (const auto& [k, v] : end.watched) {
     const auto b = base.watched.find(k);
