@@ -76,8 +76,8 @@ absl::Status BpfCollector::DoStart(const CollectorConfig& config) {
   // exporter's peak RSS (29 MiB, twice what it runs at); the next collector that
   // probes parses it again, some 20 ms.
   Features().Release();
-  err = bpf_object__load_skeleton(skeleton_);
-  if (err) return BpfError(name(), "load", err);
+  err = Features().LoadSkeleton(skeleton_);
+  if (err) return LoadError(name(), err);
   st = Configure(config);
   if (!st.ok()) return st;
   err = bpf_object__attach_skeleton(skeleton_);

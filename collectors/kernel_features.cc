@@ -2,11 +2,27 @@
 
 #include <absl/strings/str_cat.h>
 #include <bpf/btf.h>
+#include <bpf/libbpf.h>
 
 #include <cerrno>
 #include <cstring>
 
+#include "collectors/bpf_util.h"
+
 namespace kmon {
+
+int KernelFeatures::LoadSkeleton(bpf_object_skeleton* skeleton) {
+  return bpf_object__load_skeleton(skeleton);
+}
+
+absl::Status LoadError(const std::string& collector, int err) {
+  absl::Status st = BpfError(collector, "load", err);
+  if (err != -ENOMEM && err != ENOMEM) return st;
+  return absl::Status(st.code(), absl::StrCat(st.message(),
+                                              " (a BPF map could not be allocated: BPF memory "
+                                              "is charged to kmon's memory cgroup; raise its "
+                                              "memory limit)"));
+}
 
 RunningKernelFeatures::~RunningKernelFeatures() { Release(); }
 

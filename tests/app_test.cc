@@ -1,13 +1,17 @@
 // The exporter's lifecycle around collectors, with collectors that stand in for
 // real ones: a reload retries a collector whose start failed, through the
 // feature-probe seam (KernelFeatures) the real collectors use, and reports it up
-// once it has attached.
+// once it has attached; real collectors whose BPF object the kernel refuses (the
+// loader seam) are down with the reason while the others serve.
 #include "exporter/app.h"
 
+#include <bpf/libbpf.h>
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <cerrno>
 #include <chrono>
+#include <map>
 #include <memory>
 #include <string>
 #include <thread>
@@ -245,6 +249,114 @@ TEST(AppTest, ACollectorWhoseReadFailsIsDownWhileTheOthersServe) {
   ASSERT_NE(FindSample(fams, "kmon_test_read", {}), nullptr);
   EXPECT_EQ(FindSample(fams, "kmon_collector_up", {{"collector", "drops"}})->gauge.value, 1);
   EXPECT_NE(app.LandingPage().find("<td>drops</td><td>up</td>"), std::string::npos);
+}
+
+// Collector isolation through the loader seam (KernelFeatures::LoadSkeleton): real
+// collectors (syscalls, dns) whose BPF object the kernel will not load, as a memory
+// cgroup at its limit refuses a map (ENOMEM) or a missing permission does (EPERM),
+// are reported down with the reason on the landing page and in the log, and retried
+// by each reload, while the others keep serving. (The kernel's own ENOMEM under a
+// memory cgroup's limit is the root test MemcgRootTest.)
+// The running kernel's probes, and a loader that refuses the objects a test names
+// with the errno libbpf would return; it counts every load it is asked for.
+class RefusingLoader : public KernelFeatures {
+ public:
+  RefusingLoader(std::map<std::string, int> refuse, std::map<std::string, int>* loads)
+      : refuse_(std::move(refuse)), loads_(loads) {}
+  absl::StatusOr<const btf*> VmlinuxBtf() override { return real_.VmlinuxBtf(); }
+  void Release() override { real_.Release(); }
+  int LoadSkeleton(bpf_object_skeleton* skeleton) override {
+    const std::string object = skeleton->name;  // "syscalls_bpf"
+    ++(*loads_)[object];
+    auto it = refuse_.find(object);
+    if (it != refuse_.end()) return it->second;
+    return KernelFeatures::LoadSkeleton(skeleton);
+  }
+
+ private:
+  RunningKernelFeatures real_;
+  std::map<std::string, int> refuse_;
+  std::map<std::string, int>* loads_;
+};
+
+// The log line a failed start writes, for one collector; empty when there is none.
+std::string StartFailureLine(const std::string& log, const std::string& collector) {
+  size_t pos = 0;
+  while (pos < log.size()) {
+    size_t nl = log.find('\n', pos);
+    if (nl == std::string::npos) nl = log.size();
+    const std::string line = log.substr(pos, nl - pos);
+    pos = nl + 1;
+    if (line.find("msg=\"collector failed to start\"") != std::string::npos &&
+        line.find("collector=" + collector + " ") != std::string::npos)
+      return line;
+  }
+  return "";
+}
+
+TEST(AppTest, AnObjectWhoseMapsTheKernelRefusesIsDownWithTheReason) {
+  const std::vector<CollectorEntry> table = {
+      {"tcp", true, [](const CollectorDeps& d) { return std::make_unique<AlwaysUpCollector>(d); },
+       Row("tcp")->section},
+      {"drops", true,
+       [](const CollectorDeps& d) { return std::make_unique<ReadFailingCollector>(d); },
+       Row("drops")->section},
+      *Row("syscalls"),
+      *Row("dns"),
+  };
+  std::map<std::string, int> loads;
+  Flags flags;
+  flags.listen_address = "127.0.0.1:0";
+  App app(flags, AppParts{&table, std::make_unique<RefusingLoader>(
+                                      std::map<std::string, int>{{"syscalls_bpf", -ENOMEM},
+                                                                 {"dns_bpf", -EPERM}},
+                                      &loads)});
+  ::testing::internal::CaptureStderr();
+  const int started = app.Start();
+  const std::string log = ::testing::internal::GetCapturedStderr();
+  ASSERT_EQ(started, 0) << log;
+  // Each real collector got as far as its load (opened, layouts checked), once.
+  EXPECT_EQ(loads, (std::map<std::string, int>{{"dns_bpf", 1}, {"syscalls_bpf", 1}}));
+
+  EXPECT_EQ(Up(app, "tcp"), 1);
+  EXPECT_EQ(Up(app, "syscalls"), 0);
+  EXPECT_EQ(Up(app, "dns"), 0);
+  EXPECT_FALSE(app.Ready());
+  const std::string enomem =
+      "collector=syscalls load: Cannot allocate memory (a BPF map could not be allocated: BPF "
+      "memory is charged to kmon&apos;s memory cgroup; raise its memory limit)";
+  const std::string page = app.LandingPage();
+  EXPECT_NE(page.find("<td>syscalls</td><td>down</td><td>INTERNAL: " + enomem + "</td>"),
+            std::string::npos)
+      << page;
+  EXPECT_NE(page.find("<td>dns</td><td>down</td><td>PERMISSION_DENIED: collector=dns load: "
+                      "Operation not permitted</td>"),
+            std::string::npos)
+      << page;
+  EXPECT_NE(page.find("<td>tcp</td><td>up</td>"), std::string::npos) << page;
+  EXPECT_NE(page.find("<td>drops</td><td>up</td>"), std::string::npos) << page;
+  const std::string syscalls_line = StartFailureLine(log, "syscalls");
+  EXPECT_NE(syscalls_line.find("load: Cannot allocate memory (a BPF map could not be allocated"),
+            std::string::npos)
+      << log;
+  EXPECT_NE(StartFailureLine(log, "dns").find("load: Operation not permitted"), std::string::npos)
+      << log;
+
+  // The others keep serving: the started collectors' families, nothing of the two.
+  auto fams = app.Gather();
+  EXPECT_NE(FindSample(fams, "kmon_test_read", {}), nullptr);
+  for (const auto& f : fams) {
+    EXPECT_NE(f.name.rfind("kmon_syscall", 0), 0u) << f.name;
+    EXPECT_NE(f.name.rfind("kmon_dns", 0), 0u) << f.name;
+  }
+
+  // A reload tries both again (the limit may have been raised); still refused.
+  ASSERT_TRUE(app.Reload("test").ok());
+  EXPECT_EQ(loads, (std::map<std::string, int>{{"dns_bpf", 2}, {"syscalls_bpf", 2}}));
+  EXPECT_EQ(Up(app, "syscalls"), 0);
+  EXPECT_EQ(Up(app, "tcp"), 1);
+  fams = app.Gather();
+  EXPECT_NE(FindSample(fams, "kmon_test_read", {}), nullptr);
 }
 
 // The Kubernetes provider never takes kmon down: an unusable kubeconfig leaves it

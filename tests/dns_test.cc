@@ -70,7 +70,8 @@ ConfigResult Parse(const std::string& dns) {
 }
 
 TEST(DnsConfigTest, DefaultsAndEveryKey) {
-  const DnsConfig& d = DefaultConfig().collectors.Get<DnsConfig>();
+  const Config defaults = DefaultConfig();  // kept: Get returns a reference into it
+  const DnsConfig& d = defaults.collectors.Get<DnsConfig>();
   EXPECT_TRUE(d.enabled);
   EXPECT_EQ(d.ports, std::vector<uint16_t>{53});
   EXPECT_EQ(d.timeout, std::chrono::seconds(5));

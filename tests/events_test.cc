@@ -51,7 +51,8 @@ class EventsConfigTest : public ::testing::Test {
 };
 
 TEST_F(EventsConfigTest, DefaultIsOffWithNothingToCount) {
-  const EventsConfig& e = DefaultConfig().collectors.Get<EventsConfig>();
+  const Config defaults = DefaultConfig();  // kept: Get returns a reference into it
+  const EventsConfig& e = defaults.collectors.Get<EventsConfig>();
   EXPECT_FALSE(e.enabled);
   EXPECT_THAT(e.tracepoints, IsEmpty());
   EXPECT_THAT(e.functions, IsEmpty());

@@ -35,6 +35,16 @@ inline double Median(std::vector<double> v) {
   return v[v.size() / 2];
 }
 
+/// A field of /proc/PID/status in kB (VmRSS, VmHWM, RssAnon, ...); 0 when absent.
+inline long StatusKb(pid_t pid, const std::string& field) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind(field + ":", 0) == 0) return std::atol(line.c_str() + field.size() + 1);
+  }
+  return 0;
+}
+
 /// A command's stdout (popen).
 inline std::string Run(const std::string& cmd) {
   std::string out;

@@ -41,6 +41,7 @@
 namespace {
 
 using kmon::bench::Report;
+using kmon::bench::StatusKb;
 using Clock = std::chrono::steady_clock;
 
 // utime + stime of a process, in seconds (fields 14 and 15 of /proc/PID/stat).
@@ -60,15 +61,6 @@ double CpuSeconds(pid_t pid) {
     }
   }
   return static_cast<double>(utime + stime) / static_cast<double>(sysconf(_SC_CLK_TCK));
-}
-
-long StatusKb(pid_t pid, const std::string& field) {
-  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.rfind(field + ":", 0) == 0) return std::atol(line.c_str() + field.size() + 1);
-  }
-  return 0;
 }
 
 // The exporter's RSS by what is mapped (/proc/PID/smaps: each library, the binary, the
