@@ -307,6 +307,7 @@ TEST(AppTest, AnObjectWhoseMapsTheKernelRefusesIsDownWithTheReason) {
   std::map<std::string, int> loads;
   Flags flags;
   flags.listen_address = "127.0.0.1:0";
+  flags.collector_overrides["syscalls"] = true;  // off by default (SPEC)
   App app(flags, AppParts{&table, std::make_unique<RefusingLoader>(
                                       std::map<std::string, int>{{"syscalls_bpf", -ENOMEM},
                                                                  {"dns_bpf", -EPERM}},

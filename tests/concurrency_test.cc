@@ -465,6 +465,9 @@ class OffCpuCollector : public GenerationCollector {
     service_ =
         std::make_unique<OffCpuService>(std::make_unique<FakeOffCpuSource>(kernel_),
                                         std::make_unique<FakeKernelFrames>(), deps().workloads);
+    // The look-back mode: every request answers at once from what the kernel holds
+    // (on_demand, the default, would make each wait out its window).
+    service_->SetStacks(OffCpuStacks::kAlways);
     service_->Start();
     deps().handle_http("/debug/offcpu", service_->Handler());
     return GenerationCollector::DoStart(c);
