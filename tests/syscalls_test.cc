@@ -162,7 +162,8 @@ ConfigResult Parse(const std::string& yaml) {
 }
 
 TEST(SyscallsConfigTest, OffByDefaultWithTheAutomaticHook) {
-  const SyscallsConfig& s = DefaultConfig().collectors.Get<SyscallsConfig>();
+  const Config config = DefaultConfig();  // alive while `s` points into it
+  const SyscallsConfig& s = config.collectors.Get<SyscallsConfig>();
   EXPECT_FALSE(s.enabled);
   EXPECT_EQ(s.hook, SyscallHookMode::kAuto);
   EXPECT_EQ(s.syscalls.size(), 12u);
