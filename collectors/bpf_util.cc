@@ -177,15 +177,19 @@ uint64_t MapMemoryBytes(int map_fd) {
   return bytes;
 }
 
-absl::StatusOr<uint64_t> CountMapEntries(const bpf_map* map) {
-  const bpf_map_type type = bpf_map__type(map);
-  if (!IsHashType(type)) return bpf_map__max_entries(map);
-  const bool per_cpu = type == BPF_MAP_TYPE_PERCPU_HASH || type == BPF_MAP_TYPE_LRU_PERCPU_HASH;
+absl::StatusOr<uint64_t> CountMapEntries(uint32_t type, int fd, uint32_t max_entries,
+                                         uint32_t key_size, uint32_t value_size) {
+  const auto t = static_cast<bpf_map_type>(type);
+  if (!IsHashType(t)) return max_entries;
+  const bool per_cpu = t == BPF_MAP_TYPE_PERCPU_HASH || t == BPF_MAP_TYPE_LRU_PERCPU_HASH;
   // A per-CPU value is one 8-byte aligned slot per possible CPU.
-  const size_t stride =
-      per_cpu ? (bpf_map__value_size(map) + 7) / 8 * 8 * PossibleCpus() : bpf_map__value_size(map);
-  return CountHashEntries(bpf_map__fd(map), bpf_map__max_entries(map), bpf_map__key_size(map),
-                          stride);
+  const size_t stride = per_cpu ? (value_size + 7) / 8 * 8 * PossibleCpus() : value_size;
+  return CountHashEntries(fd, max_entries, key_size, stride);
+}
+
+absl::StatusOr<uint64_t> CountMapEntries(const bpf_map* map) {
+  return CountMapEntries(bpf_map__type(map), bpf_map__fd(map), bpf_map__max_entries(map),
+                         bpf_map__key_size(map), bpf_map__value_size(map));
 }
 
 absl::StatusOr<uint64_t> CountHashEntries(int map_fd, uint32_t max_entries, size_t key_size,

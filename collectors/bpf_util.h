@@ -77,6 +77,9 @@ uint64_t MapMemoryBytes(int map_fd);
 
 /// Number of keys in a hash-type map (CountHashEntries); max_entries for arrays.
 absl::StatusOr<uint64_t> CountMapEntries(const bpf_map* map);
+/// The same for a map known by its fd and the kernel's description of it.
+absl::StatusOr<uint64_t> CountMapEntries(uint32_t type, int fd, uint32_t max_entries,
+                                         uint32_t key_size, uint32_t value_size);
 /// Number of keys in a hash map: its entries read in batches and counted, with
 /// buffers for one batch. `value_stride`: bytes per key's value (value size x CPUs,
 /// each rounded up to 8 bytes, for per-CPU maps).

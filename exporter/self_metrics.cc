@@ -43,17 +43,8 @@ std::optional<MapFill> ReadMapFillFd(const std::string& name, int fd, uint32_t* 
   if (id != nullptr) *id = info.id;
   MapFill m{name, 0, info.max_entries, !IsLocalStorage(info.type), MapMemoryBytes(fd)};
   if (!m.has_entries) return m;
-  const bpf_map_type type = static_cast<bpf_map_type>(info.type);
-  if (type == BPF_MAP_TYPE_HASH || type == BPF_MAP_TYPE_LRU_HASH ||
-      type == BPF_MAP_TYPE_PERCPU_HASH || type == BPF_MAP_TYPE_LRU_PERCPU_HASH) {
-    const bool per_cpu = type == BPF_MAP_TYPE_PERCPU_HASH || type == BPF_MAP_TYPE_LRU_PERCPU_HASH;
-    const size_t stride =
-        per_cpu ? (info.value_size + 7) / 8 * 8 * PossibleCpus() : info.value_size;
-    auto n = CountHashEntries(fd, info.max_entries, info.key_size, stride);
-    m.entries = n.ok() ? *n : 0;
-  } else {
-    m.entries = info.max_entries;
-  }
+  auto n = CountMapEntries(info.type, fd, info.max_entries, info.key_size, info.value_size);
+  m.entries = n.ok() ? *n : 0;
   return m;
 }
 
