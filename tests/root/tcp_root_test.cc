@@ -3,10 +3,12 @@
 // with a known think time, and kmon must count exactly those.
 #include <arpa/inet.h>
 #include <fcntl.h>
+#include <gtest/gtest.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
 #include <sched.h>
+#include <signal.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/time.h>
@@ -14,15 +16,12 @@
 
 #include <cerrno>
 #include <chrono>
-#include <fstream>
-#include <signal.h>
 #include <cmath>
+#include <fstream>
 #include <map>
 #include <set>
 #include <thread>
 #include <tuple>
-
-#include <gtest/gtest.h>
 
 #include "collectors/bpf_util.h"
 #include "collectors/families.h"
@@ -94,12 +93,13 @@ TEST_F(TcpRootTest, RequestCountIsExactAndLatencyFollowsThinkTime) {
   const std::string port = std::to_string(srv.port);
 
   // 40 requests with 12 ms think time: all in (0.01, 0.025].
-  ASSERT_EQ(testing::RunInCgroup(client_cg, [&] { Requests(AF_INET, "127.0.0.1", srv.port, 40, 12); }),
-            0);
+  ASSERT_EQ(
+      testing::RunInCgroup(client_cg, [&] { Requests(AF_INET, "127.0.0.1", srv.port, 40, 12); }),
+      0);
   std::this_thread::sleep_for(std::chrono::milliseconds(100));  // server sees the close
   auto fams = Collect(tcp);
   const auto* h = FindSample(fams, "kmon_tcp_request_duration_seconds",
-                       {{"container", server_cg.name()}, {"port", port}});
+                             {{"container", server_cg.name()}, {"port", port}});
   ASSERT_NE(h, nullptr);
   EXPECT_EQ(h->histogram.sample_count, 40u);
   EXPECT_EQ(BucketAt(*h, 0.01), 0u);
@@ -107,12 +107,13 @@ TEST_F(TcpRootTest, RequestCountIsExactAndLatencyFollowsThinkTime) {
   EXPECT_NEAR(h->histogram.sample_sum, 40 * 0.012, 40 * 0.006);
 
   // The think time changes to 60 ms: 10 more, all in (0.05, 0.1].
-  ASSERT_EQ(testing::RunInCgroup(client_cg, [&] { Requests(AF_INET, "127.0.0.1", srv.port, 10, 60); }),
-            0);
+  ASSERT_EQ(
+      testing::RunInCgroup(client_cg, [&] { Requests(AF_INET, "127.0.0.1", srv.port, 10, 60); }),
+      0);
   EXPECT_EQ(WaitChild(srv.pid), 0);
   fams = Collect(tcp);
   h = FindSample(fams, "kmon_tcp_request_duration_seconds",
-           {{"container", server_cg.name()}, {"port", port}});
+                 {{"container", server_cg.name()}, {"port", port}});
   ASSERT_NE(h, nullptr);
   EXPECT_EQ(h->histogram.sample_count, 50u);
   EXPECT_EQ(BucketAt(*h, 0.05), 40u);
@@ -120,29 +121,29 @@ TEST_F(TcpRootTest, RequestCountIsExactAndLatencyFollowsThinkTime) {
 
   // Connections: 2 accepted by the server, 2 opened by the client, none left open.
   const auto* in = FindSample(fams, "kmon_tcp_connections_opened_total",
-                        {{"container", server_cg.name()}, {"direction", "inbound"}});
+                              {{"container", server_cg.name()}, {"direction", "inbound"}});
   ASSERT_NE(in, nullptr);
   EXPECT_EQ(in->counter.value, 2);
   const auto* out = FindSample(fams, "kmon_tcp_connections_opened_total",
-                         {{"container", client_cg.name()}, {"direction", "outbound"}});
+                               {{"container", client_cg.name()}, {"direction", "outbound"}});
   ASSERT_NE(out, nullptr);
   EXPECT_EQ(out->counter.value, 2);
-  const auto* connect = FindSample(fams, "kmon_tcp_connect_duration_seconds",
-                             {{"container", client_cg.name()}});
+  const auto* connect =
+      FindSample(fams, "kmon_tcp_connect_duration_seconds", {{"container", client_cg.name()}});
   ASSERT_NE(connect, nullptr);
   EXPECT_EQ(connect->histogram.sample_count, 2u);
   EXPECT_EQ(FindSample(fams, "kmon_tcp_connections_active",
-                 {{"container", server_cg.name()}, {"direction", "inbound"}}),
+                       {{"container", server_cg.name()}, {"direction", "inbound"}}),
             nullptr);
   // Bytes: the client sent "12\n" x40 + "60\n" x10 and read "ok\n" x50.
-  const auto* sent = FindSample(fams, "kmon_network_bytes_total",
-                          {{"container", client_cg.name()}, {"protocol", "tcp"},
-                           {"direction", "sent"}});
+  const auto* sent =
+      FindSample(fams, "kmon_network_bytes_total",
+                 {{"container", client_cg.name()}, {"protocol", "tcp"}, {"direction", "sent"}});
   ASSERT_NE(sent, nullptr);
   EXPECT_EQ(sent->counter.value, 150);
-  const auto* recvd = FindSample(fams, "kmon_network_bytes_total",
-                           {{"container", server_cg.name()}, {"protocol", "tcp"},
-                            {"direction", "received"}});
+  const auto* recvd =
+      FindSample(fams, "kmon_network_bytes_total",
+                 {{"container", server_cg.name()}, {"protocol", "tcp"}, {"direction", "received"}});
   ASSERT_NE(recvd, nullptr);
   EXPECT_EQ(recvd->counter.value, 150);
 }
@@ -176,7 +177,7 @@ TEST_F(TcpRootTest, ConnectionOpenedBeforeKmonStartsIsMeasured) {
 
   auto fams = Collect(tcp);
   const auto* h = FindSample(fams, "kmon_tcp_request_duration_seconds",
-                       {{"container", server_cg.name()}, {"port", std::to_string(srv.port)}});
+                             {{"container", server_cg.name()}, {"port", std::to_string(srv.port)}});
   ASSERT_NE(h, nullptr) << "the pre-existing connection was not taken as the server side";
   EXPECT_EQ(h->histogram.sample_count, 25u);
   EXPECT_EQ(BucketAt(*h, 0.01), 0u);
@@ -207,9 +208,9 @@ TEST_F(TcpRootTest, OpenConnectionsBytesReachTheCountersOneCollectionLate) {
   });
   auto sent = [&]() -> double {
     auto fams = Collect(tcp);
-    const auto* m = FindSample(fams, "kmon_network_bytes_total",
-                               {{"container", client_cg.name()}, {"protocol", "tcp"},
-                                {"direction", "sent"}});
+    const auto* m =
+        FindSample(fams, "kmon_network_bytes_total",
+                   {{"container", client_cg.name()}, {"protocol", "tcp"}, {"direction", "sent"}});
     return m == nullptr ? 0 : m->counter.value;
   };
   char c;
@@ -235,7 +236,7 @@ TEST_F(TcpRootTest, Ipv6Loopback) {
   EXPECT_EQ(WaitChild(srv.pid), 0);
   auto fams = Collect(tcp);
   const auto* h = FindSample(fams, "kmon_tcp_request_duration_seconds",
-                       {{"container", server_cg.name()}, {"port", std::to_string(srv.port)}});
+                             {{"container", server_cg.name()}, {"port", std::to_string(srv.port)}});
   ASSERT_NE(h, nullptr);
   EXPECT_EQ(h->histogram.sample_count, 30u);
   EXPECT_EQ(BucketAt(*h, 0.0025), 0u);
@@ -272,11 +273,11 @@ TEST_F(TcpRootTest, ChurnLeavesNoConnectionState) {
   EXPECT_EQ(FindSample(fams, "kmon_tcp_connections_active", {{"container", client_cg.name()}}),
             nullptr);
   const auto* in = FindSample(fams, "kmon_tcp_connections_opened_total",
-                        {{"container", server_cg.name()}, {"direction", "inbound"}});
+                              {{"container", server_cg.name()}, {"direction", "inbound"}});
   ASSERT_NE(in, nullptr);
   EXPECT_EQ(in->counter.value, kConnections);
   const auto* h = FindSample(fams, "kmon_tcp_request_duration_seconds",
-                       {{"container", server_cg.name()}, {"port", std::to_string(srv.port)}});
+                             {{"container", server_cg.name()}, {"port", std::to_string(srv.port)}});
   ASSERT_NE(h, nullptr);
   EXPECT_EQ(h->histogram.sample_count, static_cast<uint64_t>(kConnections));
 }
@@ -930,41 +931,42 @@ TEST_F(TcpRootTest, TopologyAcrossNamespacesAndLoopback) {
 
   TestNetns left, middle, right;
   const std::string tag = std::to_string(getpid() % 100000);
-  ASSERT_EQ(testing::Sh("ip link add kl" + tag + " netns " + left.name() + " type veth peer name km" +
-                        tag + " netns " + middle.name()),
+  ASSERT_EQ(testing::Sh("ip link add kl" + tag + " netns " + left.name() +
+                        " type veth peer name km" + tag + " netns " + middle.name()),
             0);
   ASSERT_EQ(testing::Sh("ip link add kr" + tag + " netns " + right.name() +
                         " type veth peer name kn" + tag + " netns " + middle.name()),
             0);
   ASSERT_EQ(testing::Sh("ip -n " + left.name() + " addr add 198.18.1.1/24 dev kl" + tag +
-                        " && ip -n " + left.name() + " link set kl" + tag + " up" +
-                        " && ip -n " + middle.name() + " addr add 198.18.1.2/24 dev km" + tag +
-                        " && ip -n " + middle.name() + " link set km" + tag + " up" +
-                        " && ip -n " + right.name() + " addr add 198.18.2.1/24 dev kr" + tag +
-                        " && ip -n " + right.name() + " link set kr" + tag + " up" +
-                        " && ip -n " + middle.name() + " addr add 198.18.2.2/24 dev kn" + tag +
-                        " && ip -n " + middle.name() + " link set kn" + tag + " up"),
+                        " && ip -n " + left.name() + " link set kl" + tag + " up" + " && ip -n " +
+                        middle.name() + " addr add 198.18.1.2/24 dev km" + tag + " && ip -n " +
+                        middle.name() + " link set km" + tag + " up" + " && ip -n " + right.name() +
+                        " addr add 198.18.2.1/24 dev kr" + tag + " && ip -n " + right.name() +
+                        " link set kr" + tag + " up" + " && ip -n " + middle.name() +
+                        " addr add 198.18.2.2/24 dev kn" + tag + " && ip -n " + middle.name() +
+                        " link set kn" + tag + " up"),
             0);
 
   TestCgroup server_cg, left_cg, right_cg, lo_server_cg, lo_client_cg;
   Server srv = StartServer(server_cg, AF_INET, "0.0.0.0", 2, middle.name());
   Server lo = StartServer(lo_server_cg, AF_INET, "127.0.0.1", 1);
-  pid_t a = SpawnInCgroup(left_cg, [&] { Requests(AF_INET, "198.18.1.2", srv.port, 7, 1); },
-                          left.name());
+  pid_t a = SpawnInCgroup(
+      left_cg, [&] { Requests(AF_INET, "198.18.1.2", srv.port, 7, 1); }, left.name());
   EXPECT_EQ(WaitChild(a), 0);
-  pid_t b = SpawnInCgroup(right_cg, [&] { Requests(AF_INET, "198.18.2.2", srv.port, 11, 1); },
-                          right.name());
+  pid_t b = SpawnInCgroup(
+      right_cg, [&] { Requests(AF_INET, "198.18.2.2", srv.port, 11, 1); }, right.name());
   EXPECT_EQ(WaitChild(b), 0);
-  ASSERT_EQ(testing::RunInCgroup(lo_client_cg, [&] { Requests(AF_INET, "127.0.0.1", lo.port, 13, 1); }),
-            0);
+  ASSERT_EQ(
+      testing::RunInCgroup(lo_client_cg, [&] { Requests(AF_INET, "127.0.0.1", lo.port, 13, 1); }),
+      0);
   EXPECT_EQ(WaitChild(srv.pid), 0);
   EXPECT_EQ(WaitChild(lo.pid), 0);
 
   std::vector<prometheus::MetricFamily> fams;
   topo.Collect(&fams);
   std::map<std::tuple<std::string, std::string, std::string>, double> edges;
-  std::set<std::string> ours{server_cg.name(), left_cg.name(), right_cg.name(),
-                             lo_server_cg.name(), lo_client_cg.name()};
+  std::set<std::string> ours{server_cg.name(), left_cg.name(), right_cg.name(), lo_server_cg.name(),
+                             lo_client_cg.name()};
   for (const auto& f : fams) {
     if (f.name != "kmon_topology_requests_total") continue;
     for (const auto& m : f.metric) {
@@ -998,7 +1000,9 @@ TEST(TcpExporterRootTest, ConfiguredBucketsReloadInPlaceAndTopologyApi) {
     return "interval: 1s\ncollectors:\n  syscalls: {enabled: false}\n"
            "  drops: {enabled: false}\n  blockio: {enabled: false}\n  cpu: {enabled: false}\n"
            "  dns: {enabled: false}\n  pagecache: {enabled: false}\n"
-           "  tcp: {latency_buckets: [" + buckets + "]}\n"
+           "  tcp: {latency_buckets: [" +
+           buckets +
+           "]}\n"
            "  topology: {service_graph_metrics: true}\n";
   };
   const TempFile cfg_file(yaml("0.005, 0.05, 0.5"));
@@ -1011,8 +1015,9 @@ TEST(TcpExporterRootTest, ConfiguredBucketsReloadInPlaceAndTopologyApi) {
 
   TestCgroup server_cg, client_cg;
   Server srv = StartServer(server_cg, AF_INET, "127.0.0.1", 2);
-  ASSERT_EQ(testing::RunInCgroup(client_cg, [&] { Requests(AF_INET, "127.0.0.1", srv.port, 10, 20); }),
-            0);
+  ASSERT_EQ(
+      testing::RunInCgroup(client_cg, [&] { Requests(AF_INET, "127.0.0.1", srv.port, 10, 20); }),
+      0);
   const std::map<std::string, std::string> series{{"container", server_cg.name()},
                                                   {"port", std::to_string(srv.port)}};
   auto with_le = [&](const std::string& le) {
@@ -1021,10 +1026,14 @@ TEST(TcpExporterRootTest, ConfiguredBucketsReloadInPlaceAndTopologyApi) {
     return m;
   };
   std::string text = exporter.Scrape();
-  EXPECT_EQ(testing::SampleValue(text, "kmon_tcp_request_duration_seconds_bucket", with_le("0.005")), 0);
-  EXPECT_EQ(testing::SampleValue(text, "kmon_tcp_request_duration_seconds_bucket", with_le("0.05")), 10);
-  EXPECT_EQ(testing::SampleValue(text, "kmon_tcp_request_duration_seconds_bucket", with_le("0.5")), 10);
-  EXPECT_EQ(testing::SampleValue(text, "kmon_tcp_request_duration_seconds_bucket", with_le("+Inf")), 10);
+  EXPECT_EQ(
+      testing::SampleValue(text, "kmon_tcp_request_duration_seconds_bucket", with_le("0.005")), 0);
+  EXPECT_EQ(testing::SampleValue(text, "kmon_tcp_request_duration_seconds_bucket", with_le("0.05")),
+            10);
+  EXPECT_EQ(testing::SampleValue(text, "kmon_tcp_request_duration_seconds_bucket", with_le("0.5")),
+            10);
+  EXPECT_EQ(testing::SampleValue(text, "kmon_tcp_request_duration_seconds_bucket", with_le("+Inf")),
+            10);
   EXPECT_EQ(testing::SampleValue(text, "traces_service_graph_request_total",
                                  {{"client", client_cg.name()}, {"server", server_cg.name()}}),
             10);
@@ -1048,7 +1057,8 @@ TEST(TcpExporterRootTest, ConfiguredBucketsReloadInPlaceAndTopologyApi) {
 
   // New bounds by SIGHUP: histograms restart on exactly the new buckets, same program.
   const double stamp =
-      testing::SampleValue(text, "kmon_config_last_reload_success_timestamp_seconds", {}).value_or(0);
+      testing::SampleValue(text, "kmon_config_last_reload_success_timestamp_seconds", {})
+          .value_or(0);
   std::ofstream(cfg_path) << yaml("0.015, 0.08, 0.3");
   exporter.Signal(SIGHUP);
   for (int i = 0; i < 200; ++i) {
@@ -1059,14 +1069,18 @@ TEST(TcpExporterRootTest, ConfiguredBucketsReloadInPlaceAndTopologyApi) {
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
-  ASSERT_EQ(testing::RunInCgroup(client_cg, [&] { Requests(AF_INET, "127.0.0.1", srv.port, 5, 20); }),
-            0);
+  ASSERT_EQ(
+      testing::RunInCgroup(client_cg, [&] { Requests(AF_INET, "127.0.0.1", srv.port, 5, 20); }), 0);
   EXPECT_EQ(WaitChild(srv.pid), 0);
   text = exporter.Scrape();
-  EXPECT_EQ(testing::SampleValue(text, "kmon_tcp_request_duration_seconds_bucket", with_le("0.015")), 0);
-  EXPECT_EQ(testing::SampleValue(text, "kmon_tcp_request_duration_seconds_bucket", with_le("0.08")), 5);
-  EXPECT_EQ(testing::SampleValue(text, "kmon_tcp_request_duration_seconds_bucket", with_le("0.3")), 5);
-  EXPECT_FALSE(testing::SampleValue(text, "kmon_tcp_request_duration_seconds_bucket", with_le("0.05")));
+  EXPECT_EQ(
+      testing::SampleValue(text, "kmon_tcp_request_duration_seconds_bucket", with_le("0.015")), 0);
+  EXPECT_EQ(testing::SampleValue(text, "kmon_tcp_request_duration_seconds_bucket", with_le("0.08")),
+            5);
+  EXPECT_EQ(testing::SampleValue(text, "kmon_tcp_request_duration_seconds_bucket", with_le("0.3")),
+            5);
+  EXPECT_FALSE(
+      testing::SampleValue(text, "kmon_tcp_request_duration_seconds_bucket", with_le("0.05")));
   EXPECT_EQ(testing::SampleValue(text, "kmon_tcp_request_duration_seconds_count", series), 5);
   EXPECT_EQ(testing::BpfProgramIds("kmon_tcp_recv", before), ids);
   EXPECT_EQ(exporter.Terminate(), 0);
