@@ -284,7 +284,8 @@ absl::Status TcpCollector::AfterAttach(const CollectorConfig&) {
   if (!peers.ok()) LogWarn("tcp: pod addresses", {{"err", peers.ToString()}});
   if (deps().topology != nullptr) {
     deps().topology->SetReader(
-        [this](std::vector<EdgeHist>* e, std::vector<double>* b) { return ReadEdges(e, b); });
+        [this](std::vector<EdgeHist>* e, std::vector<double>* b) { return ReadEdges(e, b); },
+        [this](const std::vector<EdgeHist>& e) { DropEdges(e); });
   }
   return absl::OkStatus();
 }
@@ -347,10 +348,23 @@ absl::Status TcpCollector::ReadEdges(std::vector<EdgeHist>* edges, std::vector<d
   return source_->ReadEdges(bounds_.size() + 1, edges);
 }
 
+void TcpCollector::DropEdges(const std::vector<EdgeHist>& edges) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (!source_) return;
+  for (const EdgeHist& e : edges) {
+    tcp_edge_key k{};
+    k.client_cgroup = e.client_cgroup;
+    k.server_cgroup = e.server_cgroup;
+    std::memcpy(k.client_addr, e.client_addr.data(), sizeof(k.client_addr));
+    k.server_port = e.server_port;
+    bpf_map_delete_elem(bpf_map__fd(skel_->maps.edges), &k);
+  }
+}
+
 void TcpCollector::DropStale(const TcpData& data) {
   // Entries of cgroups that are gone: their series go, and so do their slots
-  // (a gone server's request histograms: per-CPU memory). Edges stay: the topology
-  // names a gone client by the name it had.
+  // (a gone server's request histograms: per-CPU memory). Edges are the topology
+  // collector's to judge (it names their clients): it drops them through the feed.
   std::set<uint64_t> gone;
   for (const auto& [cg, s] : data.stats) {
     if (labeler().Gone(cg)) gone.insert(cg);

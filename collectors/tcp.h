@@ -75,6 +75,8 @@ class TcpCollector : public BpfCollector {
   absl::Status OnProviderChange() override;
   /// Deletes the counters of cgroups that are gone.
   void DropStale(const TcpData& data);
+  /// Deletes these topology edges from the kernel's map (the feed's dropper).
+  void DropEdges(const std::vector<EdgeHist>& edges);
 
   tcp_bpf* skel_ = nullptr;
   std::unique_ptr<TcpDataSource> source_;

@@ -5,6 +5,7 @@
 
 #include <cmath>
 #include <limits>
+#include <unordered_set>
 
 #include "base/http_params.h"
 #include "base/log.h"
@@ -200,16 +201,26 @@ TopologyNode TopologyCollector::NodeOf(uint64_t cgroup_id, const std::array<uint
 }
 
 absl::Status TopologyCollector::ReadNamed(std::map<std::string, NamedEdge>* out,
-                                          std::vector<double>* bounds) {
+                                          std::vector<double>* bounds,
+                                          std::vector<EdgeHist>* gone) {
   std::vector<EdgeHist> edges;
   absl::Status st = deps().topology->Read(&edges, bounds);
   if (!st.ok()) return st;
   out->clear();
   Snapshot snap;
   snap.at = std::chrono::steady_clock::now();
+  std::unordered_set<uint64_t> named_cgroups;
   for (auto& e : edges) {
     TopologyNode client = NodeOf(e.client_cgroup, e.client_addr);
     TopologyNode server = NodeOf(e.server_cgroup, {});
+    // An end gone for the labeler's grace: the edge's series leave, as every series
+    // of a gone cgroup does, and the edge with them.
+    if (gone != nullptr && (labeler().Gone(e.client_cgroup) || labeler().Gone(e.server_cgroup))) {
+      gone->push_back(std::move(e));
+      continue;
+    }
+    named_cgroups.insert(e.client_cgroup);
+    named_cgroups.insert(e.server_cgroup);
     std::string id = EdgeId(client, server, e.server_port);
     // Two cgroups may share a name (two containers of one pod): add them up.
     auto [it, inserted] = out->try_emplace(id, NamedEdge{client, server, e});
@@ -221,6 +232,8 @@ absl::Status TopologyCollector::ReadNamed(std::map<std::string, NamedEdge>* out,
     }
     snap.edges[id] = it->second.hist;
   }
+  // A gone cgroup's name is kept while an edge still names it, and no longer.
+  std::erase_if(names_, [&](const auto& n) { return !named_cgroups.count(n.first); });
   snapshots_.push_back(std::move(snap));
   while (!snapshots_.empty() && snapshots_.front().at < snapshots_.back().at - kKeepSnapshots) {
     snapshots_.pop_front();
@@ -231,8 +244,10 @@ absl::Status TopologyCollector::ReadNamed(std::map<std::string, NamedEdge>* out,
 absl::Status TopologyCollector::Read(std::vector<prometheus::MetricFamily>* out) {
   std::map<std::string, NamedEdge> named;
   std::vector<double> bounds;
-  absl::Status st = ReadNamed(&named, &bounds);
+  std::vector<EdgeHist> gone;
+  absl::Status st = ReadNamed(&named, &bounds, &gone);
   if (!st.ok()) return st;
+  deps().topology->Drop(gone);
   for (auto& f : BuildTopologyFamilies(named, bounds, service_graph_metrics_, &labeler())) {
     out->push_back(std::move(f));
   }

@@ -77,8 +77,11 @@ class TopologyCollector : public Collector {
   /// A pod's node: "namespace/pod", or "namespace/workload" by workload granularity.
   TopologyNode PodNode(const std::string& ns, const std::string& pod,
                        const std::string& workload) const;
-  /// Reads edges and names them; records a snapshot for the API. Caller holds mu_.
-  absl::Status ReadNamed(std::map<std::string, NamedEdge>* out, std::vector<double>* bounds);
+  /// Reads edges and names them; records a snapshot for the API. With `gone`, the
+  /// edges with an end the labeler found gone in this pass go there, not to `out`.
+  /// Caller holds mu_.
+  absl::Status ReadNamed(std::map<std::string, NamedEdge>* out, std::vector<double>* bounds,
+                         std::vector<EdgeHist>* gone = nullptr);
 
   bool running_ = false;
   bool service_graph_metrics_ = false;

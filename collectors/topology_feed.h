@@ -3,13 +3,13 @@
 // collector turns edges into metrics and the /api/v1/topology graph.
 #pragma once
 
+#include <absl/status/status.h>
+
 #include <array>
 #include <cstdint>
 #include <functional>
 #include <mutex>
 #include <vector>
-
-#include <absl/status/status.h>
 
 namespace kmon {
 
@@ -27,10 +27,13 @@ struct EdgeHist {
 class TopologyFeed {
  public:
   using Reader = std::function<absl::Status(std::vector<EdgeHist>*, std::vector<double>* bounds)>;
+  /// Deletes edges (by their client, server and port) from what the reader reads.
+  using Dropper = std::function<void(const std::vector<EdgeHist>&)>;
 
-  void SetReader(Reader reader) {
+  void SetReader(Reader reader, Dropper dropper = nullptr) {
     std::lock_guard<std::mutex> lock(mu_);
     reader_ = std::move(reader);
+    dropper_ = std::move(dropper);
   }
   void ClearReader() { SetReader(nullptr); }
   bool HasReader() const {
@@ -43,10 +46,16 @@ class TopologyFeed {
     if (!reader_) return absl::FailedPreconditionError("the tcp collector is not running");
     return reader_(edges, bounds);
   }
+  /// Deletes `edges` (an end of each is gone); nothing without a reader that can.
+  void Drop(const std::vector<EdgeHist>& edges) const {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (dropper_ && !edges.empty()) dropper_(edges);
+  }
 
  private:
   mutable std::mutex mu_;
   Reader reader_;
+  Dropper dropper_;
 };
 
 }  // namespace kmon

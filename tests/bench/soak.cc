@@ -135,13 +135,15 @@ double Slope(const std::vector<double>& x, const std::vector<double>& y) {
 std::string ValidConfig(int n) {
   // Two sets of tcp buckets in turn (each reload restarts the histograms) and a
   // changing series limit; interval 1s so new cgroups are watched within a second.
+  // The topology is on: each churned cgroup is a client with an edge of its own.
   return "interval: 1s\nlimits:\n  max_series_per_collector: " + std::to_string(20000 + n % 7) +
-         "\ncollectors:\n  tcp:\n    latency_buckets: " +
+         "\ncollectors:\n  topology:\n    enabled: true\n  tcp:\n    latency_buckets: " +
          (n % 2 ? "[0.0001, 0.001, 0.01, 0.1, 1]" : "[0.0005, 0.005, 0.05, 0.5, 5]") + "\n";
 }
 
 constexpr char kInvalidConfig[] =
-    "interval: 1s\ncollectors:\n  tcp:\n    latency_buckets: [0.5, 0.1]\n";  // unsorted
+    "interval: 1s\ncollectors:\n  topology:\n    enabled: true\n  tcp:\n    latency_buckets: [0.5, "
+    "0.1]\n";  // unsorted
 
 // A cgroup v2 directory with a process in it that makes `requests` HTTP requests to
 // nginx, each on a connection of its own, and exits.

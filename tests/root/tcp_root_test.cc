@@ -43,6 +43,7 @@ using testing::SpawnInCgroup;
 using testing::TestCgroup;
 using testing::TestNetns;
 using testing::WaitChild;
+using namespace std::chrono_literals;
 
 using testing::Connect;
 using testing::Listen;
@@ -989,6 +990,75 @@ TEST_F(TcpRootTest, TopologyAcrossNamespacesAndLoopback) {
     if (ours.count(e["target"].get<std::string>())) api_requests += e["requests"].get<int>();
   }
   EXPECT_EQ(api_requests, 7 + 11 + 13);
+}
+
+// A client cgroup that is gone keeps its edge, under the name it had, for the
+// labeler's grace (5 s), then the edge leaves the metrics and the kernel's map; a
+// client that stays keeps its edge.
+TEST_F(TcpRootTest, EdgesOfAGoneClientLeaveAfterTheGrace) {
+  config_.collectors.Mutable<TopologyConfig>().enabled = true;
+  TcpCollector tcp(Deps());
+  ASSERT_TRUE(tcp.Start(config_).ok());
+  TopologyCollector topo(Deps());
+  ASSERT_TRUE(topo.Start(config_).ok());
+  TestCgroup server_cg, stays_cg;
+  auto leaves_cg = std::make_unique<TestCgroup>();
+  const std::string leaves_name = leaves_cg->name();
+  Server srv = StartServer(server_cg, AF_INET, "127.0.0.1", 2);
+  ASSERT_EQ(testing::RunInCgroup(stays_cg, [&] { Requests(AF_INET, "127.0.0.1", srv.port, 3, 0); }),
+            0);
+  ASSERT_EQ(
+      testing::RunInCgroup(*leaves_cg, [&] { Requests(AF_INET, "127.0.0.1", srv.port, 5, 0); }), 0);
+  EXPECT_EQ(WaitChild(srv.pid), 0);
+
+  // The server's edges, client -> requests: from the metrics and from the kernel's map.
+  auto exported = [&] {
+    std::vector<prometheus::MetricFamily> fams;
+    tcp.Collect(&fams);
+    fams.clear();
+    topo.Collect(&fams);
+    std::map<std::string, double> out;
+    for (const auto& f : fams) {
+      if (f.name != "kmon_topology_requests_total") continue;
+      for (const auto& m : f.metric) {
+        std::map<std::string, std::string> l;
+        for (const auto& x : m.label) l[x.name] = x.value;
+        if (l["server"] == server_cg.name()) out[l["client"]] = m.counter.value;
+      }
+    }
+    return out;
+  };
+  auto in_map = [&] {
+    std::vector<EdgeHist> edges;
+    std::vector<double> bounds;
+    EXPECT_TRUE(feed_.Read(&edges, &bounds).ok());
+    std::map<uint64_t, uint64_t> out;
+    for (const EdgeHist& e : edges) {
+      if (e.server_cgroup == server_cg.id()) out[e.client_cgroup] = e.count;
+    }
+    return out;
+  };
+  const std::map<std::string, double> both{{stays_cg.name(), 3}, {leaves_name, 5}};
+  EXPECT_EQ(exported(), both);
+  const uint64_t leaves_id = leaves_cg->id();
+  EXPECT_EQ(in_map(), (std::map<uint64_t, uint64_t>{{stays_cg.id(), 3}, {leaves_id, 5}}));
+
+  leaves_cg.reset();      // the cgroup is removed
+  workloads_->Refresh();  // and the resolver sees it (the exporter rescans every interval)
+  const auto gone_at = std::chrono::steady_clock::now();
+  EXPECT_EQ(exported(), both) << "a gone client keeps its name for the grace";
+  std::map<std::string, double> now = both;
+  while (now.count(leaves_name) && std::chrono::steady_clock::now() - gone_at < 12s) {
+    std::this_thread::sleep_for(250ms);
+    now = exported();
+  }
+  const double after =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - gone_at).count();
+  EXPECT_EQ(now, (std::map<std::string, double>{{stays_cg.name(), 3}}));
+  EXPECT_GE(after, 4.5) << "left before the grace";
+  EXPECT_EQ(in_map(), (std::map<uint64_t, uint64_t>{{stays_cg.id(), 3}}));
+  // Later collections do not bring it back.
+  EXPECT_EQ(exported(), (std::map<std::string, double>{{stays_cg.name(), 3}}));
 }
 
 // The real exporter: the exported buckets are exactly the configured ones, a reload
