@@ -11,16 +11,17 @@
  *
  * sched_switch is the hottest hook on a machine, so its path is one array lookup
  * (config), two task-local storage lookups (the per-task state of prev and next:
- * a pointer in the task, no hashing), one per-CPU counter update and one histogram
- * update; stacks (two bpf_get_stackid) are taken only when a thread blocks while
+ * a pointer in the task, no hashing), one counter update and one histogram update,
+ * both into this CPU's write-back cache (`cpu_cache`, bpf/cpu.h: plain adds, no hash
+ * lookup, no line shared with other CPUs) while the key is in it; stacks (two bpf_get_stackid) are taken only when a thread blocks while
  * stacks are on (cpu_config.stacks, checked before anything else of stacks: with
  * `stacks: on_demand` it is on only while /debug/offcpu profiles), and aggregated
  * only for episodes >= offcpu_min that started and ended while it was on.
  *
  * On-CPU time is added at switch-out, and also by `kmon_cpu_flush`, which user space
  * runs on every CPU before it reads the counters (BPF_PROG_TEST_RUN with
- * BPF_F_TEST_RUN_ON_CPU: an IPI): it adds the running thread's slice so far and moves
- * the slice's start to now, so a thread that never leaves its CPU is counted as it
+ * BPF_F_TEST_RUN_ON_CPU: an IPI): it writes the CPU's cache back, adds the running
+ * thread's slice so far and moves the slice's start to now, so a thread that never leaves its CPU is counted as it
  * runs, not in one jump when it finally switches out.
  *
  * Control maps: `cpu_config` (offcpu_min, stacks, the stack generation) and the
@@ -95,6 +96,9 @@ struct {
   __type(value, struct offcpu_stack_value);
 } offcpu_stacks SEC(".maps");
 
+/* The write-back cache in front of cg_counters and cg_hists (bpf/cpu.h). */
+KMON_MAP(BPF_MAP_TYPE_PERCPU_ARRAY, 1, __u32, struct cpu_cache) cpu_cache SEC(".maps");
+
 /* Reasons beyond the common `lost` array's map_full (enum kmon_cpu_lost_reason). */
 KMON_MAP(BPF_MAP_TYPE_PERCPU_ARRAY, KMON_CPU_LOST_MAX, __u32, __u64) cpu_lost SEC(".maps");
 
@@ -106,19 +110,121 @@ static __always_inline void count_cpu_lost(__u32 reason) {
   if (n) *n += 1;
 }
 
-static __always_inline void hist_add(__u64 cgroup_id, __u32 kind, __u64 ns) {
-  struct cpu_hist_key key = {.cgroup_id = cgroup_id, .kind = kind};
-  struct cpu_hist *h = kmon_lookup_or_init(&cg_hists, &key, &zero_hist);
-  if (!h) return;
-  __u32 slot = kmon_cpu_hist_slot(ns);
-  if (slot < KMON_CPU_HIST_SLOTS) __sync_fetch_and_add(&h->slots[slot], 1);
-  __sync_fetch_and_add(&h->sum_ns, ns);
-}
-
 /* This CPU's counters of a cgroup (a per-CPU value: plain adds). */
 static __always_inline struct cpu_counters *counters_of(__u64 cgroup_id) {
   static const struct cpu_counters zero;
   return kmon_lookup_or_init(&cg_counters, &cgroup_id, &zero);
+}
+
+/* The cache's way for a key: a multiplicative hash, as cgroup ids (inode numbers)
+ * of one pod are often consecutive. */
+static __always_inline __u32 cache_way(__u64 cgroup_id, __u32 kind) {
+  return (__u32)(((cgroup_id * 4 + kind) * 0x9E3779B97F4A7C15ull) >> 61) &
+         (KMON_CPU_CACHE_WAYS - 1);
+}
+
+static __always_inline struct cpu_cache *cache_of(const struct cpu_config *cfg) {
+  if (!cfg->cache) return NULL;
+  __u32 zero = 0;
+  return bpf_map_lookup_elem(&cpu_cache, &zero);
+}
+
+/* Moves a way's counts into cg_counters. The key is there: a way is given a cgroup
+ * only right after an update of the cgroup's entry, so a write-back (in the flush
+ * too, where a new key might find no memory) never inserts. A key that is not there
+ * was deleted by user space as gone: its counts go with it. */
+static __always_inline void counters_writeback(struct cpu_cached_counters *w) {
+  if (!w->cgroup_id || !(w->oncpu_ns | w->voluntary | w->involuntary)) return;
+  struct cpu_counters *c = bpf_map_lookup_elem(&cg_counters, &w->cgroup_id);
+  if (c) {
+    c->oncpu_ns += w->oncpu_ns;
+    c->voluntary += w->voluntary;
+    c->involuntary += w->involuntary;
+  }
+  w->oncpu_ns = 0;
+  w->voluntary = 0;
+  w->involuntary = 0;
+}
+
+/* Adds to a cgroup's counters on this CPU: into its cache way when the way holds it;
+ * else straight into cg_counters (inserting the key if new), and the way, written
+ * back, is the cgroup's from then on. */
+static __always_inline void counters_add(const struct cpu_config *cfg, __u64 cgroup_id,
+                                         __u64 oncpu_ns, __u64 voluntary, __u64 involuntary) {
+  struct cpu_cache *cache = cache_of(cfg);
+  struct cpu_cached_counters *w = NULL;
+  if (cache) {
+    w = &cache->counters[cache_way(cgroup_id, 0)];
+    if (w->cgroup_id == cgroup_id) {
+      w->oncpu_ns += oncpu_ns;
+      w->voluntary += voluntary;
+      w->involuntary += involuntary;
+      return;
+    }
+  }
+  struct cpu_counters *c = counters_of(cgroup_id);
+  if (!c) return;
+  c->oncpu_ns += oncpu_ns;
+  c->voluntary += voluntary;
+  c->involuntary += involuntary;
+  if (w) {
+    counters_writeback(w);
+    w->cgroup_id = cgroup_id;
+  }
+}
+
+/* Moves a way's episodes into cg_hists (shared: atomic adds, of the slots that have
+ * any). As for the counters, the key is there unless user space deleted it as gone. */
+static __always_inline void hist_writeback(struct cpu_cached_hist *w) {
+  if (!w->cgroup_id || !w->pending) return;
+  struct cpu_hist_key key = {.cgroup_id = w->cgroup_id, .kind = w->kind};
+  struct cpu_hist *h = bpf_map_lookup_elem(&cg_hists, &key);
+  for (int i = 0; i < KMON_CPU_HIST_SLOTS; i++) {
+    __u64 n = w->h.slots[i];
+    if (!n) continue;
+    if (h) __sync_fetch_and_add(&h->slots[i], n);
+    w->h.slots[i] = 0;
+  }
+  if (h) __sync_fetch_and_add(&h->sum_ns, w->h.sum_ns);
+  w->h.sum_ns = 0;
+  w->pending = 0;
+}
+
+static __always_inline void hist_add(const struct cpu_config *cfg, __u64 cgroup_id, __u32 kind,
+                                     __u64 ns) {
+  __u32 slot = kmon_cpu_hist_slot(ns);
+  struct cpu_cache *cache = cache_of(cfg);
+  struct cpu_cached_hist *w = NULL;
+  if (cache) {
+    w = &cache->hists[cache_way(cgroup_id, kind)];
+    if (w->cgroup_id == cgroup_id && w->kind == kind) {
+      if (slot < KMON_CPU_HIST_SLOTS) w->h.slots[slot] += 1;
+      w->h.sum_ns += ns;
+      w->pending += 1;
+      return;
+    }
+  }
+  struct cpu_hist_key key = {.cgroup_id = cgroup_id, .kind = kind};
+  struct cpu_hist *h = kmon_lookup_or_init(&cg_hists, &key, &zero_hist);
+  if (!h) return;
+  if (slot < KMON_CPU_HIST_SLOTS) __sync_fetch_and_add(&h->slots[slot], 1);
+  __sync_fetch_and_add(&h->sum_ns, ns);
+  if (w) {
+    hist_writeback(w);
+    w->cgroup_id = cgroup_id;
+    w->kind = kind;
+  }
+}
+
+/* Writes every way of this CPU's cache back (kmon_cpu_flush, before user space reads). */
+static __always_inline void cache_writeback_all(void) {
+  __u32 zero = 0;
+  struct cpu_cache *cache = bpf_map_lookup_elem(&cpu_cache, &zero);
+  if (!cache) return;
+  for (int i = 0; i < KMON_CPU_CACHE_WAYS; i++) {
+    counters_writeback(&cache->counters[i]);
+    hist_writeback(&cache->hists[i]);
+  }
 }
 
 /* The stack id to keep from bpf_get_stackid's result. "No stack there" (EFAULT for
@@ -200,14 +306,8 @@ static __always_inline void switch_out(void *ctx, struct task_struct *prev, bool
   struct cpu_task_state *st =
       bpf_task_storage_get(&task_state, prev, 0, dead ? 0 : BPF_LOCAL_STORAGE_GET_F_CREATE);
 
-  struct cpu_counters *c = counters_of(cgroup_id);
-  if (c) {
-    if (st && st->oncpu_ts && now > st->oncpu_ts) c->oncpu_ns += now - st->oncpu_ts;
-    if (voluntary)
-      c->voluntary += 1;
-    else
-      c->involuntary += 1;
-  }
+  __u64 ran = st && st->oncpu_ts && now > st->oncpu_ts ? now - st->oncpu_ts : 0;
+  counters_add(cfg, cgroup_id, ran, voluntary ? 1 : 0, voluntary ? 0 : 1);
   if (dead) return;
   if (!st) {
     /* No memory for the storage (or the storage is busy on this CPU). */
@@ -270,17 +370,17 @@ static __always_inline void switch_in(struct task_struct *next, __u64 now,
   if (off_ts && now >= off_ts) {
     __u64 cgroup_id = st->cgroup_id;
     if (st->kind == KMON_CPU_KIND_RUNQ) {
-      hist_add(cgroup_id, KMON_CPU_KIND_RUNQ, now - off_ts);
+      hist_add(cfg, cgroup_id, KMON_CPU_KIND_RUNQ, now - off_ts);
     } else {
       __u64 woke = st->wakeup_ts;
       if (woke < off_ts || woke > now) woke = 0;
       __u64 end = woke ? woke : now;
       __u64 blocked = end - off_ts;
-      if (woke) hist_add(cgroup_id, KMON_CPU_KIND_RUNQ, now - woke);
+      if (woke) hist_add(cfg, cgroup_id, KMON_CPU_KIND_RUNQ, now - woke);
       if (blocked >= cfg->offcpu_min_ns) {
         __u32 kind = st->kind;
         if (kind >= KMON_CPU_KIND_MAX) kind = KMON_CPU_KIND_OTHER;
-        hist_add(cgroup_id, kind, blocked);
+        hist_add(cfg, cgroup_id, kind, blocked);
         /* Only stacks of this generation: the map may have been emptied since. */
         if (cfg->stacks && st->gen == cfg->gen &&
             (st->kstack != KMON_CPU_NO_STACK || st->ustack != KMON_CPU_NO_STACK)) {
@@ -355,6 +455,7 @@ int BPF_PROG(kmon_cpu_forked, struct task_struct *p) {
  * has no state yet: its time counts from its first flush. */
 SEC("raw_tp")
 int kmon_cpu_flush(void *ctx) {
+  cache_writeback_all();
   struct task_struct *cur = bpf_get_current_task_btf();
   if (cur->pid == 0) return 0; /* idle */
   __u64 cgroup_id = bpf_get_current_cgroup_id();

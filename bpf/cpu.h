@@ -90,6 +90,10 @@ struct cpu_config {
   /* The stack generation: a stack taken under another generation (before the stack
    * map was emptied for a new window) is never aggregated. */
   __u32 gen;
+  /* 1: counts go through `cpu_cache` (user space runs kmon_cpu_flush on every CPU
+   * before it reads); 0: straight into the maps (the flush cannot be run). */
+  __u32 cache;
+  __u32 pad;
 };
 
 /* Per-thread scheduling state, in task-local storage (freed with the task).
@@ -128,6 +132,31 @@ struct cpu_hist {
   __u64 sum_ns;
 };
 
+/* A per-CPU write-back cache in front of `cg_counters` and `cg_hists` (one entry of
+ * the per-CPU array `cpu_cache`), so that the switches of the few cgroups a CPU runs
+ * add to this CPU's memory: no hash lookup, no atomic add on a line other CPUs
+ * share. A way holds one cgroup's (or one (cgroup, kind)'s) counts not yet in the
+ * maps; it is written back when another key takes the way, and by `kmon_cpu_flush`,
+ * which user space runs on every CPU before it reads the maps. Kernel-internal:
+ * user space never reads it. ~2.3 KiB per CPU. */
+#define KMON_CPU_CACHE_WAYS 8
+struct cpu_cached_counters {
+  __u64 cgroup_id; /* 0: empty */
+  __u64 oncpu_ns;
+  __u64 voluntary;
+  __u64 involuntary;
+};
+struct cpu_cached_hist {
+  __u64 cgroup_id; /* 0: empty */
+  __u32 kind;
+  __u32 pending; /* episodes added since the last write-back */
+  struct cpu_hist h;
+};
+struct cpu_cache {
+  struct cpu_cached_counters counters[KMON_CPU_CACHE_WAYS];
+  struct cpu_cached_hist hists[KMON_CPU_CACHE_WAYS];
+};
+
 /* `start_ns` is the process's start (its leader's task->start_boottime, ns since
  * boot), so a process that reuses an exited one's PID is a different key: user
  * space matches it with /proc/PID/stat field 22 (the same time in clock ticks). */
@@ -154,7 +183,9 @@ KMON_INLINE __u32 kmon_cpu_hist_slot(__u64 ns) {
 }
 
 #ifdef __cplusplus
-static_assert(sizeof(struct cpu_config) == 16, "BPF ABI");
+static_assert(sizeof(struct cpu_config) == 24, "BPF ABI");
+static_assert(sizeof(struct cpu_cache) == KMON_CPU_CACHE_WAYS * (32 + 16 + sizeof(struct cpu_hist)),
+              "BPF ABI");
 static_assert(sizeof(struct cpu_task_state) == 56, "BPF ABI");
 static_assert(sizeof(struct cpu_counters) == 24, "BPF ABI");
 static_assert(sizeof(struct cpu_hist_key) == 16, "BPF ABI");

@@ -277,6 +277,7 @@ void ParseCpuSection(YamlParser& p, const YamlValue& v, CpuConfig* c) {
 CpuCollector::CpuCollector(const CollectorDeps& deps)
     : BpfCollector(kName, deps, &skel_, cpu_bpf__create_skeleton,
                    {{"cpu_config", sizeof(uint32_t), sizeof(cpu_config)},
+                    {"cpu_cache", sizeof(uint32_t), sizeof(cpu_cache)},
                     {"task_state", sizeof(uint32_t), sizeof(cpu_task_state)},
                     {"cg_counters", sizeof(uint64_t), sizeof(cpu_counters)},
                     {"cg_hists", sizeof(cpu_hist_key), sizeof(cpu_hist)},
@@ -307,8 +308,14 @@ absl::Status CpuCollector::BeforeLoad(const CollectorConfig& config) {
 }
 
 absl::Status CpuCollector::AfterAttach(const CollectorConfig& config) {
-  // Threads running now have no state yet: their time counts from here.
-  FlushOnCpuTime();
+  // Threads running now have no state yet: their time counts from here. Once the
+  // flush is known to run on every CPU, counts may wait in the per-CPU cache.
+  if (FlushOnCpuTime()) {
+    std::lock_guard<std::mutex> lock(config_mu_);
+    cache_ = true;
+    absl::Status st = WriteCpuConfig();
+    if (!st.ok()) return st;
+  }
   source_ = std::make_unique<BpfCpuDataSource>(bpf_map__fd(skel_->maps.cg_counters),
                                                bpf_map__fd(skel_->maps.cg_hists));
   held_link_ = bpf_program__attach_iter(skel_->progs.kmon_cpu_held, nullptr);
@@ -335,6 +342,7 @@ absl::Status CpuCollector::WriteCpuConfig() {
       stacks_ == OffCpuStacks::kAlways || (stacks_ == OffCpuStacks::kOnDemand && window_open_) ? 1
                                                                                                : 0;
   value.gen = gen_;
+  value.cache = cache_ ? 1 : 0;
   uint32_t zero = 0;
   if (bpf_map_update_elem(bpf_map__fd(skel_->maps.cpu_config), &zero, &value, BPF_ANY) != 0) {
     return BpfError(kName, "map=cpu_config: update", errno);
@@ -379,8 +387,8 @@ void CpuCollector::DropStale(const std::vector<CpuCounters>& counters,
   }
 }
 
-void CpuCollector::FlushOnCpuTime() {
-  if (skel_ == nullptr) return;
+bool CpuCollector::FlushOnCpuTime() {
+  if (skel_ == nullptr) return false;
   std::lock_guard<std::mutex> lock(flush_mu_);
   const int fd = bpf_program__fd(skel_->progs.kmon_cpu_flush);
   for (int cpu = 0; cpu < PossibleCpus(); ++cpu) {
@@ -389,15 +397,24 @@ void CpuCollector::FlushOnCpuTime() {
     if (bpf_prog_test_run_opts(fd, &opts) == 0) continue;
     const int e = errno;
     if (e == ENXIO) continue;  // an offline CPU runs nothing
-    // Without the flush, running threads' time still counts, at their switch-out.
+    // Without the flush, running threads' time still counts, at their switch-out,
+    // and counts go straight into the maps from now on (what a CPU's cache holds
+    // now reaches them when its way is next taken).
     if (!flush_warned_.exchange(true)) {
       LogWarn(
           "running kmon_cpu_flush failed; on-CPU time of running threads is counted "
           "when they leave the CPU",
           {{"collector", kName}, {"cpu", std::to_string(cpu)}, {"err", std::strerror(e)}});
     }
-    return;
+    std::lock_guard<std::mutex> config_lock(config_mu_);
+    if (cache_) {
+      cache_ = false;
+      absl::Status st = WriteCpuConfig();
+      if (!st.ok()) LogWarn("cpu: switching the cache off", {{"err", st.ToString()}});
+    }
+    return false;
   }
+  return true;
 }
 
 absl::Status CpuCollector::Read(std::vector<prometheus::MetricFamily>* out) {

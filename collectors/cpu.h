@@ -107,8 +107,10 @@ class CpuCollector : public BpfCollector {
   absl::Status Read(std::vector<prometheus::MetricFamily>* out) override;
   void AddOwnEventsLost(std::map<std::string, uint64_t>* lost) const override;
   void DropStale(const std::vector<CpuCounters>& counters, const std::vector<CpuHistogram>& hists);
-  /// Runs kmon_cpu_flush on every CPU: running threads' time so far into the counters.
-  void FlushOnCpuTime();
+  /// Runs kmon_cpu_flush on every CPU: each CPU's cache of counts, and running
+  /// threads' time so far, into the maps. False when it could not be run (warned
+  /// once); the cache is then switched off (cpu_config.cache).
+  bool FlushOnCpuTime();
   /// /debug/offcpu's switch (on_demand): capture on for a window, with a new stack
   /// generation, and off after.
   absl::Status SetCapture(bool on);
@@ -128,6 +130,7 @@ class CpuCollector : public BpfCollector {
   OffCpuStacks stacks_ = OffCpuStacks::kOnDemand;
   bool window_open_ = false;
   uint32_t gen_ = 0;
+  bool cache_ = false;  // counts go through cpu_cache: the flush runs on every CPU
   // One flush at a time: on the calling CPU it runs with interrupts on, and another
   // scrape's flush arriving there by IPI would count that thread's slice twice.
   std::mutex flush_mu_;
