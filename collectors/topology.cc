@@ -18,6 +18,9 @@ namespace {
 
 constexpr char kName[] = "topology";
 constexpr auto kKeepSnapshots = std::chrono::minutes(10);
+// Snapshots kept for the API's windows are this far apart (at most 61 held): one per
+// scrape held every edge 600 times over at a scrape a second.
+constexpr auto kSnapshotEvery = std::chrono::seconds(10);
 constexpr size_t kMaxCachedNames = 65536;
 
 std::string EdgeId(const TopologyNode& c, const TopologyNode& s, uint16_t port) {
@@ -201,8 +204,8 @@ TopologyNode TopologyCollector::NodeOf(uint64_t cgroup_id, const std::array<uint
 }
 
 absl::Status TopologyCollector::ReadNamed(std::map<std::string, NamedEdge>* out,
-                                          std::vector<double>* bounds,
-                                          std::vector<EdgeHist>* gone) {
+                                          std::vector<double>* bounds, std::vector<EdgeHist>* gone,
+                                          Snapshot* now) {
   std::vector<EdgeHist> edges;
   absl::Status st = deps().topology->Read(&edges, bounds);
   if (!st.ok()) return st;
@@ -234,10 +237,13 @@ absl::Status TopologyCollector::ReadNamed(std::map<std::string, NamedEdge>* out,
   }
   // A gone cgroup's name is kept while an edge still names it, and no longer.
   std::erase_if(names_, [&](const auto& n) { return !named_cgroups.count(n.first); });
-  snapshots_.push_back(std::move(snap));
-  while (!snapshots_.empty() && snapshots_.front().at < snapshots_.back().at - kKeepSnapshots) {
+  if (snapshots_.empty() || snap.at - snapshots_.back().at >= kSnapshotEvery) {
+    snapshots_.push_back(snap);
+  }
+  while (!snapshots_.empty() && snapshots_.front().at < snap.at - kKeepSnapshots) {
     snapshots_.pop_front();
   }
+  if (now != nullptr) *now = std::move(snap);
   return absl::OkStatus();
 }
 
@@ -259,11 +265,13 @@ nlohmann::json TopologyCollector::Graph(std::chrono::seconds window) {
   if (!running_) throw std::runtime_error("the topology collector is not running");
   std::map<std::string, NamedEdge> named;
   std::vector<double> bounds;
-  absl::Status st = ReadNamed(&named, &bounds);
+  Snapshot now;
+  absl::Status st = ReadNamed(&named, &bounds, nullptr, &now);
   if (!st.ok()) throw std::runtime_error(std::string(st.message()));
-  // The baseline is the newest snapshot at least `window` old; until there is one,
-  // counts are since the collector started and so is the time they are divided by.
-  const Snapshot& now = snapshots_.back();
+  // The baseline is the newest snapshot at least `window` old (so the window is up
+  // to kSnapshotEvery longer than asked; window_seconds says how long); until there
+  // is one, counts are since the collector started and so is the time they are
+  // divided by.
   const Snapshot* base = nullptr;
   for (const auto& s : snapshots_) {
     if (s.at <= now.at - window) base = &s;

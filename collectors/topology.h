@@ -61,6 +61,11 @@ class TopologyCollector : public Collector {
 
   /// The graph over the last `window` (nodes and edges, Grafana node-graph fields).
   nlohmann::json Graph(std::chrono::seconds window);
+  /// Snapshots held for the API's windows (tests: bounded whatever the scrape rate).
+  size_t SnapshotsHeld() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return snapshots_.size();
+  }
 
  private:
   struct Snapshot {
@@ -77,11 +82,12 @@ class TopologyCollector : public Collector {
   /// A pod's node: "namespace/pod", or "namespace/workload" by workload granularity.
   TopologyNode PodNode(const std::string& ns, const std::string& pod,
                        const std::string& workload) const;
-  /// Reads edges and names them; records a snapshot for the API. With `gone`, the
+  /// Reads edges and names them; keeps the snapshot for the API's windows when the
+  /// last kept is old enough, and hands it to `now` when asked. With `gone`, the
   /// edges with an end the labeler found gone in this pass go there, not to `out`.
   /// Caller holds mu_.
   absl::Status ReadNamed(std::map<std::string, NamedEdge>* out, std::vector<double>* bounds,
-                         std::vector<EdgeHist>* gone = nullptr);
+                         std::vector<EdgeHist>* gone = nullptr, Snapshot* now = nullptr);
 
   bool running_ = false;
   bool service_graph_metrics_ = false;

@@ -241,6 +241,43 @@ TEST(TopologyApiTest, SecondsIsAWholeNumberInRange) {
   topo.Stop();
 }
 
+// A scrape a second used to keep a snapshot of every edge per scrape for the API's
+// 10-minute window: 600 copies of each edge. Snapshots are kept 10 s apart, so a
+// burst of scrapes holds one, and the API still answers from the newest counts.
+TEST(TopologyApiTest, ScrapesDoNotPileUpSnapshots) {
+  WorkloadResolver workloads(std::make_unique<FixedCgroupPaths>(), nullptr);
+  TopologyFeed feed;
+  uint64_t served = 0;
+  feed.SetReader([&](std::vector<EdgeHist>* edges, std::vector<double>* bounds) {
+    *bounds = {0.1};
+    EdgeHist e;
+    e.client_cgroup = 100;
+    e.server_cgroup = 200;
+    e.server_port = 8080;
+    e.count = ++served;
+    e.slots = {e.count, 0};
+    edges->push_back(e);
+    return absl::OkStatus();
+  });
+  CollectorDeps deps;
+  deps.workloads = &workloads;
+  deps.topology = &feed;
+  deps.handle_http = [](const std::string&, HttpHandler) {};
+  TopologyCollector topo(deps);
+  ASSERT_TRUE(topo.Start(CollectorConfig{}).ok());
+  for (int i = 0; i < 100; ++i) {
+    std::vector<prometheus::MetricFamily> fams;
+    topo.Collect(&fams);
+  }
+  EXPECT_EQ(topo.SnapshotsHeld(), 1u);
+  // No snapshot is 60 s old yet: the counts since the start, read now (the 101st).
+  const nlohmann::json g = topo.Graph(std::chrono::seconds(60));
+  ASSERT_EQ(g["edges"].size(), 1u);
+  EXPECT_EQ(g["edges"][0]["requests"].get<uint64_t>(), 101u);
+  EXPECT_EQ(topo.SnapshotsHeld(), 1u);
+  topo.Stop();
+}
+
 // Clients on other nodes are named through the pod-IP index; granularity workload
 // names pods (local ones from Kubernetes metadata, remote ones from the index) by
 // their top owner; an address the index does not know is "external".
