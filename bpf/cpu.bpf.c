@@ -13,16 +13,16 @@
  * (config), two task-local storage lookups (the per-task state of prev and next:
  * a pointer in the task, no hashing), one counter update and one histogram update,
  * both into this CPU's write-back cache (`cpu_cache`, bpf/cpu.h: plain adds, no hash
- * lookup, no line shared with other CPUs) while the key is in it; stacks (two bpf_get_stackid) are taken only when a thread blocks while
- * stacks are on (cpu_config.stacks, checked before anything else of stacks: with
+ * lookup, no line shared with other CPUs) while the key is in it; stacks (two
+ * bpf_get_stackid) are taken only when a thread blocks while stacks are on (cpu_config.stacks, checked before anything else of stacks: with
  * `stacks: on_demand` it is on only while /debug/offcpu profiles), and aggregated
  * only for episodes >= offcpu_min that started and ended while it was on.
  *
  * On-CPU time is added at switch-out, and also by `kmon_cpu_flush`, which user space
  * runs on every CPU before it reads the counters (BPF_PROG_TEST_RUN with
  * BPF_F_TEST_RUN_ON_CPU: an IPI): it writes the CPU's cache back, adds the running
- * thread's slice so far and moves the slice's start to now, so a thread that never leaves its CPU is counted as it
- * runs, not in one jump when it finally switches out.
+ * thread's slice so far and moves the slice's start to now, so a thread that never
+ * leaves its CPU is counted as it runs, not in one jump when it finally switches out.
  *
  * Control maps: `cpu_config` (offcpu_min, stacks, the stack generation) and the
  * common `filter_config`/`watched_cgroups`. Data maps (cumulative): `cg_counters`
@@ -123,8 +123,7 @@ static __always_inline __u32 cache_way(__u64 cgroup_id, __u32 kind) {
          (KMON_CPU_CACHE_WAYS - 1);
 }
 
-static __always_inline struct cpu_cache *cache_of(const struct cpu_config *cfg) {
-  if (!cfg->cache) return NULL;
+static __always_inline struct cpu_cache *cache_of(void) {
   __u32 zero = 0;
   return bpf_map_lookup_elem(&cpu_cache, &zero);
 }
@@ -148,14 +147,16 @@ static __always_inline void counters_writeback(struct cpu_cached_counters *w) {
 
 /* Adds to a cgroup's counters on this CPU: into its cache way when the way holds it;
  * else straight into cg_counters (inserting the key if new), and the way, written
- * back, is the cgroup's from then on. */
+ * back, is the cgroup's from then on. With the cache off (cpu_config.cache), counts
+ * go straight into the map and each way is written back and left empty at its next
+ * use, so nothing stays in a way that no flush will empty. */
 static __always_inline void counters_add(const struct cpu_config *cfg, __u64 cgroup_id,
                                          __u64 oncpu_ns, __u64 voluntary, __u64 involuntary) {
-  struct cpu_cache *cache = cache_of(cfg);
+  struct cpu_cache *cache = cache_of();
   struct cpu_cached_counters *w = NULL;
   if (cache) {
     w = &cache->counters[cache_way(cgroup_id, 0)];
-    if (w->cgroup_id == cgroup_id) {
+    if (cfg->cache && w->cgroup_id == cgroup_id) {
       w->oncpu_ns += oncpu_ns;
       w->voluntary += voluntary;
       w->involuntary += involuntary;
@@ -169,7 +170,7 @@ static __always_inline void counters_add(const struct cpu_config *cfg, __u64 cgr
   c->involuntary += involuntary;
   if (w) {
     counters_writeback(w);
-    w->cgroup_id = cgroup_id;
+    w->cgroup_id = cfg->cache ? cgroup_id : 0;
   }
 }
 
@@ -193,11 +194,11 @@ static __always_inline void hist_writeback(struct cpu_cached_hist *w) {
 static __always_inline void hist_add(const struct cpu_config *cfg, __u64 cgroup_id, __u32 kind,
                                      __u64 ns) {
   __u32 slot = kmon_cpu_hist_slot(ns);
-  struct cpu_cache *cache = cache_of(cfg);
+  struct cpu_cache *cache = cache_of();
   struct cpu_cached_hist *w = NULL;
   if (cache) {
     w = &cache->hists[cache_way(cgroup_id, kind)];
-    if (w->cgroup_id == cgroup_id && w->kind == kind) {
+    if (cfg->cache && w->cgroup_id == cgroup_id && w->kind == kind) {
       if (slot < KMON_CPU_HIST_SLOTS) w->h.slots[slot] += 1;
       w->h.sum_ns += ns;
       w->pending += 1;
@@ -211,15 +212,14 @@ static __always_inline void hist_add(const struct cpu_config *cfg, __u64 cgroup_
   __sync_fetch_and_add(&h->sum_ns, ns);
   if (w) {
     hist_writeback(w);
-    w->cgroup_id = cgroup_id;
+    w->cgroup_id = cfg->cache ? cgroup_id : 0;
     w->kind = kind;
   }
 }
 
 /* Writes every way of this CPU's cache back (kmon_cpu_flush, before user space reads). */
 static __always_inline void cache_writeback_all(void) {
-  __u32 zero = 0;
-  struct cpu_cache *cache = bpf_map_lookup_elem(&cpu_cache, &zero);
+  struct cpu_cache *cache = cache_of();
   if (!cache) return;
   for (int i = 0; i < KMON_CPU_CACHE_WAYS; i++) {
     counters_writeback(&cache->counters[i]);

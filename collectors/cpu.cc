@@ -399,7 +399,7 @@ bool CpuCollector::FlushOnCpuTime() {
     if (e == ENXIO) continue;  // an offline CPU runs nothing
     // Without the flush, running threads' time still counts, at their switch-out,
     // and counts go straight into the maps from now on (what a CPU's cache holds
-    // now reaches them when its way is next taken).
+    // now reaches them when its way is next used).
     if (!flush_warned_.exchange(true)) {
       LogWarn(
           "running kmon_cpu_flush failed; on-CPU time of running threads is counted "

@@ -307,6 +307,41 @@ TEST_F(CpuRootTest, EverySleepIsAVoluntaryContextSwitch) {
   EXPECT_LT(involuntary, kSleeps);
 }
 
+// The per-CPU write-back cache, on (the flush runs) and off (as after a flush that
+// could not run): the voluntary switches of a sleeper are the kernel's count either
+// way, and what a way held when the cache went off still reaches the map.
+TEST_F(CpuRootTest, SwitchesAreCountedWithTheCacheOnAndOff) {
+  CpuCollector c(Deps());
+  ASSERT_TRUE(c.Start(CpuConfigYaml("1ms")).ok());
+  const int config_fd = bpf_map__fd(bpf_object__find_map_by_name(c.BpfObject(), "cpu_config"));
+  ASSERT_GE(config_fd, 0);
+  uint32_t zero = 0;
+  cpu_config cfg{};
+  ASSERT_EQ(bpf_map_lookup_elem(config_fd, &zero, &cfg), 0);
+  EXPECT_EQ(cfg.cache, 1u) << "the flush runs here, so the cache is on";
+  constexpr int kSleeps = 30;
+  auto voluntary = [&](const TestCgroup& cg) {
+    std::vector<prometheus::MetricFamily> fams;
+    c.Collect(&fams);
+    return Counter(fams, "kmon_cpu_context_switches_total", cg.name(), {{"kind", "voluntary"}});
+  };
+  TestCgroup on, off;
+  const SchedStat truth_on = RunAndMeasure(on, [] { SleepMs(kSleeps, 1); });
+  ASSERT_GE(truth_on.voluntary, kSleeps);
+  const double on_count = voluntary(on);
+  EXPECT_GE(on_count, truth_on.voluntary);
+  EXPECT_LE(on_count, truth_on.voluntary + 10);
+
+  cfg.cache = 0;
+  ASSERT_EQ(bpf_map_update_elem(config_fd, &zero, &cfg, BPF_ANY), 0);
+  const SchedStat truth_off = RunAndMeasure(off, [] { SleepMs(kSleeps, 1); });
+  ASSERT_GE(truth_off.voluntary, kSleeps);
+  const double off_count = voluntary(off);
+  EXPECT_GE(off_count, truth_off.voluntary);
+  EXPECT_LE(off_count, truth_off.voluntary + 10);
+  EXPECT_EQ(voluntary(on), on_count);
+}
+
 // A thread that never leaves its CPU is counted as it runs: scraped mid-run, its
 // on-CPU time is what it has run so far (the kernel's schedstat), not zero until it
 // switches out.
