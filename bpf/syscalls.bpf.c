@@ -13,9 +13,10 @@
  *   classic tracepoint's cost.
  * Both hand the return value over (fexit reads it after the function's argument).
  *
- * Control maps: `syscall_set` (which numbers count, and by which hook) and the
- * common `filter_config`/`watched_cgroups`. Data map: `counts` (per-CPU,
- * cumulative). */
+ * Control maps: `syscall_set` (which numbers count, and by which hook), `sc_config`
+ * (the cache switch) and the common `filter_config`/`watched_cgroups`. Data map:
+ * `counts` (per-CPU, cumulative), with the tracepoint's write-back cache `sc_cache`
+ * in front of it (bpf/syscalls.h). */
 #include "vmlinux.h"
 #include <bpf/bpf_core_read.h>
 #include <bpf/bpf_helpers.h>
@@ -41,10 +42,36 @@ struct {
   __type(value, struct syscall_value);
 } counts SEC(".maps");
 
+KMON_MAP(BPF_MAP_TYPE_ARRAY, 1, __u32, struct syscall_config) sc_config SEC(".maps");
+KMON_MAP(BPF_MAP_TYPE_PERCPU_ARRAY, 1, __u32, struct syscall_cache) sc_cache SEC(".maps");
+
 /* The syscall number each fexit slot counts; set before load. */
 const volatile __u32 slot_nr[KMON_SYSCALL_FEXIT_SLOTS] = {};
 
-static __always_inline int count_syscall(__u32 nr, long ret, __u8 hook) {
+static __always_inline struct syscall_cache *cache_of(void) {
+  __u32 zero = 0;
+  return bpf_map_lookup_elem(&sc_cache, &zero);
+}
+
+/* Moves a way's counts into `counts`. The key is there: a way is given a key only
+ * right after an update of the key's entry, so a write-back (in the flush too)
+ * never inserts. A key that is not there was deleted by user space (its cgroup is
+ * gone, or the syscall is no longer chosen): its counts go with it. */
+static __always_inline void way_writeback(struct syscall_cached *w) {
+  if (!w->cgroup_id || !w->count) return;
+  struct syscall_key key = {.cgroup_id = w->cgroup_id, .nr = w->nr};
+  struct syscall_value *v = bpf_map_lookup_elem(&counts, &key);
+  if (v) {
+    v->count += w->count;
+    v->errors += w->errors;
+  }
+  w->count = 0;
+  w->errors = 0;
+}
+
+/* `cached`: the caller runs with preemption off (the tracepoint), so this CPU's
+ * cache is its own for the duration. */
+static __always_inline int count_syscall(__u32 nr, long ret, __u8 hook, bool cached) {
   __u8 *by = bpf_map_lookup_elem(&syscall_set, &nr);
   if (!by || *by != hook) return 0;
 
@@ -53,12 +80,33 @@ static __always_inline int count_syscall(__u32 nr, long ret, __u8 hook) {
 
   /* Errors are returned as -4095..-1; larger "negative" values (mmap addresses) are not. */
   __u64 failed = ret < 0 && ret >= -4095;
+  struct syscall_cached *w = NULL;
+  __u32 zero = 0;
+  const struct syscall_config *cfg = cached ? bpf_map_lookup_elem(&sc_config, &zero) : NULL;
+  struct syscall_cache *cache = cached ? cache_of() : NULL;
+  if (cache && cfg) {
+    __u32 way = (__u32)(((cgroup_id << 10 | nr) * 0x9E3779B97F4A7C15ull) >> 60) &
+                (KMON_SYSCALL_CACHE_WAYS - 1);
+    w = &cache->ways[way];
+    if (cfg->cache && w->cgroup_id == cgroup_id && w->nr == nr) {
+      w->count += 1;
+      w->errors += failed;
+      return 0;
+    }
+  }
   struct syscall_key key = {.cgroup_id = cgroup_id, .nr = nr};
-  static const struct syscall_value zero;
-  struct syscall_value *v = kmon_lookup_or_init(&counts, &key, &zero);
+  static const struct syscall_value zero_value;
+  struct syscall_value *v = kmon_lookup_or_init(&counts, &key, &zero_value);
   if (!v) return 0;
   v->count += 1;
   v->errors += failed;
+  /* The way is this key's from now on (with the cache off: emptied, so nothing
+   * stays in a way that no flush will empty). */
+  if (w && cfg) {
+    way_writeback(w);
+    w->cgroup_id = cfg->cache ? cgroup_id : 0;
+    w->nr = nr;
+  }
   return 0;
 }
 
@@ -78,15 +126,27 @@ SEC("tp_btf/sys_exit")
 int BPF_PROG(kmon_sys_exit, struct pt_regs *regs, long ret) {
   long nr = syscall_nr(regs);
   if (nr < 0 || nr >= KMON_MAX_SYSCALL_NR) return 0;
-  return count_syscall((__u32)nr, ret, KMON_SYSCALL_BY_TRACEPOINT);
+  return count_syscall((__u32)nr, ret, KMON_SYSCALL_BY_TRACEPOINT, true);
+}
+
+/* Run by user space on each CPU in turn (never attached) before it reads `counts`:
+ * every way of this CPU's cache into the map. It runs in an IPI with interrupts off
+ * (or, on the calling CPU, with preemption off), so no sys_exit program runs on
+ * this CPU meanwhile. */
+SEC("raw_tp")
+int kmon_sc_flush(void *ctx) {
+  struct syscall_cache *cache = cache_of();
+  if (!cache) return 0;
+  for (int i = 0; i < KMON_SYSCALL_CACHE_WAYS; i++) way_writeback(&cache->ways[i]);
+  return 0;
 }
 
 /* Every __<arch>_sys_<name> takes one argument (the pt_regs): the return value is
  * ctx[1]. No target in the section: user space sets it. */
-#define KMON_FEXIT_SLOT(i)                                               \
-  SEC("fexit")                                                           \
-  int kmon_sc_fx##i(unsigned long long *ctx) {                           \
-    return count_syscall(slot_nr[i], (long)ctx[1], KMON_SYSCALL_BY_FEXIT); \
+#define KMON_FEXIT_SLOT(i)                                                      \
+  SEC("fexit")                                                                  \
+  int kmon_sc_fx##i(unsigned long long *ctx) {                                  \
+    return count_syscall(slot_nr[i], (long)ctx[1], KMON_SYSCALL_BY_FEXIT, false); \
   }
 
 KMON_FEXIT_SLOT(0) KMON_FEXIT_SLOT(1) KMON_FEXIT_SLOT(2) KMON_FEXIT_SLOT(3)

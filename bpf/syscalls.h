@@ -33,7 +33,36 @@ struct syscall_value {
   __u64 errors;
 };
 
+/* A per-CPU write-back cache in front of `counts` (the one entry of the per-CPU
+ * array `sc_cache`): a syscall of a (cgroup, number) the CPU counted recently adds
+ * to this CPU's way, with no hash lookup. A way is written back to `counts` when
+ * another key takes it, and by `kmon_sc_flush`, which user space runs on every CPU
+ * before it reads `counts`. Only the sys_exit tracepoint uses it: its programs run
+ * with preemption off, so nothing else on the CPU touches a way mid-update; fexit
+ * programs can be preempted and count straight into `counts`. 512 bytes per CPU. */
+#define KMON_SYSCALL_CACHE_WAYS 16
+struct syscall_cached {
+  __u64 cgroup_id; /* 0: empty */
+  __u32 nr;
+  __u32 pad;
+  __u64 count;
+  __u64 errors;
+};
+struct syscall_cache {
+  struct syscall_cached ways[KMON_SYSCALL_CACHE_WAYS];
+};
+
+/* Value of the one-entry `sc_config` control map. */
+struct syscall_config {
+  /* 1: the tracepoint counts through `sc_cache` (user space runs kmon_sc_flush on
+   * every CPU before it reads); 0: straight into `counts`. */
+  __u32 cache;
+  __u32 pad;
+};
+
 #ifdef __cplusplus
+static_assert(sizeof(struct syscall_cache) == 32 * KMON_SYSCALL_CACHE_WAYS, "BPF ABI");
+static_assert(sizeof(struct syscall_config) == 8, "BPF ABI");
 static_assert(sizeof(struct syscall_key) == 16, "BPF ABI");
 static_assert(sizeof(struct syscall_value) == 16, "BPF ABI");
 #endif

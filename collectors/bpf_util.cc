@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstdarg>
 #include <cstdio>
+#include <cstring>
 
 #include "base/log.h"
 #include "bpf/kmon_common.h"
@@ -51,6 +52,19 @@ int PossibleCpus() {
     return c > 0 ? c : 1;
   }();
   return n;
+}
+
+absl::Status RunOnEveryCpu(int prog_fd, int* failed_cpu) {
+  for (int cpu = 0; cpu < PossibleCpus(); ++cpu) {
+    LIBBPF_OPTS(bpf_test_run_opts, opts, .flags = BPF_F_TEST_RUN_ON_CPU,
+                .cpu = static_cast<__u32>(cpu));
+    if (bpf_prog_test_run_opts(prog_fd, &opts) == 0) continue;
+    const int e = errno;
+    if (e == ENXIO) continue;  // an offline CPU runs nothing
+    if (failed_cpu != nullptr) *failed_cpu = cpu;
+    return absl::InternalError(absl::StrCat("on CPU ", cpu, ": ", std::strerror(e)));
+  }
+  return absl::OkStatus();
 }
 
 absl::Status BpfError(std::string_view collector, std::string_view what, int err) {

@@ -390,31 +390,25 @@ void CpuCollector::DropStale(const std::vector<CpuCounters>& counters,
 bool CpuCollector::FlushOnCpuTime() {
   if (skel_ == nullptr) return false;
   std::lock_guard<std::mutex> lock(flush_mu_);
-  const int fd = bpf_program__fd(skel_->progs.kmon_cpu_flush);
-  for (int cpu = 0; cpu < PossibleCpus(); ++cpu) {
-    LIBBPF_OPTS(bpf_test_run_opts, opts, .flags = BPF_F_TEST_RUN_ON_CPU,
-                .cpu = static_cast<__u32>(cpu));
-    if (bpf_prog_test_run_opts(fd, &opts) == 0) continue;
-    const int e = errno;
-    if (e == ENXIO) continue;  // an offline CPU runs nothing
-    // Without the flush, running threads' time still counts, at their switch-out,
-    // and counts go straight into the maps from now on (what a CPU's cache holds
-    // now reaches them when its way is next used).
-    if (!flush_warned_.exchange(true)) {
-      LogWarn(
-          "running kmon_cpu_flush failed; on-CPU time of running threads is counted "
-          "when they leave the CPU",
-          {{"collector", kName}, {"cpu", std::to_string(cpu)}, {"err", std::strerror(e)}});
-    }
-    std::lock_guard<std::mutex> config_lock(config_mu_);
-    if (cache_) {
-      cache_ = false;
-      absl::Status st = WriteCpuConfig();
-      if (!st.ok()) LogWarn("cpu: switching the cache off", {{"err", st.ToString()}});
-    }
-    return false;
+  int cpu = -1;
+  absl::Status st = RunOnEveryCpu(bpf_program__fd(skel_->progs.kmon_cpu_flush), &cpu);
+  if (st.ok()) return true;
+  // Without the flush, running threads' time still counts, at their switch-out,
+  // and counts go straight into the maps from now on (what a CPU's cache holds
+  // now reaches them when its way is next used).
+  if (!flush_warned_.exchange(true)) {
+    LogWarn(
+        "running kmon_cpu_flush failed; on-CPU time of running threads is counted "
+        "when they leave the CPU",
+        {{"collector", kName}, {"cpu", std::to_string(cpu)}, {"err", st.ToString()}});
   }
-  return true;
+  std::lock_guard<std::mutex> config_lock(config_mu_);
+  if (cache_) {
+    cache_ = false;
+    absl::Status w = WriteCpuConfig();
+    if (!w.ok()) LogWarn("cpu: switching the cache off", {{"err", w.ToString()}});
+  }
+  return false;
 }
 
 absl::Status CpuCollector::Read(std::vector<prometheus::MetricFamily>* out) {

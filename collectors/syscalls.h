@@ -113,12 +113,18 @@ class SyscallsCollector : public BpfCollector {
   absl::Status SwitchToTracepoint(const std::vector<int>& numbers, const std::string& why);
   /// Deletes data-map entries of cgroups that are gone and of syscalls no longer counted.
   void DropStale(const std::vector<SyscallCount>& counts);
+  /// Runs kmon_sc_flush on every CPU: the tracepoint's per-CPU cache into `counts`.
+  /// When it cannot run, the cache is switched off (warned once) and false returned.
+  bool FlushCache();
+  absl::Status WriteCacheSwitch(bool on);
 
   syscalls_bpf* skel_ = nullptr;
   std::unique_ptr<SyscallCountSource> source_;
   std::map<int, std::string> names_;
   SyscallHookMode requested_ = SyscallHookMode::kAuto;
   SyscallHookState hook_;  // guarded by mu_
+  bool cache_ = false;     // the tracepoint counts through sc_cache (flushed before reads)
+  bool flush_warned_ = false;
 };
 
 }  // namespace kmon

@@ -313,12 +313,9 @@ TEST_F(CpuRootTest, EverySleepIsAVoluntaryContextSwitch) {
 TEST_F(CpuRootTest, SwitchesAreCountedWithTheCacheOnAndOff) {
   CpuCollector c(Deps());
   ASSERT_TRUE(c.Start(CpuConfigYaml("1ms")).ok());
-  const int config_fd = bpf_map__fd(bpf_object__find_map_by_name(c.BpfObject(), "cpu_config"));
-  ASSERT_GE(config_fd, 0);
-  uint32_t zero = 0;
-  cpu_config cfg{};
-  ASSERT_EQ(bpf_map_lookup_elem(config_fd, &zero, &cfg), 0);
-  EXPECT_EQ(cfg.cache, 1u) << "the flush runs here, so the cache is on";
+  std::optional<cpu_config> cfg = testing::ReadControl<cpu_config>(c.BpfObject(), "cpu_config");
+  ASSERT_TRUE(cfg.has_value());
+  EXPECT_EQ(cfg->cache, 1u) << "the flush runs here, so the cache is on";
   constexpr int kSleeps = 30;
   auto voluntary = [&](const TestCgroup& cg) {
     std::vector<prometheus::MetricFamily> fams;
@@ -332,8 +329,8 @@ TEST_F(CpuRootTest, SwitchesAreCountedWithTheCacheOnAndOff) {
   EXPECT_GE(on_count, truth_on.voluntary);
   EXPECT_LE(on_count, truth_on.voluntary + 10);
 
-  cfg.cache = 0;
-  ASSERT_EQ(bpf_map_update_elem(config_fd, &zero, &cfg, BPF_ANY), 0);
+  cfg->cache = 0;
+  ASSERT_TRUE(testing::WriteControl(c.BpfObject(), "cpu_config", *cfg));
   const SchedStat truth_off = RunAndMeasure(off, [] { SleepMs(kSleeps, 1); });
   ASSERT_GE(truth_off.voluntary, kSleeps);
   const double off_count = voluntary(off);

@@ -3,6 +3,8 @@
 // as a real process, and scraping it.
 #pragma once
 
+#include <bpf/bpf.h>
+#include <bpf/libbpf.h>
 #include <gtest/gtest.h>
 #include <sys/types.h>
 
@@ -130,5 +132,23 @@ class CollectorRootTest : public ::testing::Test {
   std::unique_ptr<WorkloadResolver> workloads_;
   std::unique_ptr<WatchedCgroups> watched_;
 };
+
+/// Entry 0 of the one-entry control map `map` of a loaded object (a collector's
+/// config); nullopt when the object has no such map or it cannot be read.
+template <typename T>
+std::optional<T> ReadControl(const bpf_object* obj, const char* map) {
+  const bpf_map* m = bpf_object__find_map_by_name(obj, map);
+  T value{};
+  uint32_t zero = 0;
+  if (m == nullptr || bpf_map_lookup_elem(bpf_map__fd(m), &zero, &value) != 0) return std::nullopt;
+  return value;
+}
+/// Writes entry 0 of the control map `map` behind the collector's back; false on failure.
+template <typename T>
+bool WriteControl(const bpf_object* obj, const char* map, const T& value) {
+  const bpf_map* m = bpf_object__find_map_by_name(obj, map);
+  uint32_t zero = 0;
+  return m != nullptr && bpf_map_update_elem(bpf_map__fd(m), &zero, &value, BPF_ANY) == 0;
+}
 
 }  // namespace kmon::testing

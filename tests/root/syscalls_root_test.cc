@@ -244,6 +244,34 @@ TEST_F(SyscallsRootTest, CountsExactlyWhatTheWorkloadDid) {
   EXPECT_EQ(c.EventsLost().at("map_full"), 0u);
 }
 
+// The tracepoint's per-CPU write-back cache, on (the flush runs here) and off (as
+// after a flush that could not run): every call is counted either way, once.
+TEST_F(SyscallsRootTest, CountsExactlyWithTheCacheOnAndOff) {
+  SyscallsCollector c({.workloads = workloads_.get(), .watched = watched_.get()});
+  ASSERT_TRUE(c.Start(SyscallConfig({"getppid"})).ok());
+  std::optional<syscall_config> sc =
+      testing::ReadControl<syscall_config>(c.BpfObject(), "sc_config");
+  ASSERT_TRUE(sc.has_value());
+  EXPECT_EQ(sc->cache, 1u) << "the flush runs here, so the cache is on";
+  auto getppids = [&](const TestCgroup& cg) {
+    std::vector<prometheus::MetricFamily> fams;
+    c.Collect(&fams);
+    return Find(fams, "kmon_syscalls_total", cg.name(), "getppid");
+  };
+  TestCgroup cg;
+  ASSERT_EQ(RunInCgroup(cg, [] { MakeCalls(300, 0, 0); }), 0);
+  EXPECT_EQ(getppids(cg), 300);
+  sc->cache = 0;
+  ASSERT_TRUE(testing::WriteControl(c.BpfObject(), "sc_config", *sc));
+  ASSERT_EQ(RunInCgroup(cg, [] { MakeCalls(200, 0, 0); }), 0);
+  EXPECT_EQ(getppids(cg), 500);
+  sc->cache = 1;
+  ASSERT_TRUE(testing::WriteControl(c.BpfObject(), "sc_config", *sc));
+  ASSERT_EQ(RunInCgroup(cg, [] { MakeCalls(100, 0, 0); }), 0);
+  EXPECT_EQ(getppids(cg), 600);
+  EXPECT_EQ(c.EventsLost().at("map_full"), 0u);
+}
+
 TEST_F(SyscallsRootTest, WatchedCgroupsControlMapFiltersWithoutReload) {
   SyscallsCollector c({.workloads = workloads_.get(), .watched = watched_.get()});
   Config cfg = SyscallConfig({"getppid"});
