@@ -205,13 +205,12 @@ TopologyNode TopologyCollector::NodeOf(uint64_t cgroup_id, const std::array<uint
 
 absl::Status TopologyCollector::ReadNamed(std::map<std::string, NamedEdge>* out,
                                           std::vector<double>* bounds, std::vector<EdgeHist>* gone,
-                                          Snapshot* now) {
+                                          std::chrono::steady_clock::time_point* read_at) {
   std::vector<EdgeHist> edges;
   absl::Status st = deps().topology->Read(&edges, bounds);
   if (!st.ok()) return st;
   out->clear();
-  Snapshot snap;
-  snap.at = std::chrono::steady_clock::now();
+  const auto at = std::chrono::steady_clock::now();
   std::unordered_set<uint64_t> named_cgroups;
   for (auto& e : edges) {
     TopologyNode client = NodeOf(e.client_cgroup, e.client_addr);
@@ -233,17 +232,18 @@ absl::Status TopologyCollector::ReadNamed(std::map<std::string, NamedEdge>* out,
       h.sum_seconds += e.sum_seconds;
       for (size_t i = 0; i < h.slots.size() && i < e.slots.size(); ++i) h.slots[i] += e.slots[i];
     }
-    snap.edges[id] = it->second.hist;
   }
   // A gone cgroup's name is kept while an edge still names it, and no longer.
   std::erase_if(names_, [&](const auto& n) { return !named_cgroups.count(n.first); });
-  if (snapshots_.empty() || snap.at - snapshots_.back().at >= kSnapshotEvery) {
-    snapshots_.push_back(snap);
+  if (snapshots_.empty() || at - snapshots_.back().at >= kSnapshotEvery) {
+    Snapshot snap{at, {}};
+    for (const auto& [id, e] : *out) snap.edges.emplace(id, e.hist);
+    snapshots_.push_back(std::move(snap));
   }
-  while (!snapshots_.empty() && snapshots_.front().at < snap.at - kKeepSnapshots) {
+  while (!snapshots_.empty() && snapshots_.front().at < at - kKeepSnapshots) {
     snapshots_.pop_front();
   }
-  if (now != nullptr) *now = std::move(snap);
+  if (read_at != nullptr) *read_at = at;
   return absl::OkStatus();
 }
 
@@ -265,7 +265,7 @@ nlohmann::json TopologyCollector::Graph(std::chrono::seconds window) {
   if (!running_) throw std::runtime_error("the topology collector is not running");
   std::map<std::string, NamedEdge> named;
   std::vector<double> bounds;
-  Snapshot now;
+  std::chrono::steady_clock::time_point now;
   absl::Status st = ReadNamed(&named, &bounds, nullptr, &now);
   if (!st.ok()) throw std::runtime_error(std::string(st.message()));
   // The baseline is the newest snapshot at least `window` old (so the window is up
@@ -274,9 +274,9 @@ nlohmann::json TopologyCollector::Graph(std::chrono::seconds window) {
   // divided by.
   const Snapshot* base = nullptr;
   for (const auto& s : snapshots_) {
-    if (s.at <= now.at - window) base = &s;
+    if (s.at <= now - window) base = &s;
   }
-  const double dt = std::chrono::duration<double>(now.at - (base ? base->at : started_)).count();
+  const double dt = std::chrono::duration<double>(now - (base ? base->at : started_)).count();
   nlohmann::json nodes = nlohmann::json::array(), edges = nlohmann::json::array();
   std::map<std::string, std::string> node_ns;
   for (const auto& [id, t] : named) {

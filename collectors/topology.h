@@ -82,12 +82,13 @@ class TopologyCollector : public Collector {
   /// A pod's node: "namespace/pod", or "namespace/workload" by workload granularity.
   TopologyNode PodNode(const std::string& ns, const std::string& pod,
                        const std::string& workload) const;
-  /// Reads edges and names them; keeps the snapshot for the API's windows when the
-  /// last kept is old enough, and hands it to `now` when asked. With `gone`, the
-  /// edges with an end the labeler found gone in this pass go there, not to `out`.
-  /// Caller holds mu_.
+  /// Reads edges and names them; keeps a snapshot of them for the API's windows when
+  /// the last kept is old enough, and says when they were read in `read_at` when
+  /// asked. With `gone`, the edges with an end the labeler found gone in this pass go
+  /// there, not to `out`. Caller holds mu_.
   absl::Status ReadNamed(std::map<std::string, NamedEdge>* out, std::vector<double>* bounds,
-                         std::vector<EdgeHist>* gone = nullptr, Snapshot* now = nullptr);
+                         std::vector<EdgeHist>* gone = nullptr,
+                         std::chrono::steady_clock::time_point* read_at = nullptr);
 
   bool running_ = false;
   bool service_graph_metrics_ = false;

@@ -66,6 +66,21 @@ uint64_t BucketAt(const prometheus::ClientMetric& m, double le) {
   return 0;
 }
 
+// The samples of kmon_topology_requests_total: each one's labels and value.
+std::vector<std::pair<std::map<std::string, std::string>, double>> TopologyRequests(
+    const std::vector<prometheus::MetricFamily>& fams) {
+  std::vector<std::pair<std::map<std::string, std::string>, double>> out;
+  for (const auto& f : fams) {
+    if (f.name != "kmon_topology_requests_total") continue;
+    for (const auto& m : f.metric) {
+      std::map<std::string, std::string> l;
+      for (const auto& x : m.label) l[x.name] = x.value;
+      out.emplace_back(std::move(l), m.counter.value);
+    }
+  }
+  return out;
+}
+
 class TcpRootTest : public testing::CollectorRootTest {
  protected:
   void SetUp() override {
@@ -968,14 +983,9 @@ TEST_F(TcpRootTest, TopologyAcrossNamespacesAndLoopback) {
   std::map<std::tuple<std::string, std::string, std::string>, double> edges;
   std::set<std::string> ours{server_cg.name(), left_cg.name(), right_cg.name(), lo_server_cg.name(),
                              lo_client_cg.name()};
-  for (const auto& f : fams) {
-    if (f.name != "kmon_topology_requests_total") continue;
-    for (const auto& m : f.metric) {
-      std::map<std::string, std::string> l;
-      for (const auto& x : m.label) l[x.name] = x.value;
-      if (!ours.count(l["server"])) continue;  // other traffic on the host
-      edges[{l["client"], l["server"], l["server_port"]}] = m.counter.value;
-    }
+  for (auto& [l, value] : TopologyRequests(fams)) {
+    if (!ours.count(l["server"])) continue;  // other traffic on the host
+    edges[{l["client"], l["server"], l["server_port"]}] = value;
   }
   std::map<std::tuple<std::string, std::string, std::string>, double> want{
       {{left_cg.name(), server_cg.name(), std::to_string(srv.port)}, 7},
@@ -1018,13 +1028,8 @@ TEST_F(TcpRootTest, EdgesOfAGoneClientLeaveAfterTheGrace) {
     fams.clear();
     topo.Collect(&fams);
     std::map<std::string, double> out;
-    for (const auto& f : fams) {
-      if (f.name != "kmon_topology_requests_total") continue;
-      for (const auto& m : f.metric) {
-        std::map<std::string, std::string> l;
-        for (const auto& x : m.label) l[x.name] = x.value;
-        if (l["server"] == server_cg.name()) out[l["client"]] = m.counter.value;
-      }
+    for (auto& [l, value] : TopologyRequests(fams)) {
+      if (l["server"] == server_cg.name()) out[l["client"]] = value;
     }
     return out;
   };
