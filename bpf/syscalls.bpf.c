@@ -69,8 +69,40 @@ static __always_inline void way_writeback(struct syscall_cached *w) {
   w->errors = 0;
 }
 
-/* `cached`: the caller runs with preemption off (the tracepoint), so this CPU's
- * cache is its own for the duration. */
+/* A compiler barrier: `busy` is stored before the counting it covers and cleared
+ * after it, in program order, which is the order an interrupt on this CPU sees. */
+#define KMON_BARRIER() asm volatile("" ::: "memory")
+
+/* Counts into this CPU's cache way for the key, or into `counts` (and the way is the
+ * key's from then on). The caller holds the cache (`busy`): it runs with preemption
+ * off, and the flush's IPI leaves a busy CPU alone. */
+static __always_inline void count_cached(struct syscall_cache *cache,
+                                         const struct syscall_config *cfg, __u64 cgroup_id,
+                                         __u32 nr, __u64 failed) {
+  __u32 way = (__u32)(((cgroup_id << 10 | nr) * 0x9E3779B97F4A7C15ull) >> 60) &
+              (KMON_SYSCALL_CACHE_WAYS - 1);
+  struct syscall_cached *w = &cache->ways[way];
+  if (cfg->cache && w->cgroup_id == cgroup_id && w->nr == nr) {
+    w->count += 1;
+    w->errors += failed;
+    return;
+  }
+  struct syscall_key key = {.cgroup_id = cgroup_id, .nr = nr};
+  static const struct syscall_value zero_value;
+  struct syscall_value *v = kmon_lookup_or_init(&counts, &key, &zero_value);
+  if (!v) return;
+  v->count += 1;
+  v->errors += failed;
+  /* The way is this key's from now on (with the cache off: emptied, so nothing
+   * stays in a way that no flush will empty). */
+  way_writeback(w);
+  w->cgroup_id = cfg->cache ? cgroup_id : 0;
+  w->nr = nr;
+}
+
+/* `cached`: the caller runs with preemption off (the tracepoint) and may use this
+ * CPU's cache. Otherwise (fexit, preemptible) straight into `counts`, with atomic
+ * adds: another task's program may run on this CPU in the middle of this one. */
 static __always_inline int count_syscall(__u32 nr, long ret, __u8 hook, bool cached) {
   __u8 *by = bpf_map_lookup_elem(&syscall_set, &nr);
   if (!by || *by != hook) return 0;
@@ -80,33 +112,23 @@ static __always_inline int count_syscall(__u32 nr, long ret, __u8 hook, bool cac
 
   /* Errors are returned as -4095..-1; larger "negative" values (mmap addresses) are not. */
   __u64 failed = ret < 0 && ret >= -4095;
-  struct syscall_cached *w = NULL;
   __u32 zero = 0;
   const struct syscall_config *cfg = cached ? bpf_map_lookup_elem(&sc_config, &zero) : NULL;
   struct syscall_cache *cache = cached ? cache_of() : NULL;
   if (cache && cfg) {
-    __u32 way = (__u32)(((cgroup_id << 10 | nr) * 0x9E3779B97F4A7C15ull) >> 60) &
-                (KMON_SYSCALL_CACHE_WAYS - 1);
-    w = &cache->ways[way];
-    if (cfg->cache && w->cgroup_id == cgroup_id && w->nr == nr) {
-      w->count += 1;
-      w->errors += failed;
-      return 0;
-    }
+    *(volatile __u64 *)&cache->busy = 1;
+    KMON_BARRIER();
+    count_cached(cache, cfg, cgroup_id, nr, failed);
+    KMON_BARRIER();
+    *(volatile __u64 *)&cache->busy = 0;
+    return 0;
   }
   struct syscall_key key = {.cgroup_id = cgroup_id, .nr = nr};
   static const struct syscall_value zero_value;
   struct syscall_value *v = kmon_lookup_or_init(&counts, &key, &zero_value);
   if (!v) return 0;
-  v->count += 1;
-  v->errors += failed;
-  /* The way is this key's from now on (with the cache off: emptied, so nothing
-   * stays in a way that no flush will empty). */
-  if (w && cfg) {
-    way_writeback(w);
-    w->cgroup_id = cfg->cache ? cgroup_id : 0;
-    w->nr = nr;
-  }
+  __sync_fetch_and_add(&v->count, 1);
+  if (failed) __sync_fetch_and_add(&v->errors, 1);
   return 0;
 }
 
@@ -130,13 +152,17 @@ int BPF_PROG(kmon_sys_exit, struct pt_regs *regs, long ret) {
 }
 
 /* Run by user space on each CPU in turn (never attached) before it reads `counts`:
- * every way of this CPU's cache into the map. It runs in an IPI with interrupts off
- * (or, on the calling CPU, with preemption off), so no sys_exit program runs on
- * this CPU meanwhile. */
+ * every way of this CPU's cache into the map. It runs in an IPI (or, on the calling
+ * CPU, with preemption off, where no sys_exit program can be half-way). An IPI can
+ * land in the middle of this CPU's sys_exit program, between the load and the store
+ * of a count: writing back then would count the way twice, or lose the write-back
+ * into the entry being updated. So a busy CPU is left alone: 1 asks user space to
+ * run this again (RunOnEveryCpu), by which time the interrupted program is done. */
 SEC("raw_tp")
 int kmon_sc_flush(void *ctx) {
   struct syscall_cache *cache = cache_of();
   if (!cache) return 0;
+  if (*(volatile __u64 *)&cache->busy) return 1;
   for (int i = 0; i < KMON_SYSCALL_CACHE_WAYS; i++) way_writeback(&cache->ways[i]);
   return 0;
 }

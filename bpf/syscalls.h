@@ -38,8 +38,9 @@ struct syscall_value {
  * to this CPU's way, with no hash lookup. A way is written back to `counts` when
  * another key takes it, and by `kmon_sc_flush`, which user space runs on every CPU
  * before it reads `counts`. Only the sys_exit tracepoint uses it: its programs run
- * with preemption off, so nothing else on the CPU touches a way mid-update; fexit
- * programs can be preempted and count straight into `counts`. 512 bytes per CPU. */
+ * with preemption off, so no other program of it runs on the CPU mid-update, and the
+ * flush's IPI waits for `busy` to clear; fexit programs can be preempted and count
+ * straight into `counts`, atomically. 520 bytes per CPU. */
 #define KMON_SYSCALL_CACHE_WAYS 16
 struct syscall_cached {
   __u64 cgroup_id; /* 0: empty */
@@ -49,6 +50,10 @@ struct syscall_cached {
   __u64 errors;
 };
 struct syscall_cache {
+  /* 1 while this CPU's tracepoint program is counting: the flush arrives in an IPI,
+   * which can interrupt it between a load and its store (of a way or of its
+   * `counts` entry); it then leaves the CPU alone and asks to be run again. */
+  __u64 busy;
   struct syscall_cached ways[KMON_SYSCALL_CACHE_WAYS];
 };
 
@@ -61,7 +66,7 @@ struct syscall_config {
 };
 
 #ifdef __cplusplus
-static_assert(sizeof(struct syscall_cache) == 32 * KMON_SYSCALL_CACHE_WAYS, "BPF ABI");
+static_assert(sizeof(struct syscall_cache) == 8 + 32 * KMON_SYSCALL_CACHE_WAYS, "BPF ABI");
 static_assert(sizeof(struct syscall_config) == 8, "BPF ABI");
 static_assert(sizeof(struct syscall_key) == 16, "BPF ABI");
 static_assert(sizeof(struct syscall_value) == 16, "BPF ABI");

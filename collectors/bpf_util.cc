@@ -55,14 +55,26 @@ int PossibleCpus() {
 }
 
 absl::Status RunOnEveryCpu(int prog_fd, int* failed_cpu) {
+  // A hook is busy for tens of nanoseconds, and the IPI that found it busy has to
+  // return before it can go on: the next try finds it done but for bad luck again.
+  constexpr int kBusyRetries = 1000;
   for (int cpu = 0; cpu < PossibleCpus(); ++cpu) {
-    LIBBPF_OPTS(bpf_test_run_opts, opts, .flags = BPF_F_TEST_RUN_ON_CPU,
-                .cpu = static_cast<__u32>(cpu));
-    if (bpf_prog_test_run_opts(prog_fd, &opts) == 0) continue;
-    const int e = errno;
-    if (e == ENXIO) continue;  // an offline CPU runs nothing
-    if (failed_cpu != nullptr) *failed_cpu = cpu;
-    return absl::InternalError(absl::StrCat("on CPU ", cpu, ": ", std::strerror(e)));
+    for (int attempt = 0;; ++attempt) {
+      LIBBPF_OPTS(bpf_test_run_opts, opts, .flags = BPF_F_TEST_RUN_ON_CPU,
+                  .cpu = static_cast<__u32>(cpu));
+      if (bpf_prog_test_run_opts(prog_fd, &opts) != 0) {
+        const int e = errno;
+        if (e == ENXIO) break;  // an offline CPU runs nothing
+        if (failed_cpu != nullptr) *failed_cpu = cpu;
+        return absl::InternalError(absl::StrCat("on CPU ", cpu, ": ", std::strerror(e)));
+      }
+      if (opts.retval == 0) break;
+      if (attempt == kBusyRetries) {
+        if (failed_cpu != nullptr) *failed_cpu = cpu;
+        return absl::UnavailableError(
+            absl::StrCat("on CPU ", cpu, ": still busy after ", kBusyRetries, " tries"));
+      }
+    }
   }
   return absl::OkStatus();
 }

@@ -38,7 +38,10 @@ int PossibleCpus();
 /// Runs a program that is never attached (a raw_tp one) once on every possible CPU,
 /// through BPF_PROG_TEST_RUN with BPF_F_TEST_RUN_ON_CPU: on other CPUs in an IPI, with
 /// interrupts off, on the calling one with preemption off. Offline CPUs are skipped.
-/// On failure, `*failed_cpu` is the CPU that refused and the status says why.
+/// A program that returns non-zero found the CPU busy (the IPI interrupted a hook of
+/// its object half-way through an update) and is run on that CPU again, up to
+/// 1000 times. On failure, `*failed_cpu` is the CPU that refused and the
+/// status says why.
 absl::Status RunOnEveryCpu(int prog_fd, int* failed_cpu = nullptr);
 
 /// "collector=syscalls map=counts: <what>: <strerror(err)>"

@@ -7,6 +7,7 @@
 #include <fcntl.h>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <sched.h>
 #include <signal.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -270,6 +271,57 @@ TEST_F(SyscallsRootTest, CountsExactlyWithTheCacheOnAndOff) {
   ASSERT_EQ(RunInCgroup(cg, [] { MakeCalls(100, 0, 0); }), 0);
   EXPECT_EQ(getppids(cg), 600);
   EXPECT_EQ(c.EventsLost().at("map_full"), 0u);
+}
+
+// The flush runs in an IPI, which can land on a CPU in the middle of its
+// tracepoint's update of a cache way or of `counts`: many flushes at a CPU busy
+// counting syscalls, and still every call is counted once.
+TEST_F(SyscallsRootTest, FlushesInTheMiddleOfCountingLoseAndDoubleNothing) {
+  if (std::thread::hardware_concurrency() < 2) GTEST_SKIP() << "needs two CPUs";
+  SyscallsCollector c({.workloads = workloads_.get(), .watched = watched_.get()});
+  ASSERT_TRUE(c.Start(SyscallConfig({"getppid"})).ok());
+  bpf_program* flush = bpf_object__find_program_by_name(c.BpfObject(), "kmon_sc_flush");
+  ASSERT_NE(flush, nullptr);
+  constexpr int kCalls = 2'000'000;
+  TestCgroup cg;
+  const pid_t child = testing::SpawnInCgroup(cg, [] {
+    cpu_set_t one;
+    CPU_ZERO(&one);
+    CPU_SET(1, &one);
+    if (sched_setaffinity(0, sizeof(one), &one) != 0) _exit(3);
+    MakeCalls(kCalls, 0, 0);
+  });
+  ASSERT_GT(child, 0);
+  // From CPU 0, so every flush of CPU 1 is an IPI.
+  cpu_set_t saved, zero;
+  ASSERT_EQ(sched_getaffinity(0, sizeof(saved), &saved), 0);
+  CPU_ZERO(&zero);
+  CPU_SET(0, &zero);
+  ASSERT_EQ(sched_setaffinity(0, sizeof(zero), &zero), 0);
+  int flushes = 0, busy = 0;
+  bool reaped = false;
+  for (;;) {
+    int status = 0;
+    if (waitpid(child, &status, WNOHANG) == child) {
+      EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+      reaped = true;
+      break;
+    }
+    LIBBPF_OPTS(bpf_test_run_opts, opts, .flags = BPF_F_TEST_RUN_ON_CPU, .cpu = 1);
+    if (bpf_prog_test_run_opts(bpf_program__fd(flush), &opts) != 0) break;
+    ++flushes;
+    busy += opts.retval != 0;
+  }
+  sched_setaffinity(0, sizeof(saved), &saved);
+  if (!reaped) testing::WaitChild(child);  // a failed flush ended the loop
+  std::vector<prometheus::MetricFamily> fams;
+  c.Collect(&fams);  // the collector's own flush, with its retries
+  EXPECT_EQ(Find(fams, "kmon_syscalls_total", cg.name(), "getppid"), kCalls)
+      << "after " << flushes << " flushes on the counting CPU";
+  // The race was run into, not just run beside: some IPIs found the program mid-way.
+  EXPECT_GT(flushes, 1000);
+  EXPECT_GT(busy, 0) << flushes << " flushes";
+  std::printf("%d flushes, %d found the CPU busy\n", flushes, busy);
 }
 
 TEST_F(SyscallsRootTest, WatchedCgroupsControlMapFiltersWithoutReload) {
