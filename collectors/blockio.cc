@@ -33,7 +33,7 @@ class BpfBlockIoSource : public BlockIoSource {
   absl::Status Read(std::vector<BlockIoCount>* counts,
                     std::vector<BlockIoLatency>* latencies) override {
     absl::Status st = ReadPerCpuHashAs<blk_count_key, blk_count_value>(
-        counts_fd_, KMON_BLK_COUNTS_MAX,
+        counts_fd_,
         [](const blk_count_key& k, std::span<const blk_count_value> per_cpu) {
           BlockIoCount c{.cgroup_id = k.cgroup_id, .dev = k.dev, .op = k.op};
           for (const auto& v : per_cpu) {
@@ -45,7 +45,7 @@ class BpfBlockIoSource : public BlockIoSource {
         counts);
     if (!st.ok()) return st;
     return ReadPerCpuHashAs<blk_latency_key, blk_latency_value>(
-        latency_fd_, KMON_BLK_LATENCY_MAX,
+        latency_fd_,
         [](const blk_latency_key& k, std::span<const blk_latency_value> per_cpu) {
           BlockIoLatency l{.dev = k.dev, .op = k.op};
           for (const auto& v : per_cpu) {

@@ -65,6 +65,17 @@ absl::Status BpfCollector::DoStart(const CollectorConfig& config) {
     absl::Status st = CheckMapLayout(name(), m, l.key_size, l.value_size);
     if (!st.ok()) return st;
   }
+  // limits.bpf_map_entries, checked against the collector table's list when parsed.
+  for (const auto& [map_name, entries] : config.limits.MapEntriesOf(name())) {
+    bpf_map* m = bpf_object__find_map_by_name(*skeleton_->obj, map_name.c_str());
+    if (m == nullptr) {
+      return absl::InvalidArgumentError(absl::StrCat("collector=", name(), " map=", map_name,
+                                                     ": limits.bpf_map_entries names a map "
+                                                     "not in the BPF object"));
+    }
+    err = bpf_map__set_max_entries(m, entries);
+    if (err) return BpfError(name(), absl::StrCat("map=", map_name, ": set_max_entries"), err);
+  }
   absl::Status st = BeforeLoad(config);
   if (!st.ok()) return st;
   if (deps().watched != nullptr) {

@@ -2,7 +2,8 @@
 // generated skeleton through libbpf's generic skeleton calls
 // (bpf_object__{open,load,attach,destroy}_skeleton), so the start sequence is
 // written once (libbpf-bootstrap's bootstrap.c shows it):
-//   open -> check map layouts against the shared header -> BeforeLoad (feature
+//   open -> check map layouts against the shared header -> map sizes from
+//   limits.bpf_map_entries -> BeforeLoad (feature
 //   probes, set_autoload) -> share the watched-cgroups maps -> load -> Configure
 //   (control maps) -> attach -> AfterAttach (data sources, threads, routes)
 // and Stop reverses it. Every object carries kmon_common.bpf.h's maps: the

@@ -167,6 +167,17 @@ absl::Status ReadHashRaw(int map_fd, uint32_t max_entries, size_t key_size, size
   return absl::OkStatus();
 }
 
+absl::Status ReadWholeHash(int map_fd, size_t key_size, size_t value_stride,
+                           std::vector<uint8_t>* keys, std::vector<uint8_t>* values,
+                           uint32_t* count) {
+  bpf_map_info info{};
+  uint32_t len = sizeof(info);
+  if (bpf_obj_get_info_by_fd(map_fd, &info, &len) != 0) {  // libbpf 1.1: no typed call
+    return absl::InternalError(absl::StrCat("bpf_obj_get_info_by_fd: ", std::strerror(errno)));
+  }
+  return ReadHashRaw(map_fd, info.max_entries, key_size, value_stride, keys, values, count);
+}
+
 }  // namespace internal
 
 void ClearHash(int map_fd, size_t key_size) {

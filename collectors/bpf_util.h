@@ -55,24 +55,23 @@ absl::Status CheckMapLayout(std::string_view collector, const bpf_map* map, size
 /// where the kernel lacks batch ops). Each key comes with one value per CPU.
 /// Nothing is deleted: counters stay cumulative so two scrapers see the same data.
 template <typename K, typename V>
-absl::Status ReadPerCpuHash(int map_fd, uint32_t max_entries,
-                            std::vector<std::pair<K, std::vector<V>>>* out);
+absl::Status ReadPerCpuHash(int map_fd, std::vector<std::pair<K, std::vector<V>>>* out);
 
 /// Reads a whole per-CPU hash map like ReadPerCpuHash, turning each key and its
 /// values (one per CPU) into one `Out` with `fold(const K&, std::span<const V>)`:
 /// what the collector keeps of a key (usually the sum over CPUs), with no copy of
 /// the per-CPU values in between.
 template <typename K, typename V, typename Out, typename Fold>
-absl::Status ReadPerCpuHashAs(int map_fd, uint32_t max_entries, Fold fold, std::vector<Out>* out);
+absl::Status ReadPerCpuHashAs(int map_fd, Fold fold, std::vector<Out>* out);
 
 /// Reads a whole (not per-CPU) hash map, turning each entry into one `Out` with
 /// `fold(const K&, const V&)`.
 template <typename K, typename V, typename Out, typename Fold>
-absl::Status ReadHashAs(int map_fd, uint32_t max_entries, Fold fold, std::vector<Out>* out);
+absl::Status ReadHashAs(int map_fd, Fold fold, std::vector<Out>* out);
 
 /// Reads a whole (not per-CPU) hash map in batches, like ReadPerCpuHash.
 template <typename K, typename V>
-absl::Status ReadHash(int map_fd, uint32_t max_entries, std::vector<std::pair<K, V>>* out);
+absl::Status ReadHash(int map_fd, std::vector<std::pair<K, V>>* out);
 
 /// Deletes every key of a hash map (used when a reload changes what its values mean).
 void ClearHash(int map_fd, size_t key_size);
@@ -103,16 +102,21 @@ namespace internal {
 absl::Status ReadHashRaw(int map_fd, uint32_t max_entries, size_t key_size, size_t value_stride,
                          std::vector<uint8_t>* keys, std::vector<uint8_t>* values, uint32_t* count,
                          bool keep = true);
+/// ReadHashRaw of every entry the map can hold, by the max_entries the kernel made
+/// it with (which the config may have changed from the object's).
+absl::Status ReadWholeHash(int map_fd, size_t key_size, size_t value_stride,
+                           std::vector<uint8_t>* keys, std::vector<uint8_t>* values,
+                           uint32_t* count);
 }  // namespace internal
 
 template <typename K, typename V, typename Out, typename Fold>
-absl::Status ReadPerCpuHashAs(int map_fd, uint32_t max_entries, Fold fold, std::vector<Out>* out) {
+absl::Status ReadPerCpuHashAs(int map_fd, Fold fold, std::vector<Out>* out) {
   static_assert(sizeof(V) % 8 == 0, "per-CPU values are 8-byte aligned slots");
   std::vector<uint8_t> keys, values;
   uint32_t count = 0;
   const size_t cpus = static_cast<size_t>(PossibleCpus());
-  absl::Status st = internal::ReadHashRaw(map_fd, max_entries, sizeof(K), sizeof(V) * cpus, &keys,
-                                          &values, &count);
+  absl::Status st =
+      internal::ReadWholeHash(map_fd, sizeof(K), sizeof(V) * cpus, &keys, &values, &count);
   if (!st.ok()) return st;
   out->clear();
   out->reserve(count);
@@ -127,10 +131,9 @@ absl::Status ReadPerCpuHashAs(int map_fd, uint32_t max_entries, Fold fold, std::
 }
 
 template <typename K, typename V>
-absl::Status ReadPerCpuHash(int map_fd, uint32_t max_entries,
-                            std::vector<std::pair<K, std::vector<V>>>* out) {
+absl::Status ReadPerCpuHash(int map_fd, std::vector<std::pair<K, std::vector<V>>>* out) {
   return ReadPerCpuHashAs<K, V>(
-      map_fd, max_entries,
+      map_fd,
       [](const K& k, std::span<const V> per_cpu) {
         return std::pair<K, std::vector<V>>(k, std::vector<V>(per_cpu.begin(), per_cpu.end()));
       },
@@ -138,11 +141,10 @@ absl::Status ReadPerCpuHash(int map_fd, uint32_t max_entries,
 }
 
 template <typename K, typename V, typename Out, typename Fold>
-absl::Status ReadHashAs(int map_fd, uint32_t max_entries, Fold fold, std::vector<Out>* out) {
+absl::Status ReadHashAs(int map_fd, Fold fold, std::vector<Out>* out) {
   std::vector<uint8_t> keys, values;
   uint32_t count = 0;
-  absl::Status st =
-      internal::ReadHashRaw(map_fd, max_entries, sizeof(K), sizeof(V), &keys, &values, &count);
+  absl::Status st = internal::ReadWholeHash(map_fd, sizeof(K), sizeof(V), &keys, &values, &count);
   if (!st.ok()) return st;
   out->clear();
   out->reserve(count);
@@ -157,9 +159,9 @@ absl::Status ReadHashAs(int map_fd, uint32_t max_entries, Fold fold, std::vector
 }
 
 template <typename K, typename V>
-absl::Status ReadHash(int map_fd, uint32_t max_entries, std::vector<std::pair<K, V>>* out) {
+absl::Status ReadHash(int map_fd, std::vector<std::pair<K, V>>* out) {
   return ReadHashAs<K, V>(
-      map_fd, max_entries, [](const K& k, const V& v) { return std::pair<K, V>(k, v); }, out);
+      map_fd, [](const K& k, const V& v) { return std::pair<K, V>(k, v); }, out);
 }
 
 }  // namespace kmon

@@ -158,6 +158,8 @@ struct CollectorEntry {
   bool default_enabled;
   CollectorFactory factory;  // null: known to the config but not built yet
   SectionSpec section;
+  /// The maps limits.bpf_map_entries may size, with their defaults (README lists them).
+  std::vector<BpfMapSize> maps = {};
 };
 
 /// Every collector kmon knows, in one place; --collector.NAME flags and the

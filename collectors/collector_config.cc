@@ -27,6 +27,13 @@ bool TargetsConfig::Filters() const {
   return !namespaces.empty() || !pod_selector.empty() || !host_processes;
 }
 
+const std::map<std::string, uint32_t>& LimitsConfig::MapEntriesOf(
+    std::string_view collector) const {
+  static const std::map<std::string, uint32_t> none;
+  auto it = bpf_map_entries.find(collector);
+  return it == bpf_map_entries.end() ? none : it->second;
+}
+
 CollectorSections::CollectorSections(const CollectorSections& other) { *this = other; }
 
 CollectorSections& CollectorSections::operator=(const CollectorSections& other) {

@@ -34,8 +34,25 @@ struct TargetsConfig {
   bool Filters() const;
 };
 
+/// A BPF map whose size the config may set (limits.bpf_map_entries), with the size
+/// the object gives it: hash-type maps, whose max_entries caps the keys they hold.
+struct BpfMapSize {
+  const char* map;
+  uint32_t entries;
+};
+/// The most entries limits.bpf_map_entries may give a map.
+inline constexpr int64_t kMaxBpfMapEntries = int64_t{1} << 24;
+/// The pseudo-collector of limits.bpf_map_entries that names the maps every BPF
+/// collector shares (the watched-cgroups set), as kmon_bpf_map_* name them.
+inline constexpr char kSharedMapsCollector[] = "shared";
+
 struct LimitsConfig {
   int64_t max_series_per_collector = 20000;
+  /// collector (or "shared") -> map -> max_entries, for the maps the config sizes;
+  /// the others keep their object's size.
+  std::map<std::string, std::map<std::string, uint32_t>, std::less<>> bpf_map_entries;
+  /// The sizes the config gives `collector`'s maps (empty when none).
+  const std::map<std::string, uint32_t>& MapEntriesOf(std::string_view collector) const;
 };
 
 /// One collector's section of `collectors:`. Each collector derives its own with

@@ -31,7 +31,7 @@ class BpfCpuDataSource : public CpuDataSource {
       : counters_fd_(counters_fd), hists_fd_(hists_fd) {}
   absl::Status Read(std::vector<CpuCounters>* counters, std::vector<CpuHistogram>* hists) override {
     absl::Status st = ReadPerCpuHashAs<uint64_t, cpu_counters>(
-        counters_fd_, KMON_CPU_CGROUPS_MAX,
+        counters_fd_,
         [](uint64_t cg, std::span<const cpu_counters> per_cpu) {
           CpuCounters c{.cgroup_id = cg};
           for (const auto& v : per_cpu) {
@@ -44,7 +44,7 @@ class BpfCpuDataSource : public CpuDataSource {
         counters);
     if (!st.ok()) return st;
     return ReadHashAs<cpu_hist_key, cpu_hist>(
-        hists_fd_, KMON_CPU_HISTS_MAX,
+        hists_fd_,
         [](const cpu_hist_key& k, const cpu_hist& v) {
           CpuHistogram h{.cgroup_id = k.cgroup_id, .kind = k.kind, .sum_ns = v.sum_ns};
           for (int i = 0; i < KMON_CPU_HIST_SLOTS; ++i) h.slots[i] = v.slots[i];
@@ -69,7 +69,7 @@ class BpfOffCpuStackSource : public OffCpuStackSource {
 
   absl::Status Read(std::vector<OffCpuRawEntry>* out) override {
     std::vector<std::pair<offcpu_stack_key, offcpu_stack_value>> raw;
-    absl::Status st = ReadHash(aggregates_fd_, KMON_CPU_OFFCPU_STACKS_MAX, &raw);
+    absl::Status st = ReadHash(aggregates_fd_, &raw);
     if (!st.ok()) return st;
     out->clear();
     out->reserve(raw.size());

@@ -4,12 +4,12 @@
 // BuildXFamilies of each collector can be golden-tested.
 #pragma once
 
+#include <absl/status/status.h>
+
 #include <cstdint>
 #include <functional>
 #include <span>
 #include <vector>
-
-#include <absl/status/status.h>
 
 #include "collectors/bpf_util.h"
 
@@ -30,15 +30,13 @@ template <typename K, typename V, typename Row>
 class PerCpuHashSource : public DataSource<Row> {
  public:
   using Fold = std::function<Row(const K&, std::span<const V>)>;
-  PerCpuHashSource(int map_fd, uint32_t max_entries, Fold fold)
-      : fd_(map_fd), max_entries_(max_entries), fold_(std::move(fold)) {}
+  PerCpuHashSource(int map_fd, Fold fold) : fd_(map_fd), fold_(std::move(fold)) {}
   absl::Status Read(std::vector<Row>* out) override {
-    return ReadPerCpuHashAs<K, V>(fd_, max_entries_, fold_, out);
+    return ReadPerCpuHashAs<K, V>(fd_, fold_, out);
   }
 
  private:
   int fd_;
-  uint32_t max_entries_;
   Fold fold_;
 };
 

@@ -40,11 +40,11 @@ class BpfDnsDataSource : public DnsDataSource {
  public:
   explicit BpfDnsDataSource(dns_bpf* skel) : skel_(skel) {}
   absl::Status Read(std::vector<DnsHist>* hists, std::vector<DnsTimeouts>* timeouts) override {
-    absl::Status st = ReadPerCpuHashAs<dns_hist_key, dns_hist>(
-        bpf_map__fd(skel_->maps.hists), KMON_DNS_HIST_MAX, SumDnsHist, hists);
+    absl::Status st =
+        ReadPerCpuHashAs<dns_hist_key, dns_hist>(bpf_map__fd(skel_->maps.hists), SumDnsHist, hists);
     if (!st.ok()) return st;
     return ReadPerCpuHashAs<uint64_t, dns_stats>(
-        bpf_map__fd(skel_->maps.stats), KMON_DNS_STATS_MAX,
+        bpf_map__fd(skel_->maps.stats),
         [](uint64_t cg, std::span<const dns_stats> per_cpu) {
           DnsTimeouts t{.cgroup_id = cg};
           for (const auto& v : per_cpu) t.count += v.timeouts;
@@ -264,7 +264,7 @@ void DnsCollector::AddOwnEventsLost(std::map<std::string, uint64_t>* lost) const
 absl::Status DnsCollector::SweepTimedOut() {
   const int fd = bpf_map__fd(skel_->maps.pending);
   std::vector<std::pair<dns_pending_key, dns_pending>> all;
-  absl::Status st = ReadHash<dns_pending_key, dns_pending>(fd, KMON_DNS_PENDING_MAX, &all);
+  absl::Status st = ReadHash<dns_pending_key, dns_pending>(fd, &all);
   if (!st.ok()) return st;
   const uint64_t now = MonotonicNs();
   for (const auto& [k, v] : all) {

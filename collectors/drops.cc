@@ -11,11 +11,11 @@
 #include <set>
 #include <tuple>
 
+#include "base/log.h"
 #include "bpf/drops.h"
 #include "bpf/drops.skel.h"
 #include "collectors/bpf_util.h"
 #include "collectors/kernel_features.h"
-#include "base/log.h"
 
 namespace kmon {
 namespace {
@@ -194,7 +194,7 @@ absl::Status DropsCollector::BeforeLoad(const CollectorConfig&) {
 
 absl::Status DropsCollector::AfterAttach(const CollectorConfig&) {
   source_ = std::make_unique<PerCpuHashSource<drop_key, drop_value, DropCount>>(
-      bpf_map__fd(skel_->maps.counts), KMON_DROP_COUNTS_MAX, SumDropCount);
+      bpf_map__fd(skel_->maps.counts), SumDropCount);
   return absl::OkStatus();
 }
 

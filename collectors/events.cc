@@ -163,7 +163,7 @@ absl::Status EventsCollector::BeforeLoad(const CollectorConfig&) {
 
 absl::Status EventsCollector::AfterAttach(const CollectorConfig&) {
   source_ = std::make_unique<PerCpuHashSource<event_key, event_value, EventCount>>(
-      bpf_map__fd(skel_->maps.counts), KMON_EVENT_COUNTS_MAX, SumEventCount);
+      bpf_map__fd(skel_->maps.counts), SumEventCount);
   // The watched-cgroups filter is in place by now: hook the events.
   attaching_ = true;
   return Sync();

@@ -1,5 +1,6 @@
 #include "collectors/kernel_symbols.h"
 
+#include <absl/strings/str_cat.h>
 #include <malloc.h>
 
 #include <algorithm>
@@ -8,8 +9,6 @@
 #include <cstdlib>
 #include <cstring>
 #include <unordered_map>
-
-#include <absl/strings/str_cat.h>
 
 #include "collectors/proc_text.h"
 
@@ -193,10 +192,11 @@ std::optional<std::string> KernelSymbols::Lookup(uint64_t addr) const {
   auto it = std::upper_bound(addrs_.begin(), addrs_.end(), addr);
   if (it != addrs_.begin()) {
     const uint32_t i = static_cast<uint32_t>(it - addrs_.begin()) - 1;
-    auto e = std::lower_bound(early_ends_.begin(), early_ends_.end(), std::make_pair(i, uint64_t{0}));
+    auto e =
+        std::lower_bound(early_ends_.begin(), early_ends_.end(), std::make_pair(i, uint64_t{0}));
     const uint64_t end = e != early_ends_.end() && e->first == i ? e->second
-                         : i + 1 < addrs_.size()               ? addrs_[i + 1]
-                                                               : addrs_[i] + kMaxLastSymbolSize;
+                         : i + 1 < addrs_.size()                 ? addrs_[i + 1]
+                                                                 : addrs_[i] + kMaxLastSymbolSize;
     if (addrs_[i] != 0 && addr < end) return std::string(names_.data() + name_offsets_[i]);
   }
   misses_.fetch_add(1, std::memory_order_relaxed);
@@ -216,11 +216,12 @@ std::shared_ptr<const KernelSymbols> KernelSymbols::Shared(absl::Status* why) {
   return cache->Get(std::chrono::steady_clock::now(), why);
 }
 
-KernelSymbolsCache::KernelSymbolsCache(Loader loader, std::chrono::steady_clock::duration min_reload)
+KernelSymbolsCache::KernelSymbolsCache(Loader loader,
+                                       std::chrono::steady_clock::duration min_reload)
     : loader_(std::move(loader)), min_reload_(min_reload) {}
 
-std::shared_ptr<const KernelSymbols> KernelSymbolsCache::Get(std::chrono::steady_clock::time_point now,
-                                                             absl::Status* why) {
+std::shared_ptr<const KernelSymbols> KernelSymbolsCache::Get(
+    std::chrono::steady_clock::time_point now, absl::Status* why) {
   std::lock_guard<std::mutex> lock(mu_);
   std::shared_ptr<const KernelSymbols> held = table_.lock();
   const bool recent = loaded_once_ && now - last_load_ < min_reload_;

@@ -2,6 +2,9 @@
 // every collector shares (KernelSymbols::Shared), bounded, and re-read after misses.
 #pragma once
 
+#include <absl/status/status.h>
+#include <absl/status/statusor.h>
+
 #include <atomic>
 #include <chrono>
 #include <cstddef>
@@ -14,9 +17,6 @@
 #include <string_view>
 #include <utility>
 #include <vector>
-
-#include <absl/status/status.h>
-#include <absl/status/statusor.h>
 
 namespace kmon {
 
@@ -45,7 +45,8 @@ class KernelSymbols {
   /// unreadable or when every address is zero (kernel.kptr_restrict hides them from
   /// this process).
   static absl::StatusOr<std::shared_ptr<const KernelSymbols>> Load(
-      const std::string& path = "/proc/kallsyms", const std::string& modules_path = "/proc/modules");
+      const std::string& path = "/proc/kallsyms",
+      const std::string& modules_path = "/proc/modules");
 
   /// The one table of the running kernel that every collector shares (the table is
   /// about 4 MiB; loading it per collector doubled kmon's memory). Read on first use

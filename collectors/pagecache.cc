@@ -241,7 +241,7 @@ absl::Status PagecacheCollector::Configure(const CollectorConfig& config) {
 
 absl::Status PagecacheCollector::AfterAttach(const CollectorConfig&) {
   source_ = std::make_unique<PerCpuHashSource<pc_key, pc_value, PagecacheCount>>(
-      bpf_map__fd(skel_->maps.counts), KMON_PC_COUNTS_MAX, SumPagecacheCount);
+      bpf_map__fd(skel_->maps.counts), SumPagecacheCount);
   return absl::OkStatus();
 }
 

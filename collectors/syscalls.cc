@@ -284,7 +284,7 @@ SyscallsCollector::SyscallsCollector(const CollectorDeps& deps)
 
 absl::Status SyscallsCollector::AfterAttach(const CollectorConfig&) {
   source_ = std::make_unique<PerCpuHashSource<syscall_key, syscall_value, SyscallCount>>(
-      bpf_map__fd(skel_->maps.counts), KMON_SYSCALL_COUNTS_MAX, SumSyscallCount);
+      bpf_map__fd(skel_->maps.counts), SumSyscallCount);
   // Counts may wait in the per-CPU cache once the flush is known to run on every CPU.
   cache_ = false;
   flush_warned_ = false;

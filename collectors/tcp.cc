@@ -47,7 +47,7 @@ class BpfTcpDataSource : public TcpDataSource {
 
   absl::Status ReadEdges(size_t nslots, std::vector<EdgeHist>* out) override {
     return ReadHashAs<tcp_edge_key, tcp_hist>(
-        bpf_map__fd(skel_->maps.edges), KMON_TCP_EDGES_MAX,
+        bpf_map__fd(skel_->maps.edges),
         [nslots](const tcp_edge_key& k, const tcp_hist& h) {
           EdgeHist e;
           e.client_cgroup = k.client_cgroup;
@@ -65,7 +65,7 @@ class BpfTcpDataSource : public TcpDataSource {
   absl::Status Read(size_t nslots, TcpData* out) override {
     // The request histograms, one per server and port (no client).
     absl::Status st = ReadPerCpuHashAs<tcp_hist_key, tcp_hist>(
-        bpf_map__fd(skel_->maps.req_hist), KMON_TCP_REQ_MAX,
+        bpf_map__fd(skel_->maps.req_hist),
         [nslots](const tcp_hist_key& k, std::span<const tcp_hist> per_cpu) {
           EdgeHist e;
           e.server_cgroup = k.cgroup_id;
@@ -78,7 +78,7 @@ class BpfTcpDataSource : public TcpDataSource {
         &out->edges);
     if (st.ok()) {
       st = ReadHashAs<tcp_hist_key, tcp_hist>(
-          bpf_map__fd(skel_->maps.connect_hist), KMON_TCP_HIST_MAX,
+          bpf_map__fd(skel_->maps.connect_hist),
           [nslots](const tcp_hist_key& k, const tcp_hist& v) {
             TcpConnectHist h{.cgroup_id = k.cgroup_id};
             uint64_t count = 0;
@@ -89,7 +89,7 @@ class BpfTcpDataSource : public TcpDataSource {
     }
     if (st.ok()) {
       st = ReadPerCpuHashAs<uint64_t, tcp_stats>(
-          bpf_map__fd(skel_->maps.stats), KMON_TCP_STATS_MAX,
+          bpf_map__fd(skel_->maps.stats),
           [](uint64_t cg, std::span<const tcp_stats> per_cpu) {
             tcp_stats s{};
             for (const auto& v : per_cpu) {

@@ -35,6 +35,11 @@ WatchedCgroups::~WatchedCgroups() {
   if (set_fd_ >= 0) close(set_fd_);
 }
 
+const std::vector<BpfMapSize>& SharedMapSizes() {
+  static const std::vector<BpfMapSize> maps = {{"watched_cgroups", KMON_MAX_WATCHED_CGROUPS}};
+  return maps;
+}
+
 absl::Status WatchedCgroups::CreateLocked() {
   if (filter_fd_ >= 0) return absl::OkStatus();
   filter_fd_ = bpf_map_create(BPF_MAP_TYPE_ARRAY, "filter_config", sizeof(uint32_t),
@@ -47,7 +52,7 @@ absl::Status WatchedCgroups::CreateLocked() {
   // when targets or cgroups change.
   LIBBPF_OPTS(bpf_map_create_opts, opts, .map_flags = BPF_F_NO_PREALLOC);
   set_fd_ = bpf_map_create(BPF_MAP_TYPE_HASH, "watched_cgroups", sizeof(uint64_t), sizeof(uint8_t),
-                           KMON_MAX_WATCHED_CGROUPS, &opts);
+                           capacity_, &opts);
   if (set_fd_ < 0) {
     absl::Status st = absl::ResourceExhaustedError(
         absl::StrCat("map=watched_cgroups: creating: ", std::strerror(errno)));

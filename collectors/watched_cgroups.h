@@ -13,6 +13,7 @@
 #include <set>
 #include <vector>
 
+#include "bpf/kmon_common.h"
 #include "collectors/collector_config.h"
 #include "provider/workload.h"
 
@@ -23,10 +24,15 @@ namespace kmon {
 /// True when the cgroup of this identity (and pod metadata, if known) is selected.
 bool TargetSelects(const TargetsConfig& targets, const CgroupIdentity& id, const PodMeta* meta);
 
+/// The maps of limits.bpf_map_entries.shared: the watched-cgroups set.
+const std::vector<BpfMapSize>& SharedMapSizes();
+
 class WatchedCgroups {
  public:
-  explicit WatchedCgroups(WorkloadResolver* workloads, const PodMetadataSource* pods = nullptr)
-      : workloads_(workloads), pods_(pods) {}
+  /// `capacity`: max_entries of the watched-cgroups set (limits.bpf_map_entries).
+  explicit WatchedCgroups(WorkloadResolver* workloads, const PodMetadataSource* pods = nullptr,
+                          uint32_t capacity = KMON_MAX_WATCHED_CGROUPS)
+      : workloads_(workloads), pods_(pods), capacity_(capacity) {}
 
   ~WatchedCgroups();
   WatchedCgroups(const WatchedCgroups&) = delete;
@@ -58,6 +64,7 @@ class WatchedCgroups {
   std::set<uint64_t> current_;
   int filter_fd_ = -1;
   int set_fd_ = -1;
+  uint32_t capacity_;
 };
 
 }  // namespace kmon

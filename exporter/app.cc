@@ -123,6 +123,7 @@ void App::StartSlot(Slot* slot, const Config& config) {
   }
   slot->up = true;
   slot->reason.clear();
+  slot->map_entries = config.limits.MapEntriesOf(slot->entry->name);
   {
     std::unique_lock<std::shared_mutex> routes(routes_mu_);
     slot->serving = true;
@@ -161,6 +162,17 @@ absl::Status App::ApplyLocked(const Config& config) {
       StartSlot(&slot, config);
     } else if (!enabled && slot.enabled) {
       StopSlot(&slot);
+    } else if (enabled && slot.collector &&
+               config.limits.MapEntriesOf(slot.entry->name) != slot.map_entries) {
+      // A map's size is fixed when the kernel makes it: the collector's object is
+      // made again (its counters start again from zero, which Prometheus takes as
+      // a counter reset). One that cannot start so refuses the config, and the
+      // config in force is applied again, sizes and all.
+      LogInfo("limits.bpf_map_entries changed: restarting the collector",
+              {{"collector", slot.entry->name}});
+      StopSlot(&slot);
+      StartSlot(&slot, config);
+      if (!slot.collector) refused.push_back(slot.reason);
     } else if (enabled && slot.collector) {
       absl::Status st = slot.collector->Reconfigure(config);
       if (!st.ok()) {
@@ -226,7 +238,11 @@ int App::Start() {
   workloads_ =
       std::make_unique<WorkloadResolver>(std::make_unique<CgroupFsPathSource>(*root), pods);
   workloads_->SetPodGrace(cfg->kubernetes.series_grace);
-  watched_ = std::make_unique<WatchedCgroups>(workloads_.get(), pods);
+  const auto& shared = cfg->limits.MapEntriesOf(kSharedMapsCollector);
+  auto watched_size = shared.find("watched_cgroups");
+  watched_ = std::make_unique<WatchedCgroups>(
+      workloads_.get(), pods,
+      watched_size != shared.end() ? watched_size->second : KMON_MAX_WATCHED_CGROUPS);
 
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -332,6 +348,11 @@ absl::Status App::Reload(const std::string& trigger) {
     LogError("config reload rejected by a collector; keeping the previous config",
              {{"trigger", trigger}, {"err", applied.ToString()}});
     return applied;
+  }
+  if (cfg->limits.MapEntriesOf(kSharedMapsCollector) !=
+      config_.limits.MapEntriesOf(kSharedMapsCollector)) {
+    // Every collector's object holds the shared set: resizing it means all of them.
+    LogWarn("limits.bpf_map_entries.shared takes effect at the next start", {{"trigger", trigger}});
   }
   const KubernetesConfig& was = config_.kubernetes;
   const KubernetesConfig& is = cfg->kubernetes;

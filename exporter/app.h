@@ -8,6 +8,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <shared_mutex>
@@ -65,6 +66,8 @@ class App {
     bool up = false;
     std::string reason;    // why it is down
     bool serving = false;  // its HTTP routes may call it; guarded by routes_mu_
+    /// limits.bpf_map_entries of the running collector's object, as it was made.
+    std::map<std::string, uint32_t> map_entries = {};
   };
 
   absl::StatusOr<Config> LoadConfig();

@@ -10,6 +10,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "collectors/collector.h"
+#include "collectors/watched_cgroups.h"
 
 namespace kmon {
 namespace {
@@ -73,10 +74,48 @@ void ParseMaxSeries(YamlParser& p, const YamlValue& f, int64_t* out) {
   *out = n;
 }
 
+void ParseMapEntries(YamlParser& p, const YamlValue& f, uint32_t* out) {
+  int64_t n = 0;
+  if (!p.Int(f, "a whole number of entries", &n)) return;
+  if (n < 1 || n > kMaxBpfMapEntries) {
+    p.Report(f.key, f.line, absl::StrCat("must be between 1 and ", kMaxBpfMapEntries, ", got ", n));
+    return;
+  }
+  *out = static_cast<uint32_t>(n);
+}
+
+// limits.bpf_map_entries: collector -> map -> entries, each collector's keys being
+// the maps its table row lets the config size, so a misspelt map is an error at
+// its line rather than a size that silently never applies.
+void ParseBpfMapEntries(YamlParser& p, const YamlValue& v,
+                        std::map<std::string, std::map<std::string, uint32_t>, std::less<>>* out) {
+  auto collector = [&](const char* name, const std::vector<BpfMapSize>& maps) {
+    return YamlParser::Field{name, [&p, name, &maps, out](const YamlValue& c) {
+                               std::vector<YamlParser::Field> fields;
+                               for (const BpfMapSize& m : maps) {
+                                 fields.push_back({m.map, [&p, name, &m, out](const YamlValue& f) {
+                                                     uint32_t n = 0;
+                                                     ParseMapEntries(p, f, &n);
+                                                     if (n != 0) (*out)[name][m.map] = n;
+                                                   }});
+                               }
+                               p.Map(c, fields);
+                             }};
+  };
+  std::vector<YamlParser::Field> fields;
+  for (const CollectorEntry& e : CollectorTable()) {
+    if (!e.maps.empty()) fields.push_back(collector(e.name, e.maps));
+  }
+  fields.push_back(collector(kSharedMapsCollector, SharedMapSizes()));
+  p.Map(v, fields);
+}
+
 void ParseLimits(YamlParser& p, const YamlValue& v, LimitsConfig* l) {
   p.Map(v, {
                {"max_series_per_collector",
                 [&](const YamlValue& f) { ParseMaxSeries(p, f, &l->max_series_per_collector); }},
+               {"bpf_map_entries",
+                [&](const YamlValue& f) { ParseBpfMapEntries(p, f, &l->bpf_map_entries); }},
            });
 }
 

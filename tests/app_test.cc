@@ -17,6 +17,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "collectors/families.h"
 #include "tests/kube_api_server.h"
 #include "tests/test_util.h"
@@ -212,6 +213,78 @@ TEST(AppTest, AReloadACollectorRefusesFailsAndTheOldConfigStays) {
   ASSERT_TRUE(app.Reload("test").ok());
   EXPECT_EQ(g_configured_limit.load(), 300);
   EXPECT_EQ(Gauge(app, "kmon_config_last_reload_successful"), 1);
+}
+
+// A collector that counts its starts and keeps the map sizes it was started with;
+// like a kernel refusing a map, it cannot start with a map of 1 entry.
+std::atomic<int> g_sized_starts{0};
+std::atomic<uint32_t> g_sized_stats{0};
+
+class SizedCollector : public Collector {
+ public:
+  explicit SizedCollector(const CollectorDeps& deps) : Collector("tcp", deps) {}
+  ~SizedCollector() override { Stop(); }
+
+ private:
+  absl::Status DoStart(const CollectorConfig& c) override {
+    ++g_sized_starts;
+    const auto& sizes = c.limits.MapEntriesOf("tcp");
+    auto it = sizes.find("stats");
+    const uint32_t stats = it == sizes.end() ? 0 : it->second;
+    if (stats == 1) return absl::ResourceExhaustedError("collector=tcp map=stats: create: ENOMEM");
+    g_sized_stats = stats;
+    running_ = true;
+    return absl::OkStatus();
+  }
+  absl::Status Configure(const CollectorConfig&) override { return absl::OkStatus(); }
+  absl::Status Read(std::vector<prometheus::MetricFamily>*) override { return absl::OkStatus(); }
+  void DoStop() override { running_ = false; }
+  bool Running() const override { return running_; }
+  bool running_ = false;
+};
+
+// A map's size is fixed when the kernel makes it: a reload that changes
+// limits.bpf_map_entries of a collector makes its object again, one that changes
+// anything else does not; a size the kernel refuses fails the reload, and the
+// collector runs on at the sizes in force.
+TEST(AppTest, AReloadThatResizesACollectorsMapsRestartsThatCollector) {
+  const std::vector<CollectorEntry> table = {
+      {"tcp", true, [](const CollectorDeps& d) { return std::make_unique<SizedCollector>(d); },
+       Row("tcp")->section},
+  };
+  auto config = [](int stats, int series) {
+    return absl::StrCat("limits:\n  max_series_per_collector: ", series,
+                        "\n  bpf_map_entries:\n    tcp: {stats: ", stats, "}\n");
+  };
+  TempFile file(config(100, 500));
+  ASSERT_TRUE(file.ok());
+  Flags flags;
+  flags.listen_address = "127.0.0.1:0";
+  flags.config_file = file.path();
+  App app(flags, AppParts{&table, nullptr});
+  g_sized_starts = 0;
+  ASSERT_EQ(app.Start(), 0);
+  EXPECT_EQ(g_sized_starts.load(), 1);
+  EXPECT_EQ(g_sized_stats.load(), 100u);
+
+  ASSERT_TRUE(file.Rewrite(config(100, 600)));
+  ASSERT_TRUE(app.Reload("test").ok());
+  EXPECT_EQ(g_sized_starts.load(), 1) << "same sizes: reconfigured in place";
+
+  ASSERT_TRUE(file.Rewrite(config(200, 600)));
+  ASSERT_TRUE(app.Reload("test").ok());
+  EXPECT_EQ(g_sized_starts.load(), 2);
+  EXPECT_EQ(g_sized_stats.load(), 200u);
+  EXPECT_EQ(Up(app, "tcp"), 1);
+
+  ASSERT_TRUE(file.Rewrite(config(1, 600)));
+  const absl::Status refused = app.Reload("test");
+  EXPECT_EQ(refused.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(refused.message().find("map=stats: create: ENOMEM"), std::string::npos) << refused;
+  EXPECT_EQ(Gauge(app, "kmon_config_last_reload_successful"), 0);
+  EXPECT_EQ(g_sized_starts.load(), 4) << "refused at 1, started again at 200";
+  EXPECT_EQ(g_sized_stats.load(), 200u);
+  EXPECT_EQ(Up(app, "tcp"), 1);
 }
 
 // A collector whose read fails is down, with the reason, for as long as it fails;

@@ -77,6 +77,7 @@ void ExpectSameConfig(const Config& a, const Config& b) {
   EXPECT_EQ(a.kubernetes.node_name, b.kubernetes.node_name);
   EXPECT_EQ(a.kubernetes.kubeconfig, b.kubernetes.kubeconfig);
   EXPECT_EQ(a.limits.max_series_per_collector, b.limits.max_series_per_collector);
+  EXPECT_EQ(a.limits.bpf_map_entries, b.limits.bpf_map_entries);
   const CollectorSections& x = a.collectors;
   const CollectorSections& y = b.collectors;
   EXPECT_EQ(x.Get<TcpConfig>().enabled, y.Get<TcpConfig>().enabled);
@@ -118,6 +119,7 @@ TEST(DefaultConfigTest, MatchesSpec) {
   EXPECT_EQ(c.kubernetes.kubeconfig, "");
   EXPECT_EQ(c.kubernetes.series_grace, std::chrono::minutes(5));
   EXPECT_EQ(c.limits.max_series_per_collector, 20000);
+  EXPECT_THAT(c.limits.bpf_map_entries, IsEmpty());  // every map at its object's size
   EXPECT_TRUE(c.collectors.Get<TcpConfig>().enabled);
   EXPECT_THAT(c.collectors.Get<TcpConfig>().ports, IsEmpty());
   EXPECT_EQ(c.collectors.Get<TcpConfig>().latency_buckets, kSpecBuckets);
@@ -200,6 +202,9 @@ kubernetes:
   series_grace: 90s
 limits:
   max_series_per_collector: 1
+  bpf_map_entries:
+    tcp: {client_socks: 131072, edges: 1}
+    shared: {watched_cgroups: 32768}
 collectors:
   tcp: {enabled: false, ports: [0, 65535], latency_buckets: [0.5, 1, 1e1]}
   topology: {enabled: false, granularity: workload, external_peers: address, service_graph_metrics: true}
@@ -221,6 +226,11 @@ collectors:
   EXPECT_EQ(c.kubernetes.kubeconfig, "/etc/kube/config");
   EXPECT_EQ(c.kubernetes.series_grace, seconds(90));
   EXPECT_EQ(c.limits.max_series_per_collector, 1);
+  EXPECT_EQ(c.limits.MapEntriesOf("tcp"),
+            (std::map<std::string, uint32_t>{{"client_socks", 131072}, {"edges", 1}}));
+  EXPECT_EQ(c.limits.MapEntriesOf("shared"),
+            (std::map<std::string, uint32_t>{{"watched_cgroups", 32768}}));
+  EXPECT_THAT(c.limits.MapEntriesOf("cpu"), IsEmpty());
   EXPECT_FALSE(c.collectors.Get<TcpConfig>().enabled);
   EXPECT_THAT(c.collectors.Get<TcpConfig>().ports, ElementsAre(0, 65535));
   EXPECT_THAT(c.collectors.Get<TcpConfig>().latency_buckets, ElementsAre(0.5, 1.0, 10.0));
@@ -426,6 +436,22 @@ INSTANTIATE_TEST_SUITE_P(
         BadCase{"OffcpuBad", "collectors:\n  cpu:\n    offcpu_min: 1 ms\n",
                 "collectors.cpu.offcpu_min", 3, "got \"1 ms\""},
         // Limits and enumerations.
+        BadCase{"MapEntriesOfAnUnknownMap",
+                "limits:\n  bpf_map_entries:\n    tcp: {client_sockets: 10}\n",
+                "limits.bpf_map_entries.tcp.client_sockets", 3,
+                "unknown key (expected one of: listen_ports, listen_socks, peer_addrs, "
+                "client_socks, req_hist, edges, connect_hist, stats)"},
+        BadCase{"MapEntriesOfACollectorWithoutMaps",
+                "limits:\n  bpf_map_entries:\n    topology: {edges: 10}\n",
+                "limits.bpf_map_entries.topology", 3, "unknown key"},
+        BadCase{"MapEntriesZero", "limits:\n  bpf_map_entries:\n    drops: {counts: 0}\n",
+                "limits.bpf_map_entries.drops.counts", 3, "must be between 1 and 16777216, got 0"},
+        BadCase{"MapEntriesBeyondTheCap",
+                "limits:\n  bpf_map_entries:\n    shared:\n      watched_cgroups: 16777217\n",
+                "limits.bpf_map_entries.shared.watched_cgroups", 4,
+                "must be between 1 and 16777216, got 16777217"},
+        BadCase{"MapEntriesNotANumber", "limits:\n  bpf_map_entries:\n    cpu: {cg_hists: many}\n",
+                "limits.bpf_map_entries.cpu.cg_hists", 3, "must be a whole number of entries"},
         BadCase{"SeriesNegative", "limits:\n  max_series_per_collector: -5\n",
                 "limits.max_series_per_collector", 2, "must be at least 1, got -5"},
         BadCase{"SeriesZero", "limits:\n  max_series_per_collector: 0\n",

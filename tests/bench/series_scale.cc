@@ -357,7 +357,7 @@ void MapReadCost(int entries, int reps) {
       std::vector<SyscallCount> rows;
       auto t0 = Clock::now();
       absl::Status st = ReadPerCpuHashAs<syscall_key, syscall_value>(
-          fd, max_entries,
+          fd,
           [](const syscall_key& k, std::span<const syscall_value> v) {
             SyscallCount c{.cgroup_id = k.cgroup_id, .nr = static_cast<int>(k.nr)};
             for (const auto& x : v) c.count += x.count;

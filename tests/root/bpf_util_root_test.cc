@@ -50,7 +50,7 @@ TEST(BpfUtilRootTest, ReadsAndCountsEveryEntryOnceAtAnyFill) {
     }
     std::vector<Row> rows;
     ASSERT_TRUE((ReadPerCpuHashAs<syscall_key, syscall_value>(
-                     map.fd(), 16384,
+                     map.fd(),
                      [](const syscall_key& k, std::span<const syscall_value> v) {
                        Row r{k.cgroup_id, k.nr, 0};
                        for (const auto& x : v) r.count += x.count;

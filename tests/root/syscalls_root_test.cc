@@ -324,6 +324,55 @@ TEST_F(SyscallsRootTest, FlushesInTheMiddleOfCountingLoseAndDoubleNothing) {
   std::printf("%d flushes, %d found the CPU busy\n", flushes, busy);
 }
 
+// limits.bpf_map_entries sizes the kernel's map: 2 (cgroup, syscall) keys hold
+// two workloads' counts and the third's calls are lost, counted; above the
+// object's size (16384), the reader reads every key the kernel holds.
+TEST_F(SyscallsRootTest, TheCountsMapIsTheSizeTheConfigGives) {
+  auto kernel_max_entries = [](const bpf_object* obj) {
+    const bpf_map* m = bpf_object__find_map_by_name(obj, "counts");
+    bpf_map_info info{};
+    uint32_t len = sizeof(info);
+    if (m == nullptr || bpf_obj_get_info_by_fd(bpf_map__fd(m), &info, &len) != 0) return 0u;
+    return info.max_entries;
+  };
+  {
+    Config cfg = SyscallConfig({"getppid"});
+    cfg.limits.bpf_map_entries["syscalls"]["counts"] = 2;
+    SyscallsCollector c({.workloads = workloads_.get(), .watched = watched_.get()});
+    ASSERT_TRUE(c.Start(cfg).ok());
+    EXPECT_EQ(kernel_max_entries(c.BpfObject()), 2u);
+    TestCgroup a, b, third;
+    ASSERT_EQ(RunInCgroup(a, [] { MakeCalls(10, 0, 0); }), 0);
+    ASSERT_EQ(RunInCgroup(b, [] { MakeCalls(20, 0, 0); }), 0);
+    ASSERT_EQ(RunInCgroup(third, [] { MakeCalls(30, 0, 0); }), 0);
+    std::vector<prometheus::MetricFamily> fams;
+    c.Collect(&fams);
+    EXPECT_EQ(Find(fams, "kmon_syscalls_total", a.name(), "getppid"), 10);
+    EXPECT_EQ(Find(fams, "kmon_syscalls_total", b.name(), "getppid"), 20);
+    EXPECT_EQ(Find(fams, "kmon_syscalls_total", third.name(), "getppid"), -1);
+    EXPECT_EQ(c.EventsLost().at("map_full"), 30u);
+  }
+  Config cfg = SyscallConfig({"getppid"});
+  constexpr uint32_t kEntries = 20000;
+  cfg.limits.bpf_map_entries["syscalls"]["counts"] = kEntries;
+  SyscallsCollector c({.workloads = workloads_.get(), .watched = watched_.get()});
+  ASSERT_TRUE(c.Start(cfg).ok());
+  ASSERT_EQ(kernel_max_entries(c.BpfObject()), kEntries);
+  const int fd = bpf_map__fd(bpf_object__find_map_by_name(c.BpfObject(), "counts"));
+  std::vector<syscall_value> per_cpu(PossibleCpus(), syscall_value{1, 0});
+  for (uint32_t i = 0; i < kEntries; ++i) {
+    syscall_key k{.cgroup_id = (uint64_t{1} << 40) + i, .nr = 39};
+    ASSERT_EQ(bpf_map_update_elem(fd, &k, per_cpu.data(), BPF_NOEXIST), 0) << i;
+  }
+  std::vector<uint64_t> rows;
+  ASSERT_TRUE(
+      (ReadPerCpuHashAs<syscall_key, syscall_value>(
+           fd, [](const syscall_key& k, std::span<const syscall_value>) { return k.cgroup_id; },
+           &rows))
+          .ok());
+  EXPECT_EQ(rows.size(), kEntries);
+}
+
 TEST_F(SyscallsRootTest, WatchedCgroupsControlMapFiltersWithoutReload) {
   SyscallsCollector c({.workloads = workloads_.get(), .watched = watched_.get()});
   Config cfg = SyscallConfig({"getppid"});
