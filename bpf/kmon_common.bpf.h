@@ -56,6 +56,11 @@ static __always_inline void kmon_count_lost(__u32 reason) {
   if (n) *n += 1;
 }
 
+/* A compiler barrier: stores before it are emitted before the code after it, in
+ * program order, which is the order an interrupt on this CPU sees them in (a flag
+ * set around an update that an interrupting program or IPI checks). */
+#define KMON_BARRIER() asm volatile("" ::: "memory")
+
 /* include/uapi/asm-generic/errno-base.h: a #define, so not in vmlinux.h. */
 #define KMON_EEXIST 17
 

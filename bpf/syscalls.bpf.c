@@ -69,10 +69,6 @@ static __always_inline void way_writeback(struct syscall_cached *w) {
   w->errors = 0;
 }
 
-/* A compiler barrier: `busy` is stored before the counting it covers and cleared
- * after it, in program order, which is the order an interrupt on this CPU sees. */
-#define KMON_BARRIER() asm volatile("" ::: "memory")
-
 /* Counts into this CPU's cache way for the key, or into `counts` (and the way is the
  * key's from then on). The caller holds the cache (`busy`): it runs with preemption
  * off, and the flush's IPI leaves a busy CPU alone. */

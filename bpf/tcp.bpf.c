@@ -46,6 +46,7 @@
 
 #include "bpf/kmon_common.bpf.h"
 #include "bpf/kmon_hist.bpf.h"
+#include "bpf/kmon_nest.bpf.h"
 #include "bpf/kmon_sock.bpf.h"
 #include "bpf/tcp.h"
 
@@ -125,6 +126,11 @@ KMON_MAP_FLAGS(BPF_MAP_TYPE_HASH, KMON_TCP_HIST_MAX, struct tcp_hist_key, struct
 KMON_MAP_FLAGS(BPF_MAP_TYPE_PERCPU_HASH, KMON_TCP_STATS_MAX, __u64, struct tcp_stats,
                BPF_F_NO_PREALLOC) stats SEC(".maps");
 
+/* A program that interrupted another of this object on its CPU (a softirq's state
+ * change, reset or retransmit in the middle of a task's send or receive) adds under
+ * its cgroup's twin keys (KMON_TCP_NESTED_CGROUP, KMON_TCP_NESTED_HIST), which user
+ * space folds in: the two never interleave their plain adds (bpf/kmon_nest.bpf.h). */
+
 static const struct tcp_hist zero_hist;
 static const struct tcp_stats zero_stats;
 static const __u32 zero_count;
@@ -144,6 +150,7 @@ static __always_inline bool is_inet(const struct sock *sk) {
 }
 
 static __always_inline struct tcp_stats *stats_of(__u64 cgroup_id) {
+  if (kmon_nested()) cgroup_id |= KMON_TCP_NESTED_CGROUP;
   return kmon_lookup_or_init(&stats, &cgroup_id, &zero_stats);
 }
 
@@ -214,6 +221,7 @@ static __always_inline void record_request(struct tcp_conn *c) {
   __u64 latency = c->last_send_ns - start;
   __u32 slot = slot_of(cfg, latency);
   struct tcp_hist_key hk = {.cgroup_id = c->cgroup_id, .port = port};
+  if (kmon_nested()) hk.pad[0] = KMON_TCP_NESTED_HIST;
   hist_add_percpu(&req_hist, &hk, latency, slot);
   if (!cfg->topology) return;
   struct tcp_edge_key ek = {};
@@ -432,8 +440,7 @@ static __always_inline struct tcp_conn *on_data(const struct sock *sk, int bytes
   return NULL;
 }
 
-SEC("tp_btf/sock_recv_length")
-int BPF_PROG(kmon_tcp_recv, struct sock *sk, int ret, int flags) {
+static __always_inline int kmon_tcp_recv_body(struct sock *sk, int ret, int flags) {
   if (ret <= 0 || (flags & MSG_PEEK) || !is_inet(sk)) return 0;
   struct tcp_conn *c = on_data(sk, ret, false);
   if (!c || c->role != TCP_ROLE_SERVER) return 0;
@@ -445,9 +452,12 @@ int BPF_PROG(kmon_tcp_recv, struct sock *sk, int ret, int flags) {
   }
   return 0;
 }
+SEC("tp_btf/sock_recv_length")
+int BPF_PROG(kmon_tcp_recv, struct sock *sk, int ret, int flags) {
+  return KMON_RUN_NESTABLE(kmon_tcp_recv_body(sk, ret, flags));
+}
 
-SEC("tp_btf/sock_send_length")
-int BPF_PROG(kmon_tcp_send, struct sock *sk, int ret, int flags) {
+static __always_inline int kmon_tcp_send_body(struct sock *sk, int ret, int flags) {
   if (ret <= 0 || !is_inet(sk)) return 0;
   struct tcp_conn *c = on_data(sk, ret, true);
   if (!c || c->role != TCP_ROLE_SERVER || c->phase == TCP_PHASE_IDLE) return 0;
@@ -455,11 +465,14 @@ int BPF_PROG(kmon_tcp_send, struct sock *sk, int ret, int flags) {
   c->phase = TCP_PHASE_SENDING;
   return 0;
 }
+SEC("tp_btf/sock_send_length")
+int BPF_PROG(kmon_tcp_send, struct sock *sk, int ret, int flags) {
+  return KMON_RUN_NESTABLE(kmon_tcp_send_body(sk, ret, flags));
+}
 
-SEC("tp_btf/inet_sock_set_state")
-int BPF_PROG(kmon_tcp_state, const struct sock *sk, const int oldstate, const int newstate) {
+static __always_inline int kmon_tcp_state_body(const struct sock *sk, const int oldstate,
+                                               const int newstate) {
   if (sk->sk_protocol != IPPROTO_TCP) return 0;
-
   /* A listening socket, entered at CLOSE -> LISTEN and taken away at LISTEN -> CLOSE
    * (close(), shutdown() or a listen() whose get_port() failed). A listener's clone
    * for a new connection also leaves LISTEN, for SYN_RECV: not a listener going away.
@@ -552,6 +565,10 @@ int BPF_PROG(kmon_tcp_state, const struct sock *sk, const int oldstate, const in
   }
   return 0;
 }
+SEC("tp_btf/inet_sock_set_state")
+int BPF_PROG(kmon_tcp_state, const struct sock *sk, const int oldstate, const int newstate) {
+  return KMON_RUN_NESTABLE(kmon_tcp_state_body(sk, oldstate, newstate));
+}
 
 /* kmon_tcp_listener_found and kmon_tcp_listener_gone are run by user space (never
  * attached) for listening sockets of the start-time scan of /proc/<pid>/net/tcp{,6}
@@ -582,39 +599,52 @@ int kmon_tcp_listener_gone(struct bpf_raw_tracepoint_args *ctx) {
 
 /* Every socket is closed before the kernel destroys it, so its state is CLOSED here
  * already; this takes one whose close was missed out of the active gauge. */
-SEC("tp_btf/tcp_destroy_sock")
-int BPF_PROG(kmon_tcp_destroy, struct sock *sk) {
+static __always_inline int kmon_tcp_destroy_body(struct sock *sk) {
   struct tcp_conn *c = bpf_sk_storage_get(&conns, sk, 0, 0);
   if (c && c->role != TCP_ROLE_CLOSED) conn_close(c);
   return 0;
 }
+SEC("tp_btf/tcp_destroy_sock")
+int BPF_PROG(kmon_tcp_destroy, struct sock *sk) {
+  return KMON_RUN_NESTABLE(kmon_tcp_destroy_body(sk));
+}
 
-SEC("tp_btf/tcp_retransmit_skb")
-int BPF_PROG(kmon_tcp_retransmit, const struct sock *sk, const struct sk_buff *skb) {
+static __always_inline int kmon_tcp_retransmit_body(const struct sock *sk,
+                                                    const struct sk_buff *skb) {
   __u64 cg = kmon_sock_cgroup(sk);
   if (!kmon_cgroup_watched(cg)) return 0;
   struct tcp_stats *s = stats_of(cg);
   if (s) s->retransmits += 1;
   return 0;
 }
+SEC("tp_btf/tcp_retransmit_skb")
+int BPF_PROG(kmon_tcp_retransmit, const struct sock *sk, const struct sk_buff *skb) {
+  return KMON_RUN_NESTABLE(kmon_tcp_retransmit_body(sk, skb));
+}
 
 /* Node level (cgroup 0) when sk is NULL, a reset answering a packet no socket
  * wanted, or a timewait socket, one answering a segment it does not accept (e.g.
  * data after the close); a full socket's workload otherwise. */
-SEC("tp_btf/tcp_send_reset")
-int BPF_PROG(kmon_tcp_send_reset, const struct sock *sk) {
+static __always_inline int kmon_tcp_send_reset_body(const struct sock *sk) {
   __u64 cg = kmon_sock_cgroup(sk);
   if (cg && !kmon_cgroup_watched(cg)) return 0;
   struct tcp_stats *s = stats_of(cg);
   if (s) s->resets_sent += 1;
   return 0;
 }
+SEC("tp_btf/tcp_send_reset")
+int BPF_PROG(kmon_tcp_send_reset, const struct sock *sk) {
+  return KMON_RUN_NESTABLE(kmon_tcp_send_reset_body(sk));
+}
 
-SEC("tp_btf/tcp_receive_reset")
-int BPF_PROG(kmon_tcp_recv_reset, struct sock *sk) {
+static __always_inline int kmon_tcp_recv_reset_body(struct sock *sk) {
   __u64 cg = kmon_sock_cgroup(sk);
   if (!kmon_cgroup_watched(cg)) return 0;
   struct tcp_stats *s = stats_of(cg);
   if (s) s->resets_received += 1;
   return 0;
+}
+SEC("tp_btf/tcp_receive_reset")
+int BPF_PROG(kmon_tcp_recv_reset, struct sock *sk) {
+  return KMON_RUN_NESTABLE(kmon_tcp_recv_reset_body(sk));
 }

@@ -49,6 +49,12 @@ struct tcp_hist {
   __u64 slots[KMON_TCP_MAX_BOUNDS + 1];
 };
 
+/* The twin keys of a program that interrupted another on its CPU
+ * (bpf/kmon_nest.bpf.h): `stats` under cgroup | KMON_TCP_NESTED_CGROUP (cgroup ids never use
+ * the top bit), req_hist with pad[0] = KMON_TCP_NESTED_HIST. */
+#define KMON_TCP_NESTED_CGROUP (1ULL << 63)
+#define KMON_TCP_NESTED_HIST 1
+
 /* req_hist: (server cgroup, port); connect_hist: (client cgroup, 0). */
 struct tcp_hist_key {
   __u64 cgroup_id;

@@ -92,24 +92,12 @@ class BpfTcpDataSource : public TcpDataSource {
           bpf_map__fd(skel_->maps.stats),
           [](uint64_t cg, std::span<const tcp_stats> per_cpu) {
             tcp_stats s{};
-            for (const auto& v : per_cpu) {
-              s.opened_inbound += v.opened_inbound;
-              s.opened_outbound += v.opened_outbound;
-              s.connect_failures += v.connect_failures;
-              s.retransmits += v.retransmits;
-              s.resets_sent += v.resets_sent;
-              s.resets_received += v.resets_received;
-              s.tcp_bytes_sent += v.tcp_bytes_sent;
-              s.tcp_bytes_received += v.tcp_bytes_received;
-              s.udp_bytes_sent += v.udp_bytes_sent;
-              s.udp_bytes_received += v.udp_bytes_received;
-              s.active_inbound += v.active_inbound;  // wraps back: see bpf/tcp.h
-              s.active_outbound += v.active_outbound;
-            }
+            for (const auto& v : per_cpu) AddStats(v, &s);
             return std::pair<uint64_t, tcp_stats>(cg, s);
           },
           &out->stats);
     }
+    if (st.ok()) FoldNestedStats(&out->stats);
     return st;
   }
 
@@ -118,6 +106,31 @@ class BpfTcpDataSource : public TcpDataSource {
 };
 
 }  // namespace
+
+void AddStats(const tcp_stats& v, tcp_stats* s) {
+  s->opened_inbound += v.opened_inbound;
+  s->opened_outbound += v.opened_outbound;
+  s->connect_failures += v.connect_failures;
+  s->retransmits += v.retransmits;
+  s->resets_sent += v.resets_sent;
+  s->resets_received += v.resets_received;
+  s->tcp_bytes_sent += v.tcp_bytes_sent;
+  s->tcp_bytes_received += v.tcp_bytes_received;
+  s->udp_bytes_sent += v.udp_bytes_sent;
+  s->udp_bytes_received += v.udp_bytes_received;
+  s->active_inbound += v.active_inbound;  // wraps back: see bpf/tcp.h
+  s->active_outbound += v.active_outbound;
+}
+
+void FoldNestedStats(std::vector<std::pair<uint64_t, tcp_stats>>* stats) {
+  std::map<uint64_t, tcp_stats> by_cgroup;
+  bool twins = false;
+  for (const auto& [cg, s] : *stats) {
+    twins |= (cg & KMON_TCP_NESTED_CGROUP) != 0;
+    AddStats(s, &by_cgroup[cg & ~KMON_TCP_NESTED_CGROUP]);
+  }
+  if (twins) stats->assign(by_cgroup.begin(), by_cgroup.end());
+}
 
 void ParseTcpSection(YamlParser& p, const YamlValue& v, TcpConfig* c) {
   p.Map(v, {
@@ -374,6 +387,8 @@ void TcpCollector::DropStale(const TcpData& data) {
   }
   for (uint64_t cg : gone) {
     bpf_map_delete_elem(bpf_map__fd(skel_->maps.stats), &cg);
+    const uint64_t twin = cg | KMON_TCP_NESTED_CGROUP;
+    bpf_map_delete_elem(bpf_map__fd(skel_->maps.stats), &twin);
     tcp_hist_key ck{};
     ck.cgroup_id = cg;
     bpf_map_delete_elem(bpf_map__fd(skel_->maps.connect_hist), &ck);
@@ -383,6 +398,8 @@ void TcpCollector::DropStale(const TcpData& data) {
     tcp_hist_key rk{};
     rk.cgroup_id = e.server_cgroup;
     rk.port = e.server_port;
+    bpf_map_delete_elem(bpf_map__fd(skel_->maps.req_hist), &rk);
+    rk.pad[0] = KMON_TCP_NESTED_HIST;
     bpf_map_delete_elem(bpf_map__fd(skel_->maps.req_hist), &rk);
   }
 }

@@ -45,6 +45,12 @@ struct TcpData {
   std::vector<std::pair<uint64_t, tcp_stats>> stats;  // cgroup -> counters and active gauges
 };
 
+/// Adds `v` into `*s`, field by field (one CPU's counters into the sum).
+void AddStats(const tcp_stats& v, tcp_stats* s);
+/// Folds the counters a nested program kept under a cgroup's twin key
+/// (KMON_TCP_NESTED_CGROUP, bpf/tcp.h) into that cgroup's: one entry per cgroup.
+void FoldNestedStats(std::vector<std::pair<uint64_t, tcp_stats>>* stats);
+
 /// Seam for the data maps: the BPF maps in production, fixed data in tests.
 class TcpDataSource {
  public:

@@ -7,6 +7,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "bpf/tcp.h"
 #include "collectors/tcp_listeners.h"
 #include "collectors/topology.h"
 #include "collectors/workload_labeler.h"
@@ -40,6 +41,37 @@ TEST(TcpListenersTest, ParsesListenStateOnly) {
 TEST(TcpTest, BoundsToNanosRounds) {
   EXPECT_EQ(BoundsToNanos({0.0001, 0.00025, 1, 10}),
             (std::vector<uint64_t>{100000, 250000, 1000000000, 10000000000}));
+}
+
+// A nested program's twin key folds into its cgroup's entry; the active gauges,
+// raised under one key and lowered under the other, sum back (as u64s) to what is
+// open.
+TEST(TcpTest, NestedTwinKeysFoldIntoTheirCgroup) {
+  tcp_stats a{}, twin{}, other{};
+  a.opened_inbound = 3;
+  a.active_inbound = 3;
+  a.tcp_bytes_received = 100;
+  twin.opened_inbound = 1;
+  twin.active_inbound = static_cast<uint64_t>(-2);  // two of a's closed in a softirq
+  twin.resets_received = 1;
+  other.retransmits = 7;
+  std::vector<std::pair<uint64_t, tcp_stats>> stats = {
+      {42, a}, {9, other}, {42 | KMON_TCP_NESTED_CGROUP, twin}};
+  FoldNestedStats(&stats);
+  ASSERT_EQ(stats.size(), 2u);
+  EXPECT_EQ(stats[0].first, 9u);
+  EXPECT_EQ(stats[0].second.retransmits, 7u);
+  EXPECT_EQ(stats[1].first, 42u);
+  EXPECT_EQ(stats[1].second.opened_inbound, 4u);
+  EXPECT_EQ(stats[1].second.active_inbound, 1u);
+  EXPECT_EQ(stats[1].second.tcp_bytes_received, 100u);
+  EXPECT_EQ(stats[1].second.resets_received, 1u);
+
+  std::vector<std::pair<uint64_t, tcp_stats>> plain = {{9, other}, {5, a}};
+  FoldNestedStats(&plain);  // no twins: left as read
+  ASSERT_EQ(plain.size(), 2u);
+  EXPECT_EQ(plain[0].first, 9u);
+  EXPECT_EQ(plain[1].first, 5u);
 }
 
 TEST(TopologyTest, HistogramQuantileInterpolatesLikePromql) {

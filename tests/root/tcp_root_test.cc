@@ -23,6 +23,7 @@
 #include <thread>
 #include <tuple>
 
+#include "bpf/tcp.h"
 #include "collectors/bpf_util.h"
 #include "collectors/families.h"
 #include "collectors/tcp.h"
@@ -162,6 +163,74 @@ TEST_F(TcpRootTest, RequestCountIsExactAndLatencyFollowsThinkTime) {
                  {{"container", server_cg.name()}, {"protocol", "tcp"}, {"direction", "received"}});
   ASSERT_NE(recvd, nullptr);
   EXPECT_EQ(recvd->counter.value, 150);
+}
+
+// A program that interrupts another on its CPU (a softirq's state change in the
+// middle of a task's receive) counts under its cgroup's twin keys, so that the two
+// never interleave their plain adds to one per-CPU value. Here every CPU is made
+// to look nested (its depth starts at 1) for a first load, then not for a second:
+// the twin keys are used, then the plain ones, and the sums stay exact.
+TEST_F(TcpRootTest, NestedProgramsCountUnderTwinKeysAndTheSumsStayExact) {
+  TcpCollector tcp(Deps());
+  ASSERT_TRUE(tcp.Start(config_).ok());
+  const bpf_object* obj = tcp.BpfObject();
+  auto map_fd = [&](const char* name) {
+    return bpf_map__fd(bpf_object__find_map_by_name(obj, name));
+  };
+  auto set_depth = [&](uint64_t depth) {
+    std::vector<uint64_t> per_cpu(PossibleCpus(), depth);  // 4-byte values, 8-byte slots
+    uint32_t zero = 0;
+    return bpf_map_update_elem(map_fd("nest_depth"), &zero, per_cpu.data(), BPF_ANY) == 0;
+  };
+  auto has_key = [&](const char* map, const void* key) {
+    std::vector<uint8_t> value(PossibleCpus() * 8 * 64);
+    return bpf_map_lookup_elem(map_fd(map), key, value.data()) == 0;
+  };
+  TestCgroup server_cg, client_cg;
+  Server srv = StartServer(server_cg, AF_INET, "127.0.0.1", 2);
+  ASSERT_TRUE(set_depth(1));
+  ASSERT_EQ(
+      testing::RunInCgroup(client_cg, [&] { Requests(AF_INET, "127.0.0.1", srv.port, 20, 1); }), 0);
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));  // the server sees the close
+  ASSERT_TRUE(set_depth(0));
+  const uint64_t plain = server_cg.id(), twin = server_cg.id() | KMON_TCP_NESTED_CGROUP;
+  EXPECT_TRUE(has_key("stats", &twin));
+  EXPECT_FALSE(has_key("stats", &plain));
+  tcp_hist_key hk{};
+  hk.cgroup_id = server_cg.id();
+  hk.port = srv.port;
+  hk.pad[0] = KMON_TCP_NESTED_HIST;
+  EXPECT_TRUE(has_key("req_hist", &hk));
+
+  ASSERT_EQ(
+      testing::RunInCgroup(client_cg, [&] { Requests(AF_INET, "127.0.0.1", srv.port, 10, 1); }), 0);
+  EXPECT_EQ(WaitChild(srv.pid), 0);
+  EXPECT_TRUE(has_key("stats", &plain));
+  const auto fams = Collect(tcp);
+  const std::string port = std::to_string(srv.port);
+  const auto* h = FindSample(fams, "kmon_tcp_request_duration_seconds",
+                             {{"container", server_cg.name()}, {"port", port}});
+  ASSERT_NE(h, nullptr);
+  EXPECT_EQ(h->histogram.sample_count, 30u);
+  const auto* in = FindSample(fams, "kmon_tcp_connections_opened_total",
+                              {{"container", server_cg.name()}, {"direction", "inbound"}});
+  ASSERT_NE(in, nullptr);
+  EXPECT_EQ(in->counter.value, 2);
+  // None left open.
+  EXPECT_EQ(FindSample(fams, "kmon_tcp_connections_active",
+                       {{"container", server_cg.name()}, {"direction", "inbound"}}),
+            nullptr);
+  // Bytes: "1\n" x30 each way.
+  const auto* recvd =
+      FindSample(fams, "kmon_network_bytes_total",
+                 {{"container", server_cg.name()}, {"protocol", "tcp"}, {"direction", "received"}});
+  ASSERT_NE(recvd, nullptr);
+  EXPECT_EQ(recvd->counter.value, 60);
+  const auto* sent =
+      FindSample(fams, "kmon_network_bytes_total",
+                 {{"container", server_cg.name()}, {"protocol", "tcp"}, {"direction", "sent"}});
+  ASSERT_NE(sent, nullptr);
+  EXPECT_EQ(sent->counter.value, 90);  // "ok\n" x30
 }
 
 TEST_F(TcpRootTest, ConnectionOpenedBeforeKmonStartsIsMeasured) {
