@@ -51,9 +51,13 @@ static __always_inline bool kmon_cgroup_watched(__u64 cgroup_id) {
   return bpf_map_lookup_elem(&watched_cgroups, &cgroup_id) != NULL;
 }
 
+/* One atomic add, though the slot is this CPU's: a program of the same object can
+ * interrupt this one (a softirq inside a task's program, bpf/kmon_nest.bpf.h), and
+ * a plain load and store around its add would lose it. Losses are rare; the lock
+ * costs nothing on the paths that count. */
 static __always_inline void kmon_count_lost(__u32 reason) {
   __u64 *n = bpf_map_lookup_elem(&lost, &reason);
-  if (n) *n += 1;
+  if (n) __sync_fetch_and_add(n, 1);
 }
 
 /* A compiler barrier: stores before it are emitted before the code after it, in
