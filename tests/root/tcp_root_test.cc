@@ -109,7 +109,7 @@ TEST_F(TcpRootTest, RequestCountIsExactAndLatencyFollowsThinkTime) {
   Server srv = StartServer(server_cg, AF_INET, "127.0.0.1", 2);
   const std::string port = std::to_string(srv.port);
 
-  // 40 requests with 12 ms think time: all in (0.01, 0.025].
+  // 40 requests with 12 ms think time: all in (0.01, 0.05] (0.025 on a quiet machine).
   ASSERT_EQ(
       testing::RunInCgroup(client_cg, [&] { Requests(AF_INET, "127.0.0.1", srv.port, 40, 12); }),
       0);
@@ -120,7 +120,7 @@ TEST_F(TcpRootTest, RequestCountIsExactAndLatencyFollowsThinkTime) {
   ASSERT_NE(h, nullptr);
   EXPECT_EQ(h->histogram.sample_count, 40u);
   EXPECT_EQ(BucketAt(*h, 0.01), 0u);
-  EXPECT_EQ(BucketAt(*h, 0.025), 40u);
+  EXPECT_EQ(BucketAt(*h, 0.05), 40u);
   EXPECT_NEAR(h->histogram.sample_sum, 40 * 0.012, 40 * 0.006);
 
   // The think time changes to 60 ms: 10 more, all in (0.05, 0.1].
@@ -265,8 +265,10 @@ TEST_F(TcpRootTest, ConnectionOpenedBeforeKmonStartsIsMeasured) {
                              {{"container", server_cg.name()}, {"port", std::to_string(srv.port)}});
   ASSERT_NE(h, nullptr) << "the pre-existing connection was not taken as the server side";
   EXPECT_EQ(h->histogram.sample_count, 25u);
+  // 12 ms of think time each: above 10 ms, and under 50 ms even on a loaded CI
+  // machine (one in 25 once took more than 25 ms in the sanitizer stage's wake).
   EXPECT_EQ(BucketAt(*h, 0.01), 0u);
-  EXPECT_EQ(BucketAt(*h, 0.025), 25u);
+  EXPECT_EQ(BucketAt(*h, 0.05), 25u);
 }
 
 // An open connection's bytes are held in its socket's state and flushed into the
