@@ -5,7 +5,8 @@
  * A request, on the server side of a connection, runs from the first byte the
  * server reads to the last byte of its reply; it ends when the next request begins
  * (the server reads again after replying) or when the connection starts to close,
- * so the last request of every connection counts too. No payload is parsed.
+ * so the last request of every connection counts too. No payload is parsed. It is
+ * recorded through this CPU's write-back cache (bpf/tcp_request.bpf.h).
  *
  * Which side is the server: a passive open (SYN_RECV -> ESTABLISHED) is; an active
  * open (SYN_SENT) is not; a connection that existed before kmon started is the
@@ -49,6 +50,7 @@
 #include "bpf/kmon_nest.bpf.h"
 #include "bpf/kmon_sock.bpf.h"
 #include "bpf/tcp.h"
+#include "bpf/tcp_request.bpf.h"
 
 char LICENSE[] SEC("license") = "GPL";
 
@@ -57,8 +59,6 @@ char LICENSE[] SEC("license") = "GPL";
 #define IPPROTO_TCP 6
 #define IPPROTO_UDP 17
 #define MSG_PEEK 2
-
-KMON_MAP(BPF_MAP_TYPE_ARRAY, 1, __u32, struct tcp_config) tcp_config SEC(".maps");
 
 /* (netns, port) -> listening sockets there. This map and the next are allocated as
  * listeners come rather than preallocated: a host has few. */
@@ -79,18 +79,6 @@ struct {
   __type(value, __u8);
 } listen_socks SEC(".maps");
 
-/* Addresses of pods on other nodes (the cluster-wide pod-IP index, IPv6 or
- * v4-mapped) -> 1: a request from one keeps the client's address in its edge so
- * user space can name the pod, while other remote clients fold into one edge per
- * server and port. Filled as pods come, so not preallocated. */
-struct {
-  __uint(type, BPF_MAP_TYPE_HASH);
-  __uint(max_entries, KMON_TCP_PEERS_MAX);
-  __uint(map_flags, BPF_F_NO_PREALLOC);
-  __type(key, __u8[16]);
-  __type(value, __u8);
-} peer_addrs SEC(".maps");
-
 struct {
   __uint(type, BPF_MAP_TYPE_SK_STORAGE);
   __uint(map_flags, BPF_F_NO_PREALLOC);
@@ -109,18 +97,13 @@ struct {
   __type(value, __u64);
 } client_socks SEC(".maps");
 
-/* Maps of values allocated as keys come (BPF_F_NO_PREALLOC): memory for the keys
- * in use, not for max_entries (times the CPUs for the per-CPU ones).
- * - req_hist, the request histograms: per-CPU, every request of a server adds to
- *   one key, from whichever CPU serves it.
- * - edges and connect_hist: shared, with atomic adds; an edge or a client's
- *   connects are spread over many keys, and a per-CPU copy of each would be
- *   memory times the CPUs for little contention saved.
+/* Maps of values allocated as keys come (BPF_F_NO_PREALLOC), as req_hist and edges
+ * (bpf/tcp_request.bpf.h): memory for the keys in use, not for max_entries (times
+ * the CPUs for the per-CPU one).
+ * - connect_hist: shared, with atomic adds; a client's connects are spread over
+ *   many keys, and a per-CPU copy of each would be memory times the CPUs for little
+ *   contention saved.
  * - stats: per-CPU, every UDP send and receive of a cgroup adds to one key. */
-KMON_MAP_FLAGS(BPF_MAP_TYPE_PERCPU_HASH, KMON_TCP_REQ_MAX, struct tcp_hist_key, struct tcp_hist,
-               BPF_F_NO_PREALLOC) req_hist SEC(".maps");
-KMON_MAP_FLAGS(BPF_MAP_TYPE_HASH, KMON_TCP_EDGES_MAX, struct tcp_edge_key, struct tcp_hist,
-               BPF_F_NO_PREALLOC) edges SEC(".maps");
 KMON_MAP_FLAGS(BPF_MAP_TYPE_HASH, KMON_TCP_HIST_MAX, struct tcp_hist_key, struct tcp_hist,
                BPF_F_NO_PREALLOC) connect_hist SEC(".maps");
 KMON_MAP_FLAGS(BPF_MAP_TYPE_PERCPU_HASH, KMON_TCP_STATS_MAX, __u64, struct tcp_stats,
@@ -131,14 +114,8 @@ KMON_MAP_FLAGS(BPF_MAP_TYPE_PERCPU_HASH, KMON_TCP_STATS_MAX, __u64, struct tcp_s
  * its cgroup's twin keys (KMON_TCP_NESTED_CGROUP, KMON_TCP_NESTED_HIST), which user
  * space folds in: the two never interleave their plain adds (bpf/kmon_nest.bpf.h). */
 
-static const struct tcp_hist zero_hist;
 static const struct tcp_stats zero_stats;
 static const __u32 zero_count;
-
-static __always_inline struct tcp_config *tcp_cfg(void) {
-  __u32 zero = 0;
-  return bpf_map_lookup_elem(&tcp_config, &zero);
-}
 
 static __always_inline __u32 sk_netns(const struct sock *sk) {
   return sk->__sk_common.skc_net.net->ns.inum;
@@ -152,34 +129,6 @@ static __always_inline bool is_inet(const struct sock *sk) {
 static __always_inline struct tcp_stats *stats_of(__u64 cgroup_id) {
   if (kmon_nested()) cgroup_id |= KMON_TCP_NESTED_CGROUP;
   return kmon_lookup_or_init(&stats, &cgroup_id, &zero_stats);
-}
-
-static __always_inline __u32 slot_of(const struct tcp_config *cfg, __u64 value) {
-  return kmon_hist_slot(cfg->bounds_ns, cfg->nbounds, KMON_TCP_MAX_BOUNDS, value);
-}
-
-/* Adds one value to a per-CPU histogram: plain adds to this CPU's copy. */
-static __always_inline void hist_add_percpu(void *map, const void *key, __u64 value, __u32 slot) {
-  struct tcp_hist *h = kmon_lookup_or_init(map, key, &zero_hist);
-  if (!h) return;
-  h->slots[slot] += 1;
-  h->count += 1;
-  h->sum_ns += value;
-}
-
-/* Adds one value to a shared histogram, atomically: other CPUs add to it too. A
- * reader may see the count ahead of the slot for an instant, never a value lost. */
-static __always_inline void hist_add_shared(void *map, const void *key, __u64 value, __u32 slot) {
-  struct tcp_hist *h = kmon_lookup_or_init(map, key, &zero_hist);
-  if (!h) return;
-  __sync_fetch_and_add(&h->slots[slot], 1);
-  __sync_fetch_and_add(&h->count, 1);
-  __sync_fetch_and_add(&h->sum_ns, value);
-}
-
-static __always_inline bool port_measured(const struct tcp_config *cfg, __u16 port) {
-  if (!cfg->filter_ports) return true;
-  return (cfg->port_bits[port >> 6] >> (port & 63)) & 1;
 }
 
 /* The connection's bytes so far into its cgroup's counters, when watched. */
@@ -205,34 +154,6 @@ static __always_inline void conn_sync(struct tcp_conn *c, const struct tcp_confi
   conn_flush(c);
   if (kmon_cgroup_watched(c->cgroup_id)) c->flags |= TCP_CONN_WATCHED;
   else c->flags &= ~TCP_CONN_WATCHED;
-}
-
-/* The request that ran from start_ns to last_send_ns is over: into the server's
- * histogram, and into its edge while the topology is on. */
-static __always_inline void record_request(struct tcp_conn *c) {
-  __u64 start = c->start_ns;
-  c->start_ns = 0;
-  c->phase = TCP_PHASE_IDLE;
-  if (start == 0 || c->last_send_ns < start) return;
-  struct tcp_config *cfg = tcp_cfg();
-  if (!cfg) return;
-  __u16 port = c->lport;
-  if (!(c->flags & TCP_CONN_WATCHED) || !port_measured(cfg, port)) return;
-  __u64 latency = c->last_send_ns - start;
-  __u32 slot = slot_of(cfg, latency);
-  struct tcp_hist_key hk = {.cgroup_id = c->cgroup_id, .port = port};
-  if (kmon_nested()) hk.pad[0] = KMON_TCP_NESTED_HIST;
-  hist_add_percpu(&req_hist, &hk, latency, slot);
-  if (!cfg->topology) return;
-  struct tcp_edge_key ek = {};
-  ek.server_cgroup = c->cgroup_id;
-  ek.server_port = port;
-  ek.client_cgroup = c->client_cgroup;
-  if (c->client_cgroup == 0 &&
-      (cfg->peer_address || bpf_map_lookup_elem(&peer_addrs, c->addr))) {
-    __builtin_memcpy(ek.client_addr, c->addr, 16);
-  }
-  hist_add_shared(&edges, &ek, latency, slot);
 }
 
 /* The cgroup of the client socket at (addr, port) on this host, or 0. */
@@ -595,6 +516,13 @@ SEC("raw_tp")
 int kmon_tcp_listener_gone(struct bpf_raw_tracepoint_args *ctx) {
   struct tcp_listen_sock ls = scanned_listener(ctx);
   return listener_leave(&ls);
+}
+
+/* Run by user space on each CPU in turn (never attached) before it reads req_hist
+ * or edges: this CPU's request cache into them (bpf/tcp_request.bpf.h). */
+SEC("raw_tp")
+int kmon_tcp_flush(void *ctx) {
+  return tcp_cache_flush();
 }
 
 /* Every socket is closed before the kernel destroys it, so its state is CLOSED here

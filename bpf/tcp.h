@@ -34,6 +34,12 @@ struct tcp_config {
    * new epoch flushes its bytes into `stats` and asks again whether its cgroup is
    * watched (tcp_conn.epoch). */
   __u32 epoch;
+  /* 1: requests are counted through this CPU's `req_cache` (user space runs
+   * kmon_tcp_flush on every CPU before it reads); 0: straight into the maps. */
+  __u32 cache;
+  /* Bumped by user space when the bounds change: a cache way's counts taken under
+   * other bounds are dropped, not written back into slots that mean something else. */
+  __u32 generation;
   __u32 pad;
   /* Server ports measured while filter_ports is set: bit (port % 64) of word
    * port / 64. In the config entry, which every request reads anyway, so the
@@ -131,6 +137,25 @@ struct tcp_conn {
   __u8 pad[7];
 };
 
+/* A per-CPU write-back cache in front of `req_hist` and `edges` (the one entry of the
+ * per-CPU array `req_cache`): a request of a (server, port, on-host or folded
+ * client) that this CPU counted recently adds to its way's histogram with plain adds,
+ * no hash lookup and no atomic. A way is written back into both maps when another
+ * key takes it, and by kmon_tcp_flush, which user space runs on every CPU before it
+ * reads them. Requests whose edge keeps the client's address (remote clients, many
+ * keys) and programs that interrupted another of the object on their CPU go straight
+ * into the maps. 16 x 328 bytes per CPU. */
+#define KMON_TCP_REQ_CACHE_WAYS 16
+struct tcp_req_way {
+  struct tcp_edge_key key; /* server_port 0: empty; client_addr always zero */
+  __u32 generation;        /* tcp_config.generation its counts were taken under */
+  __u32 edge;              /* 1: written back into `edges` too (the topology was on) */
+  struct tcp_hist hist;
+};
+struct tcp_req_cache {
+  struct tcp_req_way ways[KMON_TCP_REQ_CACHE_WAYS];
+};
+
 /* client_socks: a client socket on this host by its address and port, without the
  * server address so a client that reached the server through DNAT still matches. */
 struct tcp_client_key {
@@ -156,7 +181,8 @@ struct tcp_listen_sock {
 };
 
 #ifdef __cplusplus
-static_assert(sizeof(struct tcp_config) == 280 + 8 * KMON_TCP_PORT_WORDS, "BPF ABI");
+static_assert(sizeof(struct tcp_config) == 288 + 8 * KMON_TCP_PORT_WORDS, "BPF ABI");
+static_assert(sizeof(struct tcp_req_way) == 328, "BPF ABI");
 static_assert(sizeof(struct tcp_hist) == 280, "BPF ABI");
 static_assert(sizeof(struct tcp_hist_key) == 16, "BPF ABI");
 static_assert(sizeof(struct tcp_edge_key) == 40, "BPF ABI");

@@ -79,6 +79,37 @@ absl::Status RunOnEveryCpu(int prog_fd, int* failed_cpu) {
   return absl::OkStatus();
 }
 
+absl::Status CpuCacheFlush::Start(const bpf_program* prog,
+                                  std::function<absl::Status(bool on)> write_switch) {
+  prog_fd_ = bpf_program__fd(prog);
+  prog_name_ = bpf_program__name(prog);
+  write_switch_ = std::move(write_switch);
+  on_ = true;  // for the first Flush
+  warned_ = false;
+  if (!Flush()) return absl::OkStatus();
+  absl::Status st = write_switch_(true);
+  if (!st.ok()) on_ = false;
+  return st;
+}
+
+bool CpuCacheFlush::Flush() {
+  if (!on_) return false;
+  int cpu = -1;
+  absl::Status st = RunOnEveryCpu(prog_fd_, &cpu);
+  if (st.ok()) return true;
+  if (!warned_) {
+    warned_ = true;
+    LogWarn(absl::StrCat("running ", prog_name_, " failed; ", off_means_),
+            {{"collector", collector_}, {"cpu", std::to_string(cpu)}, {"err", st.ToString()}});
+  }
+  on_ = false;
+  absl::Status w = write_switch_(false);
+  if (!w.ok()) {
+    LogWarn(absl::StrCat(collector_, ": switching the cache off"), {{"err", w.ToString()}});
+  }
+  return false;
+}
+
 absl::Status BpfError(std::string_view collector, std::string_view what, int err) {
   if (err < 0) err = -err;
   return absl::Status(err == EPERM || err == EACCES ? absl::StatusCode::kPermissionDenied

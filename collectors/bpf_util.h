@@ -10,6 +10,7 @@
 #include <cerrno>
 #include <cstdint>
 #include <cstring>
+#include <functional>
 #include <map>
 #include <span>
 #include <string>
@@ -43,6 +44,37 @@ int PossibleCpus();
 /// 1000 times. On failure, `*failed_cpu` is the CPU that refused and the
 /// status says why.
 absl::Status RunOnEveryCpu(int prog_fd, int* failed_cpu = nullptr);
+
+/// The user-space half of a per-CPU write-back cache in a BPF object (syscalls'
+/// sc_cache, tcp's req_cache): its flush program, run on every CPU (RunOnEveryCpu)
+/// before the maps behind the cache are read. The programs count through the cache
+/// only once a first flush has worked; when a later one fails, the cache is switched
+/// off (the programs count straight into the maps from then on, and what a CPU's
+/// cache holds reaches them when its way is next used), warned once.
+class CpuCacheFlush {
+ public:
+  /// `write_switch(on)` writes the cache switch into the object's control map;
+  /// `off_means` completes the warning "running <prog> failed; <off_means>".
+  CpuCacheFlush(std::string collector, std::string off_means)
+      : collector_(std::move(collector)), off_means_(std::move(off_means)) {}
+
+  /// At start, after attach: flushes once and switches the cache on if that worked.
+  absl::Status Start(const bpf_program* prog, std::function<absl::Status(bool on)> write_switch);
+  /// Before a read: runs the flush while the cache is on. False when it is off.
+  bool Flush();
+  bool on() const { return on_; }
+  /// The object is going: off until the next Start.
+  void Stop() { on_ = false; }
+
+ private:
+  std::string collector_;
+  std::string off_means_;
+  int prog_fd_ = -1;
+  std::string prog_name_;
+  std::function<absl::Status(bool)> write_switch_;
+  bool on_ = false;
+  bool warned_ = false;
+};
 
 /// "collector=syscalls map=counts: <what>: <strerror(err)>"
 absl::Status BpfError(std::string_view collector, std::string_view what, int err);

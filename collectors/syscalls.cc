@@ -286,42 +286,14 @@ absl::Status SyscallsCollector::AfterAttach(const CollectorConfig&) {
   source_ = std::make_unique<PerCpuHashSource<syscall_key, syscall_value, SyscallCount>>(
       bpf_map__fd(skel_->maps.counts), SumSyscallCount);
   // Counts may wait in the per-CPU cache once the flush is known to run on every CPU.
-  cache_ = false;
-  flush_warned_ = false;
-  if (FlushCache()) {
-    absl::Status st = WriteCacheSwitch(true);
-    if (!st.ok()) return st;
-    cache_ = true;
-  }
-  return absl::OkStatus();
-}
-
-absl::Status SyscallsCollector::WriteCacheSwitch(bool on) {
-  const syscall_config value{.cache = on ? 1u : 0u};
-  uint32_t zero = 0;
-  if (bpf_map_update_elem(bpf_map__fd(skel_->maps.sc_config), &zero, &value, BPF_ANY) != 0) {
-    return BpfError(kName, "map=sc_config: update", errno);
-  }
-  return absl::OkStatus();
-}
-
-bool SyscallsCollector::FlushCache() {
-  int cpu = -1;
-  absl::Status st = RunOnEveryCpu(bpf_program__fd(skel_->progs.kmon_sc_flush), &cpu);
-  if (st.ok()) return true;
-  // Counts go straight into the map from now on; what a CPU's cache holds now
-  // reaches it when its way is next used.
-  if (!flush_warned_) {
-    flush_warned_ = true;
-    LogWarn("running kmon_sc_flush failed; syscalls are counted without the per-CPU cache",
-            {{"collector", kName}, {"cpu", std::to_string(cpu)}, {"err", st.ToString()}});
-  }
-  if (cache_) {
-    cache_ = false;
-    absl::Status w = WriteCacheSwitch(false);
-    if (!w.ok()) LogWarn("syscalls: switching the cache off", {{"err", w.ToString()}});
-  }
-  return false;
+  return cache_.Start(skel_->progs.kmon_sc_flush, [this](bool on) {
+    const syscall_config value{.cache = on ? 1u : 0u};
+    uint32_t zero = 0;
+    if (bpf_map_update_elem(bpf_map__fd(skel_->maps.sc_config), &zero, &value, BPF_ANY) != 0) {
+      return BpfError(kName, "map=sc_config: update", errno);
+    }
+    return absl::OkStatus();
+  });
 }
 
 SyscallHookState SyscallsCollector::hook() const {
@@ -393,7 +365,7 @@ absl::Status SyscallsCollector::BeforeLoad(const CollectorConfig& config) {
   // The tracepoint program loads either way, attached only without fexit: a reload
   // that asks for a syscall no slot hooks switches to it without a new object.
   bpf_program__set_autoattach(skel_->progs.kmon_sys_exit, !plan.ok);
-  // Run from user space on each CPU before every read (FlushCache), never attached.
+  // Run from user space on each CPU before every read (cache_), never attached.
   bpf_program__set_autoattach(skel_->progs.kmon_sc_flush, false);
   SyscallHookState state;
   state.fexit = plan.ok;
@@ -506,7 +478,7 @@ void SyscallsCollector::DropStale(const std::vector<SyscallCount>& counts) {
 }
 
 absl::Status SyscallsCollector::Read(std::vector<prometheus::MetricFamily>* out) {
-  if (cache_) FlushCache();
+  cache_.Flush();
   std::vector<SyscallCount> counts;
   absl::Status st = source_->Read(&counts);
   if (!st.ok()) return st;

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "collectors/bpf_collector.h"
+#include "collectors/bpf_util.h"
 #include "collectors/data_source.h"
 
 struct btf;
@@ -113,18 +114,14 @@ class SyscallsCollector : public BpfCollector {
   absl::Status SwitchToTracepoint(const std::vector<int>& numbers, const std::string& why);
   /// Deletes data-map entries of cgroups that are gone and of syscalls no longer counted.
   void DropStale(const std::vector<SyscallCount>& counts);
-  /// Runs kmon_sc_flush on every CPU: the tracepoint's per-CPU cache into `counts`.
-  /// When it cannot run, the cache is switched off (warned once) and false returned.
-  bool FlushCache();
-  absl::Status WriteCacheSwitch(bool on);
 
   syscalls_bpf* skel_ = nullptr;
   std::unique_ptr<SyscallCountSource> source_;
   std::map<int, std::string> names_;
   SyscallHookMode requested_ = SyscallHookMode::kAuto;
   SyscallHookState hook_;  // guarded by mu_
-  bool cache_ = false;     // the tracepoint counts through sc_cache (flushed before reads)
-  bool flush_warned_ = false;
+  // The tracepoint's sc_cache: kmon_sc_flush on every CPU before each read.
+  CpuCacheFlush cache_{"syscalls", "syscalls are counted without the per-CPU cache"};
 };
 
 }  // namespace kmon

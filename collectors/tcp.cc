@@ -257,7 +257,8 @@ TcpCollector::TcpCollector(const CollectorDeps& deps)
                     {"req_hist", sizeof(tcp_hist_key), sizeof(tcp_hist)},
                     {"client_socks", sizeof(tcp_client_key), sizeof(uint64_t)},
                     {"conns", sizeof(int), sizeof(tcp_conn)},
-                    {"tcp_config", sizeof(uint32_t), sizeof(tcp_config)}}) {}
+                    {"tcp_config", sizeof(uint32_t), sizeof(tcp_config)},
+                    {"req_cache", sizeof(uint32_t), sizeof(tcp_req_cache)}}) {}
 
 absl::Status TcpCollector::AfterAttach(const CollectorConfig&) {
   source_ = std::make_unique<BpfTcpDataSource>(skel_);
@@ -276,6 +277,17 @@ absl::Status TcpCollector::AfterAttach(const CollectorConfig&) {
     *changed = opts.retval == 1;
     return absl::OkStatus();
   };
+  // Requests may wait in the per-CPU cache once the flush is known to run on every
+  // CPU.
+  absl::Status cached = cache_.Start(skel_->progs.kmon_tcp_flush, [this](bool on) {
+    config_.cache = on ? 1 : 0;
+    uint32_t zero = 0;
+    if (bpf_map_update_elem(bpf_map__fd(skel_->maps.tcp_config), &zero, &config_, BPF_ANY) != 0) {
+      return BpfError(kName, "map=tcp_config: update", errno);
+    }
+    return absl::OkStatus();
+  });
+  if (!cached.ok()) return cached;
   const std::set<Listener> found = ScanListeners();
   bool changed = false;
   for (const Listener& l : found) {
@@ -309,6 +321,7 @@ void TcpCollector::BeforeDestroy() {
   std::lock_guard<std::mutex> lock(mu_);
   source_.reset();
   peer_addrs_.reset();
+  cache_.Stop();
 }
 
 absl::Status TcpCollector::OnProviderChange() {
@@ -326,7 +339,8 @@ absl::Status TcpCollector::Configure(const CollectorConfig& config) {
         absl::StrCat("collector=tcp: latency_buckets has ", tc.latency_buckets.size(),
                      " bounds; at most ", KMON_TCP_MAX_BOUNDS, " fit the kernel's histogram"));
   }
-  tcp_config cfg{.epoch = config_.epoch + 1};  // connections flush and decide anew
+  // Connections flush and decide anew; the cache stays as it is.
+  tcp_config cfg{.epoch = config_.epoch + 1, .cache = cache_.on() ? 1u : 0u};
   std::vector<uint64_t> ns = BoundsToNanos(tc.latency_buckets);
   for (size_t i = 0; i < ns.size(); ++i) cfg.bounds_ns[i] = ns[i];
   cfg.nbounds = static_cast<uint32_t>(ns.size());
@@ -337,7 +351,9 @@ absl::Status TcpCollector::Configure(const CollectorConfig& config) {
 
   // New bounds change what every slot means: start the histograms afresh (a counter
   // reset to Prometheus) rather than export counts under the wrong `le`.
+  // The cache's ways drop what they hold from the old bounds.
   const bool bounds_changed = !bounds_.empty() && bounds_ != tc.latency_buckets;
+  cfg.generation = config_.generation + (bounds_changed ? 1 : 0);
   uint32_t zero = 0;
   if (bpf_map_update_elem(bpf_map__fd(skel_->maps.tcp_config), &zero, &cfg, BPF_ANY) != 0) {
     return BpfError(kName, "map=tcp_config: update", errno);
@@ -358,6 +374,7 @@ absl::Status TcpCollector::ReadEdges(std::vector<EdgeHist>* edges, std::vector<d
   std::lock_guard<std::mutex> lock(mu_);
   if (!source_) return absl::FailedPreconditionError("tcp collector stopped");
   *bounds = bounds_;
+  cache_.Flush();
   return source_->ReadEdges(bounds_.size() + 1, edges);
 }
 
@@ -406,6 +423,7 @@ void TcpCollector::DropStale(const TcpData& data) {
 
 absl::Status TcpCollector::Read(std::vector<prometheus::MetricFamily>* out) {
   TcpData data;
+  cache_.Flush();
   absl::Status st = source_->Read(bounds_.size() + 1, &data);
   if (!st.ok()) return st;
   for (auto& f : BuildTcpFamilies(data, bounds_, &labeler())) out->push_back(std::move(f));

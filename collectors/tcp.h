@@ -9,6 +9,7 @@
 
 #include "bpf/tcp.h"
 #include "collectors/bpf_collector.h"
+#include "collectors/bpf_util.h"
 #include "collectors/peer_addrs.h"
 #include "collectors/topology_feed.h"
 
@@ -89,6 +90,9 @@ class TcpCollector : public BpfCollector {
   tcp_config config_{};                         // what the control map holds
   std::vector<double> bounds_;                  // the bounds the kernel's histograms use now
   std::unique_ptr<PeerAddressMap> peer_addrs_;  // pods of other nodes, by address
+  // The requests' req_cache: kmon_tcp_flush on every CPU before req_hist or edges
+  // are read.
+  CpuCacheFlush cache_{"tcp", "requests are counted without the per-CPU cache"};
 };
 
 }  // namespace kmon

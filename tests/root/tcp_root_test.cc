@@ -12,6 +12,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/time.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -80,6 +81,18 @@ std::vector<std::pair<std::map<std::string, std::string>, double>> TopologyReque
     }
   }
   return out;
+}
+
+int MapFd(const bpf_object* obj, const char* name) {
+  return bpf_map__fd(bpf_object__find_map_by_name(obj, name));
+}
+
+// Every CPU's depth in the object's programs (bpf/kmon_nest.bpf.h), as if one ran
+// there: 1 makes the programs that run look nested, and the flush find the CPU busy.
+bool SetNestDepth(const bpf_object* obj, uint64_t depth) {
+  std::vector<uint64_t> per_cpu(PossibleCpus(), depth);  // 4-byte values, 8-byte slots
+  uint32_t zero = 0;
+  return bpf_map_update_elem(MapFd(obj, "nest_depth"), &zero, per_cpu.data(), BPF_ANY) == 0;
 }
 
 class TcpRootTest : public testing::CollectorRootTest {
@@ -174,14 +187,8 @@ TEST_F(TcpRootTest, NestedProgramsCountUnderTwinKeysAndTheSumsStayExact) {
   TcpCollector tcp(Deps());
   ASSERT_TRUE(tcp.Start(config_).ok());
   const bpf_object* obj = tcp.BpfObject();
-  auto map_fd = [&](const char* name) {
-    return bpf_map__fd(bpf_object__find_map_by_name(obj, name));
-  };
-  auto set_depth = [&](uint64_t depth) {
-    std::vector<uint64_t> per_cpu(PossibleCpus(), depth);  // 4-byte values, 8-byte slots
-    uint32_t zero = 0;
-    return bpf_map_update_elem(map_fd("nest_depth"), &zero, per_cpu.data(), BPF_ANY) == 0;
-  };
+  auto map_fd = [&](const char* name) { return MapFd(obj, name); };
+  auto set_depth = [&](uint64_t depth) { return SetNestDepth(obj, depth); };
   auto has_key = [&](const char* map, const void* key) {
     std::vector<uint8_t> value(PossibleCpus() * 8 * 64);
     return bpf_map_lookup_elem(map_fd(map), key, value.data()) == 0;
@@ -231,6 +238,211 @@ TEST_F(TcpRootTest, NestedProgramsCountUnderTwinKeysAndTheSumsStayExact) {
                  {{"container", server_cg.name()}, {"protocol", "tcp"}, {"direction", "sent"}});
   ASSERT_NE(sent, nullptr);
   EXPECT_EQ(sent->counter.value, 90);  // "ok\n" x30
+}
+
+// Pins the calling thread to one CPU while it lives (children forked meanwhile
+// inherit it); the old set comes back at the end.
+class PinnedTo {
+ public:
+  explicit PinnedTo(int cpu) {
+    ok_ = sched_getaffinity(0, sizeof(saved_), &saved_) == 0;
+    cpu_set_t one;
+    CPU_ZERO(&one);
+    CPU_SET(cpu, &one);
+    ok_ = ok_ && sched_setaffinity(0, sizeof(one), &one) == 0;
+  }
+  ~PinnedTo() { sched_setaffinity(0, sizeof(saved_), &saved_); }
+  bool ok() const { return ok_; }
+
+ private:
+  cpu_set_t saved_;
+  bool ok_ = false;
+};
+
+// Requests go through a per-CPU cache of 16 ways (bpf/tcp_request.bpf.h). Twenty
+// servers, all on CPU 0, are more keys than it has ways, so keys take ways from
+// each other; what each server served is counted exactly, and what the ways hold
+// is in the numbers read while the connections are still open.
+TEST_F(TcpRootTest, MoreServersThanTheCacheHasWaysCountExactly) {
+  TcpCollector tcp(Deps());
+  ASSERT_TRUE(tcp.Start(config_).ok());
+  TestCgroup server_cg, client_cg;
+  constexpr int kServers = 20, kRounds = 5;
+  static_assert(kServers > KMON_TCP_REQ_CACHE_WAYS);
+  std::vector<Server> servers;
+  {
+    PinnedTo cpu0(0);
+    ASSERT_TRUE(cpu0.ok());
+    for (int i = 0; i < kServers; ++i)
+      servers.push_back(StartServer(server_cg, AF_INET, "127.0.0.1", 1));
+  }
+  // One client, round-robin over a connection to each: keys alternate on CPU 0.
+  int done[2];
+  ASSERT_EQ(pipe(done), 0);
+  int go[2];
+  ASSERT_EQ(pipe(go), 0);
+  const pid_t client = SpawnInCgroup(client_cg, [&] {
+    close(done[0]);
+    close(go[1]);
+    std::vector<int> fds;
+    for (const Server& s : servers) fds.push_back(Connect(AF_INET, "127.0.0.1", s.port));
+    for (int r = 0; r < kRounds; ++r) {
+      for (int fd : fds) {
+        if (fd < 0 || !SendAll(fd, "1\n") || !ReadLine(fd)) _exit(11);
+      }
+    }
+    char c = 1;
+    if (write(done[1], &c, 1) != 1) _exit(12);
+    if (read(go[0], &c, 1) != 1) _exit(13);  // the test has read; now close
+    for (int fd : fds) close(fd);
+  });
+  close(done[1]);
+  close(go[0]);
+  char c = 0;
+  ASSERT_EQ(read(done[0], &c, 1), 1);
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  // Open: each connection's last request is still the one in progress.
+  auto fams = Collect(tcp);
+  auto count = [&](const Server& s) -> uint64_t {
+    const auto* h = FindSample(fams, "kmon_tcp_request_duration_seconds",
+                               {{"container", server_cg.name()}, {"port", std::to_string(s.port)}});
+    return h == nullptr ? 0 : h->histogram.sample_count;
+  };
+  uint64_t total = 0;
+  for (const Server& s : servers) {
+    EXPECT_EQ(count(s), kRounds - 1u) << "port " << s.port;
+    total += count(s);
+  }
+  EXPECT_EQ(total, kServers * (kRounds - 1u));
+  ASSERT_EQ(write(go[1], &c, 1), 1);
+  EXPECT_EQ(WaitChild(client), 0);
+  for (const Server& s : servers) EXPECT_EQ(WaitChild(s.pid), 0);
+  close(done[0]);
+  close(go[1]);
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));  // the servers see the closes
+  fams = Collect(tcp);
+  total = 0;
+  for (const Server& s : servers) {
+    EXPECT_EQ(count(s), static_cast<uint64_t>(kRounds)) << "port " << s.port;
+    total += count(s);
+  }
+  EXPECT_EQ(total, static_cast<uint64_t>(kServers * kRounds));
+  // The edges (the topology is on by default) hold the same requests.
+  std::vector<EdgeHist> edges;
+  std::vector<double> bounds;
+  ASSERT_TRUE(feed_.Read(&edges, &bounds).ok());
+  std::map<uint16_t, uint64_t> per_port;
+  for (const EdgeHist& e : edges) {
+    if (e.server_cgroup == server_cg.id()) {
+      EXPECT_EQ(e.client_cgroup, client_cg.id());
+      per_port[e.server_port] += e.count;
+    }
+  }
+  ASSERT_EQ(per_port.size(), static_cast<size_t>(kServers));
+  for (const Server& s : servers) EXPECT_EQ(per_port[s.port], static_cast<uint64_t>(kRounds));
+}
+
+// The flush arrives on the serving CPU in an IPI, which can land in the middle of a
+// receive that is adding to a way. A flush that finds any tcp program running there
+// leaves the CPU alone and is run again: 20000 requests served on CPU 1 while CPU 0
+// flushes CPU 1 all the time are counted exactly, and some flushes found it busy.
+TEST_F(TcpRootTest, FlushesInTheMiddleOfRequestsLoseAndDoubleNothing) {
+  if (std::thread::hardware_concurrency() < 2) {
+    if (testing::InCi()) FAIL() << "CI must run this test, and it needs two CPUs";
+    GTEST_SKIP() << "needs two CPUs: one serving, one sending it flush IPIs";
+  }
+  TcpCollector tcp(Deps());
+  ASSERT_TRUE(tcp.Start(config_).ok());
+  bpf_program* flush = bpf_object__find_program_by_name(tcp.BpfObject(), "kmon_tcp_flush");
+  ASSERT_NE(flush, nullptr);
+  constexpr int kRequests = 20000;
+  TestCgroup server_cg, client_cg;
+  Server srv;
+  pid_t client = -1;
+  {
+    PinnedTo cpu1(1);
+    ASSERT_TRUE(cpu1.ok());
+    srv = StartServer(server_cg, AF_INET, "127.0.0.1", 1);
+    client =
+        SpawnInCgroup(client_cg, [&] { Requests(AF_INET, "127.0.0.1", srv.port, kRequests, 0); });
+  }
+  ASSERT_GT(client, 0);
+  int flushes = 0, busy = 0;
+  {
+    PinnedTo cpu0(0);
+    ASSERT_TRUE(cpu0.ok());
+    for (;;) {
+      int status = 0;
+      if (waitpid(srv.pid, &status, WNOHANG) == srv.pid) {
+        EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+        srv.pid = -1;
+        break;
+      }
+      LIBBPF_OPTS(bpf_test_run_opts, opts, .flags = BPF_F_TEST_RUN_ON_CPU, .cpu = 1);
+      if (bpf_prog_test_run_opts(bpf_program__fd(flush), &opts) != 0) break;
+      ++flushes;
+      busy += opts.retval != 0;
+    }
+  }
+  EXPECT_EQ(WaitChild(client), 0);
+  if (srv.pid > 0) {  // a failed flush ended the loop
+    EXPECT_EQ(WaitChild(srv.pid), 0);
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  const auto fams = Collect(tcp);
+  const auto* h = FindSample(fams, "kmon_tcp_request_duration_seconds",
+                             {{"container", server_cg.name()}, {"port", std::to_string(srv.port)}});
+  ASSERT_NE(h, nullptr);
+  EXPECT_EQ(h->histogram.sample_count, static_cast<uint64_t>(kRequests))
+      << "after " << flushes << " flushes on the serving CPU";
+  EXPECT_GT(flushes, 1000);
+  EXPECT_GT(busy, 0) << flushes << " flushes";
+  std::printf("%d flushes, %d found the CPU busy\n", flushes, busy);
+}
+
+// When the flush cannot run on a CPU (here: every CPU looks busy for good, its
+// depth held at 1), the collection goes on without it and switches the cache off:
+// requests go straight into the maps from then on, and what a way held reaches
+// them at the next request of its key.
+TEST_F(TcpRootTest, AFlushThatCannotRunSwitchesTheCacheOffAndLosesNothing) {
+  TcpCollector tcp(Deps());
+  ASSERT_TRUE(tcp.Start(config_).ok());
+  const bpf_object* obj = tcp.BpfObject();
+  auto map_fd = [&](const char* name) { return MapFd(obj, name); };
+  auto set_depth = [&](uint64_t depth) { return SetNestDepth(obj, depth); };
+  auto cache_switch = [&]() {
+    tcp_config cfg{};
+    uint32_t zero = 0;
+    EXPECT_EQ(bpf_map_lookup_elem(map_fd("tcp_config"), &zero, &cfg), 0);
+    return cfg.cache;
+  };
+  EXPECT_EQ(cache_switch(), 1u);
+  TestCgroup server_cg, client_cg;
+  Server srv;
+  {
+    PinnedTo cpu0(0);  // one way holds every request of the key
+    ASSERT_TRUE(cpu0.ok());
+    srv = StartServer(server_cg, AF_INET, "127.0.0.1", 2);
+  }
+  const std::string port = std::to_string(srv.port);
+  auto count = [&]() -> uint64_t {
+    const auto fams = Collect(tcp);
+    const auto* h = FindSample(fams, "kmon_tcp_request_duration_seconds",
+                               {{"container", server_cg.name()}, {"port", port}});
+    return h == nullptr ? 0 : h->histogram.sample_count;
+  };
+  ASSERT_EQ(
+      testing::RunInCgroup(client_cg, [&] { Requests(AF_INET, "127.0.0.1", srv.port, 10, 0); }), 0);
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));  // the server sees the close
+  ASSERT_TRUE(set_depth(1));
+  EXPECT_LT(count(), 10u);  // the way's requests wait in it: the flush could not run
+  EXPECT_EQ(cache_switch(), 0u);
+  ASSERT_TRUE(set_depth(0));
+  ASSERT_EQ(
+      testing::RunInCgroup(client_cg, [&] { Requests(AF_INET, "127.0.0.1", srv.port, 10, 0); }), 0);
+  EXPECT_EQ(WaitChild(srv.pid), 0);
+  EXPECT_EQ(count(), 20u);
+  EXPECT_EQ(cache_switch(), 0u);
 }
 
 TEST_F(TcpRootTest, ConnectionOpenedBeforeKmonStartsIsMeasured) {
