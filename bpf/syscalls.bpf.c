@@ -69,6 +69,25 @@ static __always_inline void way_writeback(struct syscall_cached *w) {
   w->errors = 0;
 }
 
+/* One call straight into its `counts` entry (made if new): plain adds on this CPU's
+ * copy where nothing else of the object can run on the CPU meanwhile, atomic ones
+ * otherwise. False when the map had no room (counted as lost). */
+static __always_inline bool count_direct(__u64 cgroup_id, __u32 nr, __u64 failed,
+                                         const bool atomic) {
+  struct syscall_key key = {.cgroup_id = cgroup_id, .nr = nr};
+  static const struct syscall_value zero_value;
+  struct syscall_value *v = kmon_lookup_or_init(&counts, &key, &zero_value);
+  if (!v) return false;
+  if (atomic) {
+    __sync_fetch_and_add(&v->count, 1);
+    if (failed) __sync_fetch_and_add(&v->errors, 1);
+  } else {
+    v->count += 1;
+    v->errors += failed;
+  }
+  return true;
+}
+
 /* Counts into this CPU's cache way for the key, or into `counts` (and the way is the
  * key's from then on). The caller holds the cache (`busy`): it runs with preemption
  * off, and the flush's IPI leaves a busy CPU alone. */
@@ -83,12 +102,7 @@ static __always_inline void count_cached(struct syscall_cache *cache,
     w->errors += failed;
     return;
   }
-  struct syscall_key key = {.cgroup_id = cgroup_id, .nr = nr};
-  static const struct syscall_value zero_value;
-  struct syscall_value *v = kmon_lookup_or_init(&counts, &key, &zero_value);
-  if (!v) return;
-  v->count += 1;
-  v->errors += failed;
+  if (!count_direct(cgroup_id, nr, failed, false)) return;
   /* The way is this key's from now on (with the cache off: emptied, so nothing
    * stays in a way that no flush will empty). */
   way_writeback(w);
@@ -119,12 +133,7 @@ static __always_inline int count_syscall(__u32 nr, long ret, __u8 hook, bool cac
     *(volatile __u64 *)&cache->busy = 0;
     return 0;
   }
-  struct syscall_key key = {.cgroup_id = cgroup_id, .nr = nr};
-  static const struct syscall_value zero_value;
-  struct syscall_value *v = kmon_lookup_or_init(&counts, &key, &zero_value);
-  if (!v) return 0;
-  __sync_fetch_and_add(&v->count, 1);
-  if (failed) __sync_fetch_and_add(&v->errors, 1);
+  count_direct(cgroup_id, nr, failed, true);
   return 0;
 }
 
