@@ -35,3 +35,16 @@ KMON_FLOOR(block_rq_insert, floor_block_rq_insert)
 KMON_FLOOR(block_rq_issue, floor_block_rq_issue)
 KMON_FLOOR(block_rq_merge, floor_block_rq_merge)
 KMON_FLOOR(block_rq_complete, floor_block_rq_complete)
+/* dns: on the cgroup v2 root, where the collector attaches (tests/bench/floor.h) */
+SEC("cgroup_skb/egress")
+int floor_cgroup_skb_egress(struct __sk_buff *skb) { return 1; }
+SEC("cgroup_skb/ingress")
+int floor_cgroup_skb_ingress(struct __sk_buff *skb) { return 1; }
+/* drops */
+KMON_FLOOR(kfree_skb, floor_kfree_skb)
+/* pagecache */
+KMON_FLOOR(mm_filemap_get_pages, floor_mm_filemap_get_pages)
+KMON_FLOOR(mm_filemap_map_pages, floor_mm_filemap_map_pages)
+KMON_FLOOR(mm_filemap_fault, floor_mm_filemap_fault)
+KMON_FLOOR(mm_filemap_add_to_page_cache, floor_mm_filemap_add_to_page_cache)
+KMON_FLOOR(writeback_dirty_folio, floor_writeback_dirty_folio)

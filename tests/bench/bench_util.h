@@ -3,6 +3,7 @@
 #pragma once
 
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -67,6 +68,43 @@ inline double Wrk(int port, int seconds, int cpu = 0) {
     return 0;
   }
   return std::atof(out.c_str() + at + 13);
+}
+
+/// What wrk measured: requests/s and the 99th percentile of its latencies.
+struct WrkResult {
+  double rps = 0;
+  double p99_ms = 0;
+};
+
+/// "1.23ms" -> 1.23, "850.00us" -> 0.85, "1.01s" -> 1010.
+inline double WrkMs(const std::string& v) {
+  const double x = std::atof(v.c_str());
+  if (v.find("us") != std::string::npos) return x / 1000;
+  if (v.find("ms") != std::string::npos) return x;
+  if (v.find('s') != std::string::npos) return x * 1000;
+  return x;
+}
+
+/// wrk as Wrk() runs it (one thread, 16 connections, pinned to CPU 0), with its
+/// latency distribution; `close_each` sends "Connection: close", so every request
+/// opens a connection of its own. Zeros when wrk gave no summary.
+inline WrkResult WrkLatency(int port, int seconds, bool close_each = false) {
+  const std::string out = Run("taskset -c 0 wrk -t1 -c16 --latency -d" + std::to_string(seconds) +
+                              "s " + (close_each ? "-H 'Connection: close' " : "") +
+                              "http://127.0.0.1:" + std::to_string(port) + "/ 2>&1");
+  WrkResult r;
+  const auto at = out.find("Requests/sec:");
+  if (at == std::string::npos) {
+    std::fprintf(stderr, "wrk: %s\n", out.c_str());
+    return r;
+  }
+  r.rps = std::atof(out.c_str() + at + 13);
+  const auto p99 = out.find(" 99%");
+  if (p99 != std::string::npos) {
+    char value[32] = {};
+    if (std::sscanf(out.c_str() + p99 + 4, "%31s", value) == 1) r.p99_ms = WrkMs(value);
+  }
+  return r;
 }
 
 /// nginx on 127.0.0.1 answering "ok" to every request, one worker pinned to `cpu`,
@@ -186,5 +224,56 @@ inline Reply HttpGet(int port, const std::string& path, const std::vector<std::s
          (!gzip || head.find("Content-Encoding: gzip") != std::string::npos);
   return r;
 }
+
+/// The real kmon_exporter as a child process on 127.0.0.1:`port` with `flags`
+/// (stdout to /dev/null), waited for until /-/ready answers (up to 30 s); stopped with
+/// SIGTERM and reaped by Stop() or on destruction.
+class ExporterProcess {
+ public:
+  ExporterProcess(const std::string& binary, int port, const std::vector<std::string>& flags)
+      : port_(port) {
+    std::vector<std::string> args = {binary,
+                                     "--web.listen-address=127.0.0.1:" + std::to_string(port)};
+    args.insert(args.end(), flags.begin(), flags.end());
+    pid_ = fork();
+    if (pid_ == 0) {
+      prctl(PR_SET_PDEATHSIG, SIGTERM);
+      const int null = open("/dev/null", O_WRONLY);
+      dup2(null, 1);
+      std::vector<char*> argv;
+      for (std::string& a : args) argv.push_back(a.data());
+      argv.push_back(nullptr);
+      execv(binary.c_str(), argv.data());
+      _exit(127);
+    }
+    for (int i = 0; i < 300 && pid_ > 0 && !ready_; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      ready_ = HttpGet(port, "/-/ready", {}).ok;
+    }
+    if (!ready_) {
+      std::fprintf(stderr, "%s did not become ready on port %d\n", binary.c_str(), port);
+    }
+  }
+  ~ExporterProcess() { Stop(); }
+  ExporterProcess(const ExporterProcess&) = delete;
+  ExporterProcess& operator=(const ExporterProcess&) = delete;
+  bool ready() const { return ready_; }
+  pid_t pid() const { return pid_; }
+  int port() const { return port_; }
+  /// The exit status (waitpid's), -1 when it was not running.
+  int Stop() {
+    if (pid_ <= 0) return -1;
+    kill(pid_, SIGTERM);
+    int status = 0;
+    waitpid(pid_, &status, 0);
+    pid_ = -1;
+    return status;
+  }
+
+ private:
+  int port_;
+  pid_t pid_ = -1;
+  bool ready_ = false;
+};
 
 }  // namespace kmon::bench

@@ -166,27 +166,11 @@ int main(int argc, char** argv) {
   if (!nginx.ok()) return 1;
 
   const int port = 29000 + getpid() % 1000;
-  const pid_t pid = fork();
-  if (pid == 0) {
-    const std::string listen = "--web.listen-address=127.0.0.1:" + std::to_string(port);
-    const int null = open("/dev/null", O_WRONLY);
-    dup2(null, 1);
-    execl(exporter.c_str(), exporter.c_str(), listen.c_str(), "--log.level=warn",
-          config_flag.empty() ? nullptr : config_flag.c_str(), nullptr);
-    _exit(127);
-  }
-  bool ready = false;
-  for (int i = 0; i < 300 && !ready; ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    ready = kmon::bench::HttpGet(port, "/-/ready", {}).ok;
-  }
-  if (!ready) {
-    std::fprintf(stderr, "exporter_load: %s did not become ready on port %d\n", exporter.c_str(),
-                 port);
-    kill(pid, SIGTERM);
-    waitpid(pid, nullptr, 0);
-    return 1;
-  }
+  std::vector<std::string> flags = {"--log.level=warn"};
+  if (!config_flag.empty()) flags.push_back(config_flag);
+  kmon::bench::ExporterProcess exporter_process(exporter, port, flags);
+  if (!exporter_process.ready()) return 1;
+  const pid_t pid = exporter_process.pid();
   const long start_hwm_kb = StatusKb(pid, "VmHWM");
   kmon::bench::HttpGet(port, "/metrics", kPrometheusHeaders);  // the first scrape names cgroups
   std::ofstream("/proc/" + std::to_string(pid) + "/clear_refs") << "5";  // VmHWM := VmRSS
@@ -219,9 +203,7 @@ int main(int argc, char** argv) {
     std::fflush(stdout);
     std::this_thread::sleep_for(std::chrono::seconds(30));
   }
-  kill(pid, SIGTERM);
-  int status = 0;
-  waitpid(pid, &status, 0);
+  const int status = exporter_process.Stop();
 
   double slowest = 0;
   for (double m : ms) slowest = std::max(slowest, m);

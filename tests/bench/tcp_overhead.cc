@@ -36,47 +36,12 @@ namespace {
 using kmon::bench::Median;
 using kmon::bench::Report;
 using kmon::bench::Run;
+using kmon::bench::WrkLatency;
 
 const std::set<std::string> kFloorPrograms = {"floor_sock_recv_length",    "floor_sock_send_length",
                                               "floor_inet_sock_set_state", "floor_tcp_destroy_sock",
                                               "floor_tcp_retransmit_skb",  "floor_tcp_send_reset",
                                               "floor_tcp_receive_reset"};
-
-struct WrkResult {
-  double rps = 0;
-  double p99_ms = 0;
-};
-
-// "1.23ms" -> 1.23, "850.00us" -> 0.85, "1.01s" -> 1010.
-double ToMs(const std::string& v) {
-  const double x = std::atof(v.c_str());
-  if (v.find("us") != std::string::npos) return x / 1000;
-  if (v.find("ms") != std::string::npos) return x;
-  if (v.find('s') != std::string::npos) return x * 1000;
-  return x;
-}
-
-// wrk as bench_util's Wrk runs it (one thread, 16 connections, pinned to CPU 0),
-// with its latency distribution; `close_each` sends "Connection: close", so every
-// request opens a connection of its own.
-WrkResult Wrk(int port, int seconds, bool close_each = false) {
-  const std::string out = Run("taskset -c 0 wrk -t1 -c16 --latency -d" + std::to_string(seconds) +
-                              "s " + (close_each ? "-H 'Connection: close' " : "") +
-                              "http://127.0.0.1:" + std::to_string(port) + "/ 2>&1");
-  WrkResult r;
-  const auto at = out.find("Requests/sec:");
-  if (at == std::string::npos) {
-    std::fprintf(stderr, "wrk: %s\n", out.c_str());
-    return r;
-  }
-  r.rps = std::atof(out.c_str() + at + 13);
-  const auto p99 = out.find(" 99%");
-  if (p99 != std::string::npos) {
-    char value[32] = {};
-    if (std::sscanf(out.c_str() + p99 + 4, "%31s", value) == 1) r.p99_ms = ToMs(value);
-  }
-  return r;
-}
 
 // The programs on hooks. Those with a bare "raw_tp" section have no attach point:
 // user space runs them (the start-time listener scan, through BPF_PROG_TEST_RUN).
@@ -144,16 +109,16 @@ int main(int argc, char** argv) {
   for (int r = 0; r < rounds; ++r) {
     for (int k = 0; k < 3; ++k) {
       const int setup = (r + k) % 3;
-      WrkResult w;
+      kmon::bench::WrkResult w;
       if (setup == kNothing) {
-        w = Wrk(port, seconds);
+        w = WrkLatency(port, seconds);
       } else if (setup == kFloor) {
         kmon::bench::Floor floor(kFloorPrograms);
-        w = Wrk(port, seconds);
+        w = WrkLatency(port, seconds);
       } else {
         auto c = start();
         if (c == nullptr) return 1;
-        w = Wrk(port, seconds);
+        w = WrkLatency(port, seconds);
         c->Stop();
       }
       rps[setup].push_back(w.rps);
@@ -177,7 +142,7 @@ int main(int argc, char** argv) {
   {
     auto c = start();
     if (c == nullptr) return 1;
-    Wrk(port, seconds);
+    WrkLatency(port, seconds);
     kept = HookStats(c->BpfObject());
     bpf_map* m;
     bpf_object__for_each_map(m, const_cast<bpf_object*>(c->BpfObject())) {
@@ -201,14 +166,14 @@ int main(int argc, char** argv) {
   {
     auto c = start();
     if (c == nullptr) return 1;
-    Wrk(port, seconds, /*close_each=*/true);
+    WrkLatency(port, seconds, /*close_each=*/true);
     churn = HookStats(c->BpfObject());
     c->Stop();
   }
   std::vector<kmon::ProgramStats> floor_kept;
   {
     kmon::bench::Floor floor(kFloorPrograms);
-    Wrk(port, seconds);
+    WrkLatency(port, seconds);
     floor_kept = HookStats(floor.object());
   }
   if (stats_fd >= 0) close(stats_fd);
