@@ -140,18 +140,18 @@ static __always_inline void way_writeback(const struct tcp_config *cfg, struct t
   __builtin_memset(&w->hist, 0, sizeof(w->hist));
 }
 
-/* One request straight into the maps (under the twin key when nested); true when
+/* One request straight into the maps (under the twin key when `nested`); true when
  * both had room. */
 static __always_inline bool record_direct(const struct tcp_edge_key *ek, bool edge, __u64 latency,
-                                          __u32 slot) {
+                                          __u32 slot, bool nested) {
   struct tcp_hist_key hk = {.cgroup_id = ek->server_cgroup, .port = ek->server_port};
-  if (kmon_nested()) hk.pad[0] = KMON_TCP_NESTED_HIST;
+  if (nested) hk.pad[0] = KMON_TCP_NESTED_HIST;
   bool stored = hist_add_percpu(&req_hist, &hk, latency, slot);
   if (edge) stored = hist_add_shared(&edges, ek, latency, slot) && stored;
   return stored;
 }
 
-/* One request into this CPU's way for its key, or straight into the maps (and the
+/* Not nested: one request into this CPU's way for its key, or straight into the maps (and the
  * way is the key's from then on, its earlier key's requests written back). With
  * the cache off, each way is written back and left empty at its next use, so
  * nothing stays in a way no flush will empty. */
@@ -160,7 +160,7 @@ static __always_inline void record_cached(const struct tcp_config *cfg,
                                           __u32 slot) {
   struct tcp_req_cache *cache = req_cache_of();
   if (!cache) {
-    record_direct(ek, edge, latency, slot);
+    record_direct(ek, edge, latency, slot, false);
     return;
   }
   struct tcp_req_way *w = &cache->ways[way_of(ek)];
@@ -172,7 +172,7 @@ static __always_inline void record_cached(const struct tcp_config *cfg,
     w->hist.sum_ns += latency;
     return;
   }
-  bool stored = record_direct(ek, edge, latency, slot);
+  bool stored = record_direct(ek, edge, latency, slot, false);
   way_writeback(cfg, w);
   w->key = *ek;
   w->edge = edge;
@@ -202,10 +202,10 @@ static __always_inline void record_request(struct tcp_conn *c) {
       (cfg->peer_address || bpf_map_lookup_elem(&peer_addrs, c->addr))) {
     /* A key per client address: too many for the cache's ways. */
     __builtin_memcpy(ek.client_addr, c->addr, 16);
-    record_direct(&ek, edge, latency, slot);
+    record_direct(&ek, edge, latency, slot, kmon_nested());
     return;
   }
-  if (kmon_nested()) record_direct(&ek, edge, latency, slot);
+  if (kmon_nested()) record_direct(&ek, edge, latency, slot, true);
   else record_cached(cfg, &ek, edge, latency, slot);
 }
 

@@ -57,19 +57,6 @@ inline std::string Run(const std::string& cmd) {
   return out;
 }
 
-/// Requests/s from wrk's summary (one thread, 16 connections, pinned to `cpu`), or 0.
-inline double Wrk(int port, int seconds, int cpu = 0) {
-  std::string out =
-      Run("taskset -c " + std::to_string(cpu) + " wrk -t1 -c16 -d" + std::to_string(seconds) +
-          "s http://127.0.0.1:" + std::to_string(port) + "/ 2>&1");
-  auto at = out.find("Requests/sec:");
-  if (at == std::string::npos) {
-    std::fprintf(stderr, "wrk: %s\n", out.c_str());
-    return 0;
-  }
-  return std::atof(out.c_str() + at + 13);
-}
-
 /// What wrk measured: requests/s and the 99th percentile of its latencies.
 struct WrkResult {
   double rps = 0;
@@ -85,13 +72,14 @@ inline double WrkMs(const std::string& v) {
   return x;
 }
 
-/// wrk as Wrk() runs it (one thread, 16 connections, pinned to CPU 0), with its
-/// latency distribution; `close_each` sends "Connection: close", so every request
-/// opens a connection of its own. Zeros when wrk gave no summary.
-inline WrkResult WrkLatency(int port, int seconds, bool close_each = false) {
-  const std::string out = Run("taskset -c 0 wrk -t1 -c16 --latency -d" + std::to_string(seconds) +
-                              "s " + (close_each ? "-H 'Connection: close' " : "") +
-                              "http://127.0.0.1:" + std::to_string(port) + "/ 2>&1");
+/// wrk with one thread and 16 connections, pinned to `cpu`, with its latency
+/// distribution; `close_each` sends "Connection: close", so every request opens a
+/// connection of its own. Zeros when wrk gave no summary.
+inline WrkResult WrkLatency(int port, int seconds, bool close_each = false, int cpu = 0) {
+  const std::string out =
+      Run("taskset -c " + std::to_string(cpu) + " wrk -t1 -c16 --latency -d" +
+          std::to_string(seconds) + "s " + (close_each ? "-H 'Connection: close' " : "") +
+          "http://127.0.0.1:" + std::to_string(port) + "/ 2>&1");
   WrkResult r;
   const auto at = out.find("Requests/sec:");
   if (at == std::string::npos) {
@@ -105,6 +93,11 @@ inline WrkResult WrkLatency(int port, int seconds, bool close_each = false) {
     if (std::sscanf(out.c_str() + p99 + 4, "%31s", value) == 1) r.p99_ms = WrkMs(value);
   }
   return r;
+}
+
+/// Requests/s from wrk's summary (WrkLatency's run), or 0.
+inline double Wrk(int port, int seconds, int cpu = 0) {
+  return WrkLatency(port, seconds, /*close_each=*/false, cpu).rps;
 }
 
 /// nginx on 127.0.0.1 answering "ok" to every request, one worker pinned to `cpu`,

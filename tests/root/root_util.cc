@@ -315,4 +315,31 @@ void CollectorRootTest::SetUp() {
   watched_ = std::make_unique<WatchedCgroups>(workloads_.get());
 }
 
+PinnedTo::PinnedTo(int cpu) {
+  ok_ = sched_getaffinity(0, sizeof(saved_), &saved_) == 0;
+  cpu_set_t one;
+  CPU_ZERO(&one);
+  CPU_SET(cpu, &one);
+  ok_ = ok_ && sched_setaffinity(0, sizeof(one), &one) == 0;
+}
+
+PinnedTo::~PinnedTo() { sched_setaffinity(0, sizeof(saved_), &saved_); }
+
+FlushRuns RunOnCpuWhileAlive(const bpf_program* prog, int cpu, pid_t pid) {
+  FlushRuns r;
+  for (;;) {
+    int status = 0;
+    if (waitpid(pid, &status, WNOHANG) == pid) {
+      r.reaped = true;
+      r.exited_ok = WIFEXITED(status) && WEXITSTATUS(status) == 0;
+      return r;
+    }
+    LIBBPF_OPTS(bpf_test_run_opts, opts, .flags = BPF_F_TEST_RUN_ON_CPU,
+                .cpu = static_cast<__u32>(cpu));
+    if (bpf_prog_test_run_opts(bpf_program__fd(prog), &opts) != 0) return r;
+    ++r.runs;
+    r.busy += opts.retval != 0;
+  }
+}
+
 }  // namespace kmon::testing

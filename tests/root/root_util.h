@@ -6,6 +6,7 @@
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
 #include <gtest/gtest.h>
+#include <sched.h>
 #include <sys/types.h>
 
 #include <cstdint>
@@ -14,6 +15,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "collectors/watched_cgroups.h"
@@ -31,6 +33,45 @@ namespace kmon::testing {
   } while (0)
 
 bool InCi();
+
+/// Skips with `why` when the machine has fewer than `n` CPUs; fails instead when
+/// CI=true (CI must run the test, so its machine must have them).
+#define KMON_REQUIRE_CPUS(n, why)                                                  \
+  do {                                                                             \
+    if (std::thread::hardware_concurrency() < (n)) {                               \
+      if (::kmon::testing::InCi()) FAIL() << "CI must run this test, and " << why; \
+      GTEST_SKIP() << why;                                                         \
+    }                                                                              \
+  } while (0)
+
+/// Pins the calling thread to one CPU while it lives (children forked meanwhile
+/// inherit it); the old set comes back at the end.
+class PinnedTo {
+ public:
+  explicit PinnedTo(int cpu);
+  ~PinnedTo();
+  PinnedTo(const PinnedTo&) = delete;
+  PinnedTo& operator=(const PinnedTo&) = delete;
+  bool ok() const { return ok_; }
+
+ private:
+  cpu_set_t saved_;
+  bool ok_ = false;
+};
+
+/// What RunOnCpuWhileAlive did: runs of the program, how many returned non-zero
+/// (found the CPU busy), and whether `pid` exited 0 (reaped).
+struct FlushRuns {
+  int runs = 0;
+  int busy = 0;
+  bool reaped = false;
+  bool exited_ok = false;
+};
+
+/// Runs a never-attached program (a cache flush) on `cpu` through BPF_PROG_TEST_RUN,
+/// over and over, until the child `pid` exits (reaped here) or a run fails (the
+/// child is then left to the caller). From another CPU, each run is an IPI.
+FlushRuns RunOnCpuWhileAlive(const bpf_program* prog, int cpu, pid_t pid);
 
 /// A cgroup v2 directory "kmon-test-<pid>-<n>" under the v2 root; rmdir'd on destruction
 /// after moving any leftover processes back to the root cgroup.

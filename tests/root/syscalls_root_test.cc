@@ -278,10 +278,7 @@ TEST_F(SyscallsRootTest, CountsExactlyWithTheCacheOnAndOff) {
 // counting syscalls, and still every call is counted once.
 TEST_F(SyscallsRootTest, FlushesInTheMiddleOfCountingLoseAndDoubleNothing) {
   // The race needs a second CPU to send the IPIs from: a one-CPU machine has none.
-  if (std::thread::hardware_concurrency() < 2) {
-    if (testing::InCi()) FAIL() << "CI must run this test, and it needs two CPUs";
-    GTEST_SKIP() << "needs two CPUs: one counting, one sending it flush IPIs";
-  }
+  KMON_REQUIRE_CPUS(2, "it needs two CPUs: one counting, one sending it flush IPIs");
   SyscallsCollector c({.workloads = workloads_.get(), .watched = watched_.get()});
   ASSERT_TRUE(c.Start(SyscallConfig({"getppid"})).ok());
   bpf_program* flush = bpf_object__find_program_by_name(c.BpfObject(), "kmon_sc_flush");
@@ -297,27 +294,18 @@ TEST_F(SyscallsRootTest, FlushesInTheMiddleOfCountingLoseAndDoubleNothing) {
   });
   ASSERT_GT(child, 0);
   // From CPU 0, so every flush of CPU 1 is an IPI.
-  cpu_set_t saved, zero;
-  ASSERT_EQ(sched_getaffinity(0, sizeof(saved), &saved), 0);
-  CPU_ZERO(&zero);
-  CPU_SET(0, &zero);
-  ASSERT_EQ(sched_setaffinity(0, sizeof(zero), &zero), 0);
-  int flushes = 0, busy = 0;
-  bool reaped = false;
-  for (;;) {
-    int status = 0;
-    if (waitpid(child, &status, WNOHANG) == child) {
-      EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
-      reaped = true;
-      break;
-    }
-    LIBBPF_OPTS(bpf_test_run_opts, opts, .flags = BPF_F_TEST_RUN_ON_CPU, .cpu = 1);
-    if (bpf_prog_test_run_opts(bpf_program__fd(flush), &opts) != 0) break;
-    ++flushes;
-    busy += opts.retval != 0;
+  testing::FlushRuns runs;
+  {
+    testing::PinnedTo cpu0(0);
+    ASSERT_TRUE(cpu0.ok());
+    runs = testing::RunOnCpuWhileAlive(flush, 1, child);
   }
-  sched_setaffinity(0, sizeof(saved), &saved);
-  if (!reaped) testing::WaitChild(child);  // a failed flush ended the loop
+  if (runs.reaped) {
+    EXPECT_TRUE(runs.exited_ok);
+  } else {
+    testing::WaitChild(child);  // a failed flush ended the loop
+  }
+  const int flushes = runs.runs, busy = runs.busy;
   std::vector<prometheus::MetricFamily> fams;
   c.Collect(&fams);  // the collector's own flush, with its retries
   EXPECT_EQ(Find(fams, "kmon_syscalls_total", cg.name(), "getppid"), kCalls)

@@ -41,6 +41,7 @@
 namespace kmon {
 namespace {
 
+using testing::PinnedTo;
 using testing::SpawnInCgroup;
 using testing::TestCgroup;
 using testing::TestNetns;
@@ -187,19 +188,17 @@ TEST_F(TcpRootTest, NestedProgramsCountUnderTwinKeysAndTheSumsStayExact) {
   TcpCollector tcp(Deps());
   ASSERT_TRUE(tcp.Start(config_).ok());
   const bpf_object* obj = tcp.BpfObject();
-  auto map_fd = [&](const char* name) { return MapFd(obj, name); };
-  auto set_depth = [&](uint64_t depth) { return SetNestDepth(obj, depth); };
   auto has_key = [&](const char* map, const void* key) {
     std::vector<uint8_t> value(PossibleCpus() * 8 * 64);
-    return bpf_map_lookup_elem(map_fd(map), key, value.data()) == 0;
+    return bpf_map_lookup_elem(MapFd(obj, map), key, value.data()) == 0;
   };
   TestCgroup server_cg, client_cg;
   Server srv = StartServer(server_cg, AF_INET, "127.0.0.1", 2);
-  ASSERT_TRUE(set_depth(1));
+  ASSERT_TRUE(SetNestDepth(obj, 1));
   ASSERT_EQ(
       testing::RunInCgroup(client_cg, [&] { Requests(AF_INET, "127.0.0.1", srv.port, 20, 1); }), 0);
   std::this_thread::sleep_for(std::chrono::milliseconds(100));  // the server sees the close
-  ASSERT_TRUE(set_depth(0));
+  ASSERT_TRUE(SetNestDepth(obj, 0));
   const uint64_t plain = server_cg.id(), twin = server_cg.id() | KMON_TCP_NESTED_CGROUP;
   EXPECT_TRUE(has_key("stats", &twin));
   EXPECT_FALSE(has_key("stats", &plain));
@@ -239,25 +238,6 @@ TEST_F(TcpRootTest, NestedProgramsCountUnderTwinKeysAndTheSumsStayExact) {
   ASSERT_NE(sent, nullptr);
   EXPECT_EQ(sent->counter.value, 90);  // "ok\n" x30
 }
-
-// Pins the calling thread to one CPU while it lives (children forked meanwhile
-// inherit it); the old set comes back at the end.
-class PinnedTo {
- public:
-  explicit PinnedTo(int cpu) {
-    ok_ = sched_getaffinity(0, sizeof(saved_), &saved_) == 0;
-    cpu_set_t one;
-    CPU_ZERO(&one);
-    CPU_SET(cpu, &one);
-    ok_ = ok_ && sched_setaffinity(0, sizeof(one), &one) == 0;
-  }
-  ~PinnedTo() { sched_setaffinity(0, sizeof(saved_), &saved_); }
-  bool ok() const { return ok_; }
-
- private:
-  cpu_set_t saved_;
-  bool ok_ = false;
-};
 
 // Requests go through a per-CPU cache of 16 ways (bpf/tcp_request.bpf.h). Twenty
 // servers, all on CPU 0, are more keys than it has ways, so keys take ways from
@@ -347,10 +327,7 @@ TEST_F(TcpRootTest, MoreServersThanTheCacheHasWaysCountExactly) {
 // leaves the CPU alone and is run again: 20000 requests served on CPU 1 while CPU 0
 // flushes CPU 1 all the time are counted exactly, and some flushes found it busy.
 TEST_F(TcpRootTest, FlushesInTheMiddleOfRequestsLoseAndDoubleNothing) {
-  if (std::thread::hardware_concurrency() < 2) {
-    if (testing::InCi()) FAIL() << "CI must run this test, and it needs two CPUs";
-    GTEST_SKIP() << "needs two CPUs: one serving, one sending it flush IPIs";
-  }
+  KMON_REQUIRE_CPUS(2, "it needs two CPUs: one serving, one sending it flush IPIs");
   TcpCollector tcp(Deps());
   ASSERT_TRUE(tcp.Start(config_).ok());
   bpf_program* flush = bpf_object__find_program_by_name(tcp.BpfObject(), "kmon_tcp_flush");
@@ -367,27 +344,19 @@ TEST_F(TcpRootTest, FlushesInTheMiddleOfRequestsLoseAndDoubleNothing) {
         SpawnInCgroup(client_cg, [&] { Requests(AF_INET, "127.0.0.1", srv.port, kRequests, 0); });
   }
   ASSERT_GT(client, 0);
-  int flushes = 0, busy = 0;
+  testing::FlushRuns runs;
   {
     PinnedTo cpu0(0);
     ASSERT_TRUE(cpu0.ok());
-    for (;;) {
-      int status = 0;
-      if (waitpid(srv.pid, &status, WNOHANG) == srv.pid) {
-        EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
-        srv.pid = -1;
-        break;
-      }
-      LIBBPF_OPTS(bpf_test_run_opts, opts, .flags = BPF_F_TEST_RUN_ON_CPU, .cpu = 1);
-      if (bpf_prog_test_run_opts(bpf_program__fd(flush), &opts) != 0) break;
-      ++flushes;
-      busy += opts.retval != 0;
-    }
+    runs = testing::RunOnCpuWhileAlive(flush, 1, srv.pid);
   }
   EXPECT_EQ(WaitChild(client), 0);
-  if (srv.pid > 0) {  // a failed flush ended the loop
+  if (runs.reaped) {
+    EXPECT_TRUE(runs.exited_ok);
+  } else {  // a failed flush ended the loop
     EXPECT_EQ(WaitChild(srv.pid), 0);
   }
+  const int flushes = runs.runs, busy = runs.busy;
   std::this_thread::sleep_for(std::chrono::milliseconds(50));
   const auto fams = Collect(tcp);
   const auto* h = FindSample(fams, "kmon_tcp_request_duration_seconds",
@@ -408,12 +377,10 @@ TEST_F(TcpRootTest, AFlushThatCannotRunSwitchesTheCacheOffAndLosesNothing) {
   TcpCollector tcp(Deps());
   ASSERT_TRUE(tcp.Start(config_).ok());
   const bpf_object* obj = tcp.BpfObject();
-  auto map_fd = [&](const char* name) { return MapFd(obj, name); };
-  auto set_depth = [&](uint64_t depth) { return SetNestDepth(obj, depth); };
   auto cache_switch = [&]() {
     tcp_config cfg{};
     uint32_t zero = 0;
-    EXPECT_EQ(bpf_map_lookup_elem(map_fd("tcp_config"), &zero, &cfg), 0);
+    EXPECT_EQ(bpf_map_lookup_elem(MapFd(obj, "tcp_config"), &zero, &cfg), 0);
     return cfg.cache;
   };
   EXPECT_EQ(cache_switch(), 1u);
@@ -434,10 +401,10 @@ TEST_F(TcpRootTest, AFlushThatCannotRunSwitchesTheCacheOffAndLosesNothing) {
   ASSERT_EQ(
       testing::RunInCgroup(client_cg, [&] { Requests(AF_INET, "127.0.0.1", srv.port, 10, 0); }), 0);
   std::this_thread::sleep_for(std::chrono::milliseconds(100));  // the server sees the close
-  ASSERT_TRUE(set_depth(1));
+  ASSERT_TRUE(SetNestDepth(obj, 1));
   EXPECT_LT(count(), 10u);  // the way's requests wait in it: the flush could not run
   EXPECT_EQ(cache_switch(), 0u);
-  ASSERT_TRUE(set_depth(0));
+  ASSERT_TRUE(SetNestDepth(obj, 0));
   ASSERT_EQ(
       testing::RunInCgroup(client_cg, [&] { Requests(AF_INET, "127.0.0.1", srv.port, 10, 0); }), 0);
   EXPECT_EQ(WaitChild(srv.pid), 0);
