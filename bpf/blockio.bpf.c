@@ -16,14 +16,16 @@
  *
  * Cost: the state of a request is one slot of the `inflight` array (struct
  * blk_inflight_set): each hook finds it with one inlined array lookup and a scan of
- * four slots, and no hook takes a lock. Requests of disks not selected leave no
+ * eight slots, and no hook takes a lock. Requests of disks not selected leave no
  * slot; those of unwatched workloads are timed (the latency is per disk) but cost
- * no counter lookup.
+ * no counter lookup. A completion adds to its CPU's write-back cache (`blk_cache`)
+ * where the two counter maps would cost a hash lookup each: a disk's requests hit
+ * the same few keys over and over.
  *
- * Control maps: `blk_config` + `devices` (which disks), the common
+ * Control maps: `blk_config` (which disks, the cache switch) + `devices`, the common
  * `filter_config`/`watched_cgroups`. Data maps: `io_counts`, `io_latency`
- * (per-CPU, cumulative, allocated per key seen). `inflight` is the kernel side's
- * own state. */
+ * (per-CPU, cumulative, allocated per key seen), behind `blk_cache`, which
+ * `kmon_blk_flush` empties into them. `inflight` is the kernel side's own state. */
 #include "vmlinux.h"
 #include <bpf/bpf_core_read.h>
 #include <bpf/bpf_helpers.h>
@@ -268,28 +270,137 @@ int BPF_PROG(kmon_blk_merge, struct request *rq) {
   return 0;
 }
 
-static __always_inline void add_count(__u64 cgroup_id, __u32 dev, __u32 op, __u64 bytes,
-                                      __u64 requests) {
-  struct blk_count_key key = {.cgroup_id = cgroup_id, .dev = dev, .op = op};
-  static const struct blk_count_value zero;
-  struct blk_count_value *v = kmon_lookup_or_init(&io_counts, &key, &zero);
-  if (!v) return;
+/* This CPU's write-back cache (struct blk_cache in bpf/blockio.h). Only the
+ * completion program uses it, and one program never interrupts itself on a CPU: the
+ * flush's IPI is the only thing that can land in the middle of its update. */
+KMON_MAP(BPF_MAP_TYPE_PERCPU_ARRAY, 1, __u32, struct blk_cache) blk_cache SEC(".maps");
+
+static __always_inline struct blk_cache *cache_of(void) {
+  __u32 zero = 0;
+  return bpf_map_lookup_elem(&blk_cache, &zero);
+}
+
+static __always_inline void count_add(struct blk_count_value *v, __u64 bytes, __u64 requests) {
   v->bytes += bytes;
   v->requests += requests;
 }
 
-static __always_inline void add_latency(__u32 dev, __u32 op, __u64 ns, bool timed, bool failed) {
-  struct blk_latency_key key = {.dev = dev, .op = op};
-  /* A global: too big for the 512-byte stack next to everything else. */
-  static const struct blk_latency_value zero;
-  struct blk_latency_value *v = kmon_lookup_or_init(&io_latency, &key, &zero);
-  if (!v) return;
+static __always_inline void latency_add(struct blk_latency_value *v, __u64 ns, bool timed,
+                                        bool failed) {
   if (timed) {
     __u32 slot = kmon_blk_latency_slot(ns);
     if (slot < KMON_BLK_LAT_SLOTS) v->slots[slot] += 1;
     v->sum_ns += ns;
   }
   v->errors += failed;
+}
+
+/* Into io_counts (the key's entry made if new); false when the map had no room. */
+static __always_inline bool add_count(const struct blk_count_key *key, __u64 bytes,
+                                      __u64 requests) {
+  static const struct blk_count_value zero;
+  struct blk_count_value *v = kmon_lookup_or_init(&io_counts, key, &zero);
+  if (!v) return false;
+  count_add(v, bytes, requests);
+  return true;
+}
+
+static __always_inline bool add_latency(__u32 dev, __u32 op, __u64 ns, bool timed, bool failed) {
+  struct blk_latency_key key = {.dev = dev, .op = op};
+  /* A global: too big for the 512-byte stack next to everything else. */
+  static const struct blk_latency_value zero;
+  struct blk_latency_value *v = kmon_lookup_or_init(&io_latency, &key, &zero);
+  if (!v) return false;
+  latency_add(v, ns, timed, failed);
+  return true;
+}
+
+/* The way of a key: a multiplicative hash (cgroup ids of one pod are often
+ * consecutive inode numbers). */
+static __always_inline __u32 way_of(const struct blk_count_key *k) {
+  __u64 x = k->cgroup_id ^ ((__u64)k->dev << 32) ^ k->op;
+  x *= 0x9E3779B97F4A7C15ULL;
+  return (__u32)(x >> 61) & (KMON_BLK_CACHE_WAYS - 1);
+}
+
+/* Moves a way's counts into io_counts and io_latency where its keys still are: a
+ * way is given a key only right after its request went into the key's entries, so
+ * a write-back never inserts, and a key user space deleted (a gone cgroup or disk)
+ * takes the way's counts with it. */
+static __always_inline void way_writeback(struct blk_cached *w) {
+  if (w->key.dev == 0) return;
+  if (w->counted && (w->count.requests | w->count.bytes)) {
+    struct blk_count_value *v = bpf_map_lookup_elem(&io_counts, &w->key);
+    if (v) count_add(v, w->count.bytes, w->count.requests);
+    w->count.bytes = 0;
+    w->count.requests = 0;
+  }
+  if (!w->has_latency) return;
+  struct blk_latency_key lk = {.dev = w->key.dev, .op = w->key.op};
+  struct blk_latency_value *l = bpf_map_lookup_elem(&io_latency, &lk);
+  for (int i = 0; i < KMON_BLK_LAT_SLOTS; i++) {
+    __u64 n = w->latency.slots[i];
+    if (!n) continue;
+    if (l) l->slots[i] += n;
+    w->latency.slots[i] = 0;
+  }
+  if (l) {
+    l->sum_ns += w->latency.sum_ns;
+    l->errors += w->latency.errors;
+  }
+  w->latency.sum_ns = 0;
+  w->latency.errors = 0;
+}
+
+/* One completion through this CPU's way for its key (cgroup 0 when not `counted`:
+ * latency only), or straight into the maps, after which the way is the key's (its
+ * earlier key's counts written back). With the cache off, each way is written back
+ * and left empty at its next use, so nothing stays in a way no flush will empty.
+ * The caller holds the cache (`busy`). */
+static __always_inline void record_cached(const struct blk_config *cfg, struct blk_cache *cache,
+                                          const struct blk_count_key *key, bool counted,
+                                          __u64 bytes, __u64 requests, __u64 ns, bool timed,
+                                          bool failed) {
+  const bool latency = timed || failed;
+  struct blk_cached *w = &cache->ways[way_of(key)];
+  const bool same = w->key.dev == key->dev && w->key.cgroup_id == key->cgroup_id &&
+                    w->key.op == key->op && w->counted == counted &&
+                    w->generation == cfg->generation;
+  if (cfg->cache && same && (w->has_latency || !latency)) {
+    if (counted) count_add(&w->count, bytes, requests);
+    if (latency) latency_add(&w->latency, ns, timed, failed);
+    return;
+  }
+  const bool stored = !counted || add_count(key, bytes, requests);
+  const bool has_latency = (latency && add_latency(key->dev, key->op, ns, timed, failed)) ||
+                           (same && w->has_latency);
+  way_writeback(w);
+  w->key = *key;
+  w->counted = counted;
+  w->has_latency = has_latency;
+  w->generation = cfg->generation;
+  if (!cfg->cache || !stored) w->key.dev = 0; /* empty */
+}
+
+/* What one completion adds: to io_counts under `key` when `counted`, to its disk's
+ * io_latency when timed or failed. */
+static __always_inline void record_done(const struct blk_count_key *key, bool counted,
+                                        __u64 bytes, __u64 requests, __u64 ns, bool timed,
+                                        bool failed) {
+  if (!counted && !timed && !failed) return;
+  __u32 zero = 0;
+  struct blk_config *cfg = bpf_map_lookup_elem(&blk_config, &zero);
+  struct blk_cache *cache = cache_of();
+  if (cfg && cache) {
+    *(volatile __u64 *)&cache->busy = 1;
+    KMON_BARRIER();
+    record_cached(cfg, cache, key, counted, bytes, requests, ns, timed, failed);
+    KMON_BARRIER();
+    *(volatile __u64 *)&cache->busy = 0;
+    return;
+  }
+  if (counted) add_count(key, bytes, requests);
+  if (timed || failed) add_latency(key->dev, key->op, ns, timed, failed);
 }
 
 /* Called once per driver completion, possibly several times for one request when a
@@ -333,9 +444,7 @@ int BPF_PROG(kmon_blk_done, struct request *rq, blk_status_t error, unsigned int
 
   __u32 op = rq_op(rq);
   bool internal_flush = (rq->cmd_flags & KMON_REQ_OP_MASK) == KMON_REQ_OP_FLUSH;
-  if (counted && !internal_flush) {
-    add_count(cgroup_id, dev, op, error ? 0 : nr_bytes, last ? 1 : 0);
-  }
+  counted = counted && !internal_flush;
   /* Requests never issued (an empty flush request whose flush another request
    * did) have no device time. */
   bool timed = false;
@@ -343,8 +452,23 @@ int BPF_PROG(kmon_blk_done, struct request *rq, blk_status_t error, unsigned int
   if (last && issue_ns != 0) {
     __u64 now = bpf_ktime_get_ns();
     timed = now >= issue_ns;
-    ns = now - issue_ns;
+    ns = timed ? now - issue_ns : 0;
   }
-  if (timed || error) add_latency(dev, op, timed ? ns : 0, timed, error != 0);
+  struct blk_count_key key = {.cgroup_id = counted ? cgroup_id : 0, .dev = dev, .op = op};
+  record_done(&key, counted, error ? 0 : nr_bytes, last ? 1 : 0, ns, timed, error != 0);
+  return 0;
+}
+
+/* Run by user space on each CPU in turn (never attached) before it reads io_counts
+ * or io_latency: every way of this CPU's cache into the maps. It runs in an IPI (or,
+ * on the calling CPU, with preemption off), which can land in the middle of this
+ * CPU's completion program, between a load and its store: a busy CPU is left
+ * alone, and 1 asks user space to run this again (RunOnEveryCpu). */
+SEC("raw_tp")
+int kmon_blk_flush(void *ctx) {
+  struct blk_cache *cache = cache_of();
+  if (!cache) return 0;
+  if (*(volatile __u64 *)&cache->busy) return 1;
+  for (int i = 0; i < KMON_BLK_CACHE_WAYS; i++) way_writeback(&cache->ways[i]);
   return 0;
 }

@@ -94,11 +94,43 @@ struct blk_latency_value {
   __u64 errors; /* completions with a non-zero blk_status_t */
 };
 
+/* A per-CPU write-back cache in front of `io_counts` and `io_latency` (the one
+ * entry of the per-CPU array `blk_cache`): a completion whose (cgroup, disk, op)
+ * this CPU completed recently adds to its way with plain adds, where it would cost
+ * two hash lookups. A way is written back when another key takes it, and by
+ * `kmon_blk_flush`, which user space runs on every CPU before it reads the maps. */
+#define KMON_BLK_CACHE_WAYS 8
+struct blk_cached {
+  /* cgroup_id is 0 when the way's requests are not counted per workload (`counted`
+   * 0: latency only); dev 0: the way is empty. */
+  struct blk_count_key key;
+  __u32 counted;     /* 1: bytes/requests go to io_counts under `key` */
+  __u32 has_latency; /* 1: io_latency has the (dev, op) entry: latency may wait here */
+  __u64 generation;  /* blk_config.generation when the way was given its key */
+  struct blk_count_value count;
+  struct blk_latency_value latency;
+};
+
+struct blk_cache {
+  /* 1 while this CPU's completion program uses the cache: the flush arrives in an
+   * IPI, which can interrupt it between a load and its store; it then leaves the
+   * CPU alone and asks to be run again. */
+  __u64 busy;
+  struct blk_cached ways[KMON_BLK_CACHE_WAYS];
+};
+
 /* Value of the one-entry `blk_config` control map. Rewritten on reload. */
 struct blk_config {
   /* 0: every device; 1: only devices present in the `devices` map. */
   __u32 filter_devices;
-  __u32 pad;
+  /* 1: completions count through `blk_cache` (user space flushes it before every
+   * read); 0: straight into the maps. */
+  __u32 cache;
+  /* Goes up when user space may have deleted keys of the data maps (a reload, a
+   * gone cgroup or disk): a way given its key in an earlier generation is written
+   * back (what of it still has a key) and given its key again, through the maps,
+   * which makes the key's entry anew. */
+  __u64 generation;
 };
 
 /* The set of the `inflight` table a request's address belongs to: the address
@@ -134,7 +166,11 @@ static_assert(sizeof(struct blk_count_key) == 16, "BPF ABI");
 static_assert(sizeof(struct blk_count_value) == 16, "BPF ABI");
 static_assert(sizeof(struct blk_latency_key) == 8, "BPF ABI");
 static_assert(sizeof(struct blk_latency_value) == (KMON_BLK_LAT_SLOTS + 2) * 8, "BPF ABI");
-static_assert(sizeof(struct blk_config) == 8, "BPF ABI");
+static_assert(sizeof(struct blk_config) == 16, "BPF ABI");
+static_assert(sizeof(struct blk_cached) == 16 + 16 + 16 + sizeof(struct blk_latency_value),
+              "BPF ABI");
+static_assert(sizeof(struct blk_cache) == 8 + KMON_BLK_CACHE_WAYS * sizeof(struct blk_cached),
+              "BPF ABI");
 #endif
 
 #endif /* KMON_BPF_BLOCKIO_H_ */

@@ -207,11 +207,14 @@ BlockioCollector::BlockioCollector(const CollectorDeps& deps,
     : BpfCollector(kName, deps, &skel_, blockio_bpf__create_skeleton,
                    {{"io_counts", sizeof(blk_count_key), sizeof(blk_count_value)},
                     {"io_latency", sizeof(blk_latency_key), sizeof(blk_latency_value)},
-                    {"inflight", sizeof(uint32_t), sizeof(blk_inflight_set)}}),
+                    {"inflight", sizeof(uint32_t), sizeof(blk_inflight_set)},
+                    {"blk_config", sizeof(uint32_t), sizeof(blk_config)},
+                    {"blk_cache", sizeof(uint32_t), sizeof(blk_cache)}}),
       names_(names ? std::move(names) : std::make_unique<SysfsBlockDeviceNames>()),
       hook_(hook) {}
 
 absl::Status BlockioCollector::BeforeLoad(const CollectorConfig&) {
+  config_ = {};  // a new object: its cache is off until AfterAttach's first flush
   // One submission hook: block_io_start (v6.5+) where the kernel has it, else its
   // older twin. Without BTF the load itself reports what is missing.
   bool io_start = hook_ == BlockSubmitHook::kIoStart;
@@ -221,12 +224,27 @@ absl::Status BlockioCollector::BeforeLoad(const CollectorConfig&) {
   }
   bpf_program__set_autoload(skel_->progs.kmon_blk_start, io_start);
   bpf_program__set_autoload(skel_->progs.kmon_blk_insert, !io_start);
+  // Run from user space on each CPU before every read (cache_), never attached.
+  bpf_program__set_autoattach(skel_->progs.kmon_blk_flush, false);
   return absl::OkStatus();
 }
 
 absl::Status BlockioCollector::AfterAttach(const CollectorConfig&) {
   source_ = std::make_unique<BpfBlockIoSource>(bpf_map__fd(skel_->maps.io_counts),
                                                bpf_map__fd(skel_->maps.io_latency));
+  // Completions may wait in the per-CPU cache once the flush is known to run on
+  // every CPU.
+  return cache_.Start(skel_->progs.kmon_blk_flush, [this](bool on) {
+    config_.cache = on ? 1 : 0;
+    return WriteConfig();
+  });
+}
+
+absl::Status BlockioCollector::WriteConfig() {
+  uint32_t zero = 0;
+  if (bpf_map_update_elem(bpf_map__fd(skel_->maps.blk_config), &zero, &config_, BPF_ANY) != 0) {
+    return BpfError(kName, "map=blk_config: update", errno);
+  }
   return absl::OkStatus();
 }
 
@@ -254,12 +272,9 @@ absl::Status BlockioCollector::WriteDeviceFilter() {
   for (uint32_t dev : wanted_devs_) {
     if (!want.count(dev)) bpf_map_delete_elem(set_fd, &dev);
   }
-  blk_config cfg{};
-  cfg.filter_devices = device_filter_.empty() ? 0 : 1;
-  uint32_t zero = 0;
-  if (bpf_map_update_elem(bpf_map__fd(skel_->maps.blk_config), &zero, &cfg, BPF_ANY) != 0) {
-    return BpfError(kName, "map=blk_config: update", errno);
-  }
+  config_.filter_devices = device_filter_.empty() ? 0 : 1;
+  absl::Status st = WriteConfig();
+  if (!st.ok()) return st;
   wanted_devs_ = std::move(want);
   unresolved_devices_ = unresolved;
   last_resolve_ = std::chrono::steady_clock::now();
@@ -307,13 +322,14 @@ void BlockioCollector::DropStale(const std::vector<BlockIoCount>& counts,
     if (cached == name_cache_.end() || !cached->second.gone) return false;
     return dev_missing_.Gone(dev);
   };
+  bool deleted = false;
   int lat_fd = bpf_map__fd(skel_->maps.io_latency);
   for (const auto& l : latencies) {
     if (!dev_gone(l.dev)) continue;
     blk_latency_key k{};
     k.dev = l.dev;
     k.op = l.op;
-    bpf_map_delete_elem(lat_fd, &k);
+    deleted = bpf_map_delete_elem(lat_fd, &k) == 0 || deleted;
   }
 
   int counts_fd = bpf_map__fd(skel_->maps.io_counts);
@@ -325,12 +341,21 @@ void BlockioCollector::DropStale(const std::vector<BlockIoCount>& counts,
     k.cgroup_id = c.cgroup_id;
     k.dev = c.dev;
     k.op = c.op;
-    bpf_map_delete_elem(counts_fd, &k);
+    deleted = bpf_map_delete_elem(counts_fd, &k) == 0 || deleted;
   }
   dev_missing_.End();
+  // A cache way may hold a deleted key: were the key to come back (a disk of the
+  // same dev_t, a device selected again), its counts would wait in the way with no
+  // entry to go to. A new generation gives every way its key anew, through the maps.
+  if (deleted) {
+    ++config_.generation;
+    absl::Status st = WriteConfig();
+    if (!st.ok()) LogWarn("blockio: new cache generation", {{"err", st.ToString()}});
+  }
 }
 
 absl::Status BlockioCollector::Read(std::vector<prometheus::MetricFamily>* out) {
+  cache_.Flush();
   std::vector<BlockIoCount> counts;
   std::vector<BlockIoLatency> latencies;
   absl::Status st = source_->Read(&counts, &latencies);

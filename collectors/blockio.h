@@ -43,6 +43,7 @@
 
 #include "bpf/blockio.h"
 #include "collectors/bpf_collector.h"
+#include "collectors/bpf_util.h"
 #include "collectors/data_source.h"
 #include "collectors/missing_since.h"
 
@@ -130,15 +131,22 @@ class BlockioCollector : public BpfCollector {
   absl::Status BeforeLoad(const CollectorConfig& config) override;
   absl::Status Configure(const CollectorConfig& config) override;
   absl::Status AfterAttach(const CollectorConfig& config) override;
-  void BeforeDestroy() override { source_.reset(); }
+  void BeforeDestroy() override {
+    cache_.Stop();
+    source_.reset();
+  }
   absl::Status Read(std::vector<prometheus::MetricFamily>* out) override;
+  /// Writes config_ into the `blk_config` control map.
+  absl::Status WriteConfig();
   /// Resolves `device_filter_` to dev_ts and writes the `devices`/`blk_config`
   /// control maps. Names not (yet) present are retried on later scrapes.
   absl::Status WriteDeviceFilter();
   /// Cached name of a dev_t, re-read when unknown or older than a minute (a dev_t
   /// can be reused by another device); "MAJ:MIN" for a device that is gone.
   std::string DeviceName(uint32_t kdev);
-  /// Deletes data-map entries of cgroups and devices that are gone or no longer selected.
+  /// Deletes data-map entries of cgroups and devices that are gone or no longer
+  /// selected, then moves blk_config.generation on so that no cache way keeps a
+  /// deleted key.
   void DropStale(const std::vector<BlockIoCount>& counts,
                  const std::vector<BlockIoLatency>& latencies);
 
@@ -146,6 +154,8 @@ class BlockioCollector : public BpfCollector {
   BlockSubmitHook hook_;
   blockio_bpf* skel_ = nullptr;
   std::unique_ptr<BlockIoSource> source_;
+  blk_config config_{};  // what the `blk_config` control map holds
+  CpuCacheFlush cache_{"blockio", "block I/O is counted without the per-CPU cache"};
   std::vector<std::string> device_filter_;  // names from the config; empty: all
   std::set<uint32_t> wanted_devs_;          // what device_filter_ resolved to
   bool unresolved_devices_ = false;

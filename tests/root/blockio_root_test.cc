@@ -5,17 +5,21 @@
 #include <bpf/bpf.h>
 #include <fcntl.h>
 #include <gtest/gtest.h>
+#include <sched.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <map>
 #include <set>
 #include <vector>
 
+#include "bpf/witness.skel.h"
 #include "collectors/blockio.h"
 #include "collectors/bpf_util.h"
 #include "collectors/watched_cgroups.h"
@@ -399,6 +403,181 @@ TEST_F(BlockioRootTest, InflightTableIsEmptyAfterTheIoCompletes) {
   }
   EXPECT_EQ(taken, 0);
   EXPECT_EQ(c.EventsLost().at("map_full"), 0u);
+}
+
+// The write-back cache (blk_cache) has 8 ways per CPU: 12 workloads writing in turn
+// on one disk are more keys than that, so their ways are taken from each other, and
+// every write is still counted once, for its writer, on both rounds (a way that
+// kept its key from the first round counts the second without the map).
+TEST_F(BlockioRootTest, MoreWorkloadsThanTheCacheHasWaysCountExactly) {
+  LoopDevice loop;
+  ASSERT_TRUE(loop.ok());
+  BlockioCollector c({.workloads = workloads_.get(), .watched = watched_.get()});
+  ASSERT_TRUE(c.Start(DevicesConfig({loop.name()})).ok());
+  std::optional<blk_config> bc = testing::ReadControl<blk_config>(c.BpfObject(), "blk_config");
+  ASSERT_TRUE(bc.has_value());
+  EXPECT_EQ(bc->cache, 1u) << "the flush runs here, so the cache is on";
+  constexpr int kWorkloads = 12;
+  static_assert(kWorkloads > KMON_BLK_CACHE_WAYS);
+  std::vector<TestCgroup> cgs(kWorkloads);
+  const std::map<std::string, std::string> dev_write{{"device", loop.name()}, {"op", "write"}};
+  const double timed_before = Sum(Scrape(&c), "kmon_block_io_duration_seconds", dev_write);
+  for (int round = 1; round <= 2; ++round) {
+    // Workload i writes i + 1 requests per round.
+    for (int i = 0; i < kWorkloads; ++i) {
+      ASSERT_EQ(RunInCgroup(cgs[i], [&] { DirectIo(loop.path(), true, i + 1); }), 0);
+    }
+    auto fams = Scrape(&c);
+    int writes = 0;
+    for (int i = 0; i < kWorkloads; ++i) {
+      std::map<std::string, std::string> mine = dev_write;
+      mine["container"] = cgs[i].name();
+      EXPECT_EQ(Sum(fams, "kmon_block_io_requests_total", mine), round * (i + 1)) << i;
+      EXPECT_EQ(Sum(fams, "kmon_block_io_bytes_total", mine), round * (i + 1) * kSize) << i;
+      writes += round * (i + 1);
+    }
+    EXPECT_EQ(Sum(fams, "kmon_block_io_duration_seconds", dev_write) - timed_before, writes);
+  }
+  EXPECT_EQ(c.EventsLost().at("map_full"), 0u);
+}
+
+// With the cache switched off (what a failed flush does), completions go straight
+// into the maps, and what the ways held reaches them; switched on again, the same.
+TEST_F(BlockioRootTest, CountsExactlyWithTheCacheOnAndOff) {
+  LoopDevice loop;
+  ASSERT_TRUE(loop.ok());
+  BlockioCollector c({.workloads = workloads_.get(), .watched = watched_.get()});
+  ASSERT_TRUE(c.Start(DevicesConfig({loop.name()})).ok());
+  std::optional<blk_config> bc = testing::ReadControl<blk_config>(c.BpfObject(), "blk_config");
+  ASSERT_TRUE(bc.has_value());
+  ASSERT_EQ(bc->cache, 1u);
+  TestCgroup cg;
+  const std::map<std::string, std::string> mine{
+      {"container", cg.name()}, {"device", loop.name()}, {"op", "write"}};
+  ASSERT_EQ(RunInCgroup(cg, [&] { DirectIo(loop.path(), true, 8); }), 0);
+  EXPECT_EQ(Sum(Scrape(&c), "kmon_block_io_requests_total", mine), 8);
+  bc->cache = 0;
+  ASSERT_TRUE(testing::WriteControl(c.BpfObject(), "blk_config", *bc));
+  ASSERT_EQ(RunInCgroup(cg, [&] { DirectIo(loop.path(), true, 5); }), 0);
+  EXPECT_EQ(Sum(Scrape(&c), "kmon_block_io_requests_total", mine), 13);
+  bc->cache = 1;
+  ASSERT_TRUE(testing::WriteControl(c.BpfObject(), "blk_config", *bc));
+  ASSERT_EQ(RunInCgroup(cg, [&] { DirectIo(loop.path(), true, 3); }), 0);
+  auto fams = Scrape(&c);
+  EXPECT_EQ(Sum(fams, "kmon_block_io_requests_total", mine), 16);
+  EXPECT_EQ(Sum(fams, "kmon_block_io_bytes_total", mine), 16 * kSize);
+  EXPECT_EQ(c.EventsLost().at("map_full"), 0u);
+}
+
+// A disk no longer selected loses its series (the collector deletes its entries);
+// selected again, it counts afresh and exactly: no cache way kept the deleted key to
+// count into (blk_config.generation moved on when the keys went).
+TEST_F(BlockioRootTest, ADiskSelectedAgainAfterItsSeriesWentCountsAfresh) {
+  LoopDevice loop;
+  ASSERT_TRUE(loop.ok());
+  BlockioCollector c({.workloads = workloads_.get(), .watched = watched_.get()});
+  ASSERT_TRUE(c.Start(DevicesConfig({loop.name()})).ok());
+  TestCgroup cg;
+  const std::map<std::string, std::string> mine{
+      {"container", cg.name()}, {"device", loop.name()}, {"op", "write"}};
+  ASSERT_EQ(RunInCgroup(cg, [&] { DirectIo(loop.path(), true, 8); }), 0);
+  EXPECT_EQ(Sum(Scrape(&c), "kmon_block_io_requests_total", mine), 8);
+
+  ASSERT_TRUE(c.Reconfigure(DevicesConfig({"kmon-no-such-disk"})).ok());
+  Scrape(&c);  // drops the loop disk's entries
+  EXPECT_EQ(Sum(Scrape(&c), "kmon_block_io_requests_total", {{"device", loop.name()}}), 0);
+
+  ASSERT_TRUE(c.Reconfigure(DevicesConfig({loop.name()})).ok());
+  ASSERT_EQ(RunInCgroup(cg, [&] { DirectIo(loop.path(), true, 5); }), 0);
+  auto fams = Scrape(&c);
+  EXPECT_EQ(Sum(fams, "kmon_block_io_requests_total", mine), 5);
+  EXPECT_EQ(Sum(fams, "kmon_block_io_bytes_total", mine), 5 * kSize);
+  EXPECT_EQ(Sum(fams, "kmon_block_io_duration_seconds", {{"device", loop.name()}, {"op", "write"}}),
+            5);
+}
+
+// Counts what the kernel delivers on block_rq_complete for one disk (bpf/witness.bpf.c)
+// while it lives.
+class CompletionWitness {
+ public:
+  explicit CompletionWitness(uint32_t kdev) {
+    skel_ = witness_bpf__open();
+    if (skel_ == nullptr) return;
+    skel_->rodata->witness_dev = kdev;
+    if (witness_bpf__load(skel_) != 0 || witness_bpf__attach(skel_) != 0) {
+      witness_bpf__destroy(skel_);
+      skel_ = nullptr;
+    }
+  }
+  ~CompletionWitness() {
+    if (skel_ != nullptr) witness_bpf__destroy(skel_);
+  }
+  CompletionWitness(const CompletionWitness&) = delete;
+  CompletionWitness& operator=(const CompletionWitness&) = delete;
+  bool ok() const { return skel_ != nullptr; }
+  uint64_t requests() const {
+    return __atomic_load_n(&skel_->bss->witness_requests, __ATOMIC_SEQ_CST);
+  }
+  uint64_t bytes() const { return __atomic_load_n(&skel_->bss->witness_bytes, __ATOMIC_SEQ_CST); }
+
+ private:
+  witness_bpf* skel_ = nullptr;
+};
+
+// Reads the disk has completed, by its own statistics (/sys/block/NAME/stat).
+int64_t DiskReadsDone(const LoopDevice& loop) {
+  std::ifstream in("/sys/block/" + loop.name() + "/stat");
+  int64_t reads = -1;
+  in >> reads;
+  return reads;
+}
+
+// The flush runs in an IPI, which can land on a CPU in the middle of its completion
+// program's update of a cache way or of a map entry: many flushes at a CPU busy
+// completing reads, and still every completion is counted once.
+//
+// The truth is a witness on the same tracepoint (CompletionWitness), held next to the
+// reads made: on this kernel (6.18) about one completion in 300,000 never reaches the
+// tracepoint's BPF programs (bpftrace on block:block_rq_complete misses the same
+// ones, with the cache off and with no flush at all), though the disk's own
+// statistics count it. kmon is held to what it was given, exactly.
+TEST_F(BlockioRootTest, FlushesInTheMiddleOfCompletionsLoseAndDoubleNothing) {
+  KMON_REQUIRE_CPUS(2, "it needs two CPUs: one completing I/O, one sending it flush IPIs");
+  LoopDevice loop;
+  ASSERT_TRUE(loop.ok());
+  struct stat st {};
+  ASSERT_EQ(stat(loop.path().c_str(), &st), 0);
+  CompletionWitness witness(KMON_KDEV(major(st.st_rdev), minor(st.st_rdev)));
+  ASSERT_TRUE(witness.ok());
+  BlockioCollector c({.workloads = workloads_.get(), .watched = watched_.get()});
+  ASSERT_TRUE(c.Start(DevicesConfig({loop.name()})).ok());
+  bpf_program* flush = bpf_object__find_program_by_name(c.BpfObject(), "kmon_blk_flush");
+  ASSERT_NE(flush, nullptr);
+  // The whole 64 MiB disk in 64 KiB reads, this many times.
+  constexpr int kPasses = 16, kPerPass = (64 << 20) / kSize, kReads = kPasses * kPerPass;
+  const int64_t disk_before = DiskReadsDone(loop);
+  TestCgroup cg;
+  const testing::FlushRuns runs = testing::FlushCpu1WhileChildWorks(flush, cg, [&] {
+    for (int i = 0; i < kPasses; ++i) DirectIo(loop.path(), false, kPerPass);
+  });
+  auto fams = Scrape(&c);  // the collector's own flush, with its retries
+  const std::map<std::string, std::string> mine{
+      {"container", cg.name()}, {"device", loop.name()}, {"op", "read"}};
+  const uint64_t delivered = witness.requests();
+  EXPECT_EQ(DiskReadsDone(loop) - disk_before, kReads);
+  EXPECT_LE(delivered, static_cast<uint64_t>(kReads));
+  EXPECT_GE(delivered, static_cast<uint64_t>(kReads) - 5) << "the kernel lost more than it does";
+  EXPECT_EQ(Sum(fams, "kmon_block_io_requests_total", mine), delivered)
+      << "after " << runs.runs << " flushes on the completing CPU";
+  EXPECT_EQ(Sum(fams, "kmon_block_io_bytes_total", mine), witness.bytes());
+  EXPECT_EQ(Sum(fams, "kmon_block_io_duration_seconds", {{"device", loop.name()}, {"op", "read"}}),
+            delivered);
+  EXPECT_EQ(c.EventsLost().at("map_full"), 0u);
+  // The race was run into, not just run beside: some IPIs found the program mid-way.
+  EXPECT_GT(runs.runs, 1000);
+  EXPECT_GT(runs.busy, 0) << runs.runs << " flushes";
+  std::printf("%d flushes, %d found the CPU busy; %d reads, %llu completions delivered\n",
+              runs.runs, runs.busy, kReads, static_cast<unsigned long long>(delivered));
 }
 
 }  // namespace

@@ -342,4 +342,34 @@ FlushRuns RunOnCpuWhileAlive(const bpf_program* prog, int cpu, pid_t pid) {
   }
 }
 
+FlushRuns FlushCpu1WhileChildWorks(const bpf_program* prog, const TestCgroup& cg,
+                                   const std::function<void()>& work) {
+  FlushRuns runs;
+  const pid_t child = SpawnInCgroup(cg, [&] {
+    cpu_set_t one;
+    CPU_ZERO(&one);
+    CPU_SET(1, &one);
+    if (sched_setaffinity(0, sizeof(one), &one) != 0) _exit(3);
+    work();
+  });
+  if (child <= 0) {
+    ADD_FAILURE() << "cannot start the working child";
+    return runs;
+  }
+  {
+    PinnedTo cpu0(0);  // so that every run on CPU 1 is an IPI
+    if (cpu0.ok()) {
+      runs = RunOnCpuWhileAlive(prog, 1, child);
+    } else {
+      ADD_FAILURE() << "cannot pin the test to CPU 0";
+    }
+  }
+  if (!runs.reaped) {
+    WaitChild(child);  // a failed run ended the loop
+  } else if (!runs.exited_ok) {
+    ADD_FAILURE() << "the working child failed";
+  }
+  return runs;
+}
+
 }  // namespace kmon::testing

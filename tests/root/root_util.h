@@ -73,6 +73,14 @@ struct FlushRuns {
 /// child is then left to the caller). From another CPU, each run is an IPI.
 FlushRuns RunOnCpuWhileAlive(const bpf_program* prog, int cpu, pid_t pid);
 
+class TestCgroup;
+/// The flush-race tests' shape: `work` runs in a child in `cg` pinned to CPU 1 while
+/// the calling thread, pinned to CPU 0, runs `prog` on CPU 1 (each run an IPI that
+/// may land in the middle of the child's BPF programs) until the child exits. Fails
+/// the test when the child fails; a failed run ends the loop early (runs says so).
+FlushRuns FlushCpu1WhileChildWorks(const bpf_program* prog, const TestCgroup& cg,
+                                   const std::function<void()>& work);
+
 /// A cgroup v2 directory "kmon-test-<pid>-<n>" under the v2 root; rmdir'd on destruction
 /// after moving any leftover processes back to the root cgroup.
 class TestCgroup {

@@ -285,26 +285,8 @@ TEST_F(SyscallsRootTest, FlushesInTheMiddleOfCountingLoseAndDoubleNothing) {
   ASSERT_NE(flush, nullptr);
   constexpr int kCalls = 2'000'000;
   TestCgroup cg;
-  const pid_t child = testing::SpawnInCgroup(cg, [] {
-    cpu_set_t one;
-    CPU_ZERO(&one);
-    CPU_SET(1, &one);
-    if (sched_setaffinity(0, sizeof(one), &one) != 0) _exit(3);
-    MakeCalls(kCalls, 0, 0);
-  });
-  ASSERT_GT(child, 0);
-  // From CPU 0, so every flush of CPU 1 is an IPI.
-  testing::FlushRuns runs;
-  {
-    testing::PinnedTo cpu0(0);
-    ASSERT_TRUE(cpu0.ok());
-    runs = testing::RunOnCpuWhileAlive(flush, 1, child);
-  }
-  if (runs.reaped) {
-    EXPECT_TRUE(runs.exited_ok);
-  } else {
-    testing::WaitChild(child);  // a failed flush ended the loop
-  }
+  const testing::FlushRuns runs =
+      testing::FlushCpu1WhileChildWorks(flush, cg, [] { MakeCalls(kCalls, 0, 0); });
   const int flushes = runs.runs, busy = runs.busy;
   std::vector<prometheus::MetricFamily> fams;
   c.Collect(&fams);  // the collector's own flush, with its retries
