@@ -537,10 +537,10 @@ int64_t DiskReadsDone(const LoopDevice& loop) {
 // completing reads, and still every completion is counted once.
 //
 // The truth is a witness on the same tracepoint (CompletionWitness), held next to the
-// reads made: on this kernel (6.18) about one completion in 300,000 never reaches the
-// tracepoint's BPF programs (bpftrace on block:block_rq_complete misses the same
-// ones, with the cache off and with no flush at all), though the disk's own
-// statistics count it. kmon is held to what it was given, exactly.
+// reads made: on this kernel (6.18) one completion in 100,000-300,000 (more under the
+// IPIs) never reaches the tracepoint's BPF programs (bpftrace on block_rq_complete
+// misses the same ones, with the cache off and with no flush at all), though the
+// disk's own statistics count it. kmon is held to what it was given, exactly.
 TEST_F(BlockioRootTest, FlushesInTheMiddleOfCompletionsLoseAndDoubleNothing) {
   KMON_REQUIRE_CPUS(2, "it needs two CPUs: one completing I/O, one sending it flush IPIs");
   LoopDevice loop;
