@@ -126,10 +126,10 @@ struct blk_config {
   /* 1: completions count through `blk_cache` (user space flushes it before every
    * read); 0: straight into the maps. */
   __u32 cache;
-  /* Goes up when user space may have deleted keys of the data maps (a reload, a
-   * gone cgroup or disk): a way given its key in an earlier generation is written
-   * back (what of it still has a key) and given its key again, through the maps,
-   * which makes the key's entry anew. */
+  /* Goes up when user space has deleted keys of the data maps (a gone cgroup, a
+   * gone or no longer selected disk): a way given its key in an earlier generation
+   * is written back (what of it still has a key) and given its key again, through
+   * the maps, which makes the key's entry anew. */
   __u64 generation;
 };
 
