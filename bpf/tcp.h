@@ -116,25 +116,28 @@ enum tcp_phase { TCP_PHASE_IDLE = 0, TCP_PHASE_RECEIVING = 1, TCP_PHASE_SENDING 
 
 /* Per-connection state, in the socket's own local storage (the `conns` map of
  * type BPF_MAP_TYPE_SK_STORAGE): made at the open (or at first sight for a
- * connection open before kmon), freed by the kernel with the socket. */
+ * connection open before kmon), freed by the kernel with the socket. The kernel
+ * keeps it 8 bytes into a cache line of its own: what every send and receive
+ * touches is in the first 56 bytes, the peer's address after them. */
 struct tcp_conn {
   __u64 cgroup_id;
   __u64 client_cgroup; /* server role: the peer's cgroup when it is on this host */
   __u64 start_ns;      /* server: first byte of the current request received;
                         * client: connect() called, until established */
   __u64 last_send_ns;  /* server: last byte of its reply sent */
-  /* Bytes not yet in `stats`: flushed at the first send or receive of each epoch
-   * and at the close, so that the others cost no map lookup. */
-  __u64 bytes_sent;
-  __u64 bytes_received;
-  __u8 addr[16]; /* server: the peer's address; client: its own, the key of its
-                  * client_socks entry (by TCP_CLOSE the kernel has released the port) */
-  __u32 epoch;   /* tcp_config.epoch when last flushed and decided */
+  /* Bytes not yet in `stats`: flushed at the first send or receive of each epoch,
+   * every KMON_TCP_FLUSH_BYTES and at the close, so that the others cost no map
+   * lookup. Below 2^16 + 2^31 (one send or receive adds less than 2^31). */
+  __u32 bytes_sent;
+  __u32 bytes_received;
+  __u32 epoch; /* tcp_config.epoch when last flushed and decided */
   __u16 lport;
   __u8 role;
   __u8 phase;
   __u8 flags;
   __u8 pad[7];
+  __u8 addr[16]; /* server: the peer's address; client: its own, the key of its
+                  * client_socks entry (by TCP_CLOSE the kernel has released the port) */
 };
 
 /* A per-CPU write-back cache in front of `req_hist` and `edges` (the one entry of the
@@ -181,13 +184,15 @@ struct tcp_listen_sock {
 };
 
 #ifdef __cplusplus
+#include <cstddef>
 static_assert(sizeof(struct tcp_config) == 288 + 8 * KMON_TCP_PORT_WORDS, "BPF ABI");
 static_assert(sizeof(struct tcp_req_way) == 328, "BPF ABI");
 static_assert(sizeof(struct tcp_hist) == 280, "BPF ABI");
 static_assert(sizeof(struct tcp_hist_key) == 16, "BPF ABI");
 static_assert(sizeof(struct tcp_edge_key) == 40, "BPF ABI");
 static_assert(sizeof(struct tcp_stats) == 96, "BPF ABI");
-static_assert(sizeof(struct tcp_conn) == 80, "BPF ABI");
+static_assert(sizeof(struct tcp_conn) == 72, "BPF ABI");
+static_assert(offsetof(struct tcp_conn, addr) == 56, "the hot part in the storage's first line");
 static_assert(sizeof(struct tcp_client_key) == 20, "BPF ABI");
 static_assert(sizeof(struct tcp_listen_key) == 8, "BPF ABI");
 static_assert(sizeof(struct tcp_listen_sock) == 16, "BPF ABI");
