@@ -97,7 +97,8 @@ static __always_inline void count_cached(struct syscall_cache *cache,
   __u32 way = (__u32)(((cgroup_id << 10 | nr) * 0x9E3779B97F4A7C15ull) >> 60) &
               (KMON_SYSCALL_CACHE_WAYS - 1);
   struct syscall_cached *w = &cache->ways[way];
-  if (cfg->cache && w->cgroup_id == cgroup_id && w->nr == nr) {
+  if (cfg->cache && w->cgroup_id == cgroup_id && w->nr == nr &&
+      w->generation == cfg->generation) {
     w->count += 1;
     w->errors += failed;
     return;
@@ -108,6 +109,7 @@ static __always_inline void count_cached(struct syscall_cache *cache,
   way_writeback(w);
   w->cgroup_id = cfg->cache ? cgroup_id : 0;
   w->nr = nr;
+  w->generation = cfg->generation;
 }
 
 /* `cached`: the caller runs with preemption off (the tracepoint) and may use this

@@ -45,7 +45,7 @@ struct syscall_value {
 struct syscall_cached {
   __u64 cgroup_id; /* 0: empty */
   __u32 nr;
-  __u32 pad;
+  __u32 generation; /* syscall_config.generation when the way took its key */
   __u64 count;
   __u64 errors;
 };
@@ -62,7 +62,11 @@ struct syscall_config {
   /* 1: the tracepoint counts through `sc_cache` (user space runs kmon_sc_flush on
    * every CPU before it reads); 0: straight into `counts`. */
   __u32 cache;
-  __u32 pad;
+  /* Moved on by user space when it deleted keys from `counts` (a gone cgroup, a
+   * syscall no longer chosen): a way of an earlier generation takes its key anew,
+   * through `counts`. Without it, a syscall chosen again found its old key in a way
+   * and was counted there, with no entry for the write-back to go to: never again. */
+  __u32 generation;
 };
 
 #ifdef __cplusplus

@@ -241,11 +241,7 @@ absl::Status BlockioCollector::AfterAttach(const CollectorConfig&) {
 }
 
 absl::Status BlockioCollector::WriteConfig() {
-  uint32_t zero = 0;
-  if (bpf_map_update_elem(bpf_map__fd(skel_->maps.blk_config), &zero, &config_, BPF_ANY) != 0) {
-    return BpfError(kName, "map=blk_config: update", errno);
-  }
-  return absl::OkStatus();
+  return WriteControlEntry(kName, skel_->maps.blk_config, &config_);
 }
 
 absl::Status BlockioCollector::WriteDeviceFilter() {

@@ -118,6 +118,14 @@ absl::Status BpfError(std::string_view collector, std::string_view what, int err
                                    ": ", std::strerror(err)));
 }
 
+absl::Status WriteControlEntry(std::string_view collector, const bpf_map* map, const void* value) {
+  uint32_t zero = 0;
+  if (bpf_map_update_elem(bpf_map__fd(map), &zero, value, BPF_ANY) != 0) {
+    return BpfError(collector, absl::StrCat("map=", bpf_map__name(map), ": update"), errno);
+  }
+  return absl::OkStatus();
+}
+
 absl::Status CheckMapLayout(std::string_view collector, const bpf_map* map, size_t key_size,
                             size_t value_size) {
   if (bpf_map__key_size(map) != key_size || bpf_map__value_size(map) != value_size) {

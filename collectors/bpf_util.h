@@ -79,6 +79,10 @@ class CpuCacheFlush {
 /// "collector=syscalls map=counts: <what>: <strerror(err)>"
 absl::Status BpfError(std::string_view collector, std::string_view what, int err);
 
+/// Writes `value` (the map's value size) as entry 0 of a one-entry control map:
+/// "collector=<collector> map=<name>: update: <strerror>" when the kernel refuses.
+absl::Status WriteControlEntry(std::string_view collector, const bpf_map* map, const void* value);
+
 /// Fails unless the map's key and value sizes match the shared header's structs.
 absl::Status CheckMapLayout(std::string_view collector, const bpf_map* map, size_t key_size,
                             size_t value_size);

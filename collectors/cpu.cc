@@ -343,11 +343,7 @@ absl::Status CpuCollector::WriteCpuConfig() {
                                                                                                : 0;
   value.gen = gen_;
   value.cache = cache_ ? 1 : 0;
-  uint32_t zero = 0;
-  if (bpf_map_update_elem(bpf_map__fd(skel_->maps.cpu_config), &zero, &value, BPF_ANY) != 0) {
-    return BpfError(kName, "map=cpu_config: update", errno);
-  }
-  return absl::OkStatus();
+  return WriteControlEntry(kName, skel_->maps.cpu_config, &value);
 }
 
 absl::Status CpuCollector::SetCapture(bool on) {

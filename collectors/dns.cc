@@ -181,10 +181,8 @@ absl::Status DnsCollector::Configure(const CollectorConfig& config) {
   }
   cfg.nbounds = static_cast<uint32_t>(dc.latency_buckets.size());
   cfg.timeout_ns = static_cast<uint64_t>(dc.timeout.count());
-  uint32_t zero = 0;
-  if (bpf_map_update_elem(bpf_map__fd(skel_->maps.dns_config), &zero, &cfg, BPF_ANY) != 0) {
-    return BpfError(kName, "map=dns_config: update", errno);
-  }
+  absl::Status written = WriteControlEntry(kName, skel_->maps.dns_config, &cfg);
+  if (!written.ok()) return written;
   // New bounds change what every slot means: the histograms start afresh (a
   // counter reset to Prometheus) rather than show counts under the wrong `le`.
   if (!bounds_.empty() && bounds_ != dc.latency_buckets) {

@@ -287,13 +287,19 @@ absl::Status SyscallsCollector::AfterAttach(const CollectorConfig&) {
       bpf_map__fd(skel_->maps.counts), SumSyscallCount);
   // Counts may wait in the per-CPU cache once the flush is known to run on every CPU.
   return cache_.Start(skel_->progs.kmon_sc_flush, [this](bool on) {
-    const syscall_config value{.cache = on ? 1u : 0u};
-    uint32_t zero = 0;
-    if (bpf_map_update_elem(bpf_map__fd(skel_->maps.sc_config), &zero, &value, BPF_ANY) != 0) {
-      return BpfError(kName, "map=sc_config: update", errno);
-    }
-    return absl::OkStatus();
+    config_.cache = on ? 1u : 0u;
+    return WriteConfig();
   });
+}
+
+absl::Status SyscallsCollector::WriteConfig() {
+  return WriteControlEntry(kName, skel_->maps.sc_config, &config_);
+}
+
+void SyscallsCollector::NextGeneration() {
+  ++config_.generation;
+  absl::Status st = WriteConfig();
+  if (!st.ok()) LogWarn("syscalls: new cache generation", {{"err", st.ToString()}});
 }
 
 SyscallHookState SyscallsCollector::hook() const {
@@ -333,6 +339,7 @@ absl::Status SyscallsCollector::ProbeFexit(const FexitPlan& plan) {
 
 absl::Status SyscallsCollector::BeforeLoad(const CollectorConfig& config) {
   const SyscallsConfig& sc = config.collectors.Get<SyscallsConfig>();
+  config_ = {};  // a new object: its cache is off until AfterAttach's first flush
   requested_ = sc.hook;
   FexitPlan plan;
   if (sc.hook == SyscallHookMode::kTracepoint) {
@@ -466,15 +473,17 @@ absl::Status SyscallsCollector::Configure(const CollectorConfig& config) {
   return absl::OkStatus();
 }
 
-void SyscallsCollector::DropStale(const std::vector<SyscallCount>& counts) {
+bool SyscallsCollector::DropStale(const std::vector<SyscallCount>& counts) {
   int fd = bpf_map__fd(skel_->maps.counts);
+  bool deleted = false;
   for (const auto& c : counts) {
     if (names_.count(c.nr) && !labeler().Gone(c.cgroup_id)) continue;
     syscall_key k{};
     k.cgroup_id = c.cgroup_id;
     k.nr = static_cast<uint32_t>(c.nr);
-    bpf_map_delete_elem(fd, &k);
+    deleted = bpf_map_delete_elem(fd, &k) == 0 || deleted;
   }
+  return deleted;
 }
 
 absl::Status SyscallsCollector::Read(std::vector<prometheus::MetricFamily>* out) {
@@ -483,7 +492,9 @@ absl::Status SyscallsCollector::Read(std::vector<prometheus::MetricFamily>* out)
   absl::Status st = source_->Read(&counts);
   if (!st.ok()) return st;
   auto families = BuildSyscallFamilies(counts, names_, &labeler());
-  DropStale(counts);
+  // A way may hold a deleted key: were it to come back (a syscall chosen again), its
+  // counts would wait in the way with no entry to go to.
+  if (DropStale(counts)) NextGeneration();
   for (auto& f : families) out->push_back(std::move(f));
   return absl::OkStatus();
 }

@@ -12,6 +12,7 @@
 #include <string_view>
 #include <vector>
 
+#include "bpf/syscalls.h"
 #include "collectors/bpf_collector.h"
 #include "collectors/bpf_util.h"
 #include "collectors/data_source.h"
@@ -110,13 +111,18 @@ class SyscallsCollector : public BpfCollector {
   /// after: a refusal (lockdown) leaves the collector's object untouched.
   absl::Status ProbeFexit(const FexitPlan& plan);
   absl::Status WriteSyscallSet(const std::vector<int>& numbers, uint8_t hook);
+  absl::Status WriteConfig();
+  /// A new cache generation: every way takes its key anew, through `counts`.
+  void NextGeneration();
   /// A reload asked for a syscall no slot hooks: the tracepoint takes over all.
   absl::Status SwitchToTracepoint(const std::vector<int>& numbers, const std::string& why);
-  /// Deletes data-map entries of cgroups that are gone and of syscalls no longer counted.
-  void DropStale(const std::vector<SyscallCount>& counts);
+  /// Deletes data-map entries of cgroups that are gone and of syscalls no longer
+  /// counted; true when it deleted one.
+  bool DropStale(const std::vector<SyscallCount>& counts);
 
   syscalls_bpf* skel_ = nullptr;
   std::unique_ptr<SyscallCountSource> source_;
+  syscall_config config_{};
   std::map<int, std::string> names_;
   SyscallHookMode requested_ = SyscallHookMode::kAuto;
   SyscallHookState hook_;  // guarded by mu_

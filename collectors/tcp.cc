@@ -281,11 +281,7 @@ absl::Status TcpCollector::AfterAttach(const CollectorConfig&) {
   // CPU.
   absl::Status cached = cache_.Start(skel_->progs.kmon_tcp_flush, [this](bool on) {
     config_.cache = on ? 1 : 0;
-    uint32_t zero = 0;
-    if (bpf_map_update_elem(bpf_map__fd(skel_->maps.tcp_config), &zero, &config_, BPF_ANY) != 0) {
-      return BpfError(kName, "map=tcp_config: update", errno);
-    }
-    return absl::OkStatus();
+    return WriteControlEntry(kName, skel_->maps.tcp_config, &config_);
   });
   if (!cached.ok()) return cached;
   const std::set<Listener> found = ScanListeners();
@@ -354,10 +350,8 @@ absl::Status TcpCollector::Configure(const CollectorConfig& config) {
   // The cache's ways drop what they hold from the old bounds.
   const bool bounds_changed = !bounds_.empty() && bounds_ != tc.latency_buckets;
   cfg.generation = config_.generation + (bounds_changed ? 1 : 0);
-  uint32_t zero = 0;
-  if (bpf_map_update_elem(bpf_map__fd(skel_->maps.tcp_config), &zero, &cfg, BPF_ANY) != 0) {
-    return BpfError(kName, "map=tcp_config: update", errno);
-  }
+  absl::Status written = WriteControlEntry(kName, skel_->maps.tcp_config, &cfg);
+  if (!written.ok()) return written;
   config_ = cfg;
   if (bounds_changed) {
     ClearHash(bpf_map__fd(skel_->maps.req_hist), sizeof(tcp_hist_key));
@@ -431,10 +425,8 @@ absl::Status TcpCollector::Read(std::vector<prometheus::MetricFamily>* out) {
   // A new epoch: each connection flushes its bytes at its next send or receive (and
   // asks again whether its cgroup is watched), for the next collection.
   ++config_.epoch;
-  uint32_t zero = 0;
-  if (bpf_map_update_elem(bpf_map__fd(skel_->maps.tcp_config), &zero, &config_, BPF_ANY) != 0) {
-    LogWarn("tcp: epoch", {{"err", std::strerror(errno)}});
-  }
+  absl::Status written = WriteControlEntry(kName, skel_->maps.tcp_config, &config_);
+  if (!written.ok()) LogWarn("tcp: epoch", {{"err", written.ToString()}});
   return absl::OkStatus();
 }
 

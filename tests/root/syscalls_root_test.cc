@@ -376,6 +376,42 @@ TEST_F(SyscallsRootTest, WatchedCgroupsControlMapFiltersWithoutReload) {
   EXPECT_EQ(testing::BpfProgramIds("kmon_sys_exit", before), ids);
 }
 
+// A cache way keeps its key after a flush. A syscall dropped (its entry deleted) and
+// chosen again counts from zero, every call (before the cache's generation, its
+// calls went into the way and never out: -1); a cgroup no longer watched is not
+// counted at once, though its (cgroup, syscall) is in a way.
+TEST_F(SyscallsRootTest, ASyscallChosenAgainAndACgroupNoLongerWatchedCountExactly) {
+  SyscallsCollector c({.workloads = workloads_.get(), .watched = watched_.get()});
+  Config cfg = SyscallConfig({"getppid", "getpid"});
+  ASSERT_TRUE(c.Start(cfg).ok());
+  testing::PinnedTo cpu0(0);  // the workloads below (forked) meet the ways they filled
+  TestCgroup cg;
+  auto collect = [&](const char* name) {
+    std::vector<prometheus::MetricFamily> fams;
+    c.Collect(&fams);
+    return Find(fams, "kmon_syscalls_total", cg.name(), name);
+  };
+  ASSERT_EQ(RunInCgroup(cg, [] { MakeCalls(30, 5, 0); }), 0);
+  EXPECT_EQ(collect("getppid"), 30);
+  ASSERT_TRUE(c.Reconfigure(SyscallConfig({"getpid"})).ok());
+  EXPECT_EQ(collect("getppid"), -1);  // its entry deleted
+  ASSERT_TRUE(c.Reconfigure(cfg).ok());
+  ASSERT_EQ(RunInCgroup(cg, [] { MakeCalls(17, 5, 0); }), 0);
+  EXPECT_EQ(collect("getppid"), 17);
+  EXPECT_EQ(collect("getpid"), 10);
+
+  // The watched set changes (as when a pod's namespace becomes known) with no reload.
+  Config unwatched = cfg;
+  unwatched.targets.host_processes = false;
+  ASSERT_TRUE(watched_->Update(unwatched.targets).ok());
+  ASSERT_EQ(RunInCgroup(cg, [] { MakeCalls(40, 0, 0); }), 0);
+  EXPECT_EQ(collect("getppid"), 17);
+  ASSERT_TRUE(watched_->Update(cfg.targets).ok());
+  ASSERT_EQ(RunInCgroup(cg, [] { MakeCalls(8, 0, 0); }), 0);
+  EXPECT_EQ(collect("getppid"), 25);
+  EXPECT_EQ(c.EventsLost().at("map_full"), 0u);
+}
+
 TEST_F(SyscallsRootTest, ReconfigureChangesTheSetInPlace) {
   SyscallsCollector c({.workloads = workloads_.get(), .watched = watched_.get()});
   Config cfg = SyscallConfig({"getppid"});
