@@ -761,9 +761,12 @@ TEST(CpuExporterRootTest, ServesMetricsAndFlameGraphs) {
   // A 5 s profile over HTTP, the workload inside it; a second request meanwhile is
   // refused with 429.
   testing::HttpResult folded;
-  std::thread request([&] {
-    folded = testing::HttpGet(exporter.Url("/debug/offcpu?seconds=5&container=" + cg.name()));
-  });
+  auto start_profile = [&] {
+    return std::thread([&] {
+      folded = testing::HttpGet(exporter.Url("/debug/offcpu?seconds=5&container=" + cg.name()));
+    });
+  };
+  std::thread request = start_profile();
   std::this_thread::sleep_for(std::chrono::milliseconds(500));
   EXPECT_EQ(testing::HttpGet(exporter.Url("/debug/offcpu?format=svg")).status, 429);
   ASSERT_EQ(RunInCgroup(cg, SleepyWorkload), 0);
@@ -781,7 +784,18 @@ TEST(CpuExporterRootTest, ServesMetricsAndFlameGraphs) {
   EXPECT_EQ(folded.status, 200);
   // kmon runs without CAP_SYS_ADMIN here (map_files unreadable): the function is
   // named all the same.
-  const std::string line = LineWith(folded.body, "kmon_test_sleepy_function");
+  std::string line = LineWith(folded.body, "kmon_test_sleepy_function");
+  if (line.empty() && folded.body.find("[stack lost]") != std::string::npos) {
+    // The sleeper's user stack met a bucket of the stack map that another stack of
+    // the window held (about 1 in 8192 per stack held, all of the window's sleeps
+    // alike): the product says so ([stack lost], counted as lost). Once more.
+    request = start_profile();
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));
+    ASSERT_EQ(RunInCgroup(cg, SleepyWorkload), 0);
+    request.join();
+    EXPECT_EQ(folded.status, 200);
+    line = LineWith(folded.body, "kmon_test_sleepy_function");
+  }
   EXPECT_NE(line, "") << folded.body;
   EXPECT_EQ(line.rfind(cg.name() + ";kmon-sleeper;", 0), 0u) << line;
   EXPECT_EQ(testing::HttpGet(exporter.Url("/debug/offcpu?seconds=7")).status, 400);
