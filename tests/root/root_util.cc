@@ -346,10 +346,8 @@ FlushRuns FlushCpu1WhileChildWorks(const bpf_program* prog, const TestCgroup& cg
                                    const std::function<void()>& work) {
   FlushRuns runs;
   const pid_t child = SpawnInCgroup(cg, [&] {
-    cpu_set_t one;
-    CPU_ZERO(&one);
-    CPU_SET(1, &one);
-    if (sched_setaffinity(0, sizeof(one), &one) != 0) _exit(3);
+    PinnedTo cpu1(1);
+    if (!cpu1.ok()) _exit(3);
     work();
   });
   if (child <= 0) {
