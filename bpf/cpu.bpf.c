@@ -45,6 +45,16 @@ char LICENSE[] SEC("license") = "GPL";
 
 KMON_MAP(BPF_MAP_TYPE_ARRAY, 1, __u32, struct cpu_config) cpu_config SEC(".maps");
 
+/* Where a blocked thread's run-queue wait comes from, set by user space before load
+ * from the kernel's BTF. 1: the kernel's own accounting (CONFIG_SCHED_INFO, what
+ * /proc/PID/schedstat shows): at switch-in, the wait is what task->sched_info.run_delay
+ * grew by since it left (waits on run queues it left, as when it migrated) plus its
+ * wait on this one, the run queue's clock (rq->clock, updated at the top of
+ * __schedule; the rq is the thread's cfs_rq's, which follows its CPU whatever its
+ * class) since it was queued (sched_info.last_queued); sched_wakeup is not
+ * hooked at all. 0: kmon_cpu_wakeup dates the wakeup. */
+const volatile __u32 sched_info = 0;
+
 /* Task-local storage: made at a thread's first switch seen, freed with the task, so
  * nothing is preallocated and nothing outlives its thread. */
 struct {
@@ -326,6 +336,7 @@ static __always_inline void switch_out(void *ctx, struct task_struct *prev, bool
     return;
   }
   st->kind = blocked_kind(prev_state);
+  if (sched_info) st->run_delay = prev->sched_info.run_delay;
   if (!cfg->stacks) return;
   st->tgid = prev->tgid;
   st->gen = cfg->gen;
@@ -356,6 +367,18 @@ static __always_inline bool fresh(const struct cpu_task_state *st) {
   return !st || (!st->oncpu_ts && !st->offcpu_ts);
 }
 
+/* How long `t`, blocked since `st` was written, has been runnable and waiting, from the
+ * kernel's accounting (see `sched_info`), on the run queues' clock. */
+static __always_inline __u64 sched_info_wait(struct task_struct *t,
+                                             const struct cpu_task_state *st) {
+  __u64 delay = t->sched_info.run_delay;
+  __u64 wait = delay > st->run_delay ? delay - st->run_delay : 0;
+  __u64 queued = t->sched_info.last_queued;
+  __u64 clock = t->se.cfs_rq->rq->clock;
+  if (queued && clock > queued) wait += clock - queued;
+  return wait;
+}
+
 static __always_inline void switch_in(struct task_struct *next, __u64 now,
                                       const struct cpu_config *cfg) {
   struct cpu_task_state *st = state_of(next);
@@ -372,11 +395,20 @@ static __always_inline void switch_in(struct task_struct *next, __u64 now,
     if (st->kind == KMON_CPU_KIND_RUNQ) {
       hist_add(cfg, cgroup_id, KMON_CPU_KIND_RUNQ, now - off_ts);
     } else {
-      __u64 woke = st->wakeup_ts;
-      if (woke < off_ts || woke > now) woke = 0;
-      __u64 end = woke ? woke : now;
-      __u64 blocked = end - off_ts;
-      if (woke) hist_add(cfg, cgroup_id, KMON_CPU_KIND_RUNQ, now - woke);
+      __u64 blocked = now - off_ts;
+      if (sched_info) {
+        /* The two clocks tick alike; a wait longer than the episode is the rest. */
+        __u64 wait = sched_info_wait(next, st);
+        if (wait > blocked) wait = blocked;
+        hist_add(cfg, cgroup_id, KMON_CPU_KIND_RUNQ, wait);
+        blocked -= wait;
+      } else {
+        __u64 woke = st->wakeup_ts;
+        if (woke >= off_ts && woke <= now) {
+          hist_add(cfg, cgroup_id, KMON_CPU_KIND_RUNQ, now - woke);
+          blocked = woke - off_ts;
+        }
+      }
       if (blocked >= cfg->offcpu_min_ns) {
         __u32 kind = st->kind;
         if (kind >= KMON_CPU_KIND_MAX) kind = KMON_CPU_KIND_OTHER;

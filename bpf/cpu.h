@@ -102,7 +102,12 @@ struct cpu_config {
 struct cpu_task_state {
   __u64 oncpu_ts;  /* when it last went on a CPU; 0 while off */
   __u64 offcpu_ts; /* when it last left a CPU; 0 while on */
-  __u64 wakeup_ts; /* when it was woken after leaving; 0 until then */
+  union {
+    /* kmon_cpu_wakeup's way: when it was woken after leaving; 0 until then */
+    __u64 wakeup_ts;
+    /* the kernel's way (cpu.bpf.c: sched_info): its run_delay when it left */
+    __u64 run_delay;
+  };
   __u64 cgroup_id; /* its cgroup when it last left (or was first seen) */
   __s32 kstack;    /* stack ids captured when it left, or KMON_CPU_NO_STACK */
   __s32 ustack;

@@ -183,6 +183,14 @@ absl::Status CheckSchedSwitchHasPrevState(const btf* vmlinux) {
   return absl::OkStatus();
 }
 
+bool KernelAccountsRunQueueWaits(const btf* vmlinux) {
+  return StructHasMember(vmlinux, "task_struct", "sched_info") &&
+         StructHasMember(vmlinux, "sched_info", "run_delay") &&
+         StructHasMember(vmlinux, "sched_info", "last_queued") &&
+         StructHasMember(vmlinux, "sched_entity", "cfs_rq") &&
+         StructHasMember(vmlinux, "cfs_rq", "rq") && StructHasMember(vmlinux, "rq", "clock");
+}
+
 std::vector<prometheus::MetricFamily> BuildCpuFamilies(const std::vector<CpuCounters>& counters,
                                                        const std::vector<CpuHistogram>& hists,
                                                        WorkloadLabeler* labeler) {
@@ -295,6 +303,19 @@ absl::Status CpuCollector::BeforeLoad(const CollectorConfig& config) {
   }
   absl::Status st = CheckSchedSwitchHasPrevState(*vmlinux);
   if (!st.ok()) return st;
+  // The kernel's account of run-queue waits, where it has one, spares a hook on
+  // every wakeup (bpf/cpu.bpf.c: sched_info).
+  const bool kernel_waits = KernelAccountsRunQueueWaits(*vmlinux);
+  waits_from_kernel_ = kernel_waits;
+  skel_->rodata->sched_info = kernel_waits ? 1 : 0;
+  bpf_program__set_autoload(skel_->progs.kmon_cpu_wakeup, !kernel_waits);
+  const char* how = kernel_waits ? "run-queue waits from the kernel's sched_info; sched_wakeup "
+                                   "not hooked"
+                                 : "run-queue waits from sched_wakeup (the kernel's BTF has no "
+                                   "sched_info run_delay/last_queued or cfs_rq->rq)";
+  LogInfo("cpu: how run-queue waits are measured", {{"collector", kName}, {"waits", how}});
+  SetDetail(kernel_waits ? "run-queue waits: the kernel's sched_info (no sched_wakeup hook)"
+                         : "run-queue waits: tp_btf/sched_wakeup");
   // Run from user space on each CPU (FlushOnCpuTime), never attached.
   bpf_program__set_autoattach(skel_->progs.kmon_cpu_flush, false);
   // An iterator: its link is made in AfterAttach, and it is not an attach point.

@@ -81,6 +81,12 @@ const std::vector<double>& CpuHistogramBounds();
 /// names the minimum kernel.
 absl::Status CheckSchedSwitchHasPrevState(const struct btf* vmlinux);
 
+/// Whether the kernel keeps its own account of run-queue waits that BPF can read at
+/// sched_switch (CONFIG_SCHED_INFO: task_struct.sched_info's run_delay and last_queued,
+/// and the per-CPU run queues' clock): then blocked threads' waits come from it and
+/// sched_wakeup is not hooked; else kmon_cpu_wakeup dates each wakeup.
+bool KernelAccountsRunQueueWaits(const struct btf* vmlinux);
+
 /// Turns counters and histograms into the four families, resolving cgroups.
 /// Pure apart from the labeler: golden tests feed it fixed input.
 std::vector<prometheus::MetricFamily> BuildCpuFamilies(const std::vector<CpuCounters>& counters,
@@ -93,6 +99,10 @@ class CpuCollector : public BpfCollector {
  public:
   explicit CpuCollector(const CollectorDeps& deps);
   ~CpuCollector() override;
+
+  /// Whether the running collector takes run-queue waits from the kernel's account
+  /// (KernelAccountsRunQueueWaits) rather than from hooking sched_wakeup.
+  bool waits_from_kernel() const { return waits_from_kernel_; }
 
   /// Where /debug/offcpu is served.
   static constexpr char kOffCpuPath[] = "/debug/offcpu";
@@ -131,6 +141,7 @@ class CpuCollector : public BpfCollector {
   bool window_open_ = false;
   uint32_t gen_ = 0;
   bool cache_ = false;  // counts go through cpu_cache: the flush runs on every CPU
+  std::atomic<bool> waits_from_kernel_{false};
   // One flush at a time: on the calling CPU it runs with interrupts on, and another
   // scrape's flush arriving there by IPI would count that thread's slice twice.
   std::mutex flush_mu_;

@@ -70,19 +70,6 @@ int RawTracepointOpenWithCookie(const std::string& name, int prog_fd, uint64_t c
   return fd < 0 ? -errno : static_cast<int>(fd);
 }
 
-bool StructHasMember(const btf* types, const char* type, const char* member) {
-  if (types == nullptr) return false;
-  const int id = btf__find_by_name_kind(types, type, BTF_KIND_STRUCT);
-  if (id <= 0) return false;
-  const btf_type* t = btf__type_by_id(types, id);
-  const btf_member* m = btf_members(t);
-  for (int i = 0; i < btf_vlen(t); ++i, ++m) {
-    const char* name = btf__name_by_offset(types, m->name_off);
-    if (name != nullptr && std::strcmp(name, member) == 0) return true;
-  }
-  return false;
-}
-
 EventCount SumEventCount(const event_key& k, std::span<const event_value> per_cpu) {
   EventCount c{.cgroup_id = k.cgroup_id, .event = k.event};
   for (const auto& v : per_cpu) c.count += v.count;

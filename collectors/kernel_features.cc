@@ -50,4 +50,17 @@ bool BtfHasType(const btf* types, const char* name, int kind) {
   return types != nullptr && btf__find_by_name_kind(types, name, kind) > 0;
 }
 
+bool StructHasMember(const btf* types, const char* type, const char* member) {
+  if (types == nullptr) return false;
+  const int id = btf__find_by_name_kind(types, type, BTF_KIND_STRUCT);
+  if (id <= 0) return false;
+  const btf_type* t = btf__type_by_id(types, id);
+  const btf_member* m = btf_members(t);
+  for (int i = 0; i < btf_vlen(t); ++i, ++m) {
+    const char* name = btf__name_by_offset(types, m->name_off);
+    if (name != nullptr && std::strcmp(name, member) == 0) return true;
+  }
+  return false;
+}
+
 }  // namespace kmon

@@ -51,4 +51,7 @@ absl::Status LoadError(const std::string& collector, int err);
 /// Whether a BTF holds a type of this name and kind (BTF_KIND_TYPEDEF, ...).
 bool BtfHasType(const btf* types, const char* name, int kind);
 
+/// Whether a BTF's struct `type` has a member named `member` (false without the struct).
+bool StructHasMember(const btf* types, const char* type, const char* member);
+
 }  // namespace kmon

@@ -2,6 +2,7 @@
 // sleep, spin and contend for one CPU in known amounts, and kmon must measure those
 // amounts; a function of known name blocks, and the off-CPU stacks must name it.
 #include <bpf/bpf.h>
+#include <bpf/btf.h>
 #include <gtest/gtest.h>
 #include <sched.h>
 #include <signal.h>
@@ -22,6 +23,7 @@
 #include <thread>
 
 #include "collectors/cpu.h"
+#include "collectors/kernel_features.h"
 #include "collectors/watched_cgroups.h"
 #include "exporter/config.h"
 #include "provider/workload.h"
@@ -246,10 +248,9 @@ class CpuRootTest : public testing::CollectorRootTest {
   std::map<std::string, HttpHandler> handlers_;
 };
 
-TEST_F(CpuRootTest, SleepsAreOffCpuSleepEpisodesOfTheirLength) {
-  CpuCollector c(Deps());
-  absl::Status st = c.Start(CpuConfigYaml("1ms"));
-  ASSERT_TRUE(st.ok()) << st;
+// Twenty 10 ms sleeps in a cgroup of their own: sleep episodes of their length,
+// prompt wakeups, nothing lost.
+void ExpectTwentySleepsCounted(CpuCollector& c) {
   TestCgroup cg;
   constexpr int kSleeps = 20;
   ASSERT_EQ(RunInCgroup(cg, [] { SleepMs(kSleeps, 10); }), 0);
@@ -280,6 +281,57 @@ TEST_F(CpuRootTest, SleepsAreOffCpuSleepEpisodesOfTheirLength) {
   EXPECT_EQ(lost.at("offcpu_store_full"), 0u);
   EXPECT_EQ(lost.count("stack_collision"), 1u);  // its own reason, apart from map_full
   EXPECT_EQ(lost.at("map_read_error"), 0u);
+}
+
+TEST_F(CpuRootTest, SleepsAreOffCpuSleepEpisodesOfTheirLength) {
+  CpuCollector c(Deps());
+  absl::Status st = c.Start(CpuConfigYaml("1ms"));
+  ASSERT_TRUE(st.ok()) << st;
+  // This kernel keeps its own account of run-queue waits: no sched_wakeup hook.
+  EXPECT_TRUE(c.waits_from_kernel());
+  EXPECT_EQ(c.Detail(), "run-queue waits: the kernel's sched_info (no sched_wakeup hook)");
+  ExpectTwentySleepsCounted(c);
+}
+
+// The running kernel's BTF with sched_info's last_queued renamed: a kernel without
+// the scheduler's own account of waits (CONFIG_SCHED_INFO), so the collector must
+// hook sched_wakeup instead. The programs still load against the real kernel.
+class NoSchedInfoFeatures : public RunningKernelFeatures {
+ public:
+  NoSchedInfoFeatures() {
+    btf* real = btf__load_vmlinux_btf();
+    if (real == nullptr) return;
+    uint32_t size = 0;
+    const auto* raw = static_cast<const char*>(btf__raw_data(real, &size));
+    std::string copy(raw, size);
+    btf__free(real);
+    const std::string name("\0last_queued\0", 13);
+    const size_t at = copy.find(name);
+    if (at == std::string::npos) return;
+    copy[at + 1] = 'L';
+    btf_ = btf__new(copy.data(), static_cast<uint32_t>(copy.size()));
+  }
+  ~NoSchedInfoFeatures() override { btf__free(btf_); }
+  absl::StatusOr<const btf*> VmlinuxBtf() override {
+    if (btf_ == nullptr) return absl::InternalError("no patched BTF");
+    return btf_;
+  }
+  void Release() override {}
+
+ private:
+  btf* btf_ = nullptr;
+};
+
+TEST_F(CpuRootTest, WithoutTheKernelsAccountWaitsComeFromTheWakeupHook) {
+  NoSchedInfoFeatures features;
+  CollectorDeps deps = Deps();
+  deps.features = &features;
+  CpuCollector c(deps);
+  absl::Status st = c.Start(CpuConfigYaml("1ms"));
+  ASSERT_TRUE(st.ok()) << st;
+  EXPECT_FALSE(c.waits_from_kernel());
+  EXPECT_EQ(c.Detail(), "run-queue waits: tp_btf/sched_wakeup");
+  ExpectTwentySleepsCounted(c);
 }
 
 TEST_F(CpuRootTest, EverySleepIsAVoluntaryContextSwitch) {
