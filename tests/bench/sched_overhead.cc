@@ -8,8 +8,10 @@
 //
 // Rounds interleave four setups so drift on a shared machine hits all alike:
 //   nothing   no program on the scheduler's hooks
-//   floor     empty programs on sched_switch, sched_wakeup, sched_wakeup_new
-//             (tests/bench/floor.h): the cost of hooking at all
+//   floor     empty programs on the hooks the cpu collector attaches on this kernel
+//             (tests/bench/floor.h): sched_switch and sched_wakeup_new, and
+//             sched_wakeup where the kernel keeps no account of run-queue waits
+//             (the collector's fallback): the cost of hooking at all
 //   defaults  the cpu collector as it ships (stacks: on_demand, no request: no stacks)
 //   always    the cpu collector with stacks: always (two stack walks per blocking)
 // Medians are reported, with each setup's round trips per second as a ratio of
@@ -135,8 +137,12 @@ std::map<std::string, double> NsPerRun(const std::map<uint32_t, ProgStats>& befo
   return out;
 }
 
-const std::vector<std::string> kFloorProgs = {"floor_sched_switch", "floor_sched_wakeup",
-                                              "floor_sched_wakeup_new"};
+// The floor's programs on the hooks the collector attaches here.
+std::vector<std::string> FloorProgs(bool waits_from_kernel) {
+  std::vector<std::string> progs = {"floor_sched_switch", "floor_sched_wakeup_new"};
+  if (!waits_from_kernel) progs.push_back("floor_sched_wakeup");
+  return progs;
+}
 const std::vector<std::string> kCpuProgs = {"kmon_cpu_switch", "kmon_cpu_wakeup",
                                             "kmon_cpu_forked"};
 
@@ -164,6 +170,19 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "bad built-in benchmark config\n");
     return 1;
   }
+  // Which hooks the collector takes on this kernel, so that the floor has the same.
+  bool waits_from_kernel = false;
+  {
+    kmon::CpuCollector probe(kmon::CollectorDeps{&workloads, &watched, nullptr});
+    absl::Status st = probe.Start(*defaults.config);
+    if (!st.ok()) {
+      std::fprintf(stderr, "cpu collector: %s\n", st.ToString().c_str());
+      return 1;
+    }
+    waits_from_kernel = probe.waits_from_kernel();
+    probe.Stop();
+  }
+  const std::vector<std::string> kFloorProgs = FloorProgs(waits_from_kernel);
   PingPong(n / 4, cpu);  // warm up
 
   enum Setup { kNothing, kFloor, kDefaults, kAlways, kSetups };
@@ -204,8 +223,12 @@ int main(int argc, char** argv) {
   const double base = Median(rate[kNothing]);
   std::printf(
       "pipe ping-pong, 2 processes on CPU %d, %ld round trips x %d rounds (medians; "
-      "noisy on a shared machine)\n",
-      cpu, n, rounds);
+      "noisy on a shared machine)\n"
+      "  run-queue waits: %s; the floor hooks %s\n",
+      cpu, n, rounds,
+      waits_from_kernel ? "the kernel's sched_info" : "the collector's sched_wakeup program",
+      waits_from_kernel ? "sched_switch and sched_wakeup_new, as the collector does"
+                        : "sched_switch, sched_wakeup and sched_wakeup_new, as the collector does");
   for (int s = 0; s < kSetups; ++s) {
     const double m = Median(rate[s]);
     std::printf("  %-9s: %9.0f round trips/s (%.2f us each), ratio %.3f%s\n", names[s], m, 1e6 / m,
