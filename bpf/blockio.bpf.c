@@ -144,7 +144,7 @@ static __always_inline __u64 blkcg_cgroup_id(struct request *rq) {
 static __always_inline __u64 submitter_cgroup_id(struct request *rq) {
   struct task_struct *task = bpf_get_current_task_btf();
   if (task->flags & KMON_PF_KTHREAD) return blkcg_cgroup_id(rq);
-  return bpf_get_current_cgroup_id();
+  return kmon_task_cgroup_id(task);
 }
 
 /* Whether a request of this cgroup counts per workload (cgroup 0, the unknown

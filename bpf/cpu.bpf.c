@@ -275,12 +275,6 @@ static __always_inline void stack_add(struct task_struct *t, const struct cpu_ta
   count_lost_stacks(st);
 }
 
-/* The task's cgroup v2 id: task->cgroups->dfl_cgrp->kn->id. Plain loads of BTF
- * pointers (the verifier turns them into fault-safe loads); no helper calls. */
-static __always_inline __u64 task_cgroup_id(struct task_struct *t) {
-  return t->cgroups->dfl_cgrp->kn->id;
-}
-
 static __always_inline __u32 blocked_kind(unsigned int state) {
   if (state & KMON_TASK_INTERRUPTIBLE) return KMON_CPU_KIND_SLEEP;
   /* TASK_IDLE (UNINTERRUPTIBLE|NOLOAD) is an idle kernel worker waiting for work:
@@ -297,8 +291,7 @@ static __always_inline struct cpu_task_state *state_of(struct task_struct *t) {
 static __always_inline void switch_out(void *ctx, struct task_struct *prev, bool preempt,
                                        unsigned int prev_state, __u64 now,
                                        const struct cpu_config *cfg) {
-  /* `prev` is still current here, so this is its cgroup: one helper call. */
-  __u64 cgroup_id = bpf_get_current_cgroup_id();
+  __u64 cgroup_id = kmon_task_cgroup_id(prev);
   if (!kmon_cgroup_watched(cgroup_id)) {
     /* Not (or no longer) watched: a stale state must never yield an episode, so it
      * is marked as seen for the first time (cheaper than deleting it here). */
@@ -384,7 +377,7 @@ static __always_inline void switch_in(struct task_struct *next, __u64 now,
   struct cpu_task_state *st = state_of(next);
   if (fresh(st)) {
     /* First sight of this thread (or it is not watched): start its on-CPU clock. */
-    __u64 cgroup_id = task_cgroup_id(next);
+    __u64 cgroup_id = kmon_task_cgroup_id(next);
     if (!kmon_cgroup_watched(cgroup_id)) return;
     start_oncpu(next, st, cgroup_id, now);
     return;
@@ -459,7 +452,7 @@ int BPF_PROG(kmon_cpu_wakeup, struct task_struct *p) {
 /* A new thread is runnable for the first time: its run-queue wait starts now. */
 SEC("tp_btf/sched_wakeup_new")
 int BPF_PROG(kmon_cpu_forked, struct task_struct *p) {
-  __u64 cgroup_id = task_cgroup_id(p);
+  __u64 cgroup_id = kmon_task_cgroup_id(p);
   if (!kmon_cgroup_watched(cgroup_id)) return 0;
   struct cpu_task_state *st =
       bpf_task_storage_get(&task_state, p, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
@@ -490,7 +483,7 @@ int kmon_cpu_flush(void *ctx) {
   cache_writeback_all();
   struct task_struct *cur = bpf_get_current_task_btf();
   if (cur->pid == 0) return 0; /* idle */
-  __u64 cgroup_id = bpf_get_current_cgroup_id();
+  __u64 cgroup_id = kmon_task_cgroup_id(cur);
   if (!kmon_cgroup_watched(cgroup_id)) return 0;
   __u64 now = bpf_ktime_get_ns();
   struct cpu_task_state *st = state_of(cur);

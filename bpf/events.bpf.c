@@ -35,7 +35,7 @@ const volatile __u32 event_slot = 0;
 
 static __always_inline int count_event(__u64 slot) {
   if (slot >= KMON_EVENT_SLOTS) return 0;
-  __u64 cgroup_id = bpf_get_current_cgroup_id();
+  __u64 cgroup_id = kmon_current_cgroup_id();
   if (!kmon_cgroup_watched(cgroup_id)) return 0;
   struct event_key key = {.cgroup_id = cgroup_id, .event = (__u32)slot};
   static const struct event_value zero;

@@ -51,7 +51,7 @@ struct {
 
 /* The current cgroup's counters; NULL when it is not watched or the map is full. */
 static __always_inline struct pc_value *current_counts(void) {
-  __u64 cgroup_id = bpf_get_current_cgroup_id();
+  __u64 cgroup_id = kmon_current_cgroup_id();
   if (!kmon_cgroup_watched(cgroup_id)) return NULL;
   struct pc_key key = {.cgroup_id = cgroup_id};
   static const struct pc_value zero;

@@ -119,7 +119,7 @@ static __always_inline int count_syscall(__u32 nr, long ret, __u8 hook, bool cac
   __u8 *by = bpf_map_lookup_elem(&syscall_set, &nr);
   if (!by || *by != hook) return 0;
 
-  __u64 cgroup_id = bpf_get_current_cgroup_id();
+  __u64 cgroup_id = kmon_current_cgroup_id();
   if (!kmon_cgroup_watched(cgroup_id)) return 0;
 
   /* Errors are returned as -4095..-1; larger "negative" values (mmap addresses) are not. */
