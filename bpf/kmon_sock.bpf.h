@@ -27,23 +27,25 @@
  * answering a segment it does not accept). Nor has a kernel without
  * CONFIG_SOCK_CGROUP_DATA sk_cgrp_data at all: 0 there too.
  *
- * skc_state is one plain load from the pointer given (in tp_btf programs a BTF
- * pointer, which the verifier makes a fault-safe load). The rest goes through
- * pointers of other types (listener, cgroup, kernfs_node) with BPF_CORE_READ: as a
- * chain of plain loads, clang can merge loads through different pointer types into
- * one instruction, which the verifier refuses. */
+ * A full socket's is plain loads from the BTF pointer given (tp_btf arguments),
+ * which the verifier makes fault-safe, and from the BTF pointers they yield
+ * (cgroup, kernfs_node): no probe-read helper calls, each a call and return through
+ * the retpoline thunks (a UDP datagram pays this every time). The listener of a
+ * request_sock goes through BPF_CORE_READ: skc_listener is in a union, which the
+ * verifier reads as a number, not a pointer. */
 static __always_inline __u64 kmon_sock_cgroup(const struct sock *sk) {
   if (!sk) return 0;
   if (!bpf_core_field_exists(sk->sk_cgrp_data)) return 0;
   __u8 state = sk->__sk_common.skc_state;
   if (state == TCP_TIME_WAIT) return 0;
   if (state == TCP_NEW_SYN_RECV) {
-    sk = BPF_CORE_READ(sk, __sk_common.skc_listener);
-    if (!sk) return 0;
+    const struct sock *listener = BPF_CORE_READ(sk, __sk_common.skc_listener);
+    struct cgroup *lcg = listener ? BPF_CORE_READ(listener, sk_cgrp_data.cgroup) : NULL;
+    return lcg ? BPF_CORE_READ(lcg, kn, id) : 0;
   }
-  struct cgroup *cg = BPF_CORE_READ(sk, sk_cgrp_data.cgroup);
+  struct cgroup *cg = sk->sk_cgrp_data.cgroup;
   if (!cg) return 0;
-  return BPF_CORE_READ(cg, kn, id);
+  return cg->kn->id;
 }
 
 /* What the tcp collector reads of a full socket. */
