@@ -46,8 +46,8 @@ static __always_inline __u64 kmon_task_cgroup_id(const struct task_struct *t) {
   return t->cgroups->dfl_cgrp->kn->id;
 }
 
-/* The current task's cgroup v2 id (bpf_get_current_task_btf is one instruction's
- * worth of work: a per-CPU load). */
+/* The current task's cgroup v2 id (bpf_get_current_task_btf is a helper call too,
+ * but one that only returns the per-CPU `current`). */
 static __always_inline __u64 kmon_current_cgroup_id(void) {
   return kmon_task_cgroup_id(bpf_get_current_task_btf());
 }

@@ -182,7 +182,7 @@ int main(int argc, char** argv) {
     waits_from_kernel = probe.waits_from_kernel();
     probe.Stop();
   }
-  const std::vector<std::string> kFloorProgs = FloorProgs(waits_from_kernel);
+  const std::vector<std::string> floor_progs = FloorProgs(waits_from_kernel);
   PingPong(n / 4, cpu);  // warm up
 
   enum Setup { kNothing, kFloor, kDefaults, kAlways, kSetups };
@@ -197,9 +197,9 @@ int main(int argc, char** argv) {
       const std::vector<std::string>* progs = nullptr;
       if (s == kFloor) {
         floor = std::make_unique<kmon::bench::Floor>(
-            std::set<std::string>(kFloorProgs.begin(), kFloorProgs.end()));
+            std::set<std::string>(floor_progs.begin(), floor_progs.end()));
         if (!floor->ok()) return 1;
-        progs = &kFloorProgs;
+        progs = &floor_progs;
       } else if (s == kDefaults || s == kAlways) {
         collector = std::make_unique<kmon::CpuCollector>(
             kmon::CollectorDeps{&workloads, &watched, nullptr});
