@@ -55,6 +55,29 @@ KMON_MAP(BPF_MAP_TYPE_ARRAY, 1, __u32, struct cpu_config) cpu_config SEC(".maps"
  * hooked at all. 0: kmon_cpu_wakeup dates the wakeup. */
 const volatile __u32 sched_info = 0;
 
+/* The clock every timestamp of this object is on, set by user space before load from
+ * the kernel's BTF. 1: the run queue's clock (rq->clock, sched_clock in ns) of the CPU
+ * the program runs for, three loads. sched_switch runs right after __schedule
+ * updated it, sched_wakeup_new right after wake_up_new_task did (on the new task's
+ * rq), sched_wakeup with the woken task's rq locked and updated; what it trails the
+ * moment of the hook by is the scheduler's own work since (pick_next_task): the
+ * same at both ends of an episode, so it cancels. Where the scheduler skipped the
+ * update (a wakeup that preempts had just made it, RQCF_ACT_SKIP), the switch is
+ * dated at that wakeup: typically a few µs, a tick at most. The flush, in an IPI,
+ * reads the clock as the last scheduler event or tick left it: the running thread's
+ * time so far is counted up to a tick (4 ms at HZ=250) late, never twice (its slice
+ * restarts at the same value). 0: bpf_ktime_get_ns(), a helper call that reads the
+ * clocksource through an indirect call: ~100 ns per switch more on this project's
+ * test VM (AMD, retpolines and the Safe RET return thunk), more than a whole empty
+ * program on the hook costs (72-83 ns). */
+const volatile __u32 rq_clock = 0;
+
+/* Now, on the clock above: `t`'s run queue's, the one each hook's caller just updated. */
+static __always_inline __u64 now_on(struct task_struct *t) {
+  if (rq_clock) return t->se.cfs_rq->rq->clock;
+  return bpf_ktime_get_ns();
+}
+
 /* Task-local storage: made at a thread's first switch seen, freed with the task, so
  * nothing is preallocated and nothing outlives its thread. */
 struct {
@@ -361,13 +384,14 @@ static __always_inline bool fresh(const struct cpu_task_state *st) {
 }
 
 /* How long `t`, blocked since `st` was written, has been runnable and waiting, from the
- * kernel's accounting (see `sched_info`), on the run queues' clock. */
+ * kernel's accounting (see `sched_info`), on the run queues' clock (`rq_clock`: the
+ * switch's `now`, which is that clock there). */
 static __always_inline __u64 sched_info_wait(struct task_struct *t,
-                                             const struct cpu_task_state *st) {
+                                             const struct cpu_task_state *st, __u64 now) {
   __u64 delay = t->sched_info.run_delay;
   __u64 wait = delay > st->run_delay ? delay - st->run_delay : 0;
   __u64 queued = t->sched_info.last_queued;
-  __u64 clock = t->se.cfs_rq->rq->clock;
+  __u64 clock = rq_clock ? now : t->se.cfs_rq->rq->clock;
   if (queued && clock > queued) wait += clock - queued;
   return wait;
 }
@@ -391,7 +415,7 @@ static __always_inline void switch_in(struct task_struct *next, __u64 now,
       __u64 blocked = now - off_ts;
       if (sched_info) {
         /* The two clocks tick alike; a wait longer than the episode is the rest. */
-        __u64 wait = sched_info_wait(next, st);
+        __u64 wait = sched_info_wait(next, st, now);
         if (wait > blocked) wait = blocked;
         hist_add(cfg, cgroup_id, KMON_CPU_KIND_RUNQ, wait);
         blocked -= wait;
@@ -429,7 +453,9 @@ int BPF_PROG(kmon_cpu_switch, bool preempt, struct task_struct *prev, struct tas
   __u32 zero = 0;
   const struct cpu_config *cfg = bpf_map_lookup_elem(&cpu_config, &zero);
   if (!cfg) return 0;
-  __u64 now = bpf_ktime_get_ns();
+  /* prev is the task this CPU runs until now (the idle task included): its run
+   * queue is this CPU's. */
+  __u64 now = now_on(prev);
   /* pid 0 is the idle task of each CPU: neither its "running" nor its leaving counts. */
   if (prev->pid != 0) switch_out(ctx, prev, preempt, prev_state, now, cfg);
   if (next->pid != 0) switch_in(next, now, cfg);
@@ -440,7 +466,7 @@ int BPF_PROG(kmon_cpu_switch, bool preempt, struct task_struct *prev, struct tas
 static __always_inline void woken(struct task_struct *p) {
   struct cpu_task_state *st = state_of(p);
   if (!st || !st->offcpu_ts || st->wakeup_ts || st->kind == KMON_CPU_KIND_RUNQ) return;
-  st->wakeup_ts = bpf_ktime_get_ns();
+  st->wakeup_ts = now_on(p);
 }
 
 SEC("tp_btf/sched_wakeup")
@@ -461,7 +487,7 @@ int BPF_PROG(kmon_cpu_forked, struct task_struct *p) {
     return 0;
   }
   st->oncpu_ts = 0;
-  st->offcpu_ts = bpf_ktime_get_ns();
+  st->offcpu_ts = now_on(p);
   st->wakeup_ts = 0;
   st->cgroup_id = cgroup_id;
   st->kstack = KMON_CPU_NO_STACK;
@@ -485,7 +511,7 @@ int kmon_cpu_flush(void *ctx) {
   if (cur->pid == 0) return 0; /* idle */
   __u64 cgroup_id = kmon_task_cgroup_id(cur);
   if (!kmon_cgroup_watched(cgroup_id)) return 0;
-  __u64 now = bpf_ktime_get_ns();
+  __u64 now = now_on(cur);
   struct cpu_task_state *st = state_of(cur);
   if (fresh(st)) {
     start_oncpu(cur, st, cgroup_id, now);

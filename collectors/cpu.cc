@@ -183,12 +183,15 @@ absl::Status CheckSchedSwitchHasPrevState(const btf* vmlinux) {
   return absl::OkStatus();
 }
 
+bool RunQueueClockReachable(const btf* vmlinux) {
+  return StructHasMember(vmlinux, "sched_entity", "cfs_rq") &&
+         StructHasMember(vmlinux, "cfs_rq", "rq") && StructHasMember(vmlinux, "rq", "clock");
+}
+
 bool KernelAccountsRunQueueWaits(const btf* vmlinux) {
   return StructHasMember(vmlinux, "task_struct", "sched_info") &&
          StructHasMember(vmlinux, "sched_info", "run_delay") &&
-         StructHasMember(vmlinux, "sched_info", "last_queued") &&
-         StructHasMember(vmlinux, "sched_entity", "cfs_rq") &&
-         StructHasMember(vmlinux, "cfs_rq", "rq") && StructHasMember(vmlinux, "rq", "clock");
+         StructHasMember(vmlinux, "sched_info", "last_queued") && RunQueueClockReachable(vmlinux);
 }
 
 std::vector<prometheus::MetricFamily> BuildCpuFamilies(const std::vector<CpuCounters>& counters,
@@ -308,12 +311,21 @@ absl::Status CpuCollector::BeforeLoad(const CollectorConfig& config) {
   const bool kernel_waits = KernelAccountsRunQueueWaits(*vmlinux);
   waits_from_kernel_ = kernel_waits;
   skel_->rodata->sched_info = kernel_waits ? 1 : 0;
+  // Timestamps from the run queue's clock where the BTF lets BPF reach it, else
+  // from a helper call that costs more than the rest of a switch (bpf/cpu.bpf.c:
+  // rq_clock).
+  const bool rq_clock = RunQueueClockReachable(*vmlinux);
+  clock_from_run_queue_ = rq_clock;
+  skel_->rodata->rq_clock = rq_clock ? 1 : 0;
   bpf_program__set_autoload(skel_->progs.kmon_cpu_wakeup, !kernel_waits);
   const char* how = kernel_waits ? "run-queue waits from the kernel's sched_info; sched_wakeup "
                                    "not hooked"
                                  : "run-queue waits from sched_wakeup (the kernel's BTF has no "
                                    "sched_info run_delay/last_queued or cfs_rq->rq)";
-  LogInfo("cpu: how run-queue waits are measured", {{"collector", kName}, {"waits", how}});
+  LogInfo("cpu: how run-queue waits are measured",
+          {{"collector", kName},
+           {"waits", how},
+           {"clock", rq_clock ? "rq->clock" : "bpf_ktime_get_ns (no cfs_rq->rq->clock in BTF)"}});
   SetDetail(kernel_waits ? "run-queue waits: the kernel's sched_info (no sched_wakeup hook)"
                          : "run-queue waits: tp_btf/sched_wakeup");
   // Run from user space on each CPU (FlushOnCpuTime), never attached.

@@ -81,6 +81,11 @@ const std::vector<double>& CpuHistogramBounds();
 /// names the minimum kernel.
 absl::Status CheckSchedSwitchHasPrevState(const struct btf* vmlinux);
 
+/// Whether BPF can read a task's run queue's clock (sched_entity.cfs_rq, cfs_rq.rq,
+/// rq.clock in the kernel's BTF): then the cpu programs date events by it rather than
+/// by bpf_ktime_get_ns().
+bool RunQueueClockReachable(const struct btf* vmlinux);
+
 /// Whether the kernel keeps its own account of run-queue waits that BPF can read at
 /// sched_switch (CONFIG_SCHED_INFO: task_struct.sched_info's run_delay and last_queued,
 /// and the per-CPU run queues' clock): then blocked threads' waits come from it and
@@ -103,6 +108,9 @@ class CpuCollector : public BpfCollector {
   /// Whether the running collector takes run-queue waits from the kernel's account
   /// (KernelAccountsRunQueueWaits) rather than from hooking sched_wakeup.
   bool waits_from_kernel() const { return waits_from_kernel_; }
+  /// Whether the running collector dates events by the run queues' clock
+  /// (RunQueueClockReachable) rather than by bpf_ktime_get_ns().
+  bool clock_from_run_queue() const { return clock_from_run_queue_; }
 
   /// Where /debug/offcpu is served.
   static constexpr char kOffCpuPath[] = "/debug/offcpu";
@@ -142,6 +150,7 @@ class CpuCollector : public BpfCollector {
   uint32_t gen_ = 0;
   bool cache_ = false;  // counts go through cpu_cache: the flush runs on every CPU
   std::atomic<bool> waits_from_kernel_{false};
+  std::atomic<bool> clock_from_run_queue_{false};
   // One flush at a time: on the calling CPU it runs with interrupts on, and another
   // scrape's flush arriving there by IPI would count that thread's slice twice.
   std::mutex flush_mu_;

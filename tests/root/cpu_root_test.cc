@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cctype>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -20,7 +21,9 @@
 #include <functional>
 #include <map>
 #include <sstream>
+#include <string>
 #include <thread>
+#include <utility>
 
 #include "collectors/cpu.h"
 #include "collectors/kernel_features.h"
@@ -289,29 +292,30 @@ TEST_F(CpuRootTest, SleepsAreOffCpuSleepEpisodesOfTheirLength) {
   ASSERT_TRUE(st.ok()) << st;
   // This kernel keeps its own account of run-queue waits: no sched_wakeup hook.
   EXPECT_TRUE(c.waits_from_kernel());
+  EXPECT_TRUE(c.clock_from_run_queue());
   EXPECT_EQ(c.Detail(), "run-queue waits: the kernel's sched_info (no sched_wakeup hook)");
   ExpectTwentySleepsCounted(c);
 }
 
-// The running kernel's BTF with sched_info's last_queued renamed: a kernel without
-// the scheduler's own account of waits (CONFIG_SCHED_INFO), so the collector must
-// hook sched_wakeup instead. The programs still load against the real kernel.
-class NoSchedInfoFeatures : public RunningKernelFeatures {
+// The running kernel's BTF with every member called `member` renamed (BTF keeps one
+// copy of each name): a kernel without that member, so the collector must choose
+// what it does without it. The programs still load against the real kernel.
+class RenamedMemberFeatures : public RunningKernelFeatures {
  public:
-  NoSchedInfoFeatures() {
+  explicit RenamedMemberFeatures(const std::string& member) {
     btf* real = btf__load_vmlinux_btf();
     if (real == nullptr) return;
     uint32_t size = 0;
     const auto* raw = static_cast<const char*>(btf__raw_data(real, &size));
     std::string copy(raw, size);
     btf__free(real);
-    const std::string name("\0last_queued\0", 13);
+    const std::string name = std::string(1, '\0') + member + std::string(1, '\0');
     const size_t at = copy.find(name);
     if (at == std::string::npos) return;
-    copy[at + 1] = 'L';
+    copy[at + 1] = static_cast<char>(std::toupper(copy[at + 1]));
     btf_ = btf__new(copy.data(), static_cast<uint32_t>(copy.size()));
   }
-  ~NoSchedInfoFeatures() override { btf__free(btf_); }
+  ~RenamedMemberFeatures() override { btf__free(btf_); }
   absl::StatusOr<const btf*> VmlinuxBtf() override {
     if (btf_ == nullptr) return absl::InternalError("no patched BTF");
     return btf_;
@@ -322,16 +326,26 @@ class NoSchedInfoFeatures : public RunningKernelFeatures {
   btf* btf_ = nullptr;
 };
 
-TEST_F(CpuRootTest, WithoutTheKernelsAccountWaitsComeFromTheWakeupHook) {
-  NoSchedInfoFeatures features;
-  CollectorDeps deps = Deps();
-  deps.features = &features;
-  CpuCollector c(deps);
-  absl::Status st = c.Start(CpuConfigYaml("1ms"));
-  ASSERT_TRUE(st.ok()) << st;
-  EXPECT_FALSE(c.waits_from_kernel());
-  EXPECT_EQ(c.Detail(), "run-queue waits: tp_btf/sched_wakeup");
-  ExpectTwentySleepsCounted(c);
+// Without sched_info's last_queued (CONFIG_SCHED_INFO off) waits come from hooking
+// sched_wakeup, and the run queue's clock still dates everything. Without rq.clock
+// every timestamp comes from bpf_ktime_get_ns(), and with no clock to read
+// sched_info against, waits come from the wakeup hook too. The same sleeps are
+// counted the same either way.
+TEST_F(CpuRootTest, WithoutTheKernelsAccountOrTheRunQueuesClockTheSameSleepsCount) {
+  const std::pair<const char*, bool> cases[] = {{"last_queued", true}, {"clock", false}};
+  for (const auto& [member, rq_clock] : cases) {
+    SCOPED_TRACE(member);
+    RenamedMemberFeatures features(member);
+    CollectorDeps deps = Deps();
+    deps.features = &features;
+    CpuCollector c(deps);
+    absl::Status st = c.Start(CpuConfigYaml("1ms"));
+    ASSERT_TRUE(st.ok()) << st;
+    EXPECT_FALSE(c.waits_from_kernel());
+    EXPECT_EQ(c.clock_from_run_queue(), rq_clock);
+    EXPECT_EQ(c.Detail(), "run-queue waits: tp_btf/sched_wakeup");
+    ExpectTwentySleepsCounted(c);
+  }
 }
 
 TEST_F(CpuRootTest, EverySleepIsAVoluntaryContextSwitch) {
