@@ -2,8 +2,9 @@
 /* TCP: Kmon's server-side request latency, connection events, bytes, and the
  * client -> server edges of the service topology.
  *
- * A request, on the server side of a connection, runs from the first byte the
- * server reads to the last byte of its reply; it ends when the next request begins
+ * A request, on the server side of a connection, runs from the arrival of the first
+ * bytes the server reads (tcp_received_ns) to the sending of the last byte of its
+ * reply (tcp_sent_ns); it ends when the next request begins
  * (the server reads again after replying) or when the connection starts to close,
  * so the last request of every connection counts too. No payload is parsed. It is
  * recorded through this CPU's write-back cache (bpf/tcp_request.bpf.h).
@@ -361,6 +362,31 @@ static __always_inline struct tcp_conn *on_data(const struct sock *sk, int bytes
   return NULL;
 }
 
+/* libbpf 1.1 has no bpf_core_cast: the kfunc it wraps. The verifier replaces the
+ * call with a move; loads through the result are fault-safe, like tp_btf's. */
+extern void *bpf_rdonly_cast(const void *obj, __u32 btf_id) __ksym;
+
+static __always_inline const struct tcp_sock *tcp_sk_of(const struct sock *sk) {
+  return bpf_rdonly_cast(sk, bpf_core_type_id_kernel(struct tcp_sock));
+}
+
+/* When a receive on a TCP socket read its bytes: the clock the socket read last
+ * (tcp_clock_cache: tcp_mstamp_refresh, ktime_get_ns(), the clock of
+ * bpf_ktime_get_ns). tcp_recvmsg reads it itself after each copy to the reader
+ * (tcp_rcv_space_adjust), so it is the read's moment, a µs before the helper would
+ * read it: a request that waited in the socket counts from its read, as it did
+ * with the helper. Three loads where the helper reads the clocksource through an
+ * indirect call (~100 ns on this project's test VM: AMD, retpolines and the Safe
+ * RET return thunk). A receive path that does not read the clock (kTLS takes
+ * records from its parser) leaves an older one: the arrival of the last segment
+ * taken in, or a transmit after it; one older than the previous reply (`after`)
+ * did not see this request come, and the helper dates the read instead. */
+static __always_inline __u64 tcp_received_ns(const struct sock *sk, __u64 after) {
+  __u64 at = tcp_sk_of(sk)->tcp_clock_cache;
+  if (at && at >= after) return at;
+  return bpf_ktime_get_ns();
+}
+
 static __always_inline int kmon_tcp_recv_body(struct sock *sk, int ret, int flags) {
   if (ret <= 0 || (flags & MSG_PEEK) || !is_inet(sk)) return 0;
   struct tcp_conn *c = on_data(sk, ret, false);
@@ -368,7 +394,7 @@ static __always_inline int kmon_tcp_recv_body(struct sock *sk, int ret, int flag
   /* Reading after replying: the previous request is over, a new one starts. */
   if (c->phase == TCP_PHASE_SENDING) record_request(c);
   if (c->phase == TCP_PHASE_IDLE) {
-    c->start_ns = bpf_ktime_get_ns();
+    c->start_ns = tcp_received_ns(sk, c->last_send_ns);
     c->phase = TCP_PHASE_RECEIVING;
   }
   return 0;
@@ -378,11 +404,29 @@ int BPF_PROG(kmon_tcp_recv, struct sock *sk, int ret, int flags) {
   return KMON_RUN_NESTABLE(kmon_tcp_recv_body(sk, ret, flags));
 }
 
+/* When a send on a TCP socket has just ended. Where all that was written has gone
+ * out (snd_nxt reached write_seq), it went out in tcp_write_xmit, which read the
+ * clock (tcp_mstamp_refresh: tcp_clock_cache = ktime_get_ns(), the clock of
+ * bpf_ktime_get_ns) after this send's bytes were queued: the reply's last byte left
+ * then, a few µs before the send returned (or an ACK's processing read the clock
+ * again in between, later still). That is three loads where the helper reads the
+ * clocksource through an indirect call: ~100 ns on this project's test VM (AMD,
+ * retpolines and the Safe RET return thunk). Bytes still queued (a full window, TCP
+ * small queues, cork, Nagle) are dated by the helper, when the send returned: the
+ * socket's clock may then be older than the send (autocorking skips the transmit
+ * that reads it). */
+static __always_inline __u64 tcp_sent_ns(const struct sock *sk) {
+  const struct tcp_sock *tp = tcp_sk_of(sk);
+  __u64 at = tp->tcp_clock_cache;
+  if (at && tp->snd_nxt == tp->write_seq) return at;
+  return bpf_ktime_get_ns();
+}
+
 static __always_inline int kmon_tcp_send_body(struct sock *sk, int ret, int flags) {
   if (ret <= 0 || !is_inet(sk)) return 0;
   struct tcp_conn *c = on_data(sk, ret, true);
   if (!c || c->role != TCP_ROLE_SERVER || c->phase == TCP_PHASE_IDLE) return 0;
-  c->last_send_ns = bpf_ktime_get_ns();
+  c->last_send_ns = tcp_sent_ns(sk);
   c->phase = TCP_PHASE_SENDING;
   return 0;
 }

@@ -19,6 +19,7 @@
 #include <chrono>
 #include <cmath>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <set>
 #include <thread>
@@ -59,6 +60,31 @@ using testing::Server;
 using testing::StartServer;
 
 // ---- reading the families
+
+// A server in `cg` on 127.0.0.1 that accepts one connection, runs `serve` on it, then
+// reads until the client closes (the last request ends at the close) and exits.
+testing::Server ServeOneConnection(const TestCgroup& cg, const std::function<void(int)>& serve) {
+  int p[2];
+  testing::Server srv;
+  if (pipe(p) != 0) return srv;
+  srv.pid = SpawnInCgroup(cg, [&] {
+    close(p[0]);
+    uint16_t port = 0;
+    int lfd = testing::Listen(AF_INET, "127.0.0.1", &port);
+    if (write(p[1], &port, sizeof port) != sizeof port || lfd < 0) _exit(5);
+    int fd = accept(lfd, nullptr, nullptr);
+    if (fd < 0) _exit(6);
+    serve(fd);
+    char c;
+    while (read(fd, &c, 1) > 0) {
+    }
+    close(fd);
+  });
+  close(p[1]);
+  if (read(p[0], &srv.port, sizeof srv.port) != static_cast<ssize_t>(sizeof srv.port)) srv.port = 0;
+  close(p[0]);
+  return srv;
+}
 
 // Cumulative count of the bucket with upper bound `le`.
 uint64_t BucketAt(const prometheus::ClientMetric& m, double le) {
@@ -110,6 +136,21 @@ class TcpRootTest : public testing::CollectorRootTest {
     std::vector<prometheus::MetricFamily> fams;
     c.Collect(&fams);
     return fams;
+  }
+  // Once `srv` has exited: the request histogram of its port, which must hold `n`
+  // requests (a copy; an empty one, with a failure, when there is none).
+  prometheus::ClientMetric RequestsServed(TcpCollector& tcp, const testing::Server& srv,
+                                          const TestCgroup& cg, uint64_t n) {
+    EXPECT_EQ(WaitChild(srv.pid), 0);
+    auto fams = Collect(tcp);
+    const auto* h = FindSample(fams, "kmon_tcp_request_duration_seconds",
+                               {{"container", cg.name()}, {"port", std::to_string(srv.port)}});
+    if (h == nullptr) {
+      ADD_FAILURE() << "no requests of port " << srv.port;
+      return {};
+    }
+    EXPECT_EQ(h->histogram.sample_count, n);
+    return *h;
   }
 
   TopologyFeed feed_;
@@ -177,6 +218,74 @@ TEST_F(TcpRootTest, RequestCountIsExactAndLatencyFollowsThinkTime) {
                  {{"container", server_cg.name()}, {"protocol", "tcp"}, {"direction", "received"}});
   ASSERT_NE(recvd, nullptr);
   EXPECT_EQ(recvd->counter.value, 150);
+}
+
+// A request counts from the server's read of it, dated by the clock tcp_recvmsg
+// reads after copying (bpf/tcp.bpf.c: tcp_received_ns), not by an older one the
+// socket holds. The client pauses 20 ms, then asks; the server, busy for 30 ms
+// after each reply, reads it 10 ms after it came and answers at once: ~0 each (10
+// ms from the request's arrival, 30 from the previous reply's transmit).
+TEST_F(TcpRootTest, ARequestWaitingInTheSocketCountsFromItsRead) {
+  TcpCollector tcp(Deps());
+  ASSERT_TRUE(tcp.Start(config_).ok());
+  TestCgroup server_cg, client_cg;
+  constexpr int kRequests = 10;
+  const testing::Server srv = ServeOneConnection(server_cg, [](int fd) {
+    for (int i = 0; i < kRequests; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(30));
+      if (!testing::ReadLine(fd) || !testing::SendAll(fd, "ok\n")) _exit(7);
+    }
+  });
+  const uint16_t port = srv.port;
+  ASSERT_NE(port, 0);
+  ASSERT_EQ(testing::RunInCgroup(client_cg,
+                                 [&] {
+                                   int fd = testing::Connect(AF_INET, "127.0.0.1", port);
+                                   if (fd < 0) _exit(10);
+                                   for (int i = 0; i < kRequests; ++i) {
+                                     std::this_thread::sleep_for(std::chrono::milliseconds(20));
+                                     if (!testing::SendAll(fd, "0\n") || !testing::ReadLine(fd))
+                                       _exit(11);
+                                   }
+                                   close(fd);
+                                 }),
+            0);
+  const auto h = RequestsServed(tcp, srv, server_cg, kRequests);
+  EXPECT_EQ(BucketAt(h, 0.01), static_cast<uint64_t>(kRequests));
+  EXPECT_LT(h.histogram.sample_sum, kRequests * 0.003);
+}
+
+// A reply that goes out in its send is dated by the clock its transmit read
+// (tcp_clock_cache, bpf/tcp.bpf.c: tcp_sent_ns): the test above. One still queued
+// when its send returns, here held by TCP_CORK for 50 ms after the send, is dated
+// by the helper when the send returned: the 15 ms think time, not the 65 ms the
+// client waits. (The stale clock the check guards against, a send whose transmit
+// autocorking skipped, is not made here: loopback frees each packet as it sends it.)
+TEST_F(TcpRootTest, AReplyStillQueuedIsDatedWhenItsSendReturned) {
+  TcpCollector tcp(Deps());
+  ASSERT_TRUE(tcp.Start(config_).ok());
+  TestCgroup server_cg, client_cg;
+  constexpr int kRequests = 10;
+  const testing::Server srv = ServeOneConnection(server_cg, [](int fd) {
+    int on = 1, off = 0;
+    for (int i = 0; i < kRequests; ++i) {
+      if (!testing::ReadLine(fd)) _exit(7);
+      std::this_thread::sleep_for(std::chrono::milliseconds(15));
+      if (setsockopt(fd, IPPROTO_TCP, TCP_CORK, &on, sizeof on) != 0) _exit(8);
+      if (!testing::SendAll(fd, "ok\n")) _exit(9);
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      if (setsockopt(fd, IPPROTO_TCP, TCP_CORK, &off, sizeof off) != 0) _exit(10);
+    }
+  });
+  const uint16_t port = srv.port;
+  ASSERT_NE(port, 0);
+  ASSERT_EQ(testing::RunInCgroup(
+                client_cg, [&] { testing::Requests(AF_INET, "127.0.0.1", port, kRequests, 0); }),
+            0);
+  const auto h = RequestsServed(tcp, srv, server_cg, kRequests);
+  EXPECT_EQ(BucketAt(h, 0.01), 0u);
+  EXPECT_EQ(BucketAt(h, 0.05), static_cast<uint64_t>(kRequests));
+  EXPECT_NEAR(h.histogram.sample_sum, kRequests * 0.015, kRequests * 0.008);
 }
 
 // A program that interrupts another on its CPU (a softirq's state change in the
