@@ -40,8 +40,8 @@ KMON_MAP(BPF_MAP_TYPE_ARRAY, 1, __u32, struct kmon_filter_config) filter_config 
  * bpf_get_current_cgroup_id() returns for current. Plain loads of BTF pointers,
  * which the verifier makes fault-safe, under the RCU read lock every tracing
  * program runs in; no helper call. The helper costs 20-40 ns more per event on
- * sys_exit here (its call and return through retpoline thunks and its own RCU read
- * section; tests/bench/syscall_overhead). */
+ * sys_exit here (its return through the Safe RET thunk and its own RCU read section;
+ * tests/bench/syscall_overhead). */
 static __always_inline __u64 kmon_task_cgroup_id(const struct task_struct *t) {
   return t->cgroups->dfl_cgrp->kn->id;
 }
