@@ -56,8 +56,8 @@ KMON_MAP(BPF_MAP_TYPE_ARRAY, 1, __u32, struct cpu_config) cpu_config SEC(".maps"
 const volatile __u32 sched_info = 0;
 
 /* The clock every timestamp of this object is on, set by user space before load from
- * the kernel's BTF. 1: the run queue's clock (rq->clock, sched_clock in ns) of the CPU
- * the program runs for, three loads. sched_switch runs right after __schedule
+ * the kernel's BTF. 1: the clock of the task's run queue (rq->clock, sched_clock in
+ * ns), three loads. sched_switch runs right after __schedule
  * updated it, sched_wakeup_new right after wake_up_new_task did (on the new task's
  * rq), sched_wakeup with the woken task's rq locked and updated; what it trails the
  * moment of the hook by is the scheduler's own work since (pick_next_task): the

@@ -2,9 +2,9 @@
 /* TCP: Kmon's server-side request latency, connection events, bytes, and the
  * client -> server edges of the service topology.
  *
- * A request, on the server side of a connection, runs from the arrival of the first
- * bytes the server reads (tcp_received_ns) to the sending of the last byte of its
- * reply (tcp_sent_ns); it ends when the next request begins
+ * A request, on the server side of a connection, runs from the server's first read
+ * of it (tcp_received_ns) to the sending of the last byte of its reply
+ * (tcp_sent_ns); it ends when the next request begins
  * (the server reads again after replying) or when the connection starts to close,
  * so the last request of every connection counts too. No payload is parsed. It is
  * recorded through this CPU's write-back cache (bpf/tcp_request.bpf.h).
