@@ -14,9 +14,10 @@
  * a pointer in the task, no hashing), one counter update and one histogram update,
  * both into this CPU's write-back cache (`cpu_cache`, bpf/cpu.h: plain adds, no hash
  * lookup, no line shared with other CPUs) while the key is in it; stacks (two
- * bpf_get_stackid) are taken only when a thread blocks while stacks are on (cpu_config.stacks, checked before anything else of stacks: with
- * `stacks: on_demand` it is on only while /debug/offcpu profiles), and aggregated
- * only for episodes >= offcpu_min that started and ended while it was on.
+ * bpf_get_stackid) are taken only when a thread blocks while stacks are on
+ * (cpu_config.stacks, checked before anything else of stacks: with `stacks:
+ * on_demand` it is on only while /debug/offcpu profiles), and aggregated only for
+ * episodes >= offcpu_min that started and ended while it was on.
  *
  * On-CPU time is added at switch-out, and also by `kmon_cpu_flush`, which user space
  * runs on every CPU before it reads the counters (BPF_PROG_TEST_RUN with
@@ -66,10 +67,8 @@ const volatile __u32 sched_info = 0;
  * dated at that wakeup: typically a few µs, a tick at most. The flush, in an IPI,
  * reads the clock as the last scheduler event or tick left it: the running thread's
  * time so far is counted up to a tick (4 ms at HZ=250) late, never twice (its slice
- * restarts at the same value). 0: bpf_ktime_get_ns(), a helper call that reads the
- * clocksource through an indirect call: ~100 ns per switch more on this project's
- * test VM (AMD, retpolines and the Safe RET return thunk), more than a whole empty
- * program on the hook costs (72-83 ns). */
+ * restarts at the same value). 0: bpf_ktime_get_ns(), ~100 ns per switch more
+ * (kmon_common.bpf.h: more than a whole empty program on the hook). */
 const volatile __u32 rq_clock = 0;
 
 /* Now, on the clock above: `t`'s run queue's, the one each hook's caller just updated. */
@@ -384,15 +383,15 @@ static __always_inline bool fresh(const struct cpu_task_state *st) {
 }
 
 /* How long `t`, blocked since `st` was written, has been runnable and waiting, from the
- * kernel's accounting (see `sched_info`), on the run queues' clock (`rq_clock`: the
- * switch's `now`, which is that clock there). */
+ * kernel's accounting (see `sched_info`). */
 static __always_inline __u64 sched_info_wait(struct task_struct *t,
                                              const struct cpu_task_state *st, __u64 now) {
   __u64 delay = t->sched_info.run_delay;
   __u64 wait = delay > st->run_delay ? delay - st->run_delay : 0;
   __u64 queued = t->sched_info.last_queued;
-  __u64 clock = rq_clock ? now : t->se.cfs_rq->rq->clock;
-  if (queued && clock > queued) wait += clock - queued;
+  /* sched_info is set only where rq_clock is (collectors/cpu.cc), so `now` is the
+   * run queue's clock, the one last_queued was read from. */
+  if (queued && now > queued) wait += now - queued;
   return wait;
 }
 

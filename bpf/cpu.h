@@ -22,11 +22,12 @@
  * A stack-trace map is always preallocated: 16384 x (64 x 8 + 16) bytes = 8.3 MiB of
  * kernel memory with `stacks: always`; with `on_demand` (and `off`) the collector sizes
  * it to KMON_CPU_STACKS_ON_DEMAND at load (4.2 MiB): it is emptied before each
- * profiling window and holds only that window's stacks. Its hash has one stack per bucket (the stack id is the bucket, and
- * there are as many buckets as entries), so a new stack whose bucket holds another is
- * refused with -EEXIST: with n stacks held, a new one collides with probability
- * n/16384, and n distinct stacks in a row collide about n^2/32768 times. So the
- * entries are many and small rather than few and deep (8192 x 127 frames took the
+ * profiling window and holds only that window's stacks. Its hash has one stack per
+ * bucket (the stack id is the bucket, and there are as many buckets as entries), so
+ * a new stack whose bucket holds another is refused with -EEXIST: with n stacks
+ * held, a new one collides with probability n/16384, and n distinct stacks in a row
+ * collide about n^2/32768 times. So the entries are many and small rather than few
+ * and deep (8192 x 127 frames took the
  * same memory and collided twice as often): 64 frames hold a sched_switch kernel stack
  * whole and the user frames that matter, the innermost. User space keeps n small: ids
  * nothing refers to any more are deleted once the map is a quarter full and whenever

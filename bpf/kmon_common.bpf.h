@@ -36,12 +36,20 @@
 
 KMON_MAP(BPF_MAP_TYPE_ARRAY, 1, __u32, struct kmon_filter_config) filter_config SEC(".maps");
 
+/* What a helper call costs. On this project's test VM (AMD EPYC guest: retpolines,
+ * and every return through the Safe RET thunk against Speculative Return Stack
+ * Overflow) a helper's call and return cost 20-40 ns, and bpf_ktime_get_ns(), which
+ * reads the clocksource through an indirect call, ~100 ns: more than a whole empty
+ * program on a hot hook (72-83 ns on sched_switch). So hot paths read what the
+ * kernel already holds (BTF pointer loads, a clock the caller just read) and call a
+ * helper only where nothing else gives the answer; each such place says whose
+ * clock or field it reads instead. Figures: README "Cost", tests/bench/. */
+
 /* A task's cgroup v2 id, t->cgroups->dfl_cgrp->kn->id: what the kernel's
  * bpf_get_current_cgroup_id() returns for current. Plain loads of BTF pointers,
  * which the verifier makes fault-safe, under the RCU read lock every tracing
- * program runs in; no helper call. The helper costs 20-40 ns more per event on
- * sys_exit here (its return through the Safe RET thunk and its own RCU read section;
- * tests/bench/syscall_overhead). */
+ * program runs in; no helper call (above; the helper also takes an RCU read
+ * section of its own: 20-40 ns more per event on sys_exit, tests/bench/syscall_overhead). */
 static __always_inline __u64 kmon_task_cgroup_id(const struct task_struct *t) {
   return t->cgroups->dfl_cgrp->kn->id;
 }

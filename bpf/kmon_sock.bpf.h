@@ -29,8 +29,8 @@
  *
  * A full socket's is plain loads from the BTF pointer given (tp_btf arguments),
  * which the verifier makes fault-safe, and from the BTF pointers they yield
- * (cgroup, kernfs_node): no probe-read helper calls, each returning through the
- * Safe RET thunk here (a UDP datagram pays this every time). The listener of a
+ * (cgroup, kernfs_node): no probe-read helper calls (their cost: kmon_common.bpf.h;
+ * a UDP datagram pays this every time). The listener of a
  * request_sock goes through BPF_CORE_READ: skc_listener is in a union, which the
  * verifier reads as a number, not a pointer. */
 static __always_inline __u64 kmon_sock_cgroup(const struct sock *sk) {

@@ -375,12 +375,11 @@ static __always_inline const struct tcp_sock *tcp_sk_of(const struct sock *sk) {
  * bpf_ktime_get_ns). tcp_recvmsg reads it itself after each copy to the reader
  * (tcp_rcv_space_adjust), so it is the read's moment, a µs before the helper would
  * read it: a request that waited in the socket counts from its read, as it did
- * with the helper. Three loads where the helper reads the clocksource through an
- * indirect call (~100 ns on this project's test VM: AMD, retpolines and the Safe
- * RET return thunk). A receive path that does not read the clock (kTLS takes
- * records from its parser) leaves an older one: the arrival of the last segment
- * taken in, or a transmit after it; one older than the previous reply (`after`)
- * did not see this request come, and the helper dates the read instead. */
+ * with the helper. Three loads for a ~100 ns helper call (kmon_common.bpf.h). A
+ * receive path that does not read the clock (kTLS takes records from its parser)
+ * leaves an older one: the arrival of the last segment taken in, or a transmit
+ * after it; one older than the previous reply (`after`) did not see this request
+ * come, and the helper dates the read instead. */
 static __always_inline __u64 tcp_received_ns(const struct sock *sk, __u64 after) {
   __u64 at = tcp_sk_of(sk)->tcp_clock_cache;
   if (at && at >= after) return at;
@@ -409,12 +408,10 @@ int BPF_PROG(kmon_tcp_recv, struct sock *sk, int ret, int flags) {
  * clock (tcp_mstamp_refresh: tcp_clock_cache = ktime_get_ns(), the clock of
  * bpf_ktime_get_ns) after this send's bytes were queued: the reply's last byte left
  * then, a few µs before the send returned (or an ACK's processing read the clock
- * again in between, later still). That is three loads where the helper reads the
- * clocksource through an indirect call: ~100 ns on this project's test VM (AMD,
- * retpolines and the Safe RET return thunk). Bytes still queued (a full window, TCP
- * small queues, cork, Nagle) are dated by the helper, when the send returned: the
- * socket's clock may then be older than the send (autocorking skips the transmit
- * that reads it). */
+ * again in between, later still). Three loads for a ~100 ns helper call
+ * (kmon_common.bpf.h). Bytes still queued (a full window, TCP small queues, cork,
+ * Nagle) are dated by the helper, when the send returned: the socket's clock may
+ * then be older than the send (autocorking skips the transmit that reads it). */
 static __always_inline __u64 tcp_sent_ns(const struct sock *sk) {
   const struct tcp_sock *tp = tcp_sk_of(sk);
   __u64 at = tp->tcp_clock_cache;

@@ -321,7 +321,7 @@ absl::Status CpuCollector::BeforeLoad(const CollectorConfig& config) {
   const char* how = kernel_waits ? "run-queue waits from the kernel's sched_info; sched_wakeup "
                                    "not hooked"
                                  : "run-queue waits from sched_wakeup (the kernel's BTF has no "
-                                   "sched_info run_delay/last_queued or cfs_rq->rq)";
+                                   "sched_info run_delay/last_queued or cfs_rq->rq->clock)";
   LogInfo("cpu: how run-queue waits are measured",
           {{"collector", kName},
            {"waits", how},
