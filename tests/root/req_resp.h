@@ -7,6 +7,7 @@
 #include <sys/types.h>
 
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <string>
 
@@ -29,9 +30,13 @@ struct Server {
   pid_t pid = -1;
   uint16_t port = 0;
 };
-/// Starts it in `cg` (and `netns`), listening on `addr` at a free port.
+/// Starts it in `cg` (and `netns`), listening on `addr` at a free port; it answers
+/// each line (a number of ms) with "ok\n" after sleeping that long.
 Server StartServer(const TestCgroup& cg, int family, const std::string& addr, int connections,
                    const std::string& netns = "");
+/// The same, running `serve` on each accepted connection (closed after it returns).
+Server StartServer(const TestCgroup& cg, int family, const std::string& addr, int connections,
+                   const std::function<void(int)>& serve, const std::string& netns = "");
 /// One keep-alive connection, `n` requests with think time `ms`; in a child process
 /// (exits non-zero on error).
 void Requests(int family, const std::string& addr, uint16_t port, int n, int ms);

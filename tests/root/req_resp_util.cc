@@ -76,7 +76,7 @@ int Connect(int family, const std::string& addr, uint16_t port) {
 }
 
 Server StartServer(const TestCgroup& cg, int family, const std::string& addr, int connections,
-                   const std::string& netns) {
+                   const std::function<void(int)>& serve, const std::string& netns) {
   int p[2];
   EXPECT_EQ(pipe(p), 0);
   Server s;
@@ -92,11 +92,7 @@ Server StartServer(const TestCgroup& cg, int family, const std::string& addr, in
         for (int c = 0; c < connections; ++c) {
           int fd = accept(lfd, nullptr, nullptr);
           if (fd < 0) _exit(7);
-          while (auto line = ReadLine(fd)) {
-            int ms = std::atoi(line->c_str());
-            std::this_thread::sleep_for(std::chrono::milliseconds(ms));
-            if (!SendAll(fd, "ok\n")) break;
-          }
+          serve(fd);
           close(fd);
         }
       },
@@ -106,6 +102,20 @@ Server StartServer(const TestCgroup& cg, int family, const std::string& addr, in
   close(p[0]);
   EXPECT_NE(s.port, 0);
   return s;
+}
+
+Server StartServer(const TestCgroup& cg, int family, const std::string& addr, int connections,
+                   const std::string& netns) {
+  return StartServer(
+      cg, family, addr, connections,
+      [](int fd) {
+        while (auto line = ReadLine(fd)) {
+          int ms = std::atoi(line->c_str());
+          std::this_thread::sleep_for(std::chrono::milliseconds(ms));
+          if (!SendAll(fd, "ok\n")) break;
+        }
+      },
+      netns);
 }
 
 void Requests(int family, const std::string& addr, uint16_t port, int n, int ms) {

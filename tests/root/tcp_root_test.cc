@@ -64,26 +64,12 @@ using testing::StartServer;
 // A server in `cg` on 127.0.0.1 that accepts one connection, runs `serve` on it, then
 // reads until the client closes (the last request ends at the close) and exits.
 testing::Server ServeOneConnection(const TestCgroup& cg, const std::function<void(int)>& serve) {
-  int p[2];
-  testing::Server srv;
-  if (pipe(p) != 0) return srv;
-  srv.pid = SpawnInCgroup(cg, [&] {
-    close(p[0]);
-    uint16_t port = 0;
-    int lfd = testing::Listen(AF_INET, "127.0.0.1", &port);
-    if (write(p[1], &port, sizeof port) != sizeof port || lfd < 0) _exit(5);
-    int fd = accept(lfd, nullptr, nullptr);
-    if (fd < 0) _exit(6);
+  return StartServer(cg, AF_INET, "127.0.0.1", 1, [&serve](int fd) {
     serve(fd);
     char c;
     while (read(fd, &c, 1) > 0) {
     }
-    close(fd);
   });
-  close(p[1]);
-  if (read(p[0], &srv.port, sizeof srv.port) != static_cast<ssize_t>(sizeof srv.port)) srv.port = 0;
-  close(p[0]);
-  return srv;
 }
 
 // Cumulative count of the bucket with upper bound `le`.
