@@ -206,6 +206,75 @@ TEST_F(TcpRootTest, RequestCountIsExactAndLatencyFollowsThinkTime) {
   EXPECT_EQ(recvd->counter.value, 150);
 }
 
+// A connect() whose SYN finds the server's accept queue full is dropped by the
+// server and sent again after the initial retransmission timeout (1 s): its
+// duration, from connect() to the connection being established, holds that second;
+// the two connects before it, which filled the queue (backlog 1: room for two), do not.
+TEST_F(TcpRootTest, ConnectDurationHoldsTheSynRetransmitOfAFullAcceptQueue) {
+  TcpCollector tcp(Deps());
+  ASSERT_TRUE(tcp.Start(config_).ok());
+  TestCgroup server_cg, client_cg;
+  int p[2];
+  ASSERT_EQ(pipe(p), 0);
+  const pid_t server = SpawnInCgroup(server_cg, [&] {
+    close(p[0]);
+    uint16_t port = 0;
+    int lfd = Listen(AF_INET, "127.0.0.1", &port);
+    if (lfd < 0 || listen(lfd, 1) != 0) _exit(5);
+    if (write(p[1], &port, sizeof port) != sizeof port) _exit(6);
+    // A listener's tcpi_unacked is its accept queue's length: wait for the two, then
+    // leave the third connect's SYN unanswered a while before taking them.
+    for (int i = 0; i < 1000; ++i) {
+      tcp_info ti{};
+      socklen_t len = sizeof ti;
+      if (getsockopt(lfd, IPPROTO_TCP, TCP_INFO, &ti, &len) != 0) _exit(7);
+      if (ti.tcpi_unacked >= 2) break;
+      usleep(10 * 1000);
+    }
+    usleep(300 * 1000);
+    int fds[3];
+    for (int& fd : fds) {
+      fd = accept(lfd, nullptr, nullptr);
+      if (fd < 0) _exit(8);
+    }
+    for (int fd : fds) {
+      char c;
+      while (read(fd, &c, 1) > 0) {
+      }
+    }
+  });
+  close(p[1]);
+  uint16_t port = 0;
+  ASSERT_EQ(read(p[0], &port, sizeof port), static_cast<ssize_t>(sizeof port));
+  close(p[0]);
+
+  const auto began = std::chrono::steady_clock::now();
+  ASSERT_EQ(testing::RunInCgroup(client_cg,
+                                 [&] {
+                                   int fds[3];
+                                   for (int& fd : fds) {
+                                     fd = Connect(AF_INET, "127.0.0.1", port);
+                                     if (fd < 0) _exit(9);
+                                   }
+                                   for (int fd : fds) close(fd);
+                                 }),
+            0);
+  const double took =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - began).count();
+  EXPECT_EQ(WaitChild(server), 0);
+
+  auto fams = Collect(tcp);
+  const auto* connect =
+      FindSample(fams, "kmon_tcp_connect_duration_seconds", {{"container", client_cg.name()}});
+  ASSERT_NE(connect, nullptr);
+  EXPECT_EQ(connect->histogram.sample_count, 3u);
+  EXPECT_EQ(BucketAt(*connect, 0.25), 2u);
+  EXPECT_EQ(BucketAt(*connect, 2.5), 3u);
+  // The retransmit timer fires 1 s after the SYN, to a tick (4 ms at HZ=250) less.
+  EXPECT_GE(connect->histogram.sample_sum, 0.99);
+  EXPECT_LE(connect->histogram.sample_sum, took);
+}
+
 // A request counts from the server's read of it, dated by the clock tcp_recvmsg
 // reads after copying (bpf/tcp.bpf.c: tcp_received_ns), not by an older one the
 // socket holds. The client pauses 20 ms, then asks; the server, busy for 30 ms
