@@ -43,7 +43,7 @@ KMON_MAP(BPF_MAP_TYPE_ARRAY, 1, __u32, struct kmon_filter_config) filter_config 
  * program on a hot hook (72-83 ns on sched_switch). So hot paths read what the
  * kernel already holds (BTF pointer loads, a clock the caller just read) and call a
  * helper only where nothing else gives the answer; each such place says whose
- * clock or field it reads instead. Figures: README "Cost", tests/bench/. */
+ * clock or field it reads instead. Figures: README "Benchmarks", tests/bench/. */
 
 /* A task's cgroup v2 id, t->cgroups->dfl_cgrp->kn->id: what the kernel's
  * bpf_get_current_cgroup_id() returns for current. Plain loads of BTF pointers,
