@@ -37,6 +37,10 @@ Server StartServer(const TestCgroup& cg, int family, const std::string& addr, in
 /// The same, running `serve` on each accepted connection (closed after it returns).
 Server StartServer(const TestCgroup& cg, int family, const std::string& addr, int connections,
                    const std::function<void(int)>& serve, const std::string& netns = "");
+/// A server that listens on `addr` at a free port, then runs `run` on the listening
+/// socket (what it accepts, and when, is up to `run`).
+Server StartListener(const TestCgroup& cg, int family, const std::string& addr,
+                     const std::function<void(int)>& run, const std::string& netns = "");
 /// One keep-alive connection, `n` requests with think time `ms`; in a child process
 /// (exits non-zero on error).
 void Requests(int family, const std::string& addr, uint16_t port, int n, int ms);

@@ -75,8 +75,8 @@ int Connect(int family, const std::string& addr, uint16_t port) {
   return fd;
 }
 
-Server StartServer(const TestCgroup& cg, int family, const std::string& addr, int connections,
-                   const std::function<void(int)>& serve, const std::string& netns) {
+Server StartListener(const TestCgroup& cg, int family, const std::string& addr,
+                     const std::function<void(int)>& run, const std::string& netns) {
   int p[2];
   EXPECT_EQ(pipe(p), 0);
   Server s;
@@ -89,6 +89,21 @@ Server StartServer(const TestCgroup& cg, int family, const std::string& addr, in
         int lfd = Listen(family, addr, &port);
         if (write(p[1], &port, sizeof port) != sizeof port) _exit(5);
         if (lfd < 0) _exit(6);
+        run(lfd);
+      },
+      netns);
+  close(p[1]);
+  EXPECT_EQ(read(p[0], &s.port, sizeof s.port), static_cast<ssize_t>(sizeof s.port));
+  close(p[0]);
+  EXPECT_NE(s.port, 0);
+  return s;
+}
+
+Server StartServer(const TestCgroup& cg, int family, const std::string& addr, int connections,
+                   const std::function<void(int)>& serve, const std::string& netns) {
+  return StartListener(
+      cg, family, addr,
+      [&](int lfd) {
         for (int c = 0; c < connections; ++c) {
           int fd = accept(lfd, nullptr, nullptr);
           if (fd < 0) _exit(7);
@@ -97,11 +112,6 @@ Server StartServer(const TestCgroup& cg, int family, const std::string& addr, in
         }
       },
       netns);
-  close(p[1]);
-  EXPECT_EQ(read(p[0], &s.port, sizeof s.port), static_cast<ssize_t>(sizeof s.port));
-  close(p[0]);
-  EXPECT_NE(s.port, 0);
-  return s;
 }
 
 Server StartServer(const TestCgroup& cg, int family, const std::string& addr, int connections,

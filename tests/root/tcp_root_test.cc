@@ -214,20 +214,14 @@ TEST_F(TcpRootTest, ConnectDurationHoldsTheSynRetransmitOfAFullAcceptQueue) {
   TcpCollector tcp(Deps());
   ASSERT_TRUE(tcp.Start(config_).ok());
   TestCgroup server_cg, client_cg;
-  int p[2];
-  ASSERT_EQ(pipe(p), 0);
-  const pid_t server = SpawnInCgroup(server_cg, [&] {
-    close(p[0]);
-    uint16_t port = 0;
-    int lfd = Listen(AF_INET, "127.0.0.1", &port);
-    if (lfd < 0 || listen(lfd, 1) != 0) _exit(5);
-    if (write(p[1], &port, sizeof port) != sizeof port) _exit(6);
+  const Server srv = testing::StartListener(server_cg, AF_INET, "127.0.0.1", [](int lfd) {
+    if (listen(lfd, 1) != 0) _exit(8);
     // A listener's tcpi_unacked is its accept queue's length: wait for the two, then
     // leave the third connect's SYN unanswered a while before taking them.
     for (int i = 0; i < 1000; ++i) {
       tcp_info ti{};
       socklen_t len = sizeof ti;
-      if (getsockopt(lfd, IPPROTO_TCP, TCP_INFO, &ti, &len) != 0) _exit(7);
+      if (getsockopt(lfd, IPPROTO_TCP, TCP_INFO, &ti, &len) != 0) _exit(9);
       if (ti.tcpi_unacked >= 2) break;
       usleep(10 * 1000);
     }
@@ -235,7 +229,7 @@ TEST_F(TcpRootTest, ConnectDurationHoldsTheSynRetransmitOfAFullAcceptQueue) {
     int fds[3];
     for (int& fd : fds) {
       fd = accept(lfd, nullptr, nullptr);
-      if (fd < 0) _exit(8);
+      if (fd < 0) _exit(10);
     }
     for (int fd : fds) {
       char c;
@@ -243,10 +237,8 @@ TEST_F(TcpRootTest, ConnectDurationHoldsTheSynRetransmitOfAFullAcceptQueue) {
       }
     }
   });
-  close(p[1]);
-  uint16_t port = 0;
-  ASSERT_EQ(read(p[0], &port, sizeof port), static_cast<ssize_t>(sizeof port));
-  close(p[0]);
+  ASSERT_NE(srv.port, 0);
+  const uint16_t port = srv.port;
 
   const auto began = std::chrono::steady_clock::now();
   ASSERT_EQ(testing::RunInCgroup(client_cg,
@@ -261,7 +253,7 @@ TEST_F(TcpRootTest, ConnectDurationHoldsTheSynRetransmitOfAFullAcceptQueue) {
             0);
   const double took =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - began).count();
-  EXPECT_EQ(WaitChild(server), 0);
+  EXPECT_EQ(WaitChild(srv.pid), 0);
 
   auto fams = Collect(tcp);
   const auto* connect =
